@@ -1,0 +1,1 @@
+"""absl-flag front ends (train, measure, compare) over the deformstab_tf library."""
