@@ -1,0 +1,414 @@
+"""Keras 3 preprocessing layers for random deformations.
+
+The layers build on the public ``keras.layers.Layer`` (not Keras's private
+``BaseImagePreprocessingLayer``) but keep its shape: ``get_random_transformation`` draws the
+parameters and returns the dense displacement field, and ``transform_images`` /
+``transform_segmentation_masks`` / ``transform_labels`` apply it, so images and masks in one dict
+get the *same* warp. Everything runs on TensorFlow ops: the layers work in ``tf.data`` pipelines
+whatever the Keras backend, and inside models on the TensorFlow backend, including under XLA.
+"""
+
+import keras
+import tensorflow as tf
+
+from deformstab_tf.deformations.affine import affine_displacement, affine_matrices
+from deformstab_tf.deformations.diffeo import _check_cutoff, diffeo_displacement
+from deformstab_tf.deformations.tps import control_grid, tps_displacement
+from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, check_choice, warp
+
+
+def _magnitude(argument, value):
+    """A non-negative number, or raises a ValueError naming `argument`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"`{argument}` must be a number >= 0. Received: {argument}={value!r}")
+    return float(value)
+
+
+def _value_range(argument, value, symmetric=True, minimum=None):
+    """``(low, high)`` from a magnitude ``v`` (``(-v, v)`` if `symmetric`, else ``(v, v)``) or a
+    pair, validated and named in errors."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(
+                f"`{argument}` must be a number or a pair (low, high). Received: {argument}={value!r}"
+            )
+        low, high = float(value[0]), float(value[1])
+        if low > high:
+            raise ValueError(f"`{argument}` must have low <= high. Received: {argument}={value!r}")
+    else:
+        magnitude = _magnitude(argument, value)
+        low, high = (-magnitude, magnitude) if symmetric else (magnitude, magnitude)
+    if minimum is not None and low < minimum:
+        raise ValueError(f"`{argument}` must be >= {minimum}. Received: {argument}={value!r}")
+    return low, high
+
+
+class BaseRandomDeformation(keras.layers.Layer):
+    """Shared machinery of the random deformation layers.
+
+    Subclasses implement ``random_displacement(batch_size, height, width, seed)``, returning a
+    float32 field ``(batch_size, H, W, 2)`` (``batch_size`` is 1 with ``same_on_batch=True``).
+    """
+
+    default_fill_mode = "nearest"
+
+    def __init__(
+        self,
+        interpolation="bilinear",
+        fill_mode=None,
+        fill_value=0.0,
+        same_on_batch=False,
+        seed=None,
+        data_format=None,
+        **kwargs,
+    ):
+        # Sampling happens in float32 whatever the policy; the output is cast to the compute dtype.
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        fill_mode = self.default_fill_mode if fill_mode is None else fill_mode
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
+        check_choice("fill_mode", fill_mode, FILL_MODES)
+        if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
+            raise ValueError(f"`fill_value` must be a number. Received: fill_value={fill_value!r}")
+        self.interpolation = interpolation
+        self.fill_mode = fill_mode
+        self.fill_value = float(fill_value)
+        self.same_on_batch = bool(same_on_batch)
+        data_format = keras.config.image_data_format() if data_format is None else data_format
+        check_choice("data_format", data_format, ("channels_last", "channels_first"))
+        self.data_format = data_format
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+        self.supports_jit = True
+        self._allow_non_tensor_positional_args = True
+
+    # -- the Keras image-preprocessing shape ---------------------------------------------------
+
+    def _image_size(self, images):
+        if images.shape.rank not in (3, 4):
+            raise ValueError(
+                f"{self.__class__.__name__} expects images of rank 4 (batch) or 3 (single "
+                f"image). Received: images.shape={images.shape}"
+            )
+        spatial = images.shape[-3:-1] if self.data_format == "channels_last" else images.shape[-2:]
+        if None in spatial:
+            raise ValueError(
+                f"{self.__class__.__name__} needs a static image height and width. "
+                f"Received: images.shape={images.shape}"
+            )
+        return int(spatial[0]), int(spatial[1])
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        """Draws this call's deformation: ``{"displacement": (B or 1, H, W, 2)}``, or None when
+        not training."""
+        if not training:
+            return None
+        images = data["images"] if isinstance(data, dict) else data
+        images = tf.convert_to_tensor(images)
+        height, width = self._image_size(images)
+        if self.same_on_batch or images.shape.rank == 3:
+            batch_size = 1
+        else:
+            batch_size = tf.shape(images)[0]
+        seed = self.generator if seed is None else seed
+        return {"displacement": self.random_displacement(batch_size, height, width, seed)}
+
+    def _apply(self, images, transformation, interpolation):
+        single = images.shape.rank == 3
+        if single:
+            images = images[None]
+        if self.data_format == "channels_first":
+            images = tf.transpose(images, [0, 2, 3, 1])
+        images = warp(
+            images,
+            transformation["displacement"],
+            interpolation=interpolation,
+            fill_mode=self.fill_mode,
+            fill_value=self.fill_value,
+        )
+        if self.data_format == "channels_first":
+            images = tf.transpose(images, [0, 3, 1, 2])
+        return images[0] if single else images
+
+    def transform_images(self, images, transformation, training=True):
+        images = tf.convert_to_tensor(images)
+        if training and transformation is not None:
+            images = self._apply(images, transformation, self.interpolation)
+        return tf.cast(images, self.compute_dtype)
+
+    def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
+        """Masks get the images' warp, sampled at the nearest pixel (labels stay labels)."""
+        segmentation_masks = tf.convert_to_tensor(segmentation_masks)
+        if training and transformation is not None:
+            segmentation_masks = self._apply(segmentation_masks, transformation, "nearest")
+        return segmentation_masks
+
+    def transform_labels(self, labels, transformation, training=True):
+        return labels
+
+    def call(self, data, training=True):
+        if isinstance(data, dict):
+            if "images" not in data:
+                raise ValueError(
+                    f"{self.__class__.__name__} takes a tensor or a dict with an 'images' key. "
+                    f"Received keys: {sorted(data)}"
+                )
+            if "bounding_boxes" in data:
+                raise ValueError(
+                    f"{self.__class__.__name__} cannot move bounding boxes through a non-rigid "
+                    "warp; drop the 'bounding_boxes' key."
+                )
+            data = dict(data)
+            data["images"] = self._checked(data["images"])
+            transformation = self.get_random_transformation(data, training=training)
+            data["images"] = self.transform_images(data["images"], transformation, training)
+            if "segmentation_masks" in data:
+                data["segmentation_masks"] = self.transform_segmentation_masks(
+                    data["segmentation_masks"], transformation, training
+                )
+            if "labels" in data:
+                data["labels"] = self.transform_labels(data["labels"], transformation, training)
+            return data
+        images = self._checked(data)
+        transformation = self.get_random_transformation(images, training=training)
+        return self.transform_images(images, transformation, training)
+
+    def _checked(self, images):
+        images = tf.convert_to_tensor(images)
+        if not (images.dtype.is_floating or images.dtype.is_integer) or images.dtype.is_bool:
+            raise TypeError(
+                f"{self.__class__.__name__} expects numeric images (float or integer). "
+                f"Received: images.dtype={images.dtype.name}"
+            )
+        self._image_size(images)
+        return images
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "interpolation": self.interpolation,
+                "fill_mode": self.fill_mode,
+                "fill_value": self.fill_value,
+                "same_on_batch": self.same_on_batch,
+                "seed": self.seed,
+                "data_format": self.data_format,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deformstab_tf")
+class RandomThinPlateSpline(BaseRandomDeformation):
+    """Random thin-plate-spline warps (Ruderman et al. 2018).
+
+    A fixed, evenly spaced ``grid_size x grid_size`` grid of control points (corners included)
+    each gets a displacement drawn uniformly in ``[-max_displacement, max_displacement]`` pixels,
+    independently per axis; the dense field is their TPS interpolant. The interpolation matrix is
+    precomputed per image size, so a batch of warps costs one small matmul plus one resample.
+    Paper settings: CIFAR-10 ``grid_size=3, max_displacement=2``; ImageNet ``5, 10``.
+
+    Only active when ``training=True`` (the default when called directly, and inside ``fit``);
+    identity in inference. Works in ``tf.data`` and inside models (also under XLA).
+
+    Args:
+        grid_size: control points per side, >= 2 and at most the image size.
+        max_displacement: ``C``, the largest control displacement per axis, in pixels.
+        interpolation: ``"bilinear"`` or ``"nearest"``.
+        fill_mode: ``"nearest"`` (default: clamp to the edge, as ``tfa.image.dense_image_warp``),
+            ``"reflect"``, ``"wrap"`` or ``"constant"``.
+        fill_value: the value read outside the image with ``fill_mode="constant"``.
+        same_on_batch: draw one warp for the whole batch instead of one per image.
+        seed: integer seed; the same seed gives the same sequence of warps.
+        data_format: ``"channels_last"`` (default) or ``"channels_first"``.
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (channels last), any numeric dtype; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape; images in the layer's compute dtype.
+
+    Example:
+
+    >>> layer = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
+    >>> layer(np.zeros((8, 32, 32, 3), "float32")).shape
+    TensorShape([8, 32, 32, 3])
+    """
+
+    def __init__(self, grid_size=3, max_displacement=2.0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
+            raise ValueError(f"`grid_size` must be an integer >= 2. Received: grid_size={grid_size!r}")
+        self.grid_size = grid_size
+        self.max_displacement = _magnitude("max_displacement", max_displacement)
+
+    def random_displacement(self, batch_size, height, width, seed):
+        control_grid(height, width, self.grid_size)  # validates grid_size against the image size
+        shape = tf.stack([batch_size, self.grid_size * self.grid_size, 2])
+        c = self.max_displacement
+        displacements = keras.random.uniform(shape, minval=-c, maxval=c, seed=seed)
+        return tps_displacement(displacements, height, width, self.grid_size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"grid_size": self.grid_size, "max_displacement": self.max_displacement})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deformstab_tf")
+class RandomAffine(BaseRandomDeformation):
+    """Random affine warps about the image centre: rotation, scale, shear and translation.
+
+    Each parameter is drawn per image (or once with ``same_on_batch=True``); the map is
+    ``translate . rotate . shear . scale``. Unlike Keras's ``RandomRotation`` and friends the
+    layer keeps XLA on (``supports_jit``).
+
+    Args:
+        rotation: degrees; ``r`` draws from ``[-r, r]``, a pair ``(low, high)`` from that range.
+            Positive is counter-clockwise.
+        scale: zoom factor; ``s`` draws from ``[1 - s, 1 + s]``, a pair from that range
+            (factors must stay > 0).
+        shear: shear factor (``x += s_x y``, ``y += s_y x``); ``s`` draws each axis from
+            ``[-s, s]`` independently, or a pair ``(low, high)``.
+        translation: fraction of the image size; ``t`` draws from ``[-t, t]`` (times H for y, W
+            for x), or a pair.
+        anisotropic_scale: draw the y and x zoom independently instead of one factor.
+        interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
+            `RandomThinPlateSpline`; the default fill mode is ``"reflect"``, as in Keras.
+
+    Example:
+
+    >>> layer = RandomAffine(rotation=10, scale=0.1, translation=0.05, seed=0)
+    >>> layer(np.zeros((4, 32, 32, 3), "float32")).shape
+    TensorShape([4, 32, 32, 3])
+    """
+
+    default_fill_mode = "reflect"
+
+    def __init__(
+        self,
+        rotation=0.0,
+        scale=0.0,
+        shear=0.0,
+        translation=0.0,
+        anisotropic_scale=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.rotation = _value_range("rotation", rotation)
+        if isinstance(scale, (tuple, list)):
+            self.scale = _value_range("scale", scale)
+        else:
+            s = _magnitude("scale", scale)
+            self.scale = (1.0 - s, 1.0 + s)
+        if self.scale[0] <= 0:
+            raise ValueError(f"`scale` must keep zoom factors > 0. Received: scale={scale!r}")
+        self.shear = _value_range("shear", shear)
+        self.translation = _value_range("translation", translation)
+        self.anisotropic_scale = bool(anisotropic_scale)
+
+    def random_displacement(self, batch_size, height, width, seed):
+        def draw(value_range):
+            low, high = value_range
+            return keras.random.uniform(
+                tf.reshape(batch_size, [1]), minval=low, maxval=high, seed=seed
+            )
+
+        rotation = draw(self.rotation)
+        scale_y = draw(self.scale)
+        scale_x = draw(self.scale) if self.anisotropic_scale else scale_y
+        shear = (draw(self.shear), draw(self.shear))
+        translation = (draw(self.translation) * height, draw(self.translation) * width)
+        matrices = affine_matrices(rotation, (scale_y, scale_x), shear, translation)
+        return affine_displacement(matrices, height, width)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "rotation": self.rotation,
+                "scale": self.scale,
+                "shear": self.shear,
+                "translation": self.translation,
+                "anisotropic_scale": self.anisotropic_scale,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="deformstab_tf")
+class RandomDiffeomorphism(BaseRandomDeformation):
+    """Random max-entropy diffeomorphisms (Petrini et al. 2021).
+
+    Smooth random fields from a sine series with high-frequency cut-off `cutoff`; the border
+    does not move. The strength is set either by the `temperature` ``T`` or, more readably, by
+    the typical central `displacement` ``delta`` in pixels (``T = 4 delta^2 / (pi n^2 ln c)``
+    per axis, which makes ``delta`` independent of the image size; Petrini et al.'s probes use
+    ``delta = 1``, ``c = 3``). Fields are drawn per image (the authors' code shares one field
+    across the batch: ``same_on_batch=True``).
+
+    Args:
+        cutoff: integer ``c >= 2``; modes with ``sqrt(i^2 + j^2) < c + 0.5`` are kept.
+        temperature: ``T`` or a range ``(low, high)`` drawn uniformly per image.
+        displacement: ``delta`` in pixels or a range ``(low, high)``; the default is 1.0 when
+            neither this nor `temperature` is given.
+        interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
+            `RandomThinPlateSpline`; the default fill mode clamps to the edge, as the authors'.
+
+    Example:
+
+    >>> layer = RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
+    >>> layer(np.zeros((4, 32, 32, 3), "float32")).shape
+    TensorShape([4, 32, 32, 3])
+    """
+
+    def __init__(self, cutoff=3, temperature=None, displacement=None, **kwargs):
+        super().__init__(**kwargs)
+        _check_cutoff(cutoff)
+        if temperature is not None and displacement is not None:
+            raise ValueError(
+                "Give `temperature` or `displacement`, not both. Received: "
+                f"temperature={temperature!r}, displacement={displacement!r}"
+            )
+        self.cutoff = int(cutoff)
+        self.temperature = (
+            None
+            if temperature is None
+            else _value_range("temperature", temperature, symmetric=False, minimum=0.0)
+        )
+        if temperature is None and displacement is None:
+            displacement = 1.0
+        self.displacement = (
+            None
+            if displacement is None
+            else _value_range("displacement", displacement, symmetric=False, minimum=0.0)
+        )
+
+    def random_displacement(self, batch_size, height, width, seed):
+        c = self.cutoff
+        coefficients = keras.random.normal(tf.stack([batch_size, 2, c, c]), seed=seed)
+        low, high = self.temperature or self.displacement
+        strength = keras.random.uniform(
+            tf.reshape(batch_size, [1]), minval=low, maxval=high, seed=seed
+        )
+        if self.temperature is not None:
+            return diffeo_displacement(coefficients, height, width, temperature=strength)
+        return diffeo_displacement(coefficients, height, width, displacement=strength)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "cutoff": self.cutoff,
+                "temperature": self.temperature,
+                "displacement": self.displacement,
+            }
+        )
+        return config

@@ -1,0 +1,177 @@
+"""Thin-plate-spline (TPS) displacement fields (Ruderman et al. 2018, section 2.1).
+
+The TPS interpolant with kernel ``phi(r) = r^2 log r`` plus an affine part passes exactly through
+the control displacements. On a *fixed* control grid it is linear in the displacements,
+``u = M d``, with an ``(H*W, K)`` matrix ``M`` that depends only on the sizes: it is solved once in
+float64 and cached, so a batch of random warps is a single matmul with no per-sample solve.
+"""
+
+import functools
+
+import numpy as np
+import tensorflow as tf
+
+
+def _check_size(argument, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{argument}` must be an integer >= {minimum}. Received: {argument}={value!r}")
+
+
+def control_grid(height, width, grid_size):
+    """The evenly spaced ``grid_size x grid_size`` control points, corners included.
+
+    Returns:
+        A float64 numpy array ``(grid_size**2, 2)`` of ``(y, x)`` pixel coordinates, row-major
+        (``y`` varies slowest), matching the order of the displacements `tps_displacement` takes.
+    """
+    _check_size("height", height)
+    _check_size("width", width)
+    _check_size("grid_size", grid_size, minimum=2)
+    if grid_size > min(height, width):
+        raise ValueError(
+            f"`grid_size` must be at most the image size {min(height, width)} "
+            f"(height={height}, width={width}). Received: grid_size={grid_size}"
+        )
+    ys, xs = np.meshgrid(
+        np.linspace(0.0, height - 1.0, grid_size),
+        np.linspace(0.0, width - 1.0, grid_size),
+        indexing="ij",
+    )
+    return np.stack([ys.ravel(), xs.ravel()], axis=-1)
+
+
+def _tps_kernel(squared_distance):
+    """``phi(r) = r^2 log r``, written as ``0.5 r^2 log r^2`` with ``phi(0) = 0``."""
+    safe = np.where(squared_distance > 0.0, squared_distance, 1.0)
+    return 0.5 * squared_distance * np.log(safe)
+
+
+@functools.lru_cache(maxsize=32)
+def tps_interpolation_matrix(height, width, grid_size):
+    """The cached ``(H*W, K)`` float32 matrix ``M`` with ``u = M d`` on the fixed control grid.
+
+    Row ``y * W + x`` holds the weights of the ``K = grid_size**2`` control displacements at
+    pixel ``(y, x)``. Solved in float64 with coordinates scaled to ``[0, 1]`` (the TPS interpolant
+    with an affine part does not depend on the scale, and the scaled system is well conditioned).
+    """
+    points = control_grid(height, width, grid_size)
+    scale = float(max(height, width) - 1) or 1.0
+    points = points / scale
+    k = points.shape[0]
+    ys, xs = np.meshgrid(np.arange(height) / scale, np.arange(width) / scale, indexing="ij")
+    pixels = np.stack([ys.ravel(), xs.ravel()], axis=-1)
+
+    system = np.zeros((k + 3, k + 3))
+    system[:k, :k] = _tps_kernel(((points[:, None] - points[None]) ** 2).sum(-1))
+    affine = np.concatenate([np.ones((k, 1)), points], axis=1)
+    system[:k, k:] = affine
+    system[k:, :k] = affine.T
+    # Columns: the spline coefficients for a unit displacement at each control point.
+    rhs = np.concatenate([np.eye(k), np.zeros((3, k))], axis=0)
+    coefficients = np.linalg.solve(system, rhs)
+
+    basis = np.concatenate(
+        [
+            _tps_kernel(((pixels[:, None] - points[None]) ** 2).sum(-1)),
+            np.ones((pixels.shape[0], 1)),
+            pixels,
+        ],
+        axis=1,
+    )
+    matrix = (basis @ coefficients).astype(np.float32)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def tps_displacement(displacements, height, width, grid_size):
+    """Dense TPS displacement field from displacements on the fixed control grid.
+
+    Args:
+        displacements: ``(B, K, 2)`` or ``(B, grid_size, grid_size, 2)`` control displacements in
+            pixels, last axis ``(dy, dx)``, in the row-major order of `control_grid`.
+        height, width: the image size.
+        grid_size: the control grid is ``grid_size x grid_size``, evenly spaced, corners included.
+
+    Returns:
+        A float32 field ``(B, H, W, 2)``; at every control point it equals that point's
+        displacement.
+
+    Example:
+
+    >>> d = tf.random.uniform((4, 9, 2), -2.0, 2.0)
+    >>> tps_displacement(d, 32, 32, grid_size=3).shape
+    TensorShape([4, 32, 32, 2])
+    """
+    matrix = tps_interpolation_matrix(int(height), int(width), int(grid_size))
+    displacements = tf.cast(displacements, tf.float32)
+    k = grid_size * grid_size
+    if displacements.shape.rank == 4:
+        displacements = tf.reshape(displacements, [-1, k, 2])
+    if displacements.shape.rank != 3 or displacements.shape[1:] != (k, 2):
+        raise ValueError(
+            f"`displacements` must have shape (B, {k}, 2) or (B, {grid_size}, {grid_size}, 2) "
+            f"for grid_size={grid_size}. Received: displacements.shape={displacements.shape}"
+        )
+    field = tf.einsum("pk,bkc->bpc", tf.constant(matrix), displacements)
+    return tf.reshape(field, [-1, height, width, 2])
+
+
+def tps_displacement_from_points(control_points, displacements, height, width):
+    """Dense TPS displacement field from arbitrary control points (one linear solve per sample).
+
+    This is the general form (what ``tfa.image.sparse_image_warp`` computed on every call): it
+    solves the ``(K+3) x (K+3)`` TPS system for each sample. For a fixed grid prefer
+    `tps_displacement`, which needs no solve.
+
+    Args:
+        control_points: ``(B, K, 2)`` or ``(K, 2)`` control point ``(y, x)`` pixel coordinates,
+            K >= 3 and not all on one line.
+        displacements: ``(B, K, 2)`` displacements ``(dy, dx)`` at those points.
+        height, width: the image size.
+
+    Returns:
+        A float32 field ``(B, H, W, 2)`` through the control displacements.
+    """
+    _check_size("height", height)
+    _check_size("width", width)
+    displacements = tf.cast(displacements, tf.float32)
+    control_points = tf.cast(control_points, tf.float32)
+    if displacements.shape.rank != 3 or displacements.shape[-1] != 2:
+        raise ValueError(
+            f"`displacements` must have shape (B, K, 2). Received: shape={displacements.shape}"
+        )
+    if control_points.shape.rank == 2:
+        control_points = tf.broadcast_to(control_points, tf.shape(displacements))
+    if control_points.shape.rank != 3 or control_points.shape[-1] != 2:
+        raise ValueError(
+            f"`control_points` must have shape (B, K, 2) or (K, 2). "
+            f"Received: shape={control_points.shape}"
+        )
+    scale = float(max(height, width) - 1) or 1.0
+    points = control_points / scale
+    batch, k = tf.shape(points)[0], tf.shape(points)[1]
+
+    def kernel(squared_distance):
+        safe = tf.where(squared_distance > 0.0, squared_distance, 1.0)
+        return 0.5 * squared_distance * tf.math.log(safe)
+
+    pairwise = tf.reduce_sum(tf.square(points[:, :, None] - points[:, None]), -1)
+    affine = tf.concat([tf.ones(tf.stack([batch, k, 1])), points], axis=-1)
+    top = tf.concat([kernel(pairwise), affine], axis=-1)
+    bottom = tf.concat([tf.transpose(affine, [0, 2, 1]), tf.zeros(tf.stack([batch, 3, 3]))], -1)
+    system = tf.concat([top, bottom], axis=1)
+    rhs = tf.concat([displacements, tf.zeros(tf.stack([batch, 3, 2]))], axis=1)
+    coefficients = tf.linalg.solve(system, rhs)  # (B, K+3, 2)
+
+    ys, xs = tf.meshgrid(
+        tf.range(height, dtype=tf.float32) / scale,
+        tf.range(width, dtype=tf.float32) / scale,
+        indexing="ij",
+    )
+    pixels = tf.stack([tf.reshape(ys, [-1]), tf.reshape(xs, [-1])], axis=-1)  # (P, 2)
+    to_points = tf.reduce_sum(tf.square(pixels[None, :, None] - points[:, None]), -1)  # (B, P, K)
+    field = tf.matmul(kernel(to_points), coefficients[:, :-3])
+    field += coefficients[:, -3:-2] + tf.matmul(
+        tf.broadcast_to(pixels, tf.stack([batch, height * width, 2])), coefficients[:, -2:]
+    )
+    return tf.reshape(field, [-1, height, width, 2])

@@ -1,0 +1,183 @@
+"""The one resampler every deformation in the package goes through.
+
+Convention (shared by the whole package): a displacement field ``u`` of shape ``(B, H, W, 2)``,
+last axis ``(dy, dx)``, in pixels, means *content moves by u*::
+
+    out[b, y, x] = img[b, y - u[b, y, x, 0], x - u[b, y, x, 1]]
+
+Pixel centres are the integer coordinates ``0..H-1`` and ``0..W-1``. This is the convention of the
+old ``tfa.image.dense_image_warp`` and of Petrini et al.'s ``deform``.
+"""
+
+import tensorflow as tf
+
+FILL_MODES = ("nearest", "reflect", "wrap", "constant")
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
+def check_choice(argument, value, choices):
+    """Raises a ValueError naming `argument` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"`{argument}` must be one of {', '.join(repr(c) for c in choices)}. "
+            f"Received: {argument}={value!r}"
+        )
+
+
+def _check_numeric(argument, tensor):
+    dtype = tf.as_dtype(tensor.dtype)
+    if not (dtype.is_floating or dtype.is_integer) or dtype.is_bool:
+        raise TypeError(
+            f"`{argument}` must have a numeric (float or integer) dtype. "
+            f"Received: {argument}.dtype={dtype.name}"
+        )
+
+
+def _fold_index(index, size, fill_mode):
+    """Maps integer sample coordinates into ``[0, size)`` according to `fill_mode`.
+
+    Returns the folded int32 index and, for ``"constant"``, a boolean mask of the coordinates
+    that fell inside the image (None otherwise).
+    """
+    index = tf.cast(index, tf.int32)
+    if fill_mode == "nearest":
+        return tf.clip_by_value(index, 0, size - 1), None
+    if fill_mode == "wrap":
+        return tf.math.floormod(index, size), None
+    if fill_mode == "reflect":
+        # Half-sample symmetric, as Keras and scipy.ndimage: (d c b a | a b c d | d c b a).
+        period = tf.math.floormod(index, 2 * size)
+        return tf.where(period >= size, 2 * size - 1 - period, period), None
+    inside = (index >= 0) & (index < size)
+    return tf.clip_by_value(index, 0, size - 1), inside
+
+
+def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fill_value=0.0):
+    """Resamples images along a dense displacement field ("content moves by u").
+
+    ``out[b, y, x] = images[b, y - u[b, y, x, 0], x - u[b, y, x, 1]]``, sampled bilinearly (or at
+    the nearest pixel). Samples that fall outside the image follow `fill_mode`, applied to each
+    neighbouring pixel that bilinear interpolation reads:
+    ``"nearest"`` clamps to the edge, ``"reflect"`` mirrors about the edge
+    (``d c b a | a b c d | d c b a``), ``"wrap"`` tiles the image, ``"constant"`` reads
+    `fill_value`.
+
+    Args:
+        images: ``(B, H, W, C)`` or a single ``(H, W, C)`` image, channels last, any numeric dtype.
+        displacement: ``(B, H, W, 2)`` (or ``(H, W, 2)`` for a single image; a ``(1, H, W, 2)``
+            field is broadcast over the batch), last axis ``(dy, dx)`` in pixels.
+        interpolation: ``"bilinear"`` or ``"nearest"``.
+        fill_mode: one of ``"nearest"``, ``"reflect"``, ``"wrap"``, ``"constant"``.
+        fill_value: the value read outside the image with ``fill_mode="constant"``.
+
+    Returns:
+        The warped images, same shape. Bilinear output keeps a floating input dtype and is
+        float32 for integer input; nearest output keeps the input dtype (so masks stay masks).
+
+    Example:
+
+    >>> images = tf.random.uniform((2, 8, 8, 3))
+    >>> shift_right = tf.tile([[[[0.0, 1.0]]]], [2, 8, 8, 1])
+    >>> warp(images, shift_right, fill_mode="wrap").shape
+    TensorShape([2, 8, 8, 3])
+    """
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    check_choice("fill_mode", fill_mode, FILL_MODES)
+    images = tf.convert_to_tensor(images)
+    displacement = tf.convert_to_tensor(displacement)
+    _check_numeric("images", images)
+    _check_numeric("displacement", displacement)
+    if images.shape.rank == 3:
+        if displacement.shape.rank == 3:
+            displacement = displacement[None]
+        return warp(images[None], displacement, interpolation, fill_mode, fill_value)[0]
+    if images.shape.rank != 4:
+        raise ValueError(
+            "`images` must have rank 4 (B, H, W, C) or 3 (H, W, C). "
+            f"Received: images.shape={images.shape}"
+        )
+    if displacement.shape.rank != 4 or displacement.shape[-1] not in (2, None):
+        raise ValueError(
+            "`displacement` must have shape (B, H, W, 2) with last axis (dy, dx). "
+            f"Received: displacement.shape={displacement.shape}"
+        )
+    if not displacement.shape[1:3].is_compatible_with(images.shape[1:3]):
+        raise ValueError(
+            "`displacement` must match the spatial size of `images`. Received: "
+            f"images.shape={images.shape}, displacement.shape={displacement.shape}"
+        )
+
+    shape = tf.shape(images)
+    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+    displacement = tf.cast(displacement, tf.float32)
+    displacement = tf.broadcast_to(displacement, tf.stack([batch, height, width, 2]))
+    rows = tf.cast(tf.range(height), tf.float32)[None, :, None]
+    cols = tf.cast(tf.range(width), tf.float32)[None, None, :]
+    source_y = rows - displacement[..., 0]
+    source_x = cols - displacement[..., 1]
+
+    # One flat gather for all the pixels that are read: (B*H*W, C) rows.
+    flat = tf.reshape(images, tf.stack([-1, channels]))
+
+    def read(y, x):
+        iy, inside_y = _fold_index(y, height, fill_mode)
+        ix, inside_x = _fold_index(x, width, fill_mode)
+        base = tf.reshape(tf.range(batch) * height * width, [-1] + [1] * (y.shape.rank - 1))
+        index = base + iy * width + ix
+        values = tf.gather(flat, index)
+        if fill_mode == "constant":
+            inside = (inside_y & inside_x)[..., None]
+            values = tf.where(inside, values, tf.cast(fill_value, values.dtype))
+        return values
+
+    if interpolation == "nearest":
+        return read(tf.floor(source_y + 0.5), tf.floor(source_x + 0.5))
+
+    out_dtype = images.dtype if images.dtype.is_floating else tf.float32
+    y0 = tf.floor(source_y)
+    x0 = tf.floor(source_x)
+    wy = (source_y - y0)[..., None]
+    wx = (source_x - x0)[..., None]
+    # The four neighbours stacked on one axis: (B, H, W, 4) -> one gather -> (B, H, W, 4, C).
+    corners_y = tf.stack([y0, y0, y0 + 1.0, y0 + 1.0], axis=-1)
+    corners_x = tf.stack([x0, x0 + 1.0, x0, x0 + 1.0], axis=-1)
+    values = tf.cast(read(corners_y, corners_x), tf.float32)
+    top = values[..., 0, :] * (1.0 - wx) + values[..., 1, :] * wx
+    bottom = values[..., 2, :] * (1.0 - wx) + values[..., 3, :] * wx
+    out = top * (1.0 - wy) + bottom * wy
+    return tf.cast(out, out_dtype)
+
+
+def shift(images, dy, dx, fill_mode="wrap", fill_value=0.0):
+    """Translates images by whole pixels: content moves down by `dy` and right by `dx`.
+
+    Args:
+        images: ``(B, H, W, C)`` or ``(H, W, C)``, channels last.
+        dy, dx: integers, or integer tensors of shape ``(B,)`` for one shift per image.
+        fill_mode: as in `warp`; ``"wrap"`` (the default) is a circular shift, equal to
+            ``np.roll(images, (dy, dx), axis=(1, 2))``.
+        fill_value: the value shifted in with ``fill_mode="constant"``.
+
+    Returns:
+        The shifted images, same shape and dtype (values are copied, never interpolated).
+    """
+    for argument, value in (("dy", dy), ("dx", dx)):
+        value = tf.convert_to_tensor(value)
+        if not value.dtype.is_integer:
+            raise TypeError(
+                f"`{argument}` must be an integer (whole-pixel shift). "
+                f"Received: {argument}={value!r} of dtype {value.dtype.name}"
+            )
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank == 3:
+        return shift(images[None], dy, dx, fill_mode, fill_value)[0]
+    shape = tf.shape(images)
+    offsets = tf.stack(
+        [
+            tf.broadcast_to(tf.cast(dy, tf.float32), shape[:1]),
+            tf.broadcast_to(tf.cast(dx, tf.float32), shape[:1]),
+        ],
+        axis=-1,
+    )
+    displacement = tf.broadcast_to(offsets[:, None, None, :], tf.stack([shape[0], shape[1], shape[2], 2]))
+    return warp(images, displacement, "nearest", fill_mode, fill_value)

@@ -1,0 +1,35 @@
+"""Functional-API CNNs whose interleaved downsampling is a switch, and their layers.
+
+- `build_vgg`, `cifar_vgg`, `imagenet_vgg`: VGG-style nets of Ruderman et al. (2018).
+- `build_resnet`, `resnet18`: ResNets whose stage-entry downsampling follows the same switch.
+- `DOWNSAMPLING`: the valid values of the `downsample` switch.
+- `Subsample2D`, `BlurPool2D`: the downsampling layers Keras lacks.
+- `downsampling_layers`: maps a switch value to the layers of one downsampling unit.
+- `probe_layer_names`: the probe points (`input`, `block{b}_conv{k}`, `block{b}_down`, ...) in
+  forward order, for the stability measures.
+"""
+
+from deformstab_tf.models.downsampling import (
+    DOWNSAMPLING,
+    BlurPool2D,
+    Subsample2D,
+    binomial_filter,
+    downsampling_layers,
+    probe_layer_names,
+)
+from deformstab_tf.models.resnet import build_resnet, resnet18
+from deformstab_tf.models.vgg import build_vgg, cifar_vgg, imagenet_vgg
+
+__all__ = [
+    "DOWNSAMPLING",
+    "BlurPool2D",
+    "Subsample2D",
+    "binomial_filter",
+    "build_resnet",
+    "build_vgg",
+    "cifar_vgg",
+    "downsampling_layers",
+    "imagenet_vgg",
+    "probe_layer_names",
+    "resnet18",
+]
