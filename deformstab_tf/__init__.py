@@ -1,3 +1,3 @@
-"""deformstab_tf: deformation layers, switchable-downsampling CNNs and stability measures for Keras 3."""
+"""deformstab_tf: deformation layers, switchable-downsampling CNNs and stability measures."""
 
 __version__ = "0.1.0"

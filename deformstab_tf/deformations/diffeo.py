@@ -39,14 +39,14 @@ def typical_displacement(temperature, cutoff, size):
 
 
 def temperature_for_displacement(delta, cutoff, size):
-    """The temperature whose typical displacement is `delta` pixels: ``4 delta^2 / (pi n^2 ln c)``."""
+    """The temperature of typical displacement `delta` pixels: ``4 delta^2 / (pi n^2 ln c)``."""
     _check_cutoff(cutoff)
     return 4.0 * delta**2 / (math.pi * size**2 * math.log(cutoff))
 
 
 @functools.lru_cache(maxsize=64)
 def _modes(size, cutoff):
-    """``sin(k pi x)`` for ``x = linspace(0, 1, size)`` and ``k = 1..cutoff``: ``(size, cutoff)``."""
+    """``sin(k pi x)``, ``x = linspace(0, 1, size)``, ``k = 1..cutoff``: ``(size, cutoff)``."""
     x = np.linspace(0.0, 1.0, size)
     k = np.arange(1, cutoff + 1)
     return np.sin(np.pi * x[:, None] * k[None, :]).astype(np.float32)
@@ -54,7 +54,7 @@ def _modes(size, cutoff):
 
 @functools.lru_cache(maxsize=64)
 def mode_amplitudes(cutoff):
-    """Standard deviations ``1/sqrt(i^2 + j^2)`` of ``C_ij``, zero beyond the cut-off: ``(c, c)``."""
+    """Standard deviations ``1/sqrt(i^2 + j^2)`` of ``C_ij``, 0 beyond the cut-off: ``(c, c)``."""
     k = np.arange(1, cutoff + 1)
     radius = np.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
     return np.where(radius < cutoff + 0.5, 1.0 / radius, 0.0).astype(np.float32)
@@ -102,7 +102,9 @@ def diffeo_displacement(coefficients, height, width, temperature=None, displacem
         )
     else:
         # sqrt(T(delta, c, n)) * n = 2 delta / sqrt(pi ln c), the same on both axes.
-        scale = tf.cast(displacement, tf.float32)[..., None] * (
-            2.0 / math.sqrt(math.pi * math.log(cutoff))
-        ) * tf.ones([2])
+        scale = (
+            tf.cast(displacement, tf.float32)[..., None]
+            * (2.0 / math.sqrt(math.pi * math.log(cutoff)))
+            * tf.ones([2])
+        )
     return fields * tf.reshape(scale, [-1, 1, 1, 2])

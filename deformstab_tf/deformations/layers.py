@@ -32,7 +32,8 @@ def _value_range(argument, value, symmetric=True, minimum=None):
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
         ):
             raise ValueError(
-                f"`{argument}` must be a number or a pair (low, high). Received: {argument}={value!r}"
+                f"`{argument}` must be a number or a pair (low, high). "
+                f"Received: {argument}={value!r}"
             )
         low, high = float(value[0]), float(value[1])
         if low > high:
@@ -245,7 +246,9 @@ class RandomThinPlateSpline(BaseRandomDeformation):
     def __init__(self, grid_size=3, max_displacement=2.0, **kwargs):
         super().__init__(**kwargs)
         if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
-            raise ValueError(f"`grid_size` must be an integer >= 2. Received: grid_size={grid_size!r}")
+            raise ValueError(
+                f"`grid_size` must be an integer >= 2. Received: grid_size={grid_size!r}"
+            )
         self.grid_size = grid_size
         self.max_displacement = _magnitude("max_displacement", max_displacement)
 

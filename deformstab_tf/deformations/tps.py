@@ -14,7 +14,9 @@ import tensorflow as tf
 
 def _check_size(argument, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{argument}` must be an integer >= {minimum}. Received: {argument}={value!r}")
+        raise ValueError(
+            f"`{argument}` must be an integer >= {minimum}. Received: {argument}={value!r}"
+        )
 
 
 def control_grid(height, width, grid_size):

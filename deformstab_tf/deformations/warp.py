@@ -179,5 +179,7 @@ def shift(images, dy, dx, fill_mode="wrap", fill_value=0.0):
         ],
         axis=-1,
     )
-    displacement = tf.broadcast_to(offsets[:, None, None, :], tf.stack([shape[0], shape[1], shape[2], 2]))
+    displacement = tf.broadcast_to(
+        offsets[:, None, None, :], tf.stack([shape[0], shape[1], shape[2], 2])
+    )
     return warp(images, displacement, "nearest", fill_mode, fill_value)

@@ -1,0 +1,220 @@
+"""The random deformation layers as a Keras user uses them."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deformstab_tf.deformations import control_grid, tps_displacement, warp
+from deformstab_tf.layers import RandomAffine, RandomDiffeomorphism, RandomThinPlateSpline
+
+LAYERS = {
+    "tps": lambda **kw: RandomThinPlateSpline(grid_size=3, max_displacement=2.0, **kw),
+    "affine": lambda **kw: RandomAffine(rotation=15, scale=0.1, shear=0.1, translation=0.1, **kw),
+    "diffeo": lambda **kw: RandomDiffeomorphism(cutoff=3, displacement=1.5, **kw),
+}
+ZERO = {
+    "tps": lambda **kw: RandomThinPlateSpline(max_displacement=0.0, **kw),
+    "affine": lambda **kw: RandomAffine(**kw),
+    "diffeo": lambda **kw: RandomDiffeomorphism(displacement=0.0, **kw),
+}
+
+
+def smooth_images(batch=4, size=(16, 20), channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((batch, *size, channels))
+    # Smooth content so that every warp changes it measurably.
+    images = tf.nn.avg_pool2d(images, 3, 1, "SAME")
+    return images.numpy().astype("float32")
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_seeded_per_sample_draws_and_training_flag(kind):
+    images = np.repeat(smooth_images(1), 4, axis=0)
+    out = LAYERS[kind](seed=3)(images).numpy()
+    again = LAYERS[kind](seed=3)(images).numpy()
+    other = LAYERS[kind](seed=4)(images).numpy()
+    np.testing.assert_array_equal(out, again)
+    assert np.abs(out - other).max() > 1e-3
+    # One warp per image by default: identical inputs come out different.
+    assert np.abs(out[0] - out[1]).max() > 1e-3
+    shared = LAYERS[kind](seed=3, same_on_batch=True)(images).numpy()
+    np.testing.assert_allclose(shared, np.repeat(shared[:1], 4, axis=0), atol=1e-6)
+    # A layer's calls go on through its sequence.
+    layer = LAYERS[kind](seed=3)
+    assert np.abs(layer(images).numpy() - layer(images).numpy()).max() > 1e-3
+    np.testing.assert_array_equal(LAYERS[kind](seed=3)(images, training=False), images)
+
+
+@pytest.mark.parametrize("kind", ZERO)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "uint8"])
+def test_zero_magnitude_is_exact_identity(kind, dtype):
+    images = tf.cast(np.random.default_rng(1).integers(0, 255, (2, 12, 12, 3)), dtype)
+    out = ZERO[kind](seed=0, fill_mode="constant")(images)
+    assert out.dtype == tf.float32
+    np.testing.assert_array_equal(out.numpy(), tf.cast(images, tf.float32).numpy())
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("policy", ["float16", "bfloat16", "mixed_float16"])
+def test_output_in_the_compute_dtype(kind, policy):
+    images = smooth_images(2)
+    out = LAYERS[kind](seed=0, dtype=policy)(images)
+    expected = keras.DTypePolicy(policy).compute_dtype
+    assert out.dtype == expected
+    reference = LAYERS[kind](seed=0)(images).numpy()
+    np.testing.assert_allclose(tf.cast(out, tf.float32).numpy(), reference, atol=2e-2)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_single_image_channels_first_and_any_channel_count(kind):
+    images = smooth_images(3, channels=5)
+    batched = LAYERS[kind](seed=7)(images).numpy()
+    single = LAYERS[kind](seed=7)(images[0]).numpy()
+    assert single.shape == images[0].shape
+    first = LAYERS[kind](seed=7, data_format="channels_first")(images.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(first.numpy().transpose(0, 2, 3, 1), batched, atol=1e-6)
+    # The single image got the first draw of the same sequence (batch size 1).
+    one = LAYERS[kind](seed=7)(images[:1]).numpy()
+    np.testing.assert_allclose(single, one[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_masks_get_the_same_warp_nearest_sampled(kind):
+    rng = np.random.default_rng(2)
+    masks = rng.integers(0, 4, (3, 16, 20, 1)).astype("int32")
+    images = np.concatenate([smooth_images(3), masks.astype("float32")], axis=-1)
+    out = LAYERS[kind](seed=5, interpolation="nearest")(
+        {"images": images, "segmentation_masks": masks, "labels": np.arange(3)}
+    )
+    assert out["segmentation_masks"].dtype == tf.int32
+    np.testing.assert_array_equal(out["images"][..., 3:].numpy(), out["segmentation_masks"])
+    np.testing.assert_array_equal(out["labels"], np.arange(3))
+    assert np.any(out["segmentation_masks"].numpy() != masks)
+
+
+def test_tps_layer_field_is_the_tps_of_uniform_box_draws():
+    # Nearest-sampled integer image: read the field back from the warp of a coordinate image.
+    layer = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=11)
+    transformation = layer.get_random_transformation(tf.zeros((64, 17, 17, 1)))
+    field = transformation["displacement"].numpy()
+    points = control_grid(17, 17, 3).astype(int)
+    at_points = field[:, points[:, 0], points[:, 1]]
+    assert np.abs(at_points).max() <= 2.0 + 1e-5
+    # Uniform on the box [-2, 2]^2 per axis: mean ~0, variance ~ 4/3 per axis, corners reached.
+    assert abs(at_points.mean()) < 0.1
+    assert at_points.var() == pytest.approx(4 / 3, rel=0.1)
+    assert np.abs(at_points).max() > 1.9
+    np.testing.assert_allclose(field, tps_displacement(at_points, 17, 17, 3).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_tf_data_pipeline_is_deterministic_with_a_seed(kind):
+    images = smooth_images(6)
+
+    def run():
+        layer = LAYERS[kind](seed=21)
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(3).map(layer)
+        return np.concatenate([b.numpy() for b in ds])
+
+    first, second = run(), run()
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(first - images).max() > 1e-3
+    # Unbatched elements and dict elements work too.
+    layer = LAYERS[kind](seed=21)
+    ds = tf.data.Dataset.from_tensor_slices({"images": images, "labels": np.arange(6)}).map(layer)
+    assert [tuple(e["images"].shape) for e in ds.take(2)] == [(16, 20, 3)] * 2
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_in_a_model_dynamic_batch_keras_file_and_xla(kind, tmp_path):
+    inputs = keras.Input((16, 20, 3))
+    x = LAYERS[kind](seed=1)(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("sgd", "mse", jit_compile=True)
+    assert model.jit_compile  # the layer must not switch XLA off
+    images = smooth_images(5)
+    model.fit(images, np.zeros((5, 2)), batch_size=3, epochs=1, verbose=0)
+    # Inference is the identity, so predictions equal the head on the raw images.
+    head = keras.Model(model.layers[2].input, model.output)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), head.predict(images, verbose=0), atol=1e-5
+    )
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        restored.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
+    )
+    layer = restored.layers[1]
+    assert type(layer) is type(model.layers[1])
+    assert layer.get_config() == model.layers[1].get_config()
+    # Dynamic batch size inside a graph.
+    fn = tf.function(
+        lambda x: layer(x, training=True), input_signature=[tf.TensorSpec((None, 16, 20, 3))]
+    )
+    assert fn(images).shape == images.shape
+
+
+def test_config_round_trip_keeps_the_draws():
+    layer = RandomAffine(
+        rotation=(-5, 20),
+        scale=(0.9, 1.3),
+        shear=0.2,
+        translation=0.1,
+        anisotropic_scale=True,
+        fill_mode="constant",
+        fill_value=0.5,
+        seed=9,
+    )
+    clone = RandomAffine.from_config(layer.get_config())
+    images = smooth_images(3)
+    np.testing.assert_array_equal(layer(images), clone(images))
+    diffeo = RandomDiffeomorphism(cutoff=4, temperature=(1e-4, 1e-3), seed=2)
+    clone = RandomDiffeomorphism.from_config(diffeo.get_config())
+    np.testing.assert_array_equal(diffeo(images), clone(images))
+
+
+def test_affine_layer_rotation_only_matches_the_functional_rotation():
+    images = smooth_images(1, size=(16, 16))
+    layer = RandomAffine(rotation=(30, 30), seed=0, fill_mode="nearest")
+    from deformstab_tf.deformations import affine_displacement, affine_matrices
+
+    expected = warp(images, affine_displacement(affine_matrices(rotation=30.0), 16, 16))
+    np.testing.assert_allclose(layer(images).numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="grid_size=1"):
+        RandomThinPlateSpline(grid_size=1)
+    with pytest.raises(ValueError, match="grid_size=20"):
+        RandomThinPlateSpline(grid_size=20)(tf.zeros((1, 16, 16, 1)))
+    with pytest.raises(ValueError, match="max_displacement=-1"):
+        RandomThinPlateSpline(max_displacement=-1)
+    with pytest.raises(ValueError, match="rotation=-5"):
+        RandomAffine(rotation=-5)
+    with pytest.raises(ValueError, match="scale"):
+        RandomAffine(scale=1.5)
+    with pytest.raises(ValueError, match="translation"):
+        RandomAffine(translation=(0.2, 0.1))
+    with pytest.raises(ValueError, match="cutoff=1"):
+        RandomDiffeomorphism(cutoff=1)
+    with pytest.raises(ValueError, match="temperature"):
+        RandomDiffeomorphism(temperature=1e-3, displacement=1.0)
+    with pytest.raises(ValueError, match="displacement"):
+        RandomDiffeomorphism(displacement=-1.0)
+    with pytest.raises(ValueError, match="fill_mode='mirror'"):
+        RandomAffine(fill_mode="mirror")
+    with pytest.raises(ValueError, match="interpolation='cubic'"):
+        RandomThinPlateSpline(interpolation="cubic")
+    with pytest.raises(ValueError, match="data_format"):
+        RandomThinPlateSpline(data_format="NHWC")
+    with pytest.raises(ValueError, match="rank"):
+        RandomThinPlateSpline()(tf.zeros((16, 16)))
+    with pytest.raises(ValueError, match="rank"):
+        RandomThinPlateSpline()(tf.zeros((1, 1, 16, 16, 1)))
+    with pytest.raises(TypeError, match="dtype=string"):
+        RandomThinPlateSpline()(tf.fill((1, 8, 8, 1), "a"))
+    with pytest.raises(ValueError, match="images"):
+        RandomThinPlateSpline()({"pixels": tf.zeros((1, 8, 8, 1))})

@@ -1,0 +1,143 @@
+"""The resampler against scipy.ndimage and a plain numpy reference."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from deformstab_tf.deformations import FILL_MODES, shift, warp
+
+# scipy.ndimage modes that read each out-of-range neighbour the way ours do.
+SCIPY_MODE = {
+    "nearest": "nearest",
+    "reflect": "reflect",
+    "wrap": "grid-wrap",
+    "constant": "grid-constant",
+}
+
+
+def numpy_bilinear(images, displacement, fill_mode, fill_value=0.0):
+    """Plain numpy: out[b,y,x] = img[b, y - dy, x - dx], per-neighbour fill."""
+    b, h, w, c = images.shape
+    out = np.zeros(images.shape, np.float64)
+    for n in range(b):
+        for y in range(h):
+            for x in range(w):
+                sy = y - displacement[n, y, x, 0]
+                sx = x - displacement[n, y, x, 1]
+                y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+                total = np.zeros(c)
+                for yy, wy in ((y0, 1 - (sy - y0)), (y0 + 1, sy - y0)):
+                    for xx, wx in ((x0, 1 - (sx - x0)), (x0 + 1, sx - x0)):
+                        total += wy * wx * read(images[n], yy, xx, fill_mode, fill_value)
+                out[n, y, x] = total
+    return out
+
+
+def read(image, y, x, fill_mode, fill_value):
+    h, w = image.shape[:2]
+    if fill_mode == "constant":
+        if 0 <= y < h and 0 <= x < w:
+            return image[y, x]
+        return np.full(image.shape[-1], fill_value)
+    if fill_mode == "nearest":
+        return image[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
+    if fill_mode == "wrap":
+        return image[y % h, x % w]
+    # reflect: d c b a | a b c d | d c b a
+    y, x = y % (2 * h), x % (2 * w)
+    return image[y if y < h else 2 * h - 1 - y, x if x < w else 2 * w - 1 - x]
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_bilinear_matches_numpy_and_scipy(fill_mode):
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 7, 9, 3))
+    displacement = rng.uniform(-4, 4, (2, 7, 9, 2))
+    out = warp(images.astype("float32"), displacement, fill_mode=fill_mode, fill_value=0.5).numpy()
+    np.testing.assert_allclose(out, numpy_bilinear(images, displacement, fill_mode, 0.5), atol=2e-5)
+    ys, xs = np.meshgrid(np.arange(7), np.arange(9), indexing="ij")
+    for n in range(2):
+        coords = [ys - displacement[n, ..., 0], xs - displacement[n, ..., 1]]
+        for ch in range(3):
+            expected = ndimage.map_coordinates(
+                images[n, ..., ch], coords, order=1, mode=SCIPY_MODE[fill_mode], cval=0.5
+            )
+            np.testing.assert_allclose(out[n, ..., ch], expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_nearest_interpolation_keeps_dtype_and_matches_scipy(fill_mode):
+    rng = np.random.default_rng(1)
+    masks = rng.integers(0, 5, (1, 6, 8, 1)).astype("int32")
+    displacement = rng.uniform(-3, 3, (1, 6, 8, 2)).astype("float32")
+    # Keep away from the .5 ties where rounding conventions differ.
+    displacement = np.round(displacement * 4) / 4 + 0.1
+    out = warp(masks, displacement, interpolation="nearest", fill_mode=fill_mode, fill_value=9)
+    assert out.dtype == tf.int32
+    ys, xs = np.meshgrid(np.arange(6), np.arange(8), indexing="ij")
+    coords = [ys - displacement[0, ..., 0], xs - displacement[0, ..., 1]]
+    expected = ndimage.map_coordinates(
+        masks[0, ..., 0], coords, order=0, mode=SCIPY_MODE[fill_mode], cval=9
+    )
+    np.testing.assert_array_equal(out.numpy()[0, ..., 0], expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "uint8", "int32"])
+def test_zero_displacement_is_exact_identity(dtype):
+    images = tf.cast(np.random.default_rng(2).integers(0, 255, (2, 5, 6, 4)), dtype)
+    out = warp(images, tf.zeros((2, 5, 6, 2)), fill_mode="constant", fill_value=7.0)
+    np.testing.assert_array_equal(tf.cast(out, tf.float64), tf.cast(images, tf.float64))
+
+
+def test_single_image_and_broadcast_field():
+    rng = np.random.default_rng(3)
+    images = rng.random((3, 6, 6, 2)).astype("float32")
+    field = rng.uniform(-1, 1, (1, 6, 6, 2)).astype("float32")
+    batched = warp(images, field).numpy()
+    for n in range(3):
+        np.testing.assert_allclose(warp(images[n], field[0]).numpy(), batched[n], atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    dy=st.integers(-12, 12),
+    dx=st.integers(-12, 12),
+)
+def test_circular_shift_equals_np_roll(h, w, dy, dx):
+    images = np.arange(2 * h * w * 3, dtype="float32").reshape(2, h, w, 3)
+    np.testing.assert_array_equal(
+        shift(images, dy, dx).numpy(), np.roll(images, (dy, dx), axis=(1, 2))
+    )
+
+
+def test_shift_with_fill_equals_roll_in_the_interior_and_per_image_offsets():
+    images = np.random.default_rng(4).random((2, 8, 8, 1)).astype("float32")
+    out = shift(images, 2, -3, fill_mode="constant", fill_value=-1.0).numpy()
+    rolled = np.roll(images, (2, -3), axis=(1, 2))
+    np.testing.assert_array_equal(out[:, 2:, :-3], rolled[:, 2:, :-3])
+    assert np.all(out[:, :2] == -1.0) and np.all(out[:, :, -3:] == -1.0)
+    per_image = shift(images, tf.constant([1, -1]), tf.constant([0, 2])).numpy()
+    np.testing.assert_array_equal(per_image[0], np.roll(images[0], (1, 0), axis=(0, 1)))
+    np.testing.assert_array_equal(per_image[1], np.roll(images[1], (-1, 2), axis=(0, 1)))
+
+
+def test_bad_arguments_name_the_argument():
+    images = tf.zeros((1, 4, 4, 1))
+    field = tf.zeros((1, 4, 4, 2))
+    with pytest.raises(ValueError, match="fill_mode='mirror'"):
+        warp(images, field, fill_mode="mirror")
+    with pytest.raises(ValueError, match="interpolation='bicubic'"):
+        warp(images, field, interpolation="bicubic")
+    with pytest.raises(ValueError, match="images.shape"):
+        warp(tf.zeros((4, 4)), field)
+    with pytest.raises(ValueError, match="displacement"):
+        warp(images, tf.zeros((1, 5, 4, 2)))
+    with pytest.raises(TypeError, match="images"):
+        warp(tf.zeros((1, 4, 4, 1), tf.bool), field)
+    with pytest.raises(TypeError, match="dy"):
+        shift(images, 0.5, 1)
