@@ -1,0 +1,55 @@
+"""Small helpers shared by the measures: seeds, calling a deformation, ratios, validation."""
+
+import inspect
+
+import keras
+import numpy as np
+
+
+def call_perturbation(perturbation, images, seed=None):
+    """Applies a deformation: Keras layers get `training=True`, callables accepting `seed` get it.
+
+    Args:
+        perturbation: a Keras layer or any callable on a batch of images.
+        images: a batch `(B, H, W, C)`.
+        seed: an integer passed as `seed=` to callables whose signature has a `seed` parameter;
+            ignored otherwise (a Keras layer draws from its own seed generator).
+    """
+    if isinstance(perturbation, keras.layers.Layer):
+        return perturbation(images, training=True)
+    if seed is not None and _accepts_seed(perturbation):
+        return perturbation(images, seed=seed)
+    return perturbation(images)
+
+
+def _accepts_seed(function):
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return "seed" in parameters
+
+
+def derive_seed(seed, *indices):
+    """A reproducible 31-bit integer seed from a root seed and indices (batch, draw, ...)."""
+    return int(np.random.default_rng([seed, *indices]).integers(2**31 - 1))
+
+
+def resolve_seed(seed):
+    """`seed`, or fresh OS entropy when `None` (never the global NumPy / TF / Keras state)."""
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (2**63))
+    return int(seed) % (2**63)  # NumPy seeds must be non-negative
+
+
+def safe_ratio(numerator, denominator, if_both_zero):
+    """`numerator / denominator`, with `0 / 0 -> if_both_zero` and `x / 0 -> inf` (x > 0)."""
+    if denominator > 0:
+        return numerator / denominator
+    return if_both_zero if numerator == 0 else float("inf")
+
+
+def check_positive_int(name, value):
+    """Raises a ValueError naming the argument unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")

@@ -1,0 +1,127 @@
+"""Shift consistency of the top-1 prediction (Zhang, 2019)."""
+
+import numpy as np
+import tensorflow as tf
+
+from deformstab_tf.measures._common import check_positive_int, resolve_seed
+from deformstab_tf.measures.features import check_probe_images
+from deformstab_tf.measures.results import MeasureResult
+
+FILL_MODES = ("wrap", "constant", "nearest", "reflect")
+
+
+def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap", seed=None):
+    """Probability that the top-1 prediction agrees for two random shifts of the same image.
+
+    Each image is translated twice by whole pixels, by independent offsets `(dy, dx)` drawn
+    uniformly from the integers in `[-max_shift, max_shift]` per axis (Zhang 2019 compares two
+    random crops; a shift with a fill mode keeps the model's input size). The model runs with
+    `training=False`.
+
+    Offsets are drawn as `numpy.random.default_rng(seed).integers(-max_shift, max_shift,
+    size=(N, 2, 2), endpoint=True)`, indexed `[image, first/second shift, (dy, dx)]`; content
+    moves down by `dy` and right by `dx`.
+
+    Args:
+        model: a single-input classifier (top-1 = argmax of its flattened output).
+        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        max_shift: largest shift in pixels per axis, a non-negative integer.
+        batch_size: images per forward pass.
+        fill_mode: what enters at the border: `"wrap"` (circular shift, the default),
+            `"constant"` (zeros), `"nearest"` (edge pixel repeated) or `"reflect"`
+            (`d c b a | a b c d | d c b a`).
+        seed: seeds the offsets; the same seed gives the same number.
+
+    Returns:
+        A `MeasureResult` with one entry, `"output"`, the fraction of images whose two shifted
+        copies get the same top-1 class.
+
+    Example:
+
+    >>> shift_consistency(model, x_test[:1000], max_shift=4)["output"]
+    0.87
+    """
+    images = check_probe_images(model, images)
+    return shift_consistency_from_predictor(
+        top1_predictor(model), images, max_shift, batch_size, fill_mode, seed
+    )
+
+
+def top1_predictor(model):
+    """A traced function `images -> top-1 class` of `model` with `training=False`."""
+
+    @tf.function(reduce_retracing=True)
+    def predict_top1(images):
+        outputs = model(images, training=False)
+        return tf.argmax(tf.reshape(outputs, [tf.shape(outputs)[0], -1]), axis=-1)
+
+    return predict_top1
+
+
+def shift_consistency_from_predictor(
+    predict_top1, images, max_shift, batch_size=64, fill_mode="wrap", seed=None
+):
+    """`shift_consistency` given `top1_predictor(model)` and checked `images` (for reuse)."""
+    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
+        raise ValueError(
+            f"`max_shift` must be a non-negative integer. Received: max_shift={max_shift!r}"
+        )
+    check_positive_int("batch_size", batch_size)
+    if fill_mode not in FILL_MODES:
+        raise ValueError(f"`fill_mode` must be one of {FILL_MODES}. Received: {fill_mode!r}")
+    num_images = int(images.shape[0])
+    rng = np.random.default_rng(resolve_seed(seed))
+    offsets = rng.integers(-max_shift, max_shift, size=(num_images, 2, 2), endpoint=True)
+
+    agree = []
+    for start in range(0, num_images, batch_size):
+        batch = images[start : start + batch_size]
+        batch_offsets = offsets[start : start + batch_size]
+        first, second = (
+            predict_top1(_shift(batch, batch_offsets[:, k, 0], batch_offsets[:, k, 1], fill_mode))
+            for k in (0, 1)
+        )
+        agree.append((first == second).numpy())
+    consistency = float(np.mean(np.concatenate(agree)))
+    return MeasureResult(
+        "shift_consistency",
+        {"output": consistency},
+        metadata={
+            "num_images": num_images,
+            "max_shift": int(max_shift),
+            "fill_mode": fill_mode,
+            "seed": seed,
+        },
+    )
+
+
+def _shift(images, dy, dx, fill_mode):
+    """Whole-pixel translation with one `(dy, dx)` per image: `out[b, y, x] = in[b, y - dy_b,
+    x - dx_b]`, the border filled according to `fill_mode`.
+
+    Same convention as `deformstab_tf.deformations.shift` (which may replace it).
+    """
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    rows, row_valid = _source_index(shape[1], tf.constant(dy, tf.int32), fill_mode)
+    cols, col_valid = _source_index(shape[2], tf.constant(dx, tf.int32), fill_mode)
+    shifted = tf.gather(images, rows, axis=1, batch_dims=1)
+    shifted = tf.gather(shifted, cols, axis=2, batch_dims=1)
+    if fill_mode == "constant":
+        inside = row_valid[:, :, None, None] & col_valid[:, None, :, None]
+        shifted = tf.where(inside, shifted, tf.zeros_like(shifted))
+    return shifted
+
+
+def _source_index(size, offset, fill_mode):
+    """Source indices `(B, size)` for destination `0..size-1` moved by `offset` `(B,)`."""
+    index = tf.range(size)[None, :] - offset[:, None]
+    valid = (index >= 0) & (index < size)
+    if fill_mode == "wrap":
+        index = tf.math.floormod(index, size)
+    elif fill_mode == "reflect":
+        index = tf.math.floormod(index, 2 * size)
+        index = tf.where(index >= size, 2 * size - 1 - index, index)
+    else:  # nearest; constant masks the clamped values afterwards
+        index = tf.clip_by_value(index, 0, size - 1)
+    return index, valid

@@ -1,0 +1,342 @@
+"""Probe points, the one multi-output feature extractor, and streaming pairwise distances.
+
+Every representation-based measure reads the network through `ProbeFeatures`: a single
+`keras.Model(model.input, [outputs of all probe layers])`, run with `training=False`, so one forward
+pass per batch yields every probe point. Reductions (norms, normalisation, Gram blocks, distances
+between an image and its perturbed copy) happen on the device inside `tf.function`s; only small
+per-image and per-pair numbers reach the host.
+
+Pairwise distances between the N probe images come from Gram matrices built block by block
+(`ProbeFeatures.distances`), so the memory is O(N^2) numbers per probe point plus the features of
+two batches; all N representations are never held at once.
+"""
+
+import dataclasses
+import functools
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+INPUT = "input"  # the probe name of the model's input (the images themselves)
+
+# Layer types probed by default in models not built by `deformstab_tf.models`.
+_DEFAULT_PROBE_TYPES = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.MaxPooling3D,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.AveragePooling3D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalAveragePooling3D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.GlobalMaxPooling3D,
+    keras.layers.Dense,
+)
+
+
+def default_probe_layer_names(model):
+    """The default probe points of `model`, in forward order.
+
+    For a model built by `deformstab_tf.models` this is `probe_layer_names(model)` (`input`, every
+    conv unit, every downsampling unit). For any other model: `input` followed by every
+    convolution, pooling and dense layer.
+    """
+    try:
+        from deformstab_tf.models import probe_layer_names
+
+        return list(probe_layer_names(model))
+    except (ImportError, ValueError):
+        pass
+    return [INPUT] + [
+        layer.name for layer in model.layers if isinstance(layer, _DEFAULT_PROBE_TYPES)
+    ]
+
+
+def resolve_probe_layers(model, layers=None):
+    """Validates a `layers` argument and returns probe names in forward order.
+
+    Args:
+        model: a single-input Keras model (functional or `Sequential`).
+        layers: `None` for `default_probe_layer_names(model)`; a list of names (`"input"` is the
+            model's input); or a predicate `layer -> bool` evaluated on every layer.
+
+    Returns:
+        A list of probe names.
+
+    Raises:
+        ValueError: if a name is unknown (the message lists the available names) or the list is
+            empty.
+    """
+    if layers is None:
+        return default_probe_layer_names(model)
+    if callable(layers):
+        names = [layer.name for layer in model.layers if layers(layer)]
+        # The input layer of a functional model is the probe point "input".
+        input_names = {layer.name for layer in model.layers if isinstance(layer, keras.InputLayer)}
+        names = [INPUT if name in input_names else name for name in names]
+    else:
+        if isinstance(layers, str):
+            layers = [layers]
+        names = list(layers)
+    if not names:
+        raise ValueError(f"`layers` selects no probe point. Received: layers={layers!r}")
+    available = [INPUT] + [
+        layer.name for layer in model.layers if not isinstance(layer, keras.InputLayer)
+    ]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(
+            f"`layers` names unknown layers {unknown} of model {model.name!r}. "
+            f"Available: {available}"
+        )
+    return names
+
+
+def check_probe_images(model, images, min_images=2):
+    """Converts `images` to a float tensor and checks it against the model's input.
+
+    Raises:
+        ValueError: naming `images` if its shape does not match the model input or it holds
+            fewer than `min_images` images.
+    """
+    if len(model.inputs) != 1:
+        raise ValueError(
+            f"Stability measures need a single-input model; {model.name!r} has "
+            f"{len(model.inputs)} inputs."
+        )
+    input_spec = model.inputs[0]
+    images = tf.convert_to_tensor(images, dtype=_probe_dtype(model))
+    expected = tuple(input_spec.shape)
+    received = tuple(images.shape)
+    if len(received) != len(expected) or any(
+        e is not None and e != r for e, r in zip(expected[1:], received[1:], strict=True)
+    ):
+        raise ValueError(
+            f"`images` has shape {received} but model {model.name!r} expects {expected} "
+            "(a batch of images)."
+        )
+    if received[0] < min_images:
+        raise ValueError(
+            f"`images` must hold at least {min_images} probe images; received {received[0]} "
+            f"(shape {received})."
+        )
+    return images
+
+
+def _probe_dtype(model):
+    """Probe images are fed in the model input's float dtype (float32 for non-float inputs)."""
+    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    return dtype if keras.backend.is_float_dtype(dtype) else "float32"
+
+
+@dataclasses.dataclass
+class ProbeDistances:
+    """Distances at one probe point, as returned by `ProbeFeatures.distances`.
+
+    Attributes:
+        pairwise: `(N, N)` float64 distances between the clean probe images (diagonal 0).
+        paired: `(P, N)` float64 distance between each clean image and its `p`-th perturbed copy.
+    """
+
+    pairwise: np.ndarray
+    paired: np.ndarray
+
+    def distinct_pairs(self):
+        """The `N (N - 1) / 2` distances between distinct probe images (upper triangle)."""
+        return self.pairwise[np.triu_indices(self.pairwise.shape[0], k=1)]
+
+
+class ProbeFeatures:
+    """The representations of a model at its probe points, from one multi-output extractor.
+
+    Built once per model and set of probe points and reused (its `tf.function`s trace once), e.g.
+    by `StabilityCallback` across epochs.
+
+    Args:
+        model: a single-input Keras model.
+        layers: probe points; see `resolve_probe_layers`.
+
+    Example:
+
+    >>> probe = ProbeFeatures(model, ["input", "block1_conv1"])
+    >>> features = probe.extractor(images)  # one tensor per probe point
+    """
+
+    def __init__(self, model, layers=None):
+        self.model = model
+        self.names = resolve_probe_layers(model, layers)
+        model_input = model.inputs[0]
+        outputs = [
+            model_input if name == INPUT else model.get_layer(name).output for name in self.names
+        ]
+        self.extractor = keras.Model(model_input, outputs, name=f"{model.name}_probe")
+        # Fixed signatures: each function traces once whatever the batch size.
+        images_spec = tf.TensorSpec([None, *model_input.shape[1:]], _probe_dtype(model))
+        vectors_spec = [tf.TensorSpec([None, None], tf.float32)] * len(self.names)
+        centers_spec = [tf.TensorSpec([None], tf.float32)] * len(self.names)
+        self._vectors = {
+            normalize: tf.function(
+                functools.partial(self._vectors_impl, normalize=normalize),
+                input_signature=[images_spec, centers_spec],
+            )
+            for normalize in (False, True)
+        }
+        self._gram = tf.function(self._gram_impl, input_signature=[vectors_spec, vectors_spec])
+        self._paired = tf.function(self._paired_impl, input_signature=[vectors_spec, vectors_spec])
+
+    def check_images(self, images, min_images=2):
+        """`check_probe_images` for this probe's model."""
+        return check_probe_images(self.model, images, min_images=min_images)
+
+    def distances(self, images, perturb, batch_size, metric):
+        """Streams the probe images in batches and returns the distances the measures reduce.
+
+        For each probe point: the distances between all pairs of clean probe images, and between
+        each image and each of its perturbed copies.
+
+        Cost: with `n = ceil(N / batch_size)` batches, `n (n - 1) / 2 + 1` forward passes over
+        clean batches (one when `N <= batch_size`; rows of the Gram matrix are reused as the next
+        block) plus one per perturbed batch. Memory: the features of two batches plus `N^2`
+        float64 per probe point on the host.
+
+        Args:
+            images: `(N, H, W, C)` probe images (a checked tensor).
+            perturb: `perturb(batch, batch_index, start) -> list` of P perturbed copies of a batch
+                (`start` is the index of the batch's first image in `images`).
+            batch_size: images per forward pass.
+            metric: `"cosine"` (`1 - cos`, with the zero-vector rule below) or `"sqeuclidean"`.
+
+        Returns:
+            A list of `ProbeDistances`, one per probe point, and the number of forward passes.
+
+        Cosine distance of zero vectors (dead units): `d_cos(0, 0) = 0` (identical
+        representations) and `d_cos(0, r) = 1` for `r != 0` (a zero vector is treated as
+        orthogonal to everything), so dead probe points never produce NaN.
+        """
+        if metric not in ("cosine", "sqeuclidean"):
+            raise ValueError(f"Unknown metric {metric!r}.")
+        vectors = self._vectors[metric == "cosine"]
+        num_images = int(images.shape[0])
+        starts = list(range(0, num_images, batch_size))
+        blocks = [slice(s, min(s + batch_size, num_images)) for s in starts]
+        num_layers = len(self.names)
+        gram = [np.zeros((num_images, num_images)) for _ in range(num_layers)]
+        is_zero = [np.zeros(num_images, bool) for _ in range(num_layers)]
+        paired, paired_zero = None, None
+        forward_passes = 0
+
+        # Vectors are centred on the mean of the first batch: squared distances are
+        # shift-invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b free of cancellation when the
+        # representations share a large common component.
+        first = vectors(images[blocks[0]], [tf.zeros([0])] * len(self.names))
+        forward_passes += 1
+        centers = [c for _, _, c in first]
+        row = [(u, z) for u, z, _ in first]
+
+        for i, rows in enumerate(blocks):
+            batch = images[rows]
+            for layer, (_, z) in enumerate(row):
+                is_zero[layer][rows] = z.numpy()
+            self._store_gram(self._gram([u for u, _ in row], [u for u, _ in row]), rows, rows, gram)
+
+            perturbed = [tf.cast(p, batch.dtype) for p in perturb(batch, i, rows.start)]
+            if paired is None:
+                paired = [np.zeros((len(perturbed), num_images)) for _ in range(num_layers)]
+                paired_zero = [np.zeros((len(perturbed), num_images), bool)
+                               for _ in range(num_layers)]
+            for p, perturbed_batch in enumerate(perturbed):
+                if perturbed_batch.shape != batch.shape:
+                    raise ValueError(
+                        f"The perturbation returned shape {tuple(perturbed_batch.shape)} for a "
+                        f"batch of shape {tuple(batch.shape)}; it must keep the shape."
+                    )
+                perturbed_vectors = vectors(perturbed_batch, centers)
+                forward_passes += 1
+                distances = self._paired([u for u, _ in row], [u for u, _, _ in perturbed_vectors])
+                for layer, (d, (_, z, _)) in enumerate(
+                    zip(distances, perturbed_vectors, strict=True)
+                ):
+                    paired[layer][p, rows] = d.numpy()
+                    paired_zero[layer][p, rows] = z.numpy()
+
+            # Later blocks in reverse order, so block i + 1 comes last and becomes the next row.
+            next_row = None
+            for j in reversed(range(i + 1, len(blocks))):
+                column = [(u, z) for u, z, _ in vectors(images[blocks[j]], centers)]
+                forward_passes += 1
+                block = self._gram([u for u, _ in row], [u for u, _ in column])
+                self._store_gram(block, rows, blocks[j], gram)
+                next_row = column
+            row = next_row
+
+        results = []
+        for layer in range(num_layers):
+            # Squared distances from the (centred) Gram matrix, in float64.
+            sqnorm = np.diag(gram[layer])
+            d2 = sqnorm[:, None] + sqnorm[None, :] - 2.0 * gram[layer]
+            d2 = np.maximum(d2, 0.0)
+            np.fill_diagonal(d2, 0.0)
+            pair_d2 = paired[layer]
+            if metric == "cosine":
+                # |a/|a| - b/|b||^2 = 2 (1 - cos); then the zero-vector rule.
+                d2 = _cosine_with_zero_rule(d2 / 2.0, is_zero[layer][:, None], is_zero[layer])
+                pair_d2 = _cosine_with_zero_rule(
+                    pair_d2 / 2.0, is_zero[layer][None, :], paired_zero[layer]
+                )
+            results.append(ProbeDistances(pairwise=d2, paired=pair_d2))
+        return results, forward_passes
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _vectors_impl(self, images, centers, normalize):
+        """Per probe point: flattened (optionally unit-normalised) features minus a centre,
+        whether each representation is exactly zero, and the centre (an empty `centers[l]`
+        means: centre on this batch's mean)."""
+        outputs = self.extractor(images, training=False)
+        if len(self.names) == 1:
+            outputs = [outputs]
+        vectors = []
+        for output, center in zip(outputs, centers, strict=True):
+            v = tf.cast(tf.reshape(output, [tf.shape(output)[0], -1]), tf.float32)
+            norm_sq = tf.reduce_sum(tf.square(v), axis=1)
+            zero = tf.equal(norm_sq, 0.0)
+            if normalize:
+                v = tf.math.divide_no_nan(v, tf.sqrt(norm_sq)[:, None])
+            center = tf.cond(
+                tf.size(center) > 0, lambda c=center: c, lambda v=v: tf.reduce_mean(v, axis=0)
+            )
+            vectors.append((v - center, zero, center))
+        return vectors
+
+    @staticmethod
+    def _gram_impl(rows, columns):
+        return [tf.matmul(a, b, transpose_b=True) for a, b in zip(rows, columns, strict=True)]
+
+    @staticmethod
+    def _paired_impl(clean, perturbed):
+        return [
+            tf.reduce_sum(tf.square(a - b), axis=1) for a, b in zip(clean, perturbed, strict=True)
+        ]
+
+    @staticmethod
+    def _store_gram(block, rows, columns, gram):
+        for layer, g in enumerate(block):
+            g = g.numpy().astype(np.float64)
+            gram[layer][rows, columns] = g
+            gram[layer][columns, rows] = g.T
+
+
+def _cosine_with_zero_rule(d_cos, zero_a, zero_b):
+    both = zero_a & zero_b
+    one = zero_a ^ zero_b
+    return np.where(both, 0.0, np.where(one, 1.0, d_cos))

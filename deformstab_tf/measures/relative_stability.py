@@ -1,0 +1,139 @@
+"""Relative stability to deformations vs noise per probe point (Petrini et al. 2021;
+Tomasini et al. 2022)."""
+
+import numpy as np
+import tensorflow as tf
+
+from deformstab_tf.measures._common import (
+    call_perturbation,
+    check_positive_int,
+    derive_seed,
+    resolve_seed,
+    safe_ratio,
+)
+from deformstab_tf.measures.features import ProbeFeatures
+from deformstab_tf.measures.results import MeasureResult
+
+REDUCTIONS = {"median": np.median, "mean": np.mean}
+
+
+def relative_stability(
+    model,
+    images,
+    deformation,
+    layers=None,
+    batch_size=64,
+    reduction="median",
+    seed=None,
+):
+    """Stability to a deformation relative to noise of the same norm, per probe point.
+
+    For each probe image `x`, `tau x` is the deformed image and `x + eta` a noisy one with
+    `eta = ||tau x - x||_2 * xi / ||xi||_2`, `xi` standard Gaussian (noise as large as the
+    deformation's change). At probe point `l` with flattened representation `r`:
+
+        D_l = <||r(tau x) - r(x)||^2>_x / <||r(x) - r(z)||^2>_{x != z}
+        G_l = <||r(x + eta) - r(x)||^2>_x / <||r(x) - r(z)||^2>_{x != z}
+        R_l = D_l / G_l
+
+    `<.>` is `reduction`, applied separately to the numerator (over the N probe images) and to
+    the denominator (over the N (N - 1) / 2 pairs of distinct probe images). The default
+    `"median"` follows the authors' code (which, unlike here, also counts the zero self-distances
+    in the denominator's median); `"mean"` gives plain averages. `R < 1`: the probe point is more
+    stable to the deformation than to noise. At the input, `D = G` by construction (`R = 1`).
+
+    Ratios `0 / 0` (a probe point that does not change at all, e.g. dead) are reported as
+    `D = G = 0` and `R = 1`; `x / 0` with `x > 0` as `inf`. No NaN is produced.
+
+    Cost: forward passes over the clean images (one when `len(images) <= batch_size`, see
+    `ProbeFeatures.distances`), the deformed and the noisy images.
+
+    Args:
+        model: a single-input Keras model.
+        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        deformation: any callable on a batch of images returning the same shape; a Keras layer is
+            called with `training=True` (e.g. `RandomDiffeomorphism(seed=...)`).
+        layers: probe points; see `normalized_sensitivity`.
+        batch_size: images per forward pass.
+        reduction: `"median"` (default) or `"mean"`.
+        seed: seeds the noise `xi` (image `i` draws from `numpy.random.default_rng([seed, i])`,
+            so results do not depend on `batch_size`), and is passed as `seed=` to a
+            `deformation` callable that accepts one. A Keras layer keeps its own seed generator.
+
+    Returns:
+        A `MeasureResult` mapping probe name -> `R_l`; `details["D"]`, `details["G"]` and
+        `details["R"]` map probe name -> `D_l`, `G_l`, `R_l`.
+
+    Example:
+
+    >>> diffeo = deformstab_tf.deformations.RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
+    >>> result = relative_stability(model, x_probe[:500], diffeo)
+    >>> result.details["D"]["block4_down"], result["block4_down"]
+    """
+    probe = ProbeFeatures(model, layers)
+    return relative_stability_from_probe(probe, images, deformation, batch_size, reduction, seed)
+
+
+def relative_stability_from_probe(
+    probe, images, deformation, batch_size=64, reduction="median", seed=None
+):
+    """`relative_stability` on a prebuilt `ProbeFeatures` (reuses its traced functions)."""
+    images = probe.check_images(images)
+    check_positive_int("batch_size", batch_size)
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"`reduction` must be one of {sorted(REDUCTIONS)}. Received: reduction={reduction!r}"
+        )
+    reduce = REDUCTIONS[reduction]
+    root_seed = resolve_seed(seed)
+
+    def deform_and_add_noise(batch, batch_index, start):
+        deformed = tf.cast(
+            call_perturbation(deformation, batch, seed=derive_seed(root_seed, batch_index)),
+            batch.dtype,
+        )
+        noisy = batch + matched_noise(deformed - batch, root_seed, start)
+        return [deformed, noisy]
+
+    distances, forward_passes = probe.distances(
+        images, deform_and_add_noise, batch_size, metric="sqeuclidean"
+    )
+    components = {"D": {}, "G": {}, "R": {}}
+    for name, d in zip(probe.names, distances, strict=True):
+        pairs = float(reduce(d.distinct_pairs()))
+        deformation_change = float(reduce(d.paired[0]))
+        noise_change = float(reduce(d.paired[1]))
+        components["D"][name] = safe_ratio(deformation_change, pairs, if_both_zero=0.0)
+        components["G"][name] = safe_ratio(noise_change, pairs, if_both_zero=0.0)
+        components["R"][name] = safe_ratio(
+            components["D"][name], components["G"][name], if_both_zero=1.0
+        )
+    return MeasureResult(
+        "relative_stability",
+        components["R"],
+        details=components,
+        metadata={
+            "num_images": int(images.shape[0]),
+            "batch_size": batch_size,
+            "reduction": reduction,
+            "seed": seed,
+            "forward_passes": forward_passes,
+        },
+    )
+
+
+def matched_noise(change, seed, start):
+    """Gaussian noise with, per image, the L2 norm of `change` (a batch of image differences).
+
+    Probe image `i = start + k` draws `xi` from `numpy.random.default_rng([seed, i])`.
+    """
+    change = tf.convert_to_tensor(change)
+    count = change.shape[0]
+    xi = np.stack(
+        [np.random.default_rng([seed, start + k]).standard_normal(change.shape[1:])
+         for k in range(count)]
+    )
+    flat = xi.reshape(count, -1)
+    direction = (flat / np.linalg.norm(flat, axis=1, keepdims=True)).reshape(xi.shape)
+    norms = tf.norm(tf.reshape(change, [count, -1]), axis=1)
+    return tf.cast(direction, change.dtype) * tf.reshape(norms, [-1] + [1] * (xi.ndim - 1))

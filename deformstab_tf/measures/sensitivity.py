@@ -1,0 +1,107 @@
+"""Normalised deformation sensitivity per probe point (Ruderman et al., 2018)."""
+
+import numpy as np
+
+from deformstab_tf.measures._common import (
+    call_perturbation,
+    check_positive_int,
+    derive_seed,
+    resolve_seed,
+    safe_ratio,
+)
+from deformstab_tf.measures.features import ProbeFeatures
+from deformstab_tf.measures.results import MeasureResult
+
+
+def normalized_sensitivity(
+    model,
+    images,
+    deformation,
+    layers=None,
+    batch_size=64,
+    num_deformations=1,
+    seed=None,
+):
+    """Normalised sensitivity of each probe point to a deformation (Ruderman et al., 2018).
+
+    For probe point `l` with flattened representation `r_l`:
+
+        S_l = mean_x d_cos(r_l(x), r_l(tau x)) / median_{x != y} d_cos(r_l(x), r_l(y)),
+
+    with `d_cos = 1 - cos`, the mean over probe images (and over `num_deformations` draws of
+    `tau` per image) and the median over all pairs of distinct probe images. The model runs with
+    `training=False`.
+
+    Dead units: `d_cos(0, 0) = 0` and `d_cos(0, r) = 1` for `r != 0`. A ratio `0 / 0` (a probe
+    point constant over the probe set and its deformations, e.g. all-zero) is reported as 0
+    (perfectly stable); `x / 0` with `x > 0` as `inf`. No NaN is produced.
+
+    Cost: one forward pass over the clean images and one per deformation draw when
+    `len(images) <= batch_size`; otherwise `n (n - 1) / 2 + 1` clean passes of `n` batches (see
+    `ProbeFeatures.distances`). Memory: features of two batches plus `N^2` floats per probe point.
+
+    Args:
+        model: a single-input Keras model.
+        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        deformation: any callable on a batch of images returning the same shape; a Keras layer is
+            called with `training=True` (e.g. `RandomThinPlateSpline(seed=...)`).
+        layers: probe points: `None` (the default probe points: `probe_layer_names(model)` for
+            models from `deformstab_tf.models`, else `input` plus every convolution, pooling and
+            dense layer), a list of layer names (`"input"` is the images) or a predicate on a layer.
+        batch_size: images per forward pass.
+        num_deformations: draws of the deformation per image averaged in the numerator.
+        seed: seeds the measure's own randomness. It is passed as `seed=` to a `deformation`
+            callable that accepts a `seed` parameter (one derived seed per batch and draw), so the
+            same seed gives the same numbers. A Keras layer is not reseeded: it draws from its own
+            seed generator, so repeat a measurement by re-creating the layer with its seed.
+
+    Returns:
+        A `MeasureResult` mapping probe name -> `S_l`, in forward order; `details` holds the
+        numerator (`"deformation"`) and denominator (`"pairs"`) per probe point.
+
+    Example:
+
+    >>> model = deformstab_tf.models.cifar_vgg()
+    >>> tps = deformstab_tf.deformations.RandomThinPlateSpline(3, 2.0, seed=0)
+    >>> result = normalized_sensitivity(model, x_probe[:128], tps)
+    >>> print(result)
+    """
+    probe = ProbeFeatures(model, layers)
+    return normalized_sensitivity_from_probe(
+        probe, images, deformation, batch_size, num_deformations, seed
+    )
+
+
+def normalized_sensitivity_from_probe(
+    probe, images, deformation, batch_size=64, num_deformations=1, seed=None
+):
+    """`normalized_sensitivity` on a prebuilt `ProbeFeatures` (reuses its traced functions)."""
+    images = probe.check_images(images)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_deformations", num_deformations)
+    root_seed = resolve_seed(seed)
+
+    def deform(batch, batch_index, start):
+        return [
+            call_perturbation(deformation, batch, seed=derive_seed(root_seed, batch_index, draw))
+            for draw in range(num_deformations)
+        ]
+
+    distances, forward_passes = probe.distances(images, deform, batch_size, metric="cosine")
+    values, numerators, denominators = {}, {}, {}
+    for name, d in zip(probe.names, distances, strict=True):
+        numerators[name] = float(np.mean(d.paired))
+        denominators[name] = float(np.median(d.distinct_pairs()))
+        values[name] = safe_ratio(numerators[name], denominators[name], if_both_zero=0.0)
+    return MeasureResult(
+        "sensitivity",
+        values,
+        details={"deformation": numerators, "pairs": denominators},
+        metadata={
+            "num_images": int(images.shape[0]),
+            "batch_size": batch_size,
+            "num_deformations": num_deformations,
+            "seed": seed,
+            "forward_passes": forward_passes,
+        },
+    )
