@@ -1,0 +1,424 @@
+"""Measures against plain NumPy re-implementations on tiny models."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import scipy.ndimage
+import tensorflow as tf
+
+from deformstab_tf.measures import (
+    MeasureResult,
+    ProbeFeatures,
+    kernel_smoothness,
+    normalized_sensitivity,
+    relative_stability,
+    shift_consistency,
+    smooth_kernels,
+)
+from deformstab_tf.measures.consistency import _shift
+
+NAMES = ["input", "block1_conv1", "block1_down", "block2_conv1"]
+SHAPE = (8, 8, 3)
+
+
+def tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(SHAPE, name="input")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="block1_conv1")(inputs)
+    x = keras.layers.MaxPooling2D(name="block1_down")(x)
+    x = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="block2_conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(3, name="logits")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).normal(size=(8, *SHAPE)).astype("float32")
+
+
+def smooth_warp(batch):
+    """A fixed, non-trivial bilinear warp (NumPy): content moves by a smooth sine field."""
+    batch = np.asarray(batch, dtype=np.float64)
+    rows, cols = np.meshgrid(np.arange(8.0), np.arange(8.0), indexing="ij")
+    src_rows = rows - 0.8 * np.sin(np.pi * cols / 7)
+    src_cols = cols - 0.6 * np.sin(np.pi * rows / 7)
+    out = np.empty_like(batch)
+    for b in range(len(batch)):
+        for c in range(batch.shape[-1]):
+            out[b, ..., c] = scipy.ndimage.map_coordinates(
+                batch[b, ..., c], [src_rows, src_cols], order=1, mode="nearest"
+            )
+    return out.astype(np.float32)
+
+
+def reference_features(model, names, x):
+    """Flattened float64 features from an independent sub-model and `predict`."""
+    outputs = [model.input if n == "input" else model.get_layer(n).output for n in names]
+    features = keras.Model(model.input, outputs).predict(np.asarray(x), verbose=0)
+    return [np.asarray(f, np.float64).reshape(len(x), -1) for f in features]
+
+
+def cosine_distance(a, b):
+    return 1.0 - np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def distinct_pairs(n):
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+# -- normalised sensitivity ---------------------------------------------------------------------
+
+
+def test_sensitivity_matches_numpy_with_streaming(model, images):
+    result = normalized_sensitivity(model, images, smooth_warp, layers=NAMES, batch_size=3)
+    clean = reference_features(model, NAMES, images)
+    deformed = reference_features(model, NAMES, smooth_warp(images))
+    assert list(result) == NAMES
+    for name, f, g in zip(NAMES, clean, deformed, strict=True):
+        numerator = np.mean(cosine_distance(f, g))
+        denominator = np.median([cosine_distance(f[i], f[j]) for i, j in distinct_pairs(8)])
+        np.testing.assert_allclose(result[name], numerator / denominator, rtol=1e-5)
+        np.testing.assert_allclose(result.details["deformation"][name], numerator, rtol=1e-5)
+        np.testing.assert_allclose(result.details["pairs"][name], denominator, rtol=1e-5)
+    # 3 batches: 1 + 2 (Gram rows reused) + 1 clean passes, 3 deformed passes.
+    assert result.metadata["forward_passes"] == 7
+
+
+def test_sensitivity_precise_for_nearly_parallel_representations(model, images):
+    # Probe images share a large common component: cos(r(x), r(y)) = 1 - 1e-7, below float32
+    # resolution. Centring before the Gram matrix keeps the distances accurate.
+    x = (30.0 + 0.01 * images).astype("float32")
+    result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES, batch_size=3)
+    clean = reference_features(model, NAMES, x)
+    deformed = reference_features(model, NAMES, smooth_warp(x))
+    for name, f, g in zip(NAMES, clean, deformed, strict=True):
+        pairs = [cosine_distance(f[i], f[j]) for i, j in distinct_pairs(8)]
+        assert np.median(pairs) < 1e-6
+        expected = np.mean(cosine_distance(f, g)) / np.median(pairs)
+        np.testing.assert_allclose(result[name], expected, rtol=1e-4)
+
+
+def test_sensitivity_independent_of_batch_size(model, images):
+    small = normalized_sensitivity(model, images, smooth_warp, layers=NAMES, batch_size=2)
+    whole = normalized_sensitivity(model, images, smooth_warp, layers=NAMES, batch_size=64)
+    assert whole.metadata["forward_passes"] == 2
+    np.testing.assert_allclose(list(small.values()), list(whole.values()), rtol=1e-5)
+
+
+def test_sensitivity_averages_several_deformations(model, images):
+    warps = [smooth_warp, lambda x: np.roll(x, 1, axis=2)]
+    calls = []
+
+    def alternate(batch):
+        calls.append(None)
+        return warps[(len(calls) - 1) % 2](batch)
+
+    result = normalized_sensitivity(
+        model, images, alternate, layers=NAMES, batch_size=5, num_deformations=2
+    )
+    clean = reference_features(model, NAMES, images)
+    for layer, name in enumerate(NAMES):
+        numerator = np.mean(
+            [
+                cosine_distance(clean[layer], reference_features(model, NAMES, w(images))[layer])
+                for w in warps
+            ]
+        )
+        np.testing.assert_allclose(
+            result.details["deformation"][name], numerator, rtol=1e-5
+        )
+
+
+def test_sensitivity_seed_reaches_seeded_callables(model, images):
+    def random_roll(batch, seed):
+        shift = np.random.default_rng(seed).integers(1, 4)
+        return tf.roll(batch, int(shift), axis=1)
+
+    first = normalized_sensitivity(model, images, random_roll, layers=NAMES, seed=3)
+    again = normalized_sensitivity(model, images, random_roll, layers=NAMES, seed=3)
+    assert first == again
+
+
+def test_dead_units_give_finite_documented_values(images):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(SHAPE, name="input")
+    dead = keras.layers.Conv2D(2, 3, kernel_initializer="zeros", name="dead")(inputs)
+    outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(dead))
+    model = keras.Model(inputs, outputs)
+    # Two all-zero probe images: at the input d_cos(0, 0) = 0 and d_cos(0, x) = 1.
+    x = images.copy()
+    x[:2] = 0.0
+    roll = lambda b: tf.roll(b, 1, axis=2)
+    result = normalized_sensitivity(model, x, roll, layers=["input", "dead"], batch_size=3)
+    assert result["dead"] == 0.0  # 0 / 0: constant representation, perfectly stable
+    f, g = x.reshape(8, -1).astype(np.float64), np.roll(x, 1, axis=2).reshape(8, -1)
+
+    def rule(a, b):
+        if not a.any() and not b.any():
+            return 0.0
+        if not a.any() or not b.any():
+            return 1.0
+        return cosine_distance(a, b)
+
+    numerator = np.mean([rule(f[i], g[i]) for i in range(8)])
+    denominator = np.median([rule(f[i], f[j]) for i, j in distinct_pairs(8)])
+    np.testing.assert_allclose(result["input"], numerator / denominator, rtol=1e-5)
+    stability = relative_stability(model, x, roll, layers=["input", "dead"], batch_size=3)
+    assert stability.details["D"]["dead"] == stability.details["G"]["dead"] == 0.0
+    assert stability["dead"] == 1.0
+    assert all(np.isfinite(v) for v in [*result.values(), *stability.values()])
+
+
+# -- relative stability -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["median", "mean"])
+def test_relative_stability_matches_numpy(model, images, reduction):
+    seed = 7
+    result = relative_stability(
+        model, images, smooth_warp, layers=NAMES, batch_size=3, reduction=reduction, seed=seed
+    )
+    deformed = smooth_warp(images)
+    # The documented noise: image i draws xi from default_rng([seed, i]), scaled to |tau x - x|.
+    noisy = np.empty_like(images)
+    for i in range(len(images)):
+        xi = np.random.default_rng([seed, i]).standard_normal(SHAPE)
+        change = np.linalg.norm((deformed[i] - images[i]).astype(np.float64))
+        noisy[i] = images[i] + xi / np.linalg.norm(xi) * change
+    reduce = np.median if reduction == "median" else np.mean
+    features = [reference_features(model, NAMES, x) for x in (images, deformed, noisy)]
+    for layer, name in enumerate(NAMES):
+        f, fd, fn = (feature[layer] for feature in features)
+        pairs = reduce([np.sum((f[i] - f[j]) ** 2) for i, j in distinct_pairs(8)])
+        d = reduce(np.sum((fd - f) ** 2, axis=1)) / pairs
+        g = reduce(np.sum((fn - f) ** 2, axis=1)) / pairs
+        np.testing.assert_allclose(result.details["D"][name], d, rtol=1e-5)
+        np.testing.assert_allclose(result.details["G"][name], g, rtol=1e-5)
+        np.testing.assert_allclose(result[name], d / g, rtol=1e-5)
+    np.testing.assert_allclose(result["input"], 1.0, rtol=1e-5)  # same norm at the input
+
+
+def test_relative_stability_same_seed_same_numbers_any_batch_size(model, images):
+    a = relative_stability(model, images, smooth_warp, layers=NAMES, batch_size=3, seed=1)
+    b = relative_stability(model, images, smooth_warp, layers=NAMES, batch_size=8, seed=1)
+    c = relative_stability(model, images, smooth_warp, layers=NAMES, batch_size=8, seed=2)
+    np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-5)
+    assert list(b.details["G"].values()) != list(c.details["G"].values())
+
+
+def test_bad_reduction_names_argument(model, images):
+    with pytest.raises(ValueError, match="reduction.*'max'"):
+        relative_stability(model, images, smooth_warp, reduction="max")
+
+
+# -- probe points and input validation ----------------------------------------------------------
+
+
+def test_default_probe_points_of_a_foreign_model(images):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Conv2D(4, 3, name="conv_a")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.AveragePooling2D(2, name="pool_a")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    outputs = keras.layers.Dense(2, name="dense_a")(x)
+    model = keras.Model(inputs, outputs)
+    assert ProbeFeatures(model).names == ["input", "conv_a", "pool_a", "dense_a"]
+    predicate = lambda layer: isinstance(layer, (keras.layers.InputLayer, keras.layers.Conv2D))
+    assert ProbeFeatures(model, predicate).names == ["input", "conv_a"]
+
+
+def test_wrong_image_shape_names_images_and_both_shapes(model):
+    with pytest.raises(ValueError, match=r"`images`.*\(4, 9, 9, 3\).*\(None, 8, 8, 3\)"):
+        normalized_sensitivity(model, np.zeros((4, 9, 9, 3)), smooth_warp)
+
+
+def test_unknown_layers_lists_available(model, images):
+    with pytest.raises(ValueError, match=r"'nope'.*Available: \['input', 'block1_conv1'"):
+        normalized_sensitivity(model, images, smooth_warp, layers=["input", "nope"])
+
+
+@pytest.mark.parametrize("measure", [normalized_sensitivity, relative_stability])
+def test_one_probe_image_is_an_error(model, images, measure):
+    with pytest.raises(ValueError, match="at least 2 probe images"):
+        measure(model, images[:1], smooth_warp)
+
+
+def test_bad_batch_size(model, images):
+    with pytest.raises(ValueError, match="batch_size=0"):
+        normalized_sensitivity(model, images, smooth_warp, batch_size=0)
+
+
+# -- shift consistency --------------------------------------------------------------------------
+
+
+def numpy_shift(image, dy, dx, fill_mode):
+    pad = max(abs(dy), abs(dx), 1) * 3
+    mode = {"wrap": "wrap", "constant": "constant", "nearest": "edge", "reflect": "symmetric"}
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode=mode[fill_mode])
+    h, w = image.shape[:2]
+    return padded[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+
+
+@pytest.mark.parametrize("fill_mode", ["wrap", "constant", "nearest", "reflect"])
+def test_private_shift_matches_numpy(images, fill_mode):
+    dy, dx = np.array([2, -3, 0]), np.array([-1, 3, 5])
+    shifted = _shift(images[:3], dy, dx, fill_mode).numpy()
+    for b in range(3):
+        np.testing.assert_array_equal(
+            shifted[b], numpy_shift(images[b], dy[b], dx[b], fill_mode)
+        )
+    if fill_mode == "wrap":
+        np.testing.assert_array_equal(shifted[0], np.roll(images[0], (2, -1), axis=(0, 1)))
+
+
+def test_shift_consistency_is_one_for_a_circularly_invariant_model(images):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input(SHAPE)
+    wrap = keras.layers.Lambda(
+        lambda t: tf.concat([t[:, :, -1:], t, t[:, :, :1]], axis=2)
+    )(keras.layers.Lambda(lambda t: tf.concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs))
+    x = keras.layers.Conv2D(6, 3, activation="relu")(wrap)  # a circular convolution
+    outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    result = shift_consistency(model, images, max_shift=3, batch_size=3, seed=0)
+    assert result["output"] == 1.0
+
+
+@pytest.mark.parametrize("fill_mode", ["wrap", "constant"])
+def test_shift_consistency_matches_numpy(images, fill_mode):
+    keras.utils.set_random_seed(2)
+    x = np.concatenate([images, images[:, ::-1]])  # 16 images
+    model = keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(5, name="head")]
+    )
+    result = shift_consistency(model, x, max_shift=2, batch_size=5, fill_mode=fill_mode, seed=4)
+    offsets = np.random.default_rng(4).integers(-2, 2, size=(16, 2, 2), endpoint=True)
+    top1 = [
+        model.predict(
+            np.stack([numpy_shift(x[i], *offsets[i, k], fill_mode) for i in range(16)]),
+            verbose=0,
+        ).argmax(-1)
+        for k in (0, 1)
+    ]
+    assert result["output"] == pytest.approx(np.mean(top1[0] == top1[1]))
+    assert 0.0 < result["output"] < 1.0  # the test discriminates
+
+
+def test_shift_consistency_bad_arguments(model, images):
+    with pytest.raises(ValueError, match="max_shift=-1"):
+        shift_consistency(model, images, max_shift=-1)
+    with pytest.raises(ValueError, match="fill_mode"):
+        shift_consistency(model, images, max_shift=1, fill_mode="mirror")
+
+
+# -- kernel smoothness --------------------------------------------------------------------------
+
+
+def numpy_tv_over_l1(w):
+    h, k = w.shape[:2]
+    tv = 0.0
+    for i in range(h):
+        for j in range(k):
+            if i + 1 < h:
+                tv += np.abs(w[i, j] - w[i + 1, j]).sum()
+            if j + 1 < k:
+                tv += np.abs(w[i, j] - w[i, j + 1]).sum()
+    return tv / np.abs(w).sum()
+
+
+def conv_zoo(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 5, padding="same", name="conv5")(inputs)
+    x = keras.layers.Conv2D(4, 1, name="conv1x1")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="separable")(x)
+    return keras.Model(inputs, x)
+
+
+def test_kernel_smoothness_matches_numpy_and_reports_1x1():
+    model = conv_zoo()
+    result = kernel_smoothness(model)
+    assert list(result) == ["conv5", "depthwise", "separable"]
+    assert "conv1x1" in result.metadata["skipped"]
+    kernels = {
+        "conv5": model.get_layer("conv5").kernel,
+        "depthwise": model.get_layer("depthwise").kernel,
+        "separable": model.get_layer("separable").depthwise_kernel,
+    }
+    for name, kernel in kernels.items():
+        np.testing.assert_allclose(result[name], numpy_tv_over_l1(kernel.numpy()), rtol=1e-6)
+
+
+def test_kernel_smoothness_at_lecun_normal_initialisation():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4, 4, 128)), keras.layers.Conv2D(128, 3, kernel_initializer="lecun_normal")]
+    )
+    assert kernel_smoothness(model)[model.layers[0].name] == pytest.approx(1.87, abs=0.03)
+
+
+def test_smooth_kernels_matches_scipy_and_lowers_tv():
+    model = conv_zoo()
+    before = {w.path: w.numpy() for w in model.weights}
+    assert smooth_kernels(model, 0.0) == []
+    assert all(np.array_equal(w.numpy(), before[w.path]) for w in model.weights)
+
+    profile = [kernel_smoothness(model)]
+    for sigma in (0.5, 1.0, 2.0):
+        model = conv_zoo()
+        smoothed = smooth_kernels(model, sigma)
+        assert smoothed == ["conv5", "depthwise", "separable"]
+        kernel = model.get_layer("conv5").kernel.numpy()
+        original = before[model.get_layer("conv5").kernel.path]
+        assert kernel.shape == original.shape
+        for a, b in [(0, 0), (2, 3)]:
+            expected = scipy.ndimage.gaussian_filter(
+                original[:, :, a, b].astype(np.float64), sigma, mode="constant", cval=0.0
+            )
+            np.testing.assert_allclose(kernel[:, :, a, b], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(  # 1x1 kernels untouched
+            model.get_layer("conv1x1").kernel.numpy(),
+            before[model.get_layer("conv1x1").kernel.path],
+        )
+        profile.append(kernel_smoothness(model))
+    for name in profile[0]:
+        values = [p[name] for p in profile]
+        assert all(a > b for a, b in zip(values, values[1:], strict=False)), (name, values)
+
+
+def test_smooth_kernels_rejects_negative_sigma():
+    with pytest.raises(ValueError, match="sigma=-1.0"):
+        smooth_kernels(conv_zoo(), -1.0)
+
+
+# -- result type --------------------------------------------------------------------------------
+
+
+def test_measure_result_mapping_json_and_table():
+    result = MeasureResult(
+        "relative_stability",
+        {"input": 1.0, "block1_conv1": 0.25},
+        details={
+            "D": {"input": 0.5, "block1_conv1": 0.1},
+            "R": {"input": 1.0, "block1_conv1": 0.25},
+        },
+        metadata={"reduction": "median"},
+    )
+    assert dict(result) == {"input": 1.0, "block1_conv1": 0.25}
+    assert MeasureResult.from_dict(json.loads(result.to_json())) == result
+    lines = str(result).splitlines()
+    assert lines[0].split() == ["probe", "relative_stability", "D"]
+    assert len({len(line) for line in lines}) == 1  # aligned columns
+    with pytest.raises(KeyError, match="Available"):
+        result["nope"]
+    assert result.mean() == pytest.approx(0.625)
