@@ -408,10 +408,7 @@ def test_measure_result_mapping_json_and_table():
     result = MeasureResult(
         "relative_stability",
         {"input": 1.0, "block1_conv1": 0.25},
-        details={
-            "D": {"input": 0.5, "block1_conv1": 0.1},
-            "R": {"input": 1.0, "block1_conv1": 0.25},
-        },
+        details={"D": {"input": 0.5, "block1_conv1": 0.1}},
         metadata={"reduction": "median"},
     )
     assert dict(result) == {"input": 1.0, "block1_conv1": 0.25}

@@ -82,7 +82,9 @@ def resolve_probe_layers(model, layers=None):
     if callable(layers):
         names = [layer.name for layer in model.layers if layers(layer)]
         # The input layer of a functional model is the probe point "input".
-        input_names = {layer.name for layer in model.layers if isinstance(layer, keras.InputLayer)}
+        input_names = {
+            layer.name for layer in model.layers if isinstance(layer, keras.layers.InputLayer)
+        }
         names = [INPUT if name in input_names else name for name in names]
     else:
         if isinstance(layers, str):
@@ -91,7 +93,7 @@ def resolve_probe_layers(model, layers=None):
     if not names:
         raise ValueError(f"`layers` selects no probe point. Received: layers={layers!r}")
     available = [INPUT] + [
-        layer.name for layer in model.layers if not isinstance(layer, keras.InputLayer)
+        layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
     ]
     unknown = [name for name in names if name not in available]
     if unknown:

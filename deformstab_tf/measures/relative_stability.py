@@ -61,8 +61,8 @@ def relative_stability(
             `deformation` callable that accepts one. A Keras layer keeps its own seed generator.
 
     Returns:
-        A `MeasureResult` mapping probe name -> `R_l`; `details["D"]`, `details["G"]` and
-        `details["R"]` map probe name -> `D_l`, `G_l`, `R_l`.
+        A `MeasureResult` mapping probe name -> `R_l`; `details["D"]` and `details["G"]` map
+        probe name -> `D_l` and `G_l`.
 
     Example:
 
@@ -75,9 +75,13 @@ def relative_stability(
 
 
 def relative_stability_from_probe(
-    probe, images, deformation, batch_size=64, reduction="median", seed=None
+    probe, images, deformation, batch_size=64, reduction="median", seed=None, deformed=None
 ):
-    """`relative_stability` on a prebuilt `ProbeFeatures` (reuses its traced functions)."""
+    """`relative_stability` on a prebuilt `ProbeFeatures` (reuses its traced functions).
+
+    `deformed`: optional precomputed deformed images `tau x`, aligned with `images`; then
+    `deformation` is not called.
+    """
     images = probe.check_images(images)
     check_positive_int("batch_size", batch_size)
     if reduction not in REDUCTIONS:
@@ -88,29 +92,33 @@ def relative_stability_from_probe(
     root_seed = resolve_seed(seed)
 
     def deform_and_add_noise(batch, batch_index, start):
-        deformed = tf.cast(
-            call_perturbation(deformation, batch, seed=derive_seed(root_seed, batch_index)),
-            batch.dtype,
-        )
-        noisy = batch + matched_noise(deformed - batch, root_seed, start)
-        return [deformed, noisy]
+        if deformed is not None:
+            deformed_batch = deformed[start : start + batch.shape[0]]
+        else:
+            deformed_batch = call_perturbation(
+                deformation, batch, seed=derive_seed(root_seed, batch_index)
+            )
+        deformed_batch = tf.cast(deformed_batch, batch.dtype)
+        noisy = batch + matched_noise(deformed_batch - batch, root_seed, start)
+        return [deformed_batch, noisy]
 
     distances, forward_passes = probe.distances(
         images, deform_and_add_noise, batch_size, metric="sqeuclidean"
     )
-    components = {"D": {}, "G": {}, "R": {}}
+    components = {"D": {}, "G": {}}
+    ratios = {}
     for name, d in zip(probe.names, distances, strict=True):
         pairs = float(reduce(d.distinct_pairs()))
         deformation_change = float(reduce(d.paired[0]))
         noise_change = float(reduce(d.paired[1]))
         components["D"][name] = safe_ratio(deformation_change, pairs, if_both_zero=0.0)
         components["G"][name] = safe_ratio(noise_change, pairs, if_both_zero=0.0)
-        components["R"][name] = safe_ratio(
+        ratios[name] = safe_ratio(
             components["D"][name], components["G"][name], if_both_zero=1.0
         )
     return MeasureResult(
         "relative_stability",
-        components["R"],
+        ratios,
         details=components,
         metadata={
             "num_images": int(images.shape[0]),

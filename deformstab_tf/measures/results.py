@@ -9,8 +9,9 @@ class MeasureResult(collections.abc.Mapping):
     """Per-probe-point values of one measure: a read-only mapping `probe name -> float`.
 
     Keys are in forward order (the order of the probe points in the network). A measure with
-    several components per probe point (relative stability: `D`, `G` and `R = D / G`) maps each
-    name to its headline component and keeps all of them in `details`.
+    several components per probe point maps each name to its headline value and keeps the other
+    components in `details` (relative stability: `R = D / G` per name, `details["D"]`,
+    `details["G"]`).
 
     Args:
         measure: name of the measure, e.g. `"sensitivity"`.
@@ -89,7 +90,7 @@ class MeasureResult(collections.abc.Mapping):
 
     def table(self):
         """The values (and the components in `details`) as an aligned text table."""
-        columns = [self.measure] + [c for c in self.details if self.details[c] != self._values]
+        columns = [self.measure, *self.details]
         rows = [["probe"] + columns]
         for name, value in self._values.items():
             cells = [_format(value)]

@@ -73,15 +73,22 @@ def normalized_sensitivity(
 
 
 def normalized_sensitivity_from_probe(
-    probe, images, deformation, batch_size=64, num_deformations=1, seed=None
+    probe, images, deformation, batch_size=64, num_deformations=1, seed=None, deformed=None
 ):
-    """`normalized_sensitivity` on a prebuilt `ProbeFeatures` (reuses its traced functions)."""
+    """`normalized_sensitivity` on a prebuilt `ProbeFeatures` (reuses its traced functions).
+
+    `deformed`: optional precomputed deformed images `tau x`, aligned with `images`; then
+    `deformation` is not called (`StabilityCallback` deforms its probe set once, so every
+    measurement sees the same deformations).
+    """
     images = probe.check_images(images)
     check_positive_int("batch_size", batch_size)
     check_positive_int("num_deformations", num_deformations)
     root_seed = resolve_seed(seed)
 
     def deform(batch, batch_index, start):
+        if deformed is not None:
+            return [deformed[start : start + batch.shape[0]]]
         return [
             call_perturbation(deformation, batch, seed=derive_seed(root_seed, batch_index, draw))
             for draw in range(num_deformations)
