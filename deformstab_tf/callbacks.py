@@ -173,7 +173,7 @@ class StabilityCallback(keras.callbacks.Callback):
             except ValueError as error:
                 raise ValueError(str(error).replace("`images`", "`probe_images`")) from None
         if any(m in _NEEDS_DEFORMATION for m in self.measures):
-            self._probe = ProbeFeatures(model, self.layers)
+            self._probe = ProbeFeatures.for_model(model, self.layers)
             self._deformed = tf.concat(
                 [
                     tf.cast(

@@ -1,6 +1,8 @@
 """Measures against plain NumPy re-implementations on tiny models."""
 
+import gc
 import json
+import weakref
 
 import keras
 import numpy as np
@@ -220,6 +222,17 @@ def test_bad_reduction_names_argument(model, images):
 
 
 # -- probe points and input validation ----------------------------------------------------------
+
+
+def test_probe_cache_reuses_and_does_not_keep_models_alive(images):
+    model = tiny_model(seed=3)
+    assert ProbeFeatures.for_model(model, NAMES) is ProbeFeatures.for_model(model, NAMES)
+    normalized_sensitivity(model, images, smooth_warp, layers=NAMES)
+    shift_consistency(model, images, max_shift=1)
+    reference = weakref.ref(model)
+    del model
+    gc.collect()
+    assert reference() is None
 
 
 def test_default_probe_points_of_a_foreign_model(images):

@@ -1,5 +1,7 @@
 """Shift consistency of the top-1 prediction (Zhang, 2019)."""
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -8,6 +10,8 @@ from deformstab_tf.measures.features import check_probe_images
 from deformstab_tf.measures.results import MeasureResult
 
 FILL_MODES = ("wrap", "constant", "nearest", "reflect")
+
+_PREDICTORS = weakref.WeakKeyDictionary()  # traced top-1 function per model, dies with it
 
 
 def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap", seed=None):
@@ -48,14 +52,18 @@ def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap",
 
 
 def top1_predictor(model):
-    """A traced function `images -> top-1 class` of `model` with `training=False`."""
+    """A traced function `images -> top-1 class` of `model` with `training=False` (cached per
+    model, so repeated measurements do not retrace)."""
+    if model not in _PREDICTORS:
+        model_ref = weakref.ref(model)  # the cache must not keep the model alive
 
-    @tf.function(reduce_retracing=True)
-    def predict_top1(images):
-        outputs = model(images, training=False)
-        return tf.argmax(tf.reshape(outputs, [tf.shape(outputs)[0], -1]), axis=-1)
+        @tf.function(reduce_retracing=True)
+        def predict_top1(images):
+            outputs = model_ref()(images, training=False)
+            return tf.argmax(tf.reshape(outputs, [tf.shape(outputs)[0], -1]), axis=-1)
 
-    return predict_top1
+        _PREDICTORS[model] = predict_top1
+    return _PREDICTORS[model]
 
 
 def shift_consistency_from_predictor(

@@ -13,12 +13,17 @@ two batches; all N representations are never held at once.
 
 import dataclasses
 import functools
+import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 INPUT = "input"  # the probe name of the model's input (the images themselves)
+
+# ProbeFeatures per model and probe names. Weak keys, and probes hold the model weakly, so an
+# entry lives exactly as long as its model.
+_PROBES = weakref.WeakKeyDictionary()
 
 # Layer types probed by default in models not built by `deformstab_tf.models`.
 _DEFAULT_PROBE_TYPES = (
@@ -161,8 +166,9 @@ class ProbeDistances:
 class ProbeFeatures:
     """The representations of a model at its probe points, from one multi-output extractor.
 
-    Built once per model and set of probe points and reused (its `tf.function`s trace once), e.g.
-    by `StabilityCallback` across epochs.
+    Get one with `ProbeFeatures.for_model(model, layers)`: it is built once per model and set of
+    probe points and reused, so its `tf.function`s trace once (repeated measurements, e.g. by
+    `StabilityCallback` across epochs, pay no retracing).
 
     Args:
         model: a single-input Keras model.
@@ -174,8 +180,17 @@ class ProbeFeatures:
     >>> features = probe.extractor(images)  # one tensor per probe point
     """
 
+    @classmethod
+    def for_model(cls, model, layers=None):
+        """The cached `ProbeFeatures` of `model` for these probe points (built on first use)."""
+        names = resolve_probe_layers(model, layers)
+        probes = _PROBES.setdefault(model, {})
+        if tuple(names) not in probes:
+            probes[tuple(names)] = cls(model, names)
+        return probes[tuple(names)]
+
     def __init__(self, model, layers=None):
-        self.model = model
+        self._model = weakref.ref(model)
         self.names = resolve_probe_layers(model, layers)
         model_input = model.inputs[0]
         outputs = [
@@ -195,6 +210,11 @@ class ProbeFeatures:
         }
         self._gram = tf.function(self._gram_impl, input_signature=[vectors_spec, vectors_spec])
         self._paired = tf.function(self._paired_impl, input_signature=[vectors_spec, vectors_spec])
+
+    @property
+    def model(self):
+        """The probed model (held weakly)."""
+        return self._model()
 
     def check_images(self, images, min_images=2):
         """`check_probe_images` for this probe's model."""

@@ -70,7 +70,7 @@ def relative_stability(
     >>> result = relative_stability(model, x_probe[:500], diffeo)
     >>> result.details["D"]["block4_down"], result["block4_down"]
     """
-    probe = ProbeFeatures(model, layers)
+    probe = ProbeFeatures.for_model(model, layers)
     return relative_stability_from_probe(probe, images, deformation, batch_size, reduction, seed)
 
 

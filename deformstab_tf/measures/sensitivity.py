@@ -66,7 +66,7 @@ def normalized_sensitivity(
     >>> result = normalized_sensitivity(model, x_probe[:128], tps)
     >>> print(result)
     """
-    probe = ProbeFeatures(model, layers)
+    probe = ProbeFeatures.for_model(model, layers)
     return normalized_sensitivity_from_probe(
         probe, images, deformation, batch_size, num_deformations, seed
     )
