@@ -11,6 +11,10 @@ from deformstab_tf.measures.results import MeasureResult
 def plot_profile(results, ax=None, details=False, title=None):
     """Plots measures across probe points: one line per measure, probe points in forward order.
 
+    A layer that is not itself a probe point but lies inside one, by name (the convolution
+    `block1_conv1_conv` of the conv unit `block1_conv1`), is drawn at that probe point, so kernel
+    smoothness lines up with the representation measures.
+
     Args:
         results: a `MeasureResult`; a list of them (each line labelled by its measure); or a
             mapping `label -> MeasureResult or {probe name: value}` (e.g. one entry per epoch or
@@ -33,6 +37,7 @@ def plot_profile(results, ax=None, details=False, title=None):
         import matplotlib.pyplot as plt
 
         _, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    series = _align_to_probe_points(series)
     names = _merged_order([list(values) for _, values, _ in series])
     positions = np.arange(len(names))
     finite = []
@@ -56,7 +61,7 @@ def plot_profile(results, ax=None, details=False, title=None):
         ax.set_yscale("log")  # relative stability spans orders of magnitude
     ax.grid(alpha=0.3)
     if len(series) > 1:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         ax.set_title(title)
     return ax
@@ -95,6 +100,21 @@ def _series(results, details):
     if not series:
         raise ValueError("`results` holds nothing to plot.")
     return series
+
+
+def _align_to_probe_points(series):
+    """Renames layers inside a probe point (`<probe>_<suffix>`) to the probe point's name."""
+    aligned = []
+    for index, (label, values, dashed) in enumerate(series):
+        probes = {name for i, (_, v, _) in enumerate(series) if i != index for name in v}
+        renamed = {}
+        for name, value in values.items():
+            owners = [p for p in probes if name not in probes and name.startswith(p + "_")]
+            renamed[max(owners, key=len) if owners else name] = value
+        if len(renamed) < len(values):  # two layers of one unit: keep the names apart
+            renamed = dict(values)
+        aligned.append((label, renamed, dashed))
+    return aligned
 
 
 def _merged_order(orders):

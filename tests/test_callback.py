@@ -222,6 +222,10 @@ def test_profile_plots(data):
     assert len(ax.get_lines()) == 4  # sensitivity, its two components, smoothness
     image = profile_image(results)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 4
+    # A layer inside a probe unit (the conv of unit block1_conv1) is drawn at the unit.
+    ax = plot_profile({"sensitivity": {"input": 0.5, "block1_conv1": 0.7},
+                       "smoothness": {"block1_conv1_conv": 1.8}})
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["input", "block1_conv1"]
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""Cost of the stability measures and of `StabilityCallback`, relative to plain forward passes.
+
+For `cifar_vgg` with 128 probe images (CIFAR-10 test images if `../shared/data/cifar10` exists,
+else random ones) and all 13 probe points, it times, alternating round by round:
+
+- ``forward``: `model(x, training=False)` in a `tf.function` over the clean and the deformed probe
+  images (2 x 128 images, in batches of `batch_size`): the least any sensitivity measure pays;
+- ``sensitivity``: one full `normalized_sensitivity` (deformation included; the feature
+  extractor is cached per model, so this is what every measurement after the first costs);
+- ``relative_stability``: one full `relative_stability` (it needs 3 x 128 images: clean, deformed,
+  noisy).
+
+It reports medians and the median of the per-round ratios to ``forward`` (target <= 3), the first
+(cold, tracing) call, the peak resident-memory increase of a measurement (psutil sampling if
+installed, else the `ru_maxrss` delta), and the per-epoch overhead of the callback on a short fit
+(2 epochs of 1024 random images, with and without the callback, alternated). Usage::
+
+    python benchmarks/bench_callback.py [--repeats 5] [--out benchmarks/results/bench_callback.json]
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from deformstab_tf.callbacks import StabilityCallback  # noqa: E402
+from deformstab_tf.measures import normalized_sensitivity, relative_stability  # noqa: E402
+from deformstab_tf.models import cifar_vgg, probe_layer_names  # noqa: E402
+
+CIFAR_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test"
+NUM_PROBES = 128
+
+
+def probe_images(count):
+    """`count` CIFAR-10 test images (round-robin over classes) in [0, 1], or random ones."""
+    if CIFAR_TEST.is_dir():
+        classes = sorted(p for p in CIFAR_TEST.iterdir() if p.is_dir())
+        files = [sorted(c.glob("*.jpg"))[: count // len(classes) + 1] for c in classes]
+        paths = [f[i] for i in range(count // len(classes) + 1) for f in files][:count]
+        images = [tf.io.decode_jpeg(tf.io.read_file(str(p))).numpy() for p in paths]
+        return np.stack(images).astype("float32") / 255.0, "cifar10 test"
+    return np.random.default_rng(0).uniform(size=(count, 32, 32, 3)).astype("float32"), "random"
+
+
+def deformation():
+    try:
+        from deformstab_tf.deformations import RandomThinPlateSpline
+
+        return RandomThinPlateSpline(3, 2.0, seed=0), "RandomThinPlateSpline(3, 2.0)"
+    except ImportError:
+        return (lambda x: tf.roll(x, 1, axis=2)), "roll by 1 px"
+
+
+class PeakMemory:
+    """Peak resident-memory increase (MiB) over a block: psutil sampling, else ru_maxrss delta."""
+
+    def __enter__(self):
+        try:
+            import psutil
+
+            self._process = psutil.Process()
+        except ImportError:
+            self._process = None
+        self._start_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if self._process is not None:
+            self._start = self._peak = self._process.memory_info().rss
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc):
+        if self._process is not None:
+            self._stop.set()
+            self._thread.join()
+            self.mib = (self._peak - self._start) / 2**20
+            self.method = "psutil rss sampling"
+        else:
+            delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._start_maxrss
+            self.mib = delta / 1024
+            self.method = "ru_maxrss delta"
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def bench_measures(model, images, tps, batch_size, repeats):
+    forward = tf.function(lambda x: model(x, training=False))
+    deformed = tf.concat(
+        [tps(images[s : s + batch_size], training=True) for s in range(0, len(images), batch_size)],
+        0,
+    )
+    batches = [
+        x[s : s + batch_size] for x in (tf.constant(images), deformed)
+        for s in range(0, len(images), batch_size)
+    ]
+
+    def run_forward():
+        for batch in batches:
+            forward(batch).numpy()
+
+    def run_sensitivity():
+        normalized_sensitivity(model, images, tps, batch_size=batch_size, seed=0)
+
+    def run_relative_stability():
+        relative_stability(model, images, tps, batch_size=batch_size, seed=0)
+
+    run_forward()  # trace
+    cold = {
+        "sensitivity": timed(run_sensitivity),
+        "relative_stability": timed(run_relative_stability),
+    }
+    times = {"forward": [], "sensitivity": [], "relative_stability": []}
+    for _ in range(repeats):  # alternate, so drifts of the shared machine hit all alike
+        times["forward"].append(timed(run_forward))
+        times["sensitivity"].append(timed(run_sensitivity))
+        times["relative_stability"].append(timed(run_relative_stability))
+    with PeakMemory() as memory_sensitivity:
+        run_sensitivity()
+    with PeakMemory() as memory_relative:
+        run_relative_stability()
+    with PeakMemory() as memory_forward:
+        run_forward()
+    ratio = {
+        name: statistics.median(t / f for t, f in zip(times[name], times["forward"], strict=True))
+        for name in ("sensitivity", "relative_stability")
+    }
+    return {
+        "batch_size": batch_size,
+        "median_s": {name: statistics.median(t) for name, t in times.items()},
+        "ratio_to_forward": ratio,
+        "cold_first_call_s": cold,
+        "peak_rss_increase_mib": {
+            "forward": memory_forward.mib,
+            "sensitivity": memory_sensitivity.mib,
+            "relative_stability": memory_relative.mib,
+        },
+        "memory_method": memory_sensitivity.method,
+    }
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epoch_seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_seconds.append(time.perf_counter() - self._start)
+
+
+def bench_fit(images, tps, repeats, measures):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(1024, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, 1024)
+
+    def fit(with_callback):
+        keras.utils.set_random_seed(0)
+        model = cifar_vgg()
+        model.compile(
+            "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False
+        )
+        timer = EpochTimer()
+        callbacks = [timer]
+        if with_callback:
+            # Before the timer, so the timer's epoch includes the measurement.
+            callbacks.insert(0, StabilityCallback(images, tps, measures=measures, seed=0))
+        total = timed(lambda: model.fit(x, y, epochs=2, batch_size=128, verbose=0,
+                                        callbacks=callbacks))
+        return total, timer.epoch_seconds[1]  # the 2nd epoch: no tracing
+
+    rounds = {"without": [], "with": []}
+    for _ in range(repeats):
+        rounds["without"].append(fit(False))
+        rounds["with"].append(fit(True))
+    second_epoch = {k: statistics.median(e for _, e in v) for k, v in rounds.items()}
+    total = {k: statistics.median(t for t, _ in v) for k, v in rounds.items()}
+    return {
+        "measures": list(measures),
+        "epoch_s": second_epoch,
+        "epoch_overhead_s": second_epoch["with"] - second_epoch["without"],
+        "epoch_overhead_fraction": second_epoch["with"] / second_epoch["without"] - 1,
+        "fit_total_s": total,
+        "fit_total_overhead_s": total["with"] - total["without"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fit-repeats", type=int, default=2)
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).parent / "results" / "bench_callback.json"),
+    )
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    model = cifar_vgg()
+    images, source = probe_images(NUM_PROBES)
+    tps, deformation_name = deformation()
+    report = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "model": model.name,
+        "probe_points": len(probe_layer_names(model)),
+        "probe_images": f"{NUM_PROBES} ({source})",
+        "deformation": deformation_name,
+        "measures": [bench_measures(model, images, tps, b, args.repeats) for b in (64, 128)],
+        "fit": [
+            bench_fit(images, tps, args.fit_repeats, measures)
+            for measures in (("sensitivity", "smoothness"),
+                             ("sensitivity", "relative_stability", "shift_consistency",
+                              "smoothness"))
+        ],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+    print(f"{report['model']}, {report['probe_points']} probe points, "
+          f"{report['probe_images']} probe images, {deformation_name}")
+    print(f"{'batch':>5}  {'measure':<20} {'median s':>9} {'x forward':>9} {'cold s':>7} "
+          f"{'peak +MiB':>9}")
+    for row in report["measures"]:
+        b = row["batch_size"]
+        print(f"{b:>5}  {'forward (2x128 img)':<20} {row['median_s']['forward']:>9.3f} "
+              f"{1:>9.2f} {'':>7} {row['peak_rss_increase_mib']['forward']:>9.1f}")
+        for name in ("sensitivity", "relative_stability"):
+            print(f"{b:>5}  {name:<20} {row['median_s'][name]:>9.3f} "
+                  f"{row['ratio_to_forward'][name]:>9.2f} {row['cold_first_call_s'][name]:>7.2f} "
+                  f"{row['peak_rss_increase_mib'][name]:>9.1f}")
+    print()
+    print(f"{'callback measures':<60} {'epoch s (without / with)':>26} {'overhead':>9}")
+    for row in report["fit"]:
+        print(f"{', '.join(row['measures']):<60} "
+              f"{row['epoch_s']['without']:>12.2f} / {row['epoch_s']['with']:<11.2f} "
+              f"{100 * row['epoch_overhead_fraction']:>8.1f}%")
+    print(f"process peak RSS {report['peak_rss_mib']:.0f} MiB")
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
