@@ -76,6 +76,12 @@ def affine_displacement(matrices, height, width):
             f"`matrices` must have shape (B, 2, 3), (B, 3, 3) or (2, 3). "
             f"Received: matrices.shape={matrices.shape}"
         )
+    return _affine_field(matrices, int(height), int(width))
+
+
+# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size TF ops.
+@tf.function(jit_compile=True)
+def _affine_field(matrices, height, width):
     a, b, t_y = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, t_x = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
     determinant = a * d - b * c

@@ -50,7 +50,9 @@ class BaseRandomDeformation(keras.layers.Layer):
     """Shared machinery of the random deformation layers.
 
     Subclasses implement ``random_displacement(batch_size, height, width, seed)``, returning a
-    float32 field ``(batch_size, H, W, 2)`` (``batch_size`` is 1 with ``same_on_batch=True``).
+    float32 field ``(batch_size, H, W, 2)`` (``batch_size`` is 1 with ``same_on_batch=True``);
+    ``seed`` is a ``(2,)`` int64 tensor for ``tf.random.stateless_*`` ops, and `_uniform` /
+    `_normal` derive one independent stream per draw from it.
     """
 
     default_fill_mode = "nearest"
@@ -85,6 +87,16 @@ class BaseRandomDeformation(keras.layers.Layer):
         self.supports_jit = True
         self._allow_non_tensor_positional_args = True
 
+    @staticmethod
+    def _uniform(shape, low, high, seed, stream):
+        seed = tf.random.experimental.stateless_fold_in(seed, stream)
+        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+    @staticmethod
+    def _normal(shape, seed, stream):
+        seed = tf.random.experimental.stateless_fold_in(seed, stream)
+        return tf.random.stateless_normal(shape, seed)
+
     # -- the Keras image-preprocessing shape ---------------------------------------------------
 
     def _image_size(self, images):
@@ -103,7 +115,11 @@ class BaseRandomDeformation(keras.layers.Layer):
 
     def get_random_transformation(self, data, training=True, seed=None):
         """Draws this call's deformation: ``{"displacement": (B or 1, H, W, 2)}``, or None when
-        not training."""
+        not training.
+
+        `seed` (an int or a ``(2,)`` integer tensor) overrides the layer's seed generator for
+        this draw; by default the generator advances once per call.
+        """
         if not training:
             return None
         images = data["images"] if isinstance(data, dict) else data
@@ -113,7 +129,13 @@ class BaseRandomDeformation(keras.layers.Layer):
             batch_size = 1
         else:
             batch_size = tf.shape(images)[0]
-        seed = self.generator if seed is None else seed
+        if seed is None:
+            # One state update per call; every draw of the call derives from this seed (the
+            # generator's update is the slow part under XLA, so it is not repeated per draw).
+            seed = self.generator.next()
+        elif isinstance(seed, int):
+            seed = [0, seed]
+        seed = tf.cast(seed, tf.int64)
         return {"displacement": self.random_displacement(batch_size, height, width, seed)}
 
     def _apply(self, images, transformation, interpolation):
@@ -256,7 +278,7 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         control_grid(height, width, self.grid_size)  # validates grid_size against the image size
         shape = tf.stack([batch_size, self.grid_size * self.grid_size, 2])
         c = self.max_displacement
-        displacements = keras.random.uniform(shape, minval=-c, maxval=c, seed=seed)
+        displacements = self._uniform(shape, -c, c, seed, stream=0)
         return tps_displacement(displacements, height, width, self.grid_size)
 
     def get_config(self):
@@ -318,17 +340,15 @@ class RandomAffine(BaseRandomDeformation):
         self.anisotropic_scale = bool(anisotropic_scale)
 
     def random_displacement(self, batch_size, height, width, seed):
-        def draw(value_range):
+        def draw(value_range, stream):
             low, high = value_range
-            return keras.random.uniform(
-                tf.reshape(batch_size, [1]), minval=low, maxval=high, seed=seed
-            )
+            return self._uniform(tf.reshape(batch_size, [1]), low, high, seed, stream)
 
-        rotation = draw(self.rotation)
-        scale_y = draw(self.scale)
-        scale_x = draw(self.scale) if self.anisotropic_scale else scale_y
-        shear = (draw(self.shear), draw(self.shear))
-        translation = (draw(self.translation) * height, draw(self.translation) * width)
+        rotation = draw(self.rotation, 0)
+        scale_y = draw(self.scale, 1)
+        scale_x = draw(self.scale, 2) if self.anisotropic_scale else scale_y
+        shear = (draw(self.shear, 3), draw(self.shear, 4))
+        translation = (draw(self.translation, 5) * height, draw(self.translation, 6) * width)
         matrices = affine_matrices(rotation, (scale_y, scale_x), shear, translation)
         return affine_displacement(matrices, height, width)
 
@@ -396,11 +416,9 @@ class RandomDiffeomorphism(BaseRandomDeformation):
 
     def random_displacement(self, batch_size, height, width, seed):
         c = self.cutoff
-        coefficients = keras.random.normal(tf.stack([batch_size, 2, c, c]), seed=seed)
+        coefficients = self._normal(tf.stack([batch_size, 2, c, c]), seed, stream=0)
         low, high = self.temperature or self.displacement
-        strength = keras.random.uniform(
-            tf.reshape(batch_size, [1]), minval=low, maxval=high, seed=seed
-        )
+        strength = self._uniform(tf.reshape(batch_size, [1]), low, high, seed, stream=1)
         if self.temperature is not None:
             return diffeo_displacement(coefficients, height, width, temperature=strength)
         return diffeo_displacement(coefficients, height, width, displacement=strength)

@@ -114,8 +114,11 @@ def tps_displacement(displacements, height, width, grid_size):
             f"`displacements` must have shape (B, {k}, 2) or (B, {grid_size}, {grid_size}, 2) "
             f"for grid_size={grid_size}. Received: displacements.shape={displacements.shape}"
         )
-    field = tf.einsum("pk,bkc->bpc", tf.constant(matrix), displacements)
-    return tf.reshape(field, [-1, height, width, 2])
+    # (B*2, K) @ (K, H*W): one plain matmul. Measured faster than a batched einsum, in graph mode
+    # and even more under XLA, where the einsum's layout doubled the cost of the warp after it.
+    rows = tf.reshape(tf.transpose(displacements, [0, 2, 1]), [-1, k])
+    field = tf.matmul(rows, tf.constant(matrix), transpose_b=True)
+    return tf.transpose(tf.reshape(field, [-1, 2, height, width]), [0, 2, 3, 1])
 
 
 def tps_displacement_from_points(control_points, displacements, height, width):
