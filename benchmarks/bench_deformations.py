@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from deformstab_tf.deformations import (  # noqa: E402
@@ -196,5 +195,5 @@ def main():
 
 
 if __name__ == "__main__":
-    np.random.seed(0)
+    tf.random.set_seed(0)
     main()
