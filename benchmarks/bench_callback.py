@@ -11,9 +11,10 @@ else random ones) and all 13 probe points, it times, alternating round by round:
   noisy).
 
 It reports medians and the median of the per-round ratios to ``forward`` (target <= 3), the first
-(cold, tracing) call, the peak resident-memory increase of a measurement (psutil sampling if
-installed, else the `ru_maxrss` delta), and the per-epoch overhead of the callback on a short fit
-(2 epochs of 1024 random images, with and without the callback, alternated). Usage::
+(cold, tracing) call, the peak resident-memory increase of a measurement over a process that has
+run the plain forward pass (`ru_maxrss` delta, one fresh process per stage), and the per-epoch
+overhead of the callback on a short fit (2 epochs of 1024 random images, with and without the
+callback, alternated). Usage::
 
     python benchmarks/bench_callback.py [--repeats 5] [--out benchmarks/results/bench_callback.json]
 """
@@ -24,7 +25,8 @@ import os
 import platform
 import resource
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,40 +62,6 @@ def deformation():
         return RandomThinPlateSpline(3, 2.0, seed=0), "RandomThinPlateSpline(3, 2.0)"
     except ImportError:
         return (lambda x: tf.roll(x, 1, axis=2)), "roll by 1 px"
-
-
-class PeakMemory:
-    """Peak resident-memory increase (MiB) over a block: psutil sampling, else ru_maxrss delta."""
-
-    def __enter__(self):
-        try:
-            import psutil
-
-            self._process = psutil.Process()
-        except ImportError:
-            self._process = None
-        self._start_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if self._process is not None:
-            self._start = self._peak = self._process.memory_info().rss
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, self._process.memory_info().rss)
-
-    def __exit__(self, *exc):
-        if self._process is not None:
-            self._stop.set()
-            self._thread.join()
-            self.mib = (self._peak - self._start) / 2**20
-            self.method = "psutil rss sampling"
-        else:
-            delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._start_maxrss
-            self.mib = delta / 1024
-            self.method = "ru_maxrss delta"
 
 
 def timed(function):
@@ -133,12 +101,6 @@ def bench_measures(model, images, tps, batch_size, repeats):
         times["forward"].append(timed(run_forward))
         times["sensitivity"].append(timed(run_sensitivity))
         times["relative_stability"].append(timed(run_relative_stability))
-    with PeakMemory() as memory_sensitivity:
-        run_sensitivity()
-    with PeakMemory() as memory_relative:
-        run_relative_stability()
-    with PeakMemory() as memory_forward:
-        run_forward()
     ratio = {
         name: statistics.median(t / f for t, f in zip(times[name], times["forward"], strict=True))
         for name in ("sensitivity", "relative_stability")
@@ -149,12 +111,46 @@ def bench_measures(model, images, tps, batch_size, repeats):
         "ratio_to_forward": ratio,
         "cold_first_call_s": cold,
         "peak_rss_increase_mib": {
-            "forward": memory_forward.mib,
-            "sensitivity": memory_sensitivity.mib,
-            "relative_stability": memory_relative.mib,
+            stage: peak_memory_increase(stage, batch_size)
+            for stage in ("forward", "sensitivity", "relative_stability")
         },
-        "memory_method": memory_sensitivity.method,
     }
+
+
+def peak_memory_increase(stage, batch_size):
+    """Peak-RSS increase (MiB) of one `stage` in a fresh process that has already run the plain
+    forward pass once (`ru_maxrss` is a high-water mark, so each stage gets its own process)."""
+    output = subprocess.run(
+        [sys.executable, __file__, "--memory-stage", stage, "--batch-size", str(batch_size)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_rss_increase_mib"]
+
+
+def memory_stage(stage, batch_size):
+    keras.utils.set_random_seed(0)
+    model = cifar_vgg()
+    images, _ = probe_images(NUM_PROBES)
+    tps, _ = deformation()
+    forward = tf.function(lambda x: model(x, training=False))
+    x = tf.constant(images)
+    deformed = tps(x, training=True)
+
+    def run_forward():
+        for batch in (x, deformed):
+            for s in range(0, NUM_PROBES, batch_size):
+                forward(batch[s : s + batch_size]).numpy()
+
+    run_forward()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if stage == "forward":
+        run_forward()
+    elif stage == "sensitivity":
+        normalized_sensitivity(model, images, tps, batch_size=batch_size, seed=0)
+    else:
+        relative_stability(model, images, tps, batch_size=batch_size, seed=0)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_increase_mib": (after - before) / 1024}))
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -213,7 +209,11 @@ def main():
         "--out",
         default=str(Path(__file__).parent / "results" / "bench_callback.json"),
     )
+    parser.add_argument("--memory-stage", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_stage:
+        return memory_stage(args.memory_stage, args.batch_size)
 
     keras.utils.set_random_seed(0)
     model = cifar_vgg()
