@@ -147,8 +147,7 @@ class StabilityCallback(keras.callbacks.Callback):
             self._measure(epoch=0)
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
+        logs = {} if logs is None else logs
         if (epoch + 1) % self.every_n_epochs == 0:
             logs.update(self._log_values(self._measure(epoch=epoch + 1)))
         elif self._log_keys:

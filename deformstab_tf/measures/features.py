@@ -122,7 +122,7 @@ def check_probe_images(model, images, min_images=2):
             f"{len(model.inputs)} inputs."
         )
     input_spec = model.inputs[0]
-    images = tf.convert_to_tensor(images, dtype=_probe_dtype(model))
+    images = tf.cast(tf.convert_to_tensor(images), _probe_dtype(model))
     expected = tuple(input_spec.shape)
     received = tuple(images.shape)
     if len(received) != len(expected) or any(
@@ -232,8 +232,9 @@ class ProbeFeatures:
 
         Cost: with `n = ceil(N / batch_size)` batches, `n (n - 1) / 2 + 1` forward passes over
         clean batches (one when `N <= batch_size`; rows of the Gram matrix are reused as the next
-        block) plus one per perturbed batch. Memory: the features of two batches plus `N^2`
-        float64 per probe point on the host.
+        block) plus one per perturbed batch; choose `batch_size >= N` when memory allows.
+        Memory: the probe-point features of about three batches (the held row block, a column
+        block and its raw outputs) on the device, plus `N^2` float64 per probe point on the host.
 
         Args:
             images: `(N, H, W, C)` probe images (a checked tensor).
