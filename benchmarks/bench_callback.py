@@ -12,7 +12,8 @@ else random ones) and all 13 probe points, it times, alternating round by round:
 
 It reports medians and the median of the per-round ratios to ``forward`` (target <= 3), the first
 (cold, tracing) call, the peak resident-memory increase of a measurement over a process that has
-run the plain forward pass (`ru_maxrss` delta, one fresh process per stage), and the per-epoch
+run the plain forward pass (peak RSS reset through /proc/self/clear_refs, one fresh process per
+stage), the time spent in the callback per epoch, and the per-epoch
 overhead of the callback on a short fit (2 epochs of 1024 random images, with and without the
 callback, alternated). Usage::
 
@@ -77,7 +78,8 @@ def bench_measures(model, images, tps, batch_size, repeats):
         0,
     )
     batches = [
-        x[s : s + batch_size] for x in (tf.constant(images), deformed)
+        x[s : s + batch_size]
+        for x in (tf.constant(images), deformed)
         for s in range(0, len(images), batch_size)
     ]
 
@@ -122,7 +124,9 @@ def peak_memory_increase(stage, batch_size):
     forward pass once (`ru_maxrss` is a high-water mark, so each stage gets its own process)."""
     output = subprocess.run(
         [sys.executable, __file__, "--memory-stage", stage, "--batch-size", str(batch_size)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_rss_increase_mib"]
 
@@ -142,27 +146,65 @@ def memory_stage(stage, batch_size):
                 forward(batch[s : s + batch_size]).numpy()
 
     run_forward()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = reset_peak_rss()
     if stage == "forward":
         run_forward()
     elif stage == "sensitivity":
         normalized_sensitivity(model, images, tps, batch_size=batch_size, seed=0)
     else:
         relative_stability(model, images, tps, batch_size=batch_size, seed=0)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_increase_mib": (after - before) / 1024}))
+    print(json.dumps({"peak_rss_increase_mib": (peak_rss() - before) / 2**20}))
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss():
+    """Resets the peak-RSS counter (Linux `clear_refs` 5) and returns the current RSS in bytes;
+    without /proc, the `ru_maxrss` high-water mark (then increases below it go unseen)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return _status_kib("VmRSS") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss():
+    try:
+        return _status_kib("VmHWM") * 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class EpochTimer(keras.callbacks.Callback):
-    def __init__(self):
+    """Epoch wall time; with `mark`, the time from `mark.on_epoch_end` to this one's (the time
+    spent in the callbacks between them)."""
+
+    def __init__(self, mark=None):
         super().__init__()
+        self.mark = mark
         self.epoch_seconds = []
+        self.between_seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_seconds.append(time.perf_counter() - self._start)
+        now = time.perf_counter()
+        self.epoch_seconds.append(now - self._start)
+        if self.mark is not None:
+            self.between_seconds.append(now - self.mark.end)
+
+
+class Mark(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.end = time.perf_counter()
 
 
 def bench_fit(images, tps, repeats, measures):
@@ -176,26 +218,32 @@ def bench_fit(images, tps, repeats, measures):
         model.compile(
             "sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False
         )
-        timer = EpochTimer()
-        callbacks = [timer]
+        mark = Mark()
+        timer = EpochTimer(mark)
+        callbacks = [mark, timer]
         if with_callback:
-            # Before the timer, so the timer's epoch includes the measurement.
-            callbacks.insert(0, StabilityCallback(images, tps, measures=measures, seed=0))
-        total = timed(lambda: model.fit(x, y, epochs=2, batch_size=128, verbose=0,
-                                        callbacks=callbacks))
-        return total, timer.epoch_seconds[1]  # the 2nd epoch: no tracing
+            # Between the marks: the timer's epoch includes the measurement, and the time from
+            # mark to timer is the callback's own.
+            callbacks.insert(1, StabilityCallback(images, tps, measures=measures, seed=0))
+        total = timed(
+            lambda: model.fit(x, y, epochs=2, batch_size=128, verbose=0, callbacks=callbacks)
+        )
+        # The 2nd epoch: no tracing.
+        return total, timer.epoch_seconds[1], timer.between_seconds[1]
 
     rounds = {"without": [], "with": []}
     for _ in range(repeats):
         rounds["without"].append(fit(False))
         rounds["with"].append(fit(True))
-    second_epoch = {k: statistics.median(e for _, e in v) for k, v in rounds.items()}
-    total = {k: statistics.median(t for t, _ in v) for k, v in rounds.items()}
+    second_epoch = {k: statistics.median(e for _, e, _ in v) for k, v in rounds.items()}
+    total = {k: statistics.median(t for t, _, _ in v) for k, v in rounds.items()}
+    in_callback = statistics.median(c for _, _, c in rounds["with"])
     return {
         "measures": list(measures),
         "epoch_s": second_epoch,
+        "callback_s_per_epoch": in_callback,
+        "callback_fraction_of_epoch": in_callback / second_epoch["without"],
         "epoch_overhead_s": second_epoch["with"] - second_epoch["without"],
-        "epoch_overhead_fraction": second_epoch["with"] / second_epoch["without"] - 1,
         "fit_total_s": total,
         "fit_total_overhead_s": total["with"] - total["without"],
     }
@@ -220,8 +268,12 @@ def main():
     images, source = probe_images(NUM_PROBES)
     tps, deformation_name = deformation()
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
         "model": model.name,
         "probe_points": len(probe_layer_names(model)),
         "probe_images": f"{NUM_PROBES} ({source})",
@@ -229,31 +281,43 @@ def main():
         "measures": [bench_measures(model, images, tps, b, args.repeats) for b in (64, 128)],
         "fit": [
             bench_fit(images, tps, args.fit_repeats, measures)
-            for measures in (("sensitivity", "smoothness"),
-                             ("sensitivity", "relative_stability", "shift_consistency",
-                              "smoothness"))
+            for measures in (
+                ("sensitivity", "smoothness"),
+                ("sensitivity", "relative_stability", "shift_consistency", "smoothness"),
+            )
         ],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
-    print(f"{report['model']}, {report['probe_points']} probe points, "
-          f"{report['probe_images']} probe images, {deformation_name}")
-    print(f"{'batch':>5}  {'measure':<20} {'median s':>9} {'x forward':>9} {'cold s':>7} "
-          f"{'peak +MiB':>9}")
+    print(
+        f"{report['model']}, {report['probe_points']} probe points, "
+        f"{report['probe_images']} probe images, {deformation_name}"
+    )
+    print(
+        f"{'batch':>5}  {'measure':<20} {'median s':>9} {'x forward':>9} {'cold s':>7} "
+        f"{'peak +MiB':>9}"
+    )
     for row in report["measures"]:
         b = row["batch_size"]
-        print(f"{b:>5}  {'forward (2x128 img)':<20} {row['median_s']['forward']:>9.3f} "
-              f"{1:>9.2f} {'':>7} {row['peak_rss_increase_mib']['forward']:>9.1f}")
+        print(
+            f"{b:>5}  {'forward (2x128 img)':<20} {row['median_s']['forward']:>9.3f} "
+            f"{1:>9.2f} {'':>7} {row['peak_rss_increase_mib']['forward']:>9.1f}"
+        )
         for name in ("sensitivity", "relative_stability"):
-            print(f"{b:>5}  {name:<20} {row['median_s'][name]:>9.3f} "
-                  f"{row['ratio_to_forward'][name]:>9.2f} {row['cold_first_call_s'][name]:>7.2f} "
-                  f"{row['peak_rss_increase_mib'][name]:>9.1f}")
+            print(
+                f"{b:>5}  {name:<20} {row['median_s'][name]:>9.3f} "
+                f"{row['ratio_to_forward'][name]:>9.2f} {row['cold_first_call_s'][name]:>7.2f} "
+                f"{row['peak_rss_increase_mib'][name]:>9.1f}"
+            )
     print()
-    print(f"{'callback measures':<60} {'epoch s (without / with)':>26} {'overhead':>9}")
+    print(f"{'callback measures':<60} {'epoch s without / with':>24} {'in callback':>12}")
     for row in report["fit"]:
-        print(f"{', '.join(row['measures']):<60} "
-              f"{row['epoch_s']['without']:>12.2f} / {row['epoch_s']['with']:<11.2f} "
-              f"{100 * row['epoch_overhead_fraction']:>8.1f}%")
+        print(
+            f"{', '.join(row['measures']):<60} "
+            f"{row['epoch_s']['without']:>11.2f} / {row['epoch_s']['with']:<10.2f} "
+            f"{row['callback_s_per_epoch']:>6.3f} s "
+            f"{100 * row['callback_fraction_of_epoch']:>3.0f}%"
+        )
     print(f"process peak RSS {report['peak_rss_mib']:.0f} MiB")
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -183,9 +183,7 @@ class StabilityCallback(keras.callbacks.Callback):
                         ),
                         self._images.dtype,
                     )
-                    for index, start in enumerate(
-                        range(0, self._images.shape[0], self.batch_size)
-                    )
+                    for index, start in enumerate(range(0, self._images.shape[0], self.batch_size))
                 ],
                 axis=0,
             )
@@ -204,12 +202,21 @@ class StabilityCallback(keras.callbacks.Callback):
         for measure in self.measures:
             if measure == "sensitivity":
                 results[measure] = normalized_sensitivity_from_probe(
-                    self._probe, self._images, None, self.batch_size, seed=seed,
+                    self._probe,
+                    self._images,
+                    None,
+                    self.batch_size,
+                    seed=seed,
                     deformed=self._deformed,
                 )
             elif measure == "relative_stability":
                 results[measure] = relative_stability_from_probe(
-                    self._probe, self._images, None, self.batch_size, self.reduction, seed=seed,
+                    self._probe,
+                    self._images,
+                    None,
+                    self.batch_size,
+                    self.reduction,
+                    seed=seed,
                     deformed=self._deformed,
                 )
             elif measure == "shift_consistency":
@@ -226,9 +233,7 @@ class StabilityCallback(keras.callbacks.Callback):
             self._write_summaries(epoch, values, results)
             self._write_json()
         if self.verbose:
-            summary = ", ".join(
-                f"{m} {r.mean():.4g}" for m, r in results.items()
-            )
+            summary = ", ".join(f"{m} {r.mean():.4g}" for m, r in results.items())
             print(f"StabilityCallback epoch {epoch}: mean {summary}")
         return results
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import warnings
 
 import keras
 import numpy as np
@@ -77,18 +78,25 @@ def test_logs_history_csv_json_and_tensorboard(tmp_path, data):
         max_shift=2,
     )
     csv_path = str(tmp_path / "log.csv")
-    history = model.fit(
-        x,
-        y,
-        epochs=4,
-        batch_size=16,
-        verbose=0,
-        callbacks=[
-            stability,
-            keras.callbacks.CSVLogger(csv_path),
-            keras.callbacks.TensorBoard(log_dir),
-        ],
+    early_stopping = keras.callbacks.EarlyStopping(
+        "stability/sensitivity/mean", mode="min", patience=9
     )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            x,
+            y,
+            epochs=4,
+            batch_size=16,
+            verbose=0,
+            callbacks=[
+                stability,
+                keras.callbacks.CSVLogger(csv_path),
+                keras.callbacks.TensorBoard(log_dir),
+                early_stopping,
+            ],
+        )
+    assert not [w for w in caught if "Early stopping conditioned" in str(w.message)]
     probes = ["input", "block1_conv1", "block1_down"]
     expected_keys = (
         [f"stability/sensitivity/{p}" for p in probes]
@@ -104,8 +112,9 @@ def test_logs_history_csv_json_and_tensorboard(tmp_path, data):
     # Measurements on the callback: init (0) and after epochs 2 and 4.
     assert [record["epoch"] for record in stability.history] == [0, 2, 4]
     last = stability.history[-1]["results"]
-    assert history.history["stability/relative_stability/D/block1_down"][-1] == (
-        last["relative_stability"].details["D"]["block1_down"]
+    assert (
+        history.history["stability/relative_stability/D/block1_down"][-1]
+        == (last["relative_stability"].details["D"]["block1_down"])
     )
 
     with open(csv_path) as file:
@@ -125,8 +134,14 @@ def test_logs_history_csv_json_and_tensorboard(tmp_path, data):
     events = EventAccumulator(os.path.join(log_dir, "stability"), size_guidance={"tensors": 0})
     events.Reload()
     tags = events.Tags()["tensors"]
-    for tag in ["sensitivity/block1_down", "relative_stability/R/input", "shift_consistency",
-                "smoothness/block1_conv1", "sensitivity/mean", "profile"]:
+    for tag in [
+        "sensitivity/block1_down",
+        "relative_stability/R/input",
+        "shift_consistency",
+        "smoothness/block1_conv1",
+        "sensitivity/mean",
+        "profile",
+    ]:
         assert tag in tags, tag
     steps = [event.step for event in events.Tensors("sensitivity/block1_down")]
     assert steps == [0, 2, 4]
@@ -223,8 +238,12 @@ def test_profile_plots(data):
     image = profile_image(results)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 4
     # A layer inside a probe unit (the conv of unit block1_conv1) is drawn at the unit.
-    ax = plot_profile({"sensitivity": {"input": 0.5, "block1_conv1": 0.7},
-                       "smoothness": {"block1_conv1_conv": 1.8}})
+    ax = plot_profile(
+        {
+            "sensitivity": {"input": 0.5, "block1_conv1": 0.7},
+            "smoothness": {"block1_conv1_conv": 1.8},
+        }
+    )
     assert [tick.get_text() for tick in ax.get_xticklabels()] == ["input", "block1_conv1"]
 
 
@@ -247,8 +266,14 @@ def test_errors_at_fit_time_name_the_argument(data):
     x, y = data
     model = small_model()
     with pytest.raises(ValueError, match=r"`probe_images`.*\(4, 6, 6, 3\).*\(None, 8, 8, 3\)"):
-        model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[StabilityCallback(np.zeros((4, 6, 6, 3)), roll)])
+        model.fit(
+            x, y, epochs=1, verbose=0, callbacks=[StabilityCallback(np.zeros((4, 6, 6, 3)), roll)]
+        )
     with pytest.raises(ValueError, match=r"`layers`.*'block9_conv1'.*Available"):
-        model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[StabilityCallback(x[:4], roll, layers=["input", "block9_conv1"])])
+        model.fit(
+            x,
+            y,
+            epochs=1,
+            verbose=0,
+            callbacks=[StabilityCallback(x[:4], roll, layers=["input", "block9_conv1"])],
+        )

@@ -134,9 +134,7 @@ def test_sensitivity_averages_several_deformations(model, images):
                 for w in warps
             ]
         )
-        np.testing.assert_allclose(
-            result.details["deformation"][name], numerator, rtol=1e-5
-        )
+        np.testing.assert_allclose(result.details["deformation"][name], numerator, rtol=1e-5)
 
 
 def test_sensitivity_seed_reaches_seeded_callables(model, images):
@@ -286,9 +284,7 @@ def test_private_shift_matches_numpy(images, fill_mode):
     dy, dx = np.array([2, -3, 0]), np.array([-1, 3, 5])
     shifted = _shift(images[:3], dy, dx, fill_mode).numpy()
     for b in range(3):
-        np.testing.assert_array_equal(
-            shifted[b], numpy_shift(images[b], dy[b], dx[b], fill_mode)
-        )
+        np.testing.assert_array_equal(shifted[b], numpy_shift(images[b], dy[b], dx[b], fill_mode))
     if fill_mode == "wrap":
         np.testing.assert_array_equal(shifted[0], np.roll(images[0], (2, -1), axis=(0, 1)))
 
@@ -296,9 +292,9 @@ def test_private_shift_matches_numpy(images, fill_mode):
 def test_shift_consistency_is_one_for_a_circularly_invariant_model(images):
     keras.utils.set_random_seed(1)
     inputs = keras.Input(SHAPE)
-    wrap = keras.layers.Lambda(
-        lambda t: tf.concat([t[:, :, -1:], t, t[:, :, :1]], axis=2)
-    )(keras.layers.Lambda(lambda t: tf.concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs))
+    wrap = keras.layers.Lambda(lambda t: tf.concat([t[:, :, -1:], t, t[:, :, :1]], axis=2))(
+        keras.layers.Lambda(lambda t: tf.concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs)
+    )
     x = keras.layers.Conv2D(6, 3, activation="relu")(wrap)  # a circular convolution
     outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inputs, outputs)

@@ -279,8 +279,9 @@ class ProbeFeatures:
             perturbed = [tf.cast(p, batch.dtype) for p in perturb(batch, i, rows.start)]
             if paired is None:
                 paired = [np.zeros((len(perturbed), num_images)) for _ in range(num_layers)]
-                paired_zero = [np.zeros((len(perturbed), num_images), bool)
-                               for _ in range(num_layers)]
+                paired_zero = [
+                    np.zeros((len(perturbed), num_images), bool) for _ in range(num_layers)
+                ]
             for p, perturbed_batch in enumerate(perturbed):
                 if perturbed_batch.shape != batch.shape:
                     raise ValueError(

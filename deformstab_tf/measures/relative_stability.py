@@ -113,9 +113,7 @@ def relative_stability_from_probe(
         noise_change = float(reduce(d.paired[1]))
         components["D"][name] = safe_ratio(deformation_change, pairs, if_both_zero=0.0)
         components["G"][name] = safe_ratio(noise_change, pairs, if_both_zero=0.0)
-        ratios[name] = safe_ratio(
-            components["D"][name], components["G"][name], if_both_zero=1.0
-        )
+        ratios[name] = safe_ratio(components["D"][name], components["G"][name], if_both_zero=1.0)
     return MeasureResult(
         "relative_stability",
         ratios,
@@ -138,8 +136,10 @@ def matched_noise(change, seed, start):
     change = tf.convert_to_tensor(change)
     count = change.shape[0]
     xi = np.stack(
-        [np.random.default_rng([seed, start + k]).standard_normal(change.shape[1:])
-         for k in range(count)]
+        [
+            np.random.default_rng([seed, start + k]).standard_normal(change.shape[1:])
+            for k in range(count)
+        ]
     )
     flat = xi.reshape(count, -1)
     direction = (flat / np.linalg.norm(flat, axis=1, keepdims=True)).reshape(xi.shape)

@@ -39,9 +39,9 @@ def kernel_smoothness(model):
         if weights.shape[0] == 1 and weights.shape[1] == 1:
             skipped[layer.name] = ONE_BY_ONE
             continue
-        total_variation = np.abs(np.diff(weights, axis=0)).sum() + np.abs(
-            np.diff(weights, axis=1)
-        ).sum()
+        total_variation = (
+            np.abs(np.diff(weights, axis=0)).sum() + np.abs(np.diff(weights, axis=1)).sum()
+        )
         l1 = np.abs(weights).sum()
         values[layer.name] = float(total_variation / l1) if l1 > 0 else 0.0
     return MeasureResult("smoothness", values, metadata={"skipped": skipped})
