@@ -277,3 +277,11 @@ def test_errors_at_fit_time_name_the_argument(data):
             verbose=0,
             callbacks=[StabilityCallback(x[:4], roll, layers=["input", "block9_conv1"])],
         )
+
+
+def test_smoothness_alone_needs_no_probe_images(data):
+    x, y = data
+    stability = StabilityCallback(None, None, measures="smoothness")
+    history = small_model().fit(x, y, epochs=1, verbose=0, callbacks=[stability])
+    assert list(stability.history[0]["results"]) == ["smoothness"]
+    assert "stability/smoothness/block1_conv1" in history.history
