@@ -1,3 +1,73 @@
-"""deformstab_tf: deformation layers, switchable-downsampling CNNs and stability measures."""
+"""deformstab_tf: deformation layers, switchable-downsampling CNNs and stability measures.
+
+- `deformstab_tf.deformations`: displacement fields (TPS, affine, diffeomorphism), the one
+  resampler `warp`, integer `shift`, and the random deformation layers.
+- `deformstab_tf.layers`: every Keras layer of the package in one namespace.
+- `deformstab_tf.models`: VGG / ResNet builders whose downsampling is a switch.
+- `deformstab_tf.measures`: per-layer sensitivity, relative stability, shift consistency and
+  kernel smoothness; `StabilityCallback` runs them during `model.fit`.
+"""
+
+from deformstab_tf.callbacks import StabilityCallback
+from deformstab_tf.deformations import (
+    RandomAffine,
+    RandomDiffeomorphism,
+    RandomThinPlateSpline,
+    affine_displacement,
+    affine_matrices,
+    diffeo_displacement,
+    shift,
+    tps_displacement,
+    tps_displacement_from_points,
+    warp,
+)
+from deformstab_tf.measures import (
+    MeasureResult,
+    kernel_smoothness,
+    normalized_sensitivity,
+    relative_stability,
+    shift_consistency,
+    smooth_kernels,
+)
+from deformstab_tf.models import (
+    DOWNSAMPLING,
+    BlurPool2D,
+    Subsample2D,
+    build_resnet,
+    build_vgg,
+    cifar_vgg,
+    imagenet_vgg,
+    probe_layer_names,
+    resnet18,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DOWNSAMPLING",
+    "BlurPool2D",
+    "MeasureResult",
+    "RandomAffine",
+    "RandomDiffeomorphism",
+    "RandomThinPlateSpline",
+    "StabilityCallback",
+    "Subsample2D",
+    "affine_displacement",
+    "affine_matrices",
+    "build_resnet",
+    "build_vgg",
+    "cifar_vgg",
+    "diffeo_displacement",
+    "imagenet_vgg",
+    "kernel_smoothness",
+    "normalized_sensitivity",
+    "probe_layer_names",
+    "relative_stability",
+    "resnet18",
+    "shift",
+    "shift_consistency",
+    "smooth_kernels",
+    "tps_displacement",
+    "tps_displacement_from_points",
+    "warp",
+]

@@ -6,10 +6,13 @@ from deformstab_tf.deformations.layers import (
     RandomDiffeomorphism,
     RandomThinPlateSpline,
 )
+from deformstab_tf.models.downsampling import BlurPool2D, Subsample2D
 
 __all__ = [
     "BaseRandomDeformation",
+    "BlurPool2D",
     "RandomAffine",
     "RandomDiffeomorphism",
     "RandomThinPlateSpline",
+    "Subsample2D",
 ]

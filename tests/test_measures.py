@@ -19,7 +19,7 @@ from deformstab_tf.measures import (
     shift_consistency,
     smooth_kernels,
 )
-from deformstab_tf.measures.consistency import _shift
+from tests.references import numpy_padded_shift
 
 NAMES = ["input", "block1_conv1", "block1_down", "block2_conv1"]
 SHAPE = (8, 8, 3)
@@ -271,24 +271,6 @@ def test_bad_batch_size(model, images):
 # -- shift consistency --------------------------------------------------------------------------
 
 
-def numpy_shift(image, dy, dx, fill_mode):
-    pad = max(abs(dy), abs(dx), 1) * 3
-    mode = {"wrap": "wrap", "constant": "constant", "nearest": "edge", "reflect": "symmetric"}
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode=mode[fill_mode])
-    h, w = image.shape[:2]
-    return padded[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
-
-
-@pytest.mark.parametrize("fill_mode", ["wrap", "constant", "nearest", "reflect"])
-def test_private_shift_matches_numpy(images, fill_mode):
-    dy, dx = np.array([2, -3, 0]), np.array([-1, 3, 5])
-    shifted = _shift(images[:3], dy, dx, fill_mode).numpy()
-    for b in range(3):
-        np.testing.assert_array_equal(shifted[b], numpy_shift(images[b], dy[b], dx[b], fill_mode))
-    if fill_mode == "wrap":
-        np.testing.assert_array_equal(shifted[0], np.roll(images[0], (2, -1), axis=(0, 1)))
-
-
 def test_shift_consistency_is_one_for_a_circularly_invariant_model(images):
     keras.utils.set_random_seed(1)
     inputs = keras.Input(SHAPE)
@@ -313,7 +295,7 @@ def test_shift_consistency_matches_numpy(images, fill_mode):
     offsets = np.random.default_rng(4).integers(-2, 2, size=(16, 2, 2), endpoint=True)
     top1 = [
         model.predict(
-            np.stack([numpy_shift(x[i], *offsets[i, k], fill_mode) for i in range(16)]),
+            np.stack([numpy_padded_shift(x[i], *offsets[i, k], fill_mode) for i in range(16)]),
             verbose=0,
         ).argmax(-1)
         for k in (0, 1)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from deformstab_tf.deformations import FILL_MODES, shift, warp
+from tests.references import numpy_padded_shift
 
 # scipy.ndimage modes that read each out-of-range neighbour the way ours do.
 SCIPY_MODE = {
@@ -124,6 +125,17 @@ def test_shift_with_fill_equals_roll_in_the_interior_and_per_image_offsets():
     per_image = shift(images, tf.constant([1, -1]), tf.constant([0, 2])).numpy()
     np.testing.assert_array_equal(per_image[0], np.roll(images[0], (1, 0), axis=(0, 1)))
     np.testing.assert_array_equal(per_image[1], np.roll(images[1], (-1, 2), axis=(0, 1)))
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_per_image_shifts_match_numpy_pad(fill_mode):
+    images = np.random.default_rng(5).random((3, 6, 7, 2)).astype("float32")
+    dy, dx = np.array([2, -3, 0]), np.array([-1, 3, 5])
+    shifted = shift(images, dy, dx, fill_mode=fill_mode).numpy()
+    for b in range(3):
+        np.testing.assert_array_equal(
+            shifted[b], numpy_padded_shift(images[b], dy[b], dx[b], fill_mode)
+        )
 
 
 def test_bad_arguments_name_the_argument():

@@ -11,10 +11,11 @@ whatever the Keras backend, and inside models on the TensorFlow backend, includi
 import keras
 import tensorflow as tf
 
+from deformstab_tf._validation import check_choice, standardize_data_format
 from deformstab_tf.deformations.affine import affine_displacement, affine_matrices
 from deformstab_tf.deformations.diffeo import _check_cutoff, diffeo_displacement
 from deformstab_tf.deformations.tps import control_grid, tps_displacement
-from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, check_choice, warp
+from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, warp
 
 
 def _magnitude(argument, value):
@@ -79,9 +80,7 @@ class BaseRandomDeformation(keras.layers.Layer):
         self.fill_mode = fill_mode
         self.fill_value = float(fill_value)
         self.same_on_batch = bool(same_on_batch)
-        data_format = keras.config.image_data_format() if data_format is None else data_format
-        check_choice("data_format", data_format, ("channels_last", "channels_first"))
-        self.data_format = data_format
+        self.data_format = standardize_data_format(data_format)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
         self.supports_jit = True

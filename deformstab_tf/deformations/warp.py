@@ -11,17 +11,10 @@ old ``tfa.image.dense_image_warp`` and of Petrini et al.'s ``deform``.
 
 import tensorflow as tf
 
+from deformstab_tf._validation import check_choice
+
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 INTERPOLATIONS = ("bilinear", "nearest")
-
-
-def check_choice(argument, value, choices):
-    """Raises a ValueError naming `argument` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(
-            f"`{argument}` must be one of {', '.join(repr(c) for c in choices)}. "
-            f"Received: {argument}={value!r}"
-        )
 
 
 def _check_numeric(argument, tensor):

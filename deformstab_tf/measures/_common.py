@@ -47,9 +47,3 @@ def safe_ratio(numerator, denominator, if_both_zero):
     if denominator > 0:
         return numerator / denominator
     return if_both_zero if numerator == 0 else float("inf")
-
-
-def check_positive_int(name, value):
-    """Raises a ValueError naming the argument unless `value` is an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")

@@ -5,11 +5,11 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf.measures._common import check_positive_int, resolve_seed
+from deformstab_tf._validation import check_choice, check_positive_int
+from deformstab_tf.deformations.warp import FILL_MODES, shift
+from deformstab_tf.measures._common import resolve_seed
 from deformstab_tf.measures.features import check_probe_images
 from deformstab_tf.measures.results import MeasureResult
-
-FILL_MODES = ("wrap", "constant", "nearest", "reflect")
 
 _PREDICTORS = weakref.WeakKeyDictionary()  # traced top-1 function per model, dies with it
 
@@ -75,8 +75,7 @@ def shift_consistency_from_predictor(
             f"`max_shift` must be a non-negative integer. Received: max_shift={max_shift!r}"
         )
     check_positive_int("batch_size", batch_size)
-    if fill_mode not in FILL_MODES:
-        raise ValueError(f"`fill_mode` must be one of {FILL_MODES}. Received: {fill_mode!r}")
+    check_choice("fill_mode", fill_mode, FILL_MODES)
     num_images = int(images.shape[0])
     rng = np.random.default_rng(resolve_seed(seed))
     offsets = rng.integers(-max_shift, max_shift, size=(num_images, 2, 2), endpoint=True)
@@ -86,7 +85,9 @@ def shift_consistency_from_predictor(
         batch = images[start : start + batch_size]
         batch_offsets = offsets[start : start + batch_size]
         first, second = (
-            predict_top1(_shift(batch, batch_offsets[:, k, 0], batch_offsets[:, k, 1], fill_mode))
+            predict_top1(
+                shift(batch, batch_offsets[:, k, 0], batch_offsets[:, k, 1], fill_mode=fill_mode)
+            )
             for k in (0, 1)
         )
         agree.append((first == second).numpy())
@@ -101,35 +102,3 @@ def shift_consistency_from_predictor(
             "seed": seed,
         },
     )
-
-
-def _shift(images, dy, dx, fill_mode):
-    """Whole-pixel translation with one `(dy, dx)` per image: `out[b, y, x] = in[b, y - dy_b,
-    x - dx_b]`, the border filled according to `fill_mode`.
-
-    Same convention as `deformstab_tf.deformations.shift` (which may replace it).
-    """
-    images = tf.convert_to_tensor(images)
-    shape = tf.shape(images)
-    rows, row_valid = _source_index(shape[1], tf.constant(dy, tf.int32), fill_mode)
-    cols, col_valid = _source_index(shape[2], tf.constant(dx, tf.int32), fill_mode)
-    shifted = tf.gather(images, rows, axis=1, batch_dims=1)
-    shifted = tf.gather(shifted, cols, axis=2, batch_dims=1)
-    if fill_mode == "constant":
-        inside = row_valid[:, :, None, None] & col_valid[:, None, :, None]
-        shifted = tf.where(inside, shifted, tf.zeros_like(shifted))
-    return shifted
-
-
-def _source_index(size, offset, fill_mode):
-    """Source indices `(B, size)` for destination `0..size-1` moved by `offset` `(B,)`."""
-    index = tf.range(size)[None, :] - offset[:, None]
-    valid = (index >= 0) & (index < size)
-    if fill_mode == "wrap":
-        index = tf.math.floormod(index, size)
-    elif fill_mode == "reflect":
-        index = tf.math.floormod(index, 2 * size)
-        index = tf.where(index >= size, 2 * size - 1 - index, index)
-    else:  # nearest; constant masks the clamped values afterwards
-        index = tf.clip_by_value(index, 0, size - 1)
-    return index, valid

@@ -4,9 +4,9 @@ Tomasini et al. 2022)."""
 import numpy as np
 import tensorflow as tf
 
+from deformstab_tf._validation import check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
-    check_positive_int,
     derive_seed,
     resolve_seed,
     safe_ratio,

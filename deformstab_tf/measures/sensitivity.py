@@ -2,9 +2,9 @@
 
 import numpy as np
 
+from deformstab_tf._validation import check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
-    check_positive_int,
     derive_seed,
     resolve_seed,
     safe_ratio,

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from deformstab_tf._validation import check_choice, check_positive_int, standardize_data_format
+
 DOWNSAMPLING = ("subsample", "max", "avg", "strided", "strided_relu", "blur", "none")
 """Valid values of the `downsample` switch of the model builders.
 
@@ -39,20 +41,6 @@ BLUR_PADDINGS = ("reflect", "constant", "symmetric")
 _PROBE_NAME = re.compile(r"^(input|stem|block\d+_(conv\d+|down|out))$")
 
 
-def check_choice(argument, value, choices):
-    """Raise a ValueError naming `argument`, the received `value` and the valid `choices`."""
-    if value not in choices:
-        raise ValueError(
-            f"Invalid `{argument}`: received {argument}={value!r}. "
-            f"Valid choices: {', '.join(repr(c) for c in choices)}."
-        )
-
-
-def check_positive_int(argument, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{argument}` must be a positive integer; received {argument}={value!r}.")
-
-
 def as_pair(argument, value):
     """Return `value` (an int or a pair of ints, all >= 1) as a tuple `(rows, cols)`."""
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
@@ -63,13 +51,6 @@ def as_pair(argument, value):
     for item in pair:
         check_positive_int(argument, item)
     return tuple(int(v) for v in pair)
-
-
-def standardize_data_format(data_format):
-    if data_format is None:
-        return keras.backend.image_data_format()
-    check_choice("data_format", data_format, ("channels_last", "channels_first"))
-    return data_format
 
 
 def binomial_filter(filter_size):

@@ -1,0 +1,29 @@
+"""Argument checks shared by the whole package: each error names the argument and the value."""
+
+import keras
+import numpy as np
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def check_choice(argument, value, choices):
+    """Raises a ValueError naming `argument`, the received `value` and the valid `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"Invalid `{argument}`: received {argument}={value!r}. "
+            f"Valid choices: {', '.join(repr(c) for c in choices)}."
+        )
+
+
+def check_positive_int(argument, value):
+    """Raises a ValueError naming `argument` unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{argument}` must be a positive integer; received {argument}={value!r}.")
+
+
+def standardize_data_format(data_format):
+    """`data_format`, or Keras's configured default when None; anything else is an error."""
+    if data_format is None:
+        return keras.config.image_data_format()
+    check_choice("data_format", data_format, DATA_FORMATS)
+    return data_format
