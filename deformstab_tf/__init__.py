@@ -40,6 +40,7 @@ from deformstab_tf.models import (
     probe_layer_names,
     resnet18,
 )
+from deformstab_tf.plots import plot_profile
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "imagenet_vgg",
     "kernel_smoothness",
     "normalized_sensitivity",
+    "plot_profile",
     "probe_layer_names",
     "relative_stability",
     "resnet18",
