@@ -105,6 +105,16 @@ def test_affine_field_moves_content_to_a_p_plus_t():
         np.testing.assert_allclose(moved, centred, atol=1e-4)
 
 
+def test_affine_matrices_mix_scalar_and_batched_parameters():
+    angles = np.array([0.0, 90.0, -30.0])
+    matrices = affine_matrices(rotation=angles, scale=2.0, translation=(1.0, np.zeros(3))).numpy()
+    assert matrices.shape == (3, 2, 3)
+    for n, angle in enumerate(np.deg2rad(angles)):
+        rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        np.testing.assert_allclose(matrices[n, :, :2], 2.0 * rotation, atol=1e-6)
+        np.testing.assert_allclose(matrices[n, :, 2], [1.0, 0.0])
+
+
 def test_affine_identity_is_exact_and_integer_translation_is_a_shift():
     assert np.all(affine_displacement(affine_matrices(), 7, 5).numpy() == 0.0)
     images = np.random.default_rng(5).random((1, 8, 8, 2)).astype("float32")
@@ -121,6 +131,19 @@ def test_diffeomorphism_is_zero_on_the_border_for_non_square_images():
     for border in (field[:, 0], field[:, -1], field[:, :, 0], field[:, :, -1]):
         np.testing.assert_allclose(border, 0.0, atol=1e-5)
     assert np.abs(field).max() > 0.1
+
+
+def test_diffeomorphism_mode_orientation_follows_the_formula():
+    # A single coefficient C_12 of the dx field: u(x, y) = sin(pi x) sin(2 pi y) / sqrt(5).
+    coefficients = np.zeros((1, 2, 3, 3), "float32")
+    coefficients[0, 1, 0, 1] = 1.0
+    height, width, temperature = 9, 13, 1e-3
+    field = diffeo_displacement(coefficients, height, width, temperature=temperature).numpy()[0]
+    y = np.linspace(0, 1, height)[:, None]
+    x = np.linspace(0, 1, width)[None, :]
+    expected = np.sin(np.pi * x) * np.sin(2 * np.pi * y) / np.sqrt(5)
+    np.testing.assert_allclose(field[..., 1], math.sqrt(temperature) * width * expected, atol=1e-5)
+    np.testing.assert_allclose(field[..., 0], 0.0, atol=1e-7)
 
 
 def _rms_central_displacement(cutoff, temperature=None, displacement=None, n=33, draws=4000):

@@ -53,10 +53,11 @@ def read(image, y, x, fill_mode, fill_value):
 
 
 @pytest.mark.parametrize("fill_mode", FILL_MODES)
-def test_bilinear_matches_numpy_and_scipy(fill_mode):
+@pytest.mark.parametrize("magnitude", [4.0, 30.0])  # within one image size, and several periods
+def test_bilinear_matches_numpy_and_scipy(fill_mode, magnitude):
     rng = np.random.default_rng(0)
     images = rng.random((2, 7, 9, 3))
-    displacement = rng.uniform(-4, 4, (2, 7, 9, 2))
+    displacement = rng.uniform(-magnitude, magnitude, (2, 7, 9, 2))
     out = warp(images.astype("float32"), displacement, fill_mode=fill_mode, fill_value=0.5).numpy()
     np.testing.assert_allclose(out, numpy_bilinear(images, displacement, fill_mode, 0.5), atol=2e-5)
     ys, xs = np.meshgrid(np.arange(7), np.arange(9), indexing="ij")

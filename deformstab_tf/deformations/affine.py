@@ -50,7 +50,8 @@ def affine_matrices(rotation=0.0, scale=1.0, shear=0.0, translation=0.0):
     a10 = (sin + cos * shear_x) * scale_y
     a11 = (sin * shear_y + cos) * scale_x
     entries = [a00, a01, shift_y, a10, a11, shift_x]
-    batch = tf.shape(tf.add_n([tf.reshape(e, [-1]) for e in entries]))[0]
+    # Scalars and (B,) parameters mix freely: `+` broadcasts them to the batch size.
+    batch = tf.shape(sum(tf.reshape(e, [-1]) for e in entries))[0]
     entries = [tf.broadcast_to(tf.reshape(e, [-1]), [batch]) for e in entries]
     return tf.reshape(tf.stack(entries, axis=-1), [-1, 2, 3])
 

@@ -93,8 +93,10 @@ def diffeo_displacement(coefficients, height, width, temperature=None, displacem
     weights = coefficients * tf.constant(mode_amplitudes(cutoff))
     modes_y = tf.constant(_modes(height, cutoff))  # (H, c): sin(j pi y)
     modes_x = tf.constant(_modes(width, cutoff))  # (W, c): sin(i pi x)
-    # fields[b, y, x, f] = sum_ij C[b, f, i, j] sin(i pi x) sin(j pi y)
-    fields = tf.einsum("bfij,xi,yj->byxf", weights, modes_x, modes_y)
+    # fields[b, y, x, f] = sum_ij C[b, f, i, j] sin(i pi x) sin(j pi y), as two plain matmuls
+    # per field, (H, c) @ C^T @ (c, W) (XLA handles these far better than the 3-operand einsum).
+    fields = tf.matmul(modes_y, tf.matmul(weights, modes_x, transpose_a=True, transpose_b=True))
+    fields = tf.transpose(fields, [0, 2, 3, 1])
     if temperature is not None:
         # sqrt(T) * n per axis.
         scale = tf.sqrt(tf.cast(temperature, tf.float32))[..., None] * tf.constant(

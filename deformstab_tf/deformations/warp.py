@@ -120,33 +120,80 @@ def _resample(images, displacement, interpolation, fill_mode, fill_value):
     # One flat gather for all the pixels that are read: (B*H*W, C) rows.
     flat = tf.reshape(images, tf.stack([-1, channels]))
 
-    def read(y, x):
-        iy, inside_y = _fold_index(y, height, fill_mode)
-        ix, inside_x = _fold_index(x, width, fill_mode)
-        base = tf.reshape(tf.range(batch) * height * width, [-1] + [1] * (y.shape.rank - 1))
-        index = base + iy * width + ix
-        values = tf.gather(flat, index)
+    if interpolation == "nearest":
+        iy, inside_y = _fold_index(tf.floor(source_y + 0.5), height, fill_mode)
+        ix, inside_x = _fold_index(tf.floor(source_x + 0.5), width, fill_mode)
+        base = tf.reshape(tf.range(batch) * height * width, [-1, 1, 1])
+        values = tf.gather(flat, base + iy * width + ix)
         if fill_mode == "constant":
             inside = (inside_y & inside_x)[..., None]
             values = tf.where(inside, values, tf.cast(fill_value, values.dtype))
         return values
 
-    if interpolation == "nearest":
-        return read(tf.floor(source_y + 0.5), tf.floor(source_x + 0.5))
-
     out_dtype = images.dtype if images.dtype.is_floating else tf.float32
-    y0 = tf.floor(source_y)
-    x0 = tf.floor(source_x)
-    wy = (source_y - y0)[..., None]
-    wx = (source_x - x0)[..., None]
+    y0, y1, wy, inside_y = _bilinear_axis(source_y, height, fill_mode)
+    x0, x1, wx, inside_x = _bilinear_axis(source_x, width, fill_mode)
     # The four neighbours stacked on one axis: (B, H, W, 4) -> one gather -> (B, H, W, 4, C).
-    corners_y = tf.stack([y0, y0, y0 + 1.0, y0 + 1.0], axis=-1)
-    corners_x = tf.stack([x0, x0 + 1.0, x0, x0 + 1.0], axis=-1)
-    values = tf.cast(read(corners_y, corners_x), tf.float32)
+    base = tf.reshape(tf.range(batch) * height * width, [-1, 1, 1, 1])
+    rows = tf.stack([y0, y0, y1, y1], axis=-1) * width
+    index = base + rows + tf.stack([x0, x1, x0, x1], axis=-1)
+    values = tf.cast(tf.gather(flat, index), tf.float32)
+    if fill_mode == "constant":
+        inside = tf.stack(
+            [
+                inside_y[0] & inside_x[0],
+                inside_y[0] & inside_x[1],
+                inside_y[1] & inside_x[0],
+                inside_y[1] & inside_x[1],
+            ],
+            axis=-1,
+        )
+        values = tf.where(inside[..., None], values, fill_value)
+    wy, wx = wy[..., None], wx[..., None]
     top = values[..., 0, :] * (1.0 - wx) + values[..., 1, :] * wx
     bottom = values[..., 2, :] * (1.0 - wx) + values[..., 3, :] * wx
     out = top * (1.0 - wy) + bottom * wy
     return tf.cast(out, out_dtype)
+
+
+def _bilinear_axis(source, size, fill_mode):
+    """The two neighbours (int32, inside ``[0, size)``) and the weight of the second along one
+    axis, and for ``"constant"`` whether each neighbour lies inside the image.
+
+    The fill mode is applied once to the continuous coordinate rather than to each neighbour:
+    mirroring and tiling commute with linear interpolation, so this reads exactly the values that
+    per-neighbour folding reads, for half the integer work.
+    """
+    size_f = tf.cast(size, tf.float32)
+    if fill_mode == "constant":
+        low = tf.floor(source)
+        weight = source - low
+        low = tf.cast(low, tf.int32)
+        high = low + 1
+        inside = ((low >= 0) & (low < size), (high >= 0) & (high < size))
+        return (
+            tf.clip_by_value(low, 0, size - 1),
+            tf.clip_by_value(high, 0, size - 1),
+            weight,
+            inside,
+        )
+    if fill_mode == "wrap":
+        source = tf.math.floormod(source, size_f)
+        low = tf.floor(source)
+        weight = source - low
+        low = tf.minimum(tf.cast(low, tf.int32), size - 1)  # floormod may round up to `size`
+        high = tf.where(low + 1 >= size, 0, low + 1)
+        return low, high, weight, None
+    if fill_mode == "reflect":
+        # Mirror about -0.5 and size - 0.5 (d c b a | a b c d | d c b a), period 2 * size.
+        folded = tf.math.floormod(source + 0.5, 2.0 * size_f)
+        source = tf.where(folded < size_f, folded, 2.0 * size_f - folded) - 0.5
+    # "nearest", and "reflect" after folding: clamp to the outermost pixel centres.
+    source = tf.clip_by_value(source, 0.0, size_f - 1.0)
+    low = tf.floor(source)
+    weight = source - low
+    low = tf.cast(low, tf.int32)
+    return low, tf.minimum(low + 1, size - 1), weight, None
 
 
 def shift(images, dy, dx, fill_mode="wrap", fill_value=0.0):
