@@ -297,32 +297,22 @@ def downsampling_layers(
                 pool_size, strides, padding="same", data_format=data_format, name=layer_name
             )
         ]
-    if name == "strided":
+    if name in ("strided", "strided_relu"):
         # No bias: the following conv -> BatchNorm (or the classifier's bias) absorbs it.
+        conv = layers.Conv2D(
+            channels,
+            pool_size,
+            strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=kernel_initializer,
+            data_format=data_format,
+            name=layer_name if name == "strided" else f"{layer_name}_conv",
+        )
+        if name == "strided":
+            return [conv]
         return [
-            layers.Conv2D(
-                channels,
-                pool_size,
-                strides,
-                padding="same",
-                use_bias=False,
-                kernel_initializer=kernel_initializer,
-                data_format=data_format,
-                name=layer_name,
-            )
-        ]
-    if name == "strided_relu":
-        return [
-            layers.Conv2D(
-                channels,
-                pool_size,
-                strides,
-                padding="same",
-                use_bias=False,
-                kernel_initializer=kernel_initializer,
-                data_format=data_format,
-                name=f"{layer_name}_conv",
-            ),
+            conv,
             layers.BatchNormalization(axis=channel_axis, name=f"{layer_name}_bn"),
             layers.ReLU(name=layer_name),
         ]
