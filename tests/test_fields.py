@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 from scipy.interpolate import RBFInterpolator
 
@@ -67,6 +69,27 @@ def test_tps_from_points_equals_scipy_for_scattered_points():
         tps_displacement(d, 16, 16, 3).numpy(),
         atol=1e-4,
     )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    coefficients=st.lists(st.floats(-0.2, 0.2), min_size=6, max_size=6),
+    grid_size=st.integers(2, 5),
+    height=st.integers(6, 20),
+    width=st.integers(6, 20),
+)
+def test_tps_reproduces_affine_displacements_exactly(coefficients, grid_size, height, width):
+    """The interpolant has an affine part and no bending for affine data: control displacements
+    sampled from an affine field give back that field at every pixel."""
+    a = np.array(coefficients).reshape(2, 3)
+
+    def affine_field(points):
+        return points @ a[:, :2].T * 10 + a[:, 2] * 10
+
+    d = affine_field(control_grid(height, width, grid_size))[None]
+    field = tps_displacement(d, height, width, grid_size).numpy()[0]
+    expected = affine_field(pixel_grid(height, width)).reshape(height, width, 2)
+    np.testing.assert_allclose(field, expected, atol=2e-3)
 
 
 def test_tps_bad_arguments():

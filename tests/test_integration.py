@@ -36,7 +36,7 @@ def test_fit_with_augmentation_and_stability_callback(tmp_path):
         batch_size=4,
         seed=0,
     )
-    history = model.fit(train, epochs=2, callbacks=[callback], verbose=0)
+    history = model.fit(train, epochs=2, callbacks=[callback], shuffle=False, verbose=0)
 
     probes = ds.probe_layer_names(model)
     assert probes == ["input", "block1_conv1", "block1_down", "block2_conv1", "block2_down"]
