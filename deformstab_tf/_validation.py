@@ -27,3 +27,11 @@ def standardize_data_format(data_format):
         return keras.config.image_data_format()
     check_choice("data_format", data_format, DATA_FORMATS)
     return data_format
+
+
+def check_non_negative(argument, value):
+    """Raises a ValueError naming `argument` unless `value` is a real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{argument}` must be a number >= 0; received {argument}={value!r}.")
+    if not value >= 0:
+        raise ValueError(f"`{argument}` must be a number >= 0; received {argument}={value!r}.")

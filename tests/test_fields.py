@@ -213,3 +213,26 @@ def test_temperature_formulas_match_the_spec_table():
     )
     with pytest.raises(ValueError, match="cutoff=1"):
         temperature_range(32, 1)
+
+
+def test_field_functions_name_bad_arguments():
+    with pytest.raises(ValueError, match="height=0"):
+        affine_displacement(affine_matrices(), 0, 5)
+    with pytest.raises(ValueError, match="width=2.5"):
+        affine_displacement(affine_matrices(), 4, 2.5)
+    with pytest.raises(ValueError, match="scale"):
+        affine_matrices(scale=(1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match="height=0"):
+        diffeo_displacement(np.zeros((1, 2, 3, 3)), 0, 5, temperature=1e-3)
+    with pytest.raises(ValueError, match="temperature"):
+        diffeo_displacement(np.zeros((1, 2, 3, 3)), 5, 5)
+    with pytest.raises(ValueError, match="height='a'"):
+        tps_displacement(np.zeros((1, 9, 2)), "a", 5, 3)
+    with pytest.raises(ValueError, match="size=0"):
+        temperature_range(0, 3)
+    with pytest.raises(ValueError, match="temperature=-1"):
+        typical_displacement(-1, 3, 32)
+    with pytest.raises(ValueError, match="delta=-0.5"):
+        temperature_for_displacement(-0.5, 3, 32)
+    with pytest.raises(TypeError, match="fill_value"):
+        warp(np.zeros((1, 4, 4, 1), "float32"), np.zeros((1, 4, 4, 2), "float32"), fill_value="x")

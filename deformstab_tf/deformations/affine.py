@@ -9,6 +9,8 @@ import math
 
 import tensorflow as tf
 
+from deformstab_tf._validation import check_positive_int
+
 
 def affine_matrices(rotation=0.0, scale=1.0, shear=0.0, translation=0.0):
     """Forward ``(B, 2, 3)`` affine matrices from parameters (each a scalar or a ``(B,)`` tensor).
@@ -27,21 +29,24 @@ def affine_matrices(rotation=0.0, scale=1.0, shear=0.0, translation=0.0):
         float32 matrices ``(B, 2, 3)`` (B = 1 when every parameter is a scalar).
     """
 
-    def pair(value):
+    def pair(argument, value):
         if isinstance(value, (tuple, list)):
             if len(value) != 2:
-                raise ValueError(f"Expected a scalar or a pair (y, x). Received: {value!r}")
+                raise ValueError(
+                    f"`{argument}` must be a scalar or a pair (y, x). "
+                    f"Received: {argument}={value!r}"
+                )
             return tf.cast(value[0], tf.float32), tf.cast(value[1], tf.float32)
         value = tf.cast(value, tf.float32)
         return value, value
 
     angle = tf.cast(rotation, tf.float32) * (math.pi / 180.0)
-    scale_y, scale_x = pair(scale)
+    scale_y, scale_x = pair("scale", scale)
     if isinstance(shear, (tuple, list)):
-        shear_y, shear_x = pair(shear)
+        shear_y, shear_x = pair("shear", shear)
     else:
         shear_y, shear_x = tf.zeros_like(tf.cast(shear, tf.float32)), tf.cast(shear, tf.float32)
-    shift_y, shift_x = pair(translation)
+    shift_y, shift_x = pair("translation", translation)
     cos, sin = tf.cos(angle), tf.sin(angle)
     # rotate . shear . scale on (y, x):
     #   R = [[cos, -sin], [sin, cos]], Sh = [[1, s_y], [s_x, 1]] (rows: y, x), S = diag(s_y, s_x).
@@ -69,6 +74,8 @@ def affine_displacement(matrices, height, width):
         A float32 field ``(B, H, W, 2)`` with ``u(q) = q - A^{-1} (q - t)``, so that
         ``warp(images, u)`` moves the content at ``p`` to ``A p + t``.
     """
+    check_positive_int("height", height)
+    check_positive_int("width", width)
     matrices = tf.cast(matrices, tf.float32)
     if matrices.shape.rank == 2:
         matrices = matrices[None]

@@ -12,6 +12,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from deformstab_tf._validation import check_non_negative, check_positive_int
+
 
 def _check_cutoff(cutoff):
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, np.integer)) or cutoff < 2:
@@ -28,19 +30,28 @@ def temperature_range(size, cutoff):
     ``T_max = 4 / (pi^3 c^2 ln c)`` (the largest temperature without overhangs).
     """
     _check_cutoff(cutoff)
+    check_positive_int("size", size)
     log = math.log(cutoff)
     return 1.0 / (math.pi * size**2 * log), 4.0 / (math.pi**3 * cutoff**2 * log)
 
 
 def typical_displacement(temperature, cutoff, size):
-    """Typical displacement in pixels at the image centre: ``delta = (n/2) sqrt(pi T ln c)``."""
+    """Typical displacement in pixels at the image centre: ``delta = (n/2) sqrt(pi T ln c)``.
+
+    This is the large-``c`` form of the RMS length of the displacement at the centre (at
+    ``c = 3`` the exact RMS is 27% larger; at ``c = 10``, 10%).
+    """
     _check_cutoff(cutoff)
+    check_non_negative("temperature", temperature)
+    check_positive_int("size", size)
     return size * math.sqrt(math.pi * temperature * math.log(cutoff)) / 2.0
 
 
 def temperature_for_displacement(delta, cutoff, size):
     """The temperature of typical displacement `delta` pixels: ``4 delta^2 / (pi n^2 ln c)``."""
     _check_cutoff(cutoff)
+    check_non_negative("delta", delta)
+    check_positive_int("size", size)
     return 4.0 * delta**2 / (math.pi * size**2 * math.log(cutoff))
 
 
@@ -90,6 +101,8 @@ def diffeo_displacement(coefficients, height, width, temperature=None, displacem
         )
     cutoff = int(coefficients.shape[-1])
     _check_cutoff(cutoff)
+    check_positive_int("height", height)
+    check_positive_int("width", width)
     weights = coefficients * tf.constant(mode_amplitudes(cutoff))
     modes_y = tf.constant(_modes(height, cutoff))  # (H, c): sin(j pi y)
     modes_x = tf.constant(_modes(width, cutoff))  # (W, c): sin(i pi x)

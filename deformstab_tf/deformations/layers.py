@@ -14,7 +14,7 @@ import tensorflow as tf
 from deformstab_tf._validation import check_choice, standardize_data_format
 from deformstab_tf.deformations.affine import affine_displacement, affine_matrices
 from deformstab_tf.deformations.diffeo import _check_cutoff, diffeo_displacement
-from deformstab_tf.deformations.tps import control_grid, tps_displacement
+from deformstab_tf.deformations.tps import tps_displacement
 from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, warp
 
 
@@ -274,7 +274,6 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         self.max_displacement = _magnitude("max_displacement", max_displacement)
 
     def random_displacement(self, batch_size, height, width, seed):
-        control_grid(height, width, self.grid_size)  # validates grid_size against the image size
         shape = tf.stack([batch_size, self.grid_size * self.grid_size, 2])
         c = self.max_displacement
         displacements = self._uniform(shape, -c, c, seed, stream=0)

@@ -11,12 +11,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-
-def _check_size(argument, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(
-            f"`{argument}` must be an integer >= {minimum}. Received: {argument}={value!r}"
-        )
+from deformstab_tf._validation import check_positive_int
 
 
 def control_grid(height, width, grid_size):
@@ -26,9 +21,11 @@ def control_grid(height, width, grid_size):
         A float64 numpy array ``(grid_size**2, 2)`` of ``(y, x)`` pixel coordinates, row-major
         (``y`` varies slowest), matching the order of the displacements `tps_displacement` takes.
     """
-    _check_size("height", height)
-    _check_size("width", width)
-    _check_size("grid_size", grid_size, minimum=2)
+    check_positive_int("height", height)
+    check_positive_int("width", width)
+    check_positive_int("grid_size", grid_size)
+    if grid_size < 2:
+        raise ValueError(f"`grid_size` must be an integer >= 2. Received: grid_size={grid_size!r}")
     if grid_size > min(height, width):
         raise ValueError(
             f"`grid_size` must be at most the image size {min(height, width)} "
@@ -104,6 +101,7 @@ def tps_displacement(displacements, height, width, grid_size):
     >>> tps_displacement(d, 32, 32, grid_size=3).shape
     TensorShape([4, 32, 32, 2])
     """
+    control_grid(height, width, grid_size)  # validates the sizes, naming the argument
     matrix = tps_interpolation_matrix(int(height), int(width), int(grid_size))
     displacements = tf.cast(displacements, tf.float32)
     k = grid_size * grid_size
@@ -137,8 +135,8 @@ def tps_displacement_from_points(control_points, displacements, height, width):
     Returns:
         A float32 field ``(B, H, W, 2)`` through the control displacements.
     """
-    _check_size("height", height)
-    _check_size("width", width)
+    check_positive_int("height", height)
+    check_positive_int("width", width)
     displacements = tf.cast(displacements, tf.float32)
     control_points = tf.cast(control_points, tf.float32)
     if displacements.shape.rank != 3 or displacements.shape[-1] != 2:

@@ -76,6 +76,8 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
     """
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     check_choice("fill_mode", fill_mode, FILL_MODES)
+    if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
+        raise TypeError(f"`fill_value` must be a number. Received: fill_value={fill_value!r}")
     images = tf.convert_to_tensor(images)
     displacement = tf.convert_to_tensor(displacement)
     _check_numeric("images", images)

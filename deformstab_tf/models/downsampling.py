@@ -53,6 +53,18 @@ def as_pair(argument, value):
     return tuple(int(v) for v in pair)
 
 
+BLUR_SIZES = range(2, 8)
+
+
+def check_blur_size(blur_size):
+    """Raises a ValueError naming `blur_size` unless it is an integer in 2..7 (Zhang's sizes)."""
+    if isinstance(blur_size, bool) or blur_size not in BLUR_SIZES:
+        raise ValueError(
+            f"`blur_size` must be an integer in 2..7; received blur_size={blur_size!r}. "
+            "Valid choices: 2, 3, 4, 5, 6, 7."
+        )
+
+
 def binomial_filter(filter_size):
     """Normalised 2-D binomial low-pass filter of shape `(filter_size, filter_size)`.
 

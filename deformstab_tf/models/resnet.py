@@ -8,6 +8,7 @@ from keras import layers
 from deformstab_tf.models.downsampling import (
     DOWNSAMPLING,
     as_pair,
+    check_blur_size,
     check_choice,
     check_input_size,
     check_positive_int,
@@ -160,11 +161,7 @@ def build_resnet(
     check_choice("downsample", downsample, DOWNSAMPLING)
     check_choice("stem", stem, STEMS)
     check_positive_int("num_classes", num_classes)
-    if isinstance(blur_size, bool) or blur_size not in range(2, 8):
-        raise ValueError(
-            f"`blur_size` must be an integer in 2..7; received blur_size={blur_size!r}. "
-            "Valid choices: 2, 3, 4, 5, 6, 7."
-        )
+    check_blur_size(blur_size)
     stage_blocks, widths = tuple(stage_blocks), tuple(widths)
     if not stage_blocks or len(stage_blocks) != len(widths):
         raise ValueError(

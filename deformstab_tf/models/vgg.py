@@ -10,6 +10,7 @@ from keras import layers
 from deformstab_tf.models.downsampling import (
     DOWNSAMPLING,
     as_pair,
+    check_blur_size,
     check_choice,
     check_input_size,
     check_positive_int,
@@ -113,11 +114,7 @@ def build_vgg(
     check_choice("downsample", downsample, DOWNSAMPLING)
     check_choice("head", head, HEADS)
     check_positive_int("num_classes", num_classes)
-    if isinstance(blur_size, bool) or blur_size not in range(2, 8):
-        raise ValueError(
-            f"`blur_size` must be an integer in 2..7; received blur_size={blur_size!r}. "
-            "Valid choices: 2, 3, 4, 5, 6, 7."
-        )
+    check_blur_size(blur_size)
     pool_size = as_pair("pool_size", pool_size)
     strides = as_pair("strides", strides)
     data_format = standardize_data_format(data_format)
