@@ -8,10 +8,12 @@ from deformstab_tf.deformations.diffeo import (
     typical_displacement,
 )
 from deformstab_tf.deformations.layers import (
+    DEFORMATION_LAYERS,
     BaseRandomDeformation,
     RandomAffine,
     RandomDiffeomorphism,
     RandomThinPlateSpline,
+    deformation_layer,
 )
 from deformstab_tf.deformations.tps import (
     control_grid,
@@ -22,6 +24,7 @@ from deformstab_tf.deformations.tps import (
 from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, shift, warp
 
 __all__ = [
+    "DEFORMATION_LAYERS",
     "FILL_MODES",
     "INTERPOLATIONS",
     "BaseRandomDeformation",
@@ -31,6 +34,7 @@ __all__ = [
     "affine_displacement",
     "affine_matrices",
     "control_grid",
+    "deformation_layer",
     "diffeo_displacement",
     "shift",
     "temperature_for_displacement",

@@ -431,3 +431,47 @@ class RandomDiffeomorphism(BaseRandomDeformation):
             }
         )
         return config
+
+
+# Short names of the deformation layers (flags, augmentation specs, reports) and the argument
+# that sets each one's strength.
+DEFORMATION_LAYERS = {
+    "tps": (RandomThinPlateSpline, "max_displacement"),
+    "affine": (RandomAffine, "rotation"),
+    "diffeo": (RandomDiffeomorphism, "displacement"),
+}
+
+
+def deformation_layer(name, magnitude=None, seed=None, **kwargs):
+    """A deformation layer from its short name, e.g. for a command-line flag.
+
+    Args:
+        name: `"tps"` (`RandomThinPlateSpline`), `"affine"` (`RandomAffine`) or `"diffeo"`
+            (`RandomDiffeomorphism`).
+        magnitude: the layer's strength argument, when given: `max_displacement` (pixels) for
+            `"tps"`, `rotation` (degrees) for `"affine"`, `displacement` (typical central
+            displacement in pixels) for `"diffeo"`.
+        seed: the layer's seed.
+        **kwargs: any other argument of the layer (`grid_size=3`, `cutoff=3`, `scale=0.1`, ...).
+
+    Returns:
+        The layer.
+
+    Raises:
+        ValueError: on an unknown `name`; the layer's own errors for bad arguments.
+
+    Example:
+
+    >>> deformation_layer("tps", 2.0, seed=0, grid_size=3)   # Ruderman et al.'s CIFAR-10 probe
+    >>> deformation_layer("diffeo", 1.0, seed=0, cutoff=3)   # Petrini et al.'s probe
+    """
+    check_choice("name", name, tuple(DEFORMATION_LAYERS))
+    layer_class, magnitude_argument = DEFORMATION_LAYERS[name]
+    if magnitude is not None:
+        if magnitude_argument in kwargs:
+            raise ValueError(
+                f"Give the {name!r} strength once: received magnitude={magnitude!r} and "
+                f"{magnitude_argument}={kwargs[magnitude_argument]!r}."
+            )
+        kwargs[magnitude_argument] = magnitude
+    return layer_class(seed=seed, **kwargs)
