@@ -30,8 +30,12 @@ def standardize_data_format(data_format):
 
 
 def check_non_negative(argument, value):
-    """Raises a ValueError naming `argument` unless `value` is a real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{argument}` must be a number >= 0; received {argument}={value!r}.")
-    if not value >= 0:
-        raise ValueError(f"`{argument}` must be a number >= 0; received {argument}={value!r}.")
+    """Raises a ValueError naming `argument` unless `value` is a finite real number >= 0."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not 0 <= value < np.inf  # also rejects NaN
+    ):
+        raise ValueError(
+            f"`{argument}` must be a finite number >= 0; received {argument}={value!r}."
+        )

@@ -218,3 +218,22 @@ def test_bad_inputs_raise_clear_errors():
         RandomThinPlateSpline()(tf.fill((1, 8, 8, 1), "a"))
     with pytest.raises(ValueError, match="images"):
         RandomThinPlateSpline()({"pixels": tf.zeros((1, 8, 8, 1))})
+
+
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda v: RandomThinPlateSpline(max_displacement=v), "max_displacement"),
+        (lambda v: RandomAffine(rotation=v), "rotation"),
+        (lambda v: RandomAffine(rotation=(0.0, v)), "rotation"),
+        (lambda v: RandomAffine(scale=v), "scale"),
+        (lambda v: RandomAffine(shear=v), "shear"),
+        (lambda v: RandomAffine(translation=v), "translation"),
+        (lambda v: RandomDiffeomorphism(displacement=v), "displacement"),
+        (lambda v: RandomDiffeomorphism(temperature=(0.0, v)), "temperature"),
+    ],
+)
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_magnitudes_are_rejected(make, argument, value):
+    with pytest.raises(ValueError, match=f"`{argument}` must be a finite number"):
+        make(value)

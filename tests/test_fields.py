@@ -101,6 +101,16 @@ def test_tps_bad_arguments():
         tps_displacement(tf.zeros((2, 8, 2)), 16, 16, 3)
 
 
+def test_tps_from_points_names_coincident_and_collinear_control_points():
+    zeros = np.zeros((1, 4, 2), "float32")
+    coincident = np.array([[0, 0], [5, 5], [0, 0], [0, 5]], "float32")
+    with pytest.raises(ValueError, match=r"`control_points` must be distinct: .*\[0.0, 0.0\]"):
+        tps_displacement_from_points(coincident, zeros, 8, 8)
+    collinear = np.array([[0, 0], [1, 1], [2, 2], [3, 3]], "float32")
+    with pytest.raises(ValueError, match="`control_points` do not determine"):
+        tps_displacement_from_points(collinear, zeros, 8, 8)
+
+
 def test_rotation_matches_scipy_ndimage_rotate_in_the_interior():
     rng = np.random.default_rng(3)
     image = ndimage.gaussian_filter(rng.random((33, 33)), 1.5)

@@ -154,3 +154,18 @@ def test_bad_arguments_name_the_argument():
         warp(tf.zeros((1, 4, 4, 1), tf.bool), field)
     with pytest.raises(TypeError, match="dy"):
         shift(images, 0.5, 1)
+
+
+def test_non_finite_displacement_is_an_error_eagerly_and_never_a_plausible_value_traced():
+    images = tf.reshape(tf.range(16, dtype=tf.float32), (1, 4, 4, 1))
+    field = np.zeros((1, 4, 4, 2), "float32")
+    field[0, 1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="`displacement` must be finite; .* at 1 entries"):
+        warp(images, field)
+    for fill_mode in FILL_MODES:
+        traced = tf.function(lambda x, u, mode=fill_mode: warp(x, u, fill_mode=mode))
+        out = traced(images, field).numpy()
+        assert np.isnan(out[0, 1, 2, 0]), fill_mode
+        finite = np.ones_like(out, bool)
+        finite[0, 1, 2, 0] = False
+        np.testing.assert_array_equal(out[finite], images.numpy()[finite])

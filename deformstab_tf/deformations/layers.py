@@ -8,6 +8,8 @@ get the *same* warp. Everything runs on TensorFlow ops: the layers work in ``tf.
 whatever the Keras backend, and inside models on the TensorFlow backend, including under XLA.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
@@ -19,9 +21,15 @@ from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, warp
 
 
 def _magnitude(argument, value):
-    """A non-negative number, or raises a ValueError naming `argument`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"`{argument}` must be a number >= 0. Received: {argument}={value!r}")
+    """A finite non-negative number, or raises a ValueError naming `argument`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value < math.inf  # also rejects NaN
+    ):
+        raise ValueError(
+            f"`{argument}` must be a finite number >= 0. Received: {argument}={value!r}"
+        )
     return float(value)
 
 
@@ -30,10 +38,11 @@ def _value_range(argument, value, symmetric=True, minimum=None):
     pair, validated and named in errors."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
         ):
             raise ValueError(
-                f"`{argument}` must be a number or a pair (low, high). "
+                f"`{argument}` must be a finite number or a pair (low, high). "
                 f"Received: {argument}={value!r}"
             )
         low, high = float(value[0]), float(value[1])

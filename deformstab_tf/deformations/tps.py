@@ -134,6 +134,10 @@ def tps_displacement_from_points(control_points, displacements, height, width):
 
     Returns:
         A float32 field ``(B, H, W, 2)`` through the control displacements.
+
+    Raises:
+        ValueError: on bad shapes or sizes; when called eagerly, also on coincident control
+            points or a singular system (all points on one line), naming `control_points`.
     """
     check_positive_int("height", height)
     check_positive_int("width", width)
@@ -150,6 +154,8 @@ def tps_displacement_from_points(control_points, displacements, height, width):
             f"`control_points` must have shape (B, K, 2) or (K, 2). "
             f"Received: shape={control_points.shape}"
         )
+    if tf.executing_eagerly():  # concrete points: name a duplicate before the solve fails
+        _check_distinct_points(control_points.numpy())
     scale = float(max(height, width) - 1) or 1.0
     points = control_points / scale
     batch, k = tf.shape(points)[0], tf.shape(points)[1]
@@ -164,7 +170,14 @@ def tps_displacement_from_points(control_points, displacements, height, width):
     bottom = tf.concat([tf.transpose(affine, [0, 2, 1]), tf.zeros(tf.stack([batch, 3, 3]))], -1)
     system = tf.concat([top, bottom], axis=1)
     rhs = tf.concat([displacements, tf.zeros(tf.stack([batch, 3, 2]))], axis=1)
-    coefficients = tf.linalg.solve(system, rhs)  # (B, K+3, 2)
+    try:
+        coefficients = tf.linalg.solve(system, rhs)  # (B, K+3, 2)
+    except tf.errors.InvalidArgumentError:  # eager only: e.g. all control points on one line
+        raise ValueError(
+            "`control_points` do not determine a thin-plate spline: the TPS system is singular "
+            "(are all points on one line?). Received: "
+            f"control_points={_preview(control_points)}"
+        ) from None
 
     ys, xs = tf.meshgrid(
         tf.range(height, dtype=tf.float32) / scale,
@@ -178,3 +191,20 @@ def tps_displacement_from_points(control_points, displacements, height, width):
         tf.broadcast_to(pixels, tf.stack([batch, height * width, 2])), coefficients[:, -2:]
     )
     return tf.reshape(field, [-1, height, width, 2])
+
+
+def _check_distinct_points(points):
+    """Coincident control points make the TPS system singular: name them (eager input only)."""
+    for b, sample in enumerate(points.reshape(-1, *points.shape[-2:])):
+        _, first, counts = np.unique(sample, axis=0, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            duplicate = sample[first[counts > 1][0]].tolist()
+            raise ValueError(
+                "`control_points` must be distinct: sample "
+                f"{b} has the point (y, x)={duplicate} more than once. Received: "
+                f"control_points={_preview(points)}"
+            )
+
+
+def _preview(points):
+    return np.array2string(np.asarray(points), threshold=12, precision=3)

@@ -67,6 +67,12 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
         The warped images, same shape. Bilinear output keeps a floating input dtype and is
         float32 for integer input; nearest output keeps the input dtype (so masks stay masks).
 
+    Raises:
+        ValueError: on bad shapes, and, when called eagerly, on a non-finite `displacement`.
+            Traced (in `tf.function`, `tf.data`, a model) the field is not checked: a NaN
+            displacement gives NaN at that pixel (never a plausible value), and `+-inf` gives NaN
+            except with `fill_mode="nearest"`, which clamps it to the edge.
+
     Example:
 
     >>> images = tf.random.uniform((2, 8, 8, 3))
@@ -102,6 +108,11 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
             f"images.shape={images.shape}, displacement.shape={displacement.shape}"
         )
 
+    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(displacement)):
+        raise ValueError(
+            "`displacement` must be finite; it holds NaN or inf at "
+            f"{int(tf.reduce_sum(tf.cast(~tf.math.is_finite(displacement), tf.int32)))} entries."
+        )
     return _resample(images, displacement, interpolation, fill_mode, float(fill_value))
 
 
