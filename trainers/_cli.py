@@ -1,0 +1,27 @@
+"""What the trainers share: running `main` under absl with one-line errors.
+
+absl prints a traceback for any exception. A bad setting (`ValueError` / `TypeError` from the
+package, which names the argument and the value) or a missing file is the user's to fix, so it
+ends the process with one line on stderr and exit code 1; usage errors (`app.UsageError`) keep
+absl's own handling (the message and a pointer to `--help`, exit code 1).
+"""
+
+import sys
+
+from absl import app
+
+
+def run_main(main):
+    """`absl.app.run(main)`, turning user errors into one-line messages and exit code 1."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except app.UsageError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError) as error:
+            message = " ".join(str(error).split())  # one line
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(guarded)
