@@ -1,8 +1,10 @@
 """`StabilityCallback`: layer-wise stability measures during `model.fit`."""
 
+import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 
 import keras
@@ -21,36 +23,58 @@ from deformstab_tf.measures.consistency import (
 )
 from deformstab_tf.measures.features import ProbeFeatures, check_probe_images
 from deformstab_tf.measures.relative_stability import relative_stability_from_probe
+from deformstab_tf.measures.results import MeasureResult
 from deformstab_tf.measures.sensitivity import normalized_sensitivity_from_probe
 from deformstab_tf.measures.smoothness import kernel_smoothness
+from deformstab_tf.summaries import purge_events, write_custom_scalars_layout
 
 MEASURES = ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
 _NEEDS_DEFORMATION = ("sensitivity", "relative_stability")
 _PREFIX = "stability"
+_JSON = "measurements.json"
+# The identity of a measurement series: a log_dir holding another one is never appended to.
+_IDENTITY = ("measures", "num_probe_images", "probe_images_sha1", "seed", "layers")
 
 
 class StabilityCallback(keras.callbacks.Callback):
     """Measures layer-wise deformation stability before and during training.
 
-    Measures the network at initialisation (`on_train_begin`, epoch 0) and after every
-    `every_n_epochs`-th epoch (epoch `e + 1` after the epoch Keras numbers `e`), and:
+    Measures the network at initialisation (`on_train_begin`) and after every `every_n_epochs`-th
+    epoch, and:
 
-    - adds scalars to the epoch `logs`, so `History`, `CSVLogger`, `EarlyStopping` and the Keras
-      `TensorBoard` callback see them: `stability/sensitivity/<probe>`,
-      `stability/relative_stability/{R,D,G}/<probe>`, `stability/smoothness/<layer>`, each with a
-      `.../mean` over probe points (`stability/relative_stability/mean` is the mean of `R`), and
+    - adds scalars to the epoch `logs`, so `History`, `CSVLogger` and `EarlyStopping` see them:
+      `stability/sensitivity/<probe>`, `stability/relative_stability/{R,D,G}/<probe>`,
+      `stability/smoothness/<layer>`, each with a `.../mean` over probe points
+      (`stability/relative_stability/mean` is the mean of `R`), and
       `stability/shift_consistency`. On epochs without a measurement the same keys hold NaN
       ("not measured"), so every epoch has the same keys (as `CSVLogger` requires) and no stale
       value passes for a measurement. Place this callback before `CSVLogger` / `EarlyStopping`
       in the `callbacks` list.
-    - keeps every measurement in `self.history`: a list of
-      `{"epoch": int, "results": {measure: MeasureResult}}`.
-    - with `log_dir`, writes to `log_dir/stability/`: TensorBoard scalars grouped per measure
-      (tags `sensitivity/<probe>`, `relative_stability/R/<probe>`, ...), an image summary
-      `profile` (one line per measure across probe points), and `measurements.json` with all
-      measurements (rewritten atomically after each one). It sits beside
-      `keras.callbacks.TensorBoard(log_dir)`, which uses `log_dir/train` and
-      `log_dir/validation`.
+    - keeps every measurement in `self.history`: a list of `{"epoch": int, "step": int,
+      "results": {measure: MeasureResult}}`, where `epoch` counts the training epochs completed
+      (0 = at initialisation) and `step` is the TensorBoard step (below).
+    - with `log_dir`, writes to `log_dir/stability/`: one TensorBoard run holding each
+      measurement once, `measurements.json` with all measurements (rewritten atomically after
+      each one) — see "TensorBoard" and "Resuming".
+
+    TensorBoard: scalars are tagged `sensitivity/<probe>`, `relative_stability/R/<probe>`, ...,
+    `<measure>/mean`, so TensorBoard groups them by measure; a custom-scalars layout draws one
+    chart per measure with a line per probe point; the image `profile` shows the per-layer
+    profile of each measure, the initial one beside the current one. Steps are Keras's epoch
+    indices, the axis of Keras's own `epoch_loss`: the measurement after the epoch Keras numbers
+    `e` is at step `e` (beside that epoch's loss and accuracy), and **the initial measurement is
+    at step -1**. Only measurements are written: nothing on skipped epochs, and non-finite values
+    (a diverged network) stay out of the charts (they are NaN in `logs` and the JSON file). With
+    a `log_dir`, a `keras.callbacks.TensorBoard` in the same `fit` is run before this callback
+    (this callback moves it there if needed), so it never writes the `stability/...` logs keys a
+    second time, or their NaN placeholders.
+
+    Resuming: when `log_dir` already holds `measurements.json` of the same series (same
+    measures, probe images, seed and probe points), the callback continues it instead of
+    starting over — the initial measurement is not taken again, and measurements (and their
+    TensorBoard summaries) after the epoch the fit restarts from are dropped, so a run killed and
+    restarted with `keras.callbacks.BackupAndRestore` has each epoch exactly once. A `log_dir`
+    holding another series is an error.
 
     It never perturbs training: the model runs with `training=False` (no BatchNorm update, no
     dropout draw), optimizer and model seed generators are untouched, and the callback's own
@@ -59,7 +83,7 @@ class StabilityCallback(keras.callbacks.Callback):
     shifts are reused at every measurement, so changes across epochs reflect the network only.
 
     Args:
-        probe_images: `(N, H, W, C)` images, `N >= 2`, matching the model input (the paper
+        probe_images: `(N, H, W, C)` finite images, `N >= 2`, matching the model input (the paper
             uses 128; Petrini et al. 500).
         deformation: a callable on a batch of images or a deformation layer (called with
             `training=True`), e.g. `RandomThinPlateSpline(3, 2.0, seed=0)`. Needed for
@@ -69,7 +93,9 @@ class StabilityCallback(keras.callbacks.Callback):
         measures: any of `"sensitivity"`, `"relative_stability"`, `"shift_consistency"`,
             `"smoothness"`.
         every_n_epochs: measure after every n-th epoch (`>= 1`).
-        log_dir: directory for TensorBoard summaries and the JSON file; `None` writes nothing.
+        log_dir: directory for TensorBoard summaries and the JSON file (the same directory as
+            `keras.callbacks.TensorBoard`'s, which uses `log_dir/train` and `log_dir/validation`);
+            `None` writes nothing.
         batch_size: images per forward pass of a measurement.
         seed: seeds the callback's randomness (noise of relative stability, shifts, `seed=` of a
             deformation callable that accepts one). A deformation layer uses its own seed.
@@ -81,7 +107,8 @@ class StabilityCallback(keras.callbacks.Callback):
 
     >>> tps = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
     >>> stability = StabilityCallback(x_train[:128], tps, log_dir="runs/vgg_max")
-    >>> model.fit(x_train, y_train, epochs=10, callbacks=[stability])
+    >>> model.fit(x_train, y_train, epochs=10,
+    ...           callbacks=[stability, keras.callbacks.TensorBoard("runs/vgg_max")])
     >>> stability.history[-1]["results"]["sensitivity"]
     """
 
@@ -123,10 +150,17 @@ class StabilityCallback(keras.callbacks.Callback):
                     "`probe_images` must be a batch of at least 2 images. "
                     f"Received shape {self.probe_images.shape}."
                 )
+            if not np.isfinite(self.probe_images).all():
+                raise ValueError(
+                    "`probe_images` must be finite; it holds NaN or inf in "
+                    f"{int((~np.isfinite(self.probe_images)).sum())} entries."
+                )
         self.deformation = deformation
         self.layers = layers
         self.every_n_epochs = every_n_epochs
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        if self.log_dir is not None:
+            _check_log_dir(self.log_dir)
         self.batch_size = batch_size
         self.seed = seed
         self.verbose = verbose
@@ -138,20 +172,39 @@ class StabilityCallback(keras.callbacks.Callback):
         self._prepared_for = None
         self._log_keys = None
         self._writer = None
+        self._fit_started = False
+        self._resumed = False
 
     # -- Keras hooks ---------------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        if self.log_dir is not None:
+            _run_tensorboard_callbacks_before(self)
         self._prepare()
+        self._resumed = False
+        if self.log_dir is not None and not self.history:
+            self._resume()
+        self._fit_started = False
         if not self.history:  # the network at initialisation
             self._measure(epoch=0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._fit_started:
+            self._fit_started = True
+            if self._resumed:
+                # A resumed fit that restarts at `epoch` (BackupAndRestore) redoes the epochs
+                # from there: the measurements after them are dropped, not duplicated.
+                self._drop_after(completed_epochs=epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
         if (epoch + 1) % self.every_n_epochs == 0:
             logs.update(self._log_values(self._measure(epoch=epoch + 1)))
-        elif self._log_keys:
-            logs.update(dict.fromkeys(self._log_keys, math.nan))
+        else:
+            if self._log_keys is None and self.history:
+                self._log_keys = list(self._log_values(self.history[-1]["results"]))
+            if self._log_keys:
+                logs.update(dict.fromkeys(self._log_keys, math.nan))
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -225,13 +278,14 @@ class StabilityCallback(keras.callbacks.Callback):
                 )
             else:
                 results[measure] = kernel_smoothness(self.model)
-        self.history.append({"epoch": epoch, "results": results})
+        record = {"epoch": epoch, "step": epoch - 1, "results": results}
+        self.history.append(record)
         values = self._log_values(results)
         if self._log_keys is None:
             self._log_keys = list(values)
         if self.log_dir is not None:
-            self._write_summaries(epoch, values, results)
-            self._write_json()
+            self._write_summaries(record, values)
+            self._write_json()  # last: the JSON file is the record of what is complete
         if self.verbose:
             summary = ", ".join(f"{m} {r.mean():.4g}" for m, r in results.items())
             print(f"StabilityCallback epoch {epoch}: mean {summary}")
@@ -254,19 +308,86 @@ class StabilityCallback(keras.callbacks.Callback):
             values[f"{key}/mean"] = result.mean()
         return values
 
+    # -- resuming -------------------------------------------------------------------------------
+
+    def _identity(self):
+        probe_names = None if self._probe is None else list(self._probe.names)
+        digest = None
+        if self._images is not None:
+            digest = hashlib.sha1(np.ascontiguousarray(self._images.numpy())).hexdigest()
+        return {
+            "measures": list(self.measures),
+            "num_probe_images": None if self._images is None else int(self._images.shape[0]),
+            "probe_images_sha1": digest,
+            "seed": self.seed,
+            "layers": probe_names,
+        }
+
+    def _resume(self):
+        """Continues the series in `log_dir` (see the class docstring), or starts afresh."""
+        path = os.path.join(self.log_dir, _PREFIX, _JSON)
+        if os.path.exists(path):
+            with open(path) as file:
+                document = json.load(file)
+            identity = self._identity()
+            stored = {key: document.get(key) for key in _IDENTITY}
+            if stored != identity:
+                differences = {
+                    key: (stored[key], identity[key])
+                    for key in _IDENTITY
+                    if stored[key] != identity[key]
+                }
+                raise ValueError(
+                    f"`log_dir`={self.log_dir!r} holds stability measurements of another "
+                    f"series; (stored, this callback): {differences}. Use another log_dir, or "
+                    "delete the old one."
+                )
+            self.history = [
+                {
+                    "epoch": record["epoch"],
+                    "step": record["epoch"] - 1,
+                    "results": {
+                        m: MeasureResult.from_dict(r) for m, r in record["results"].items()
+                    },
+                }
+                for record in document["history"]
+            ]
+            self._resumed = True
+        # Summaries written after the last complete measurement (cut off by a kill) go.
+        last_step = self.history[-1]["step"] if self.history else -2
+        purge_events(os.path.join(self.log_dir, _PREFIX), from_step=last_step + 1)
+
+    def _drop_after(self, completed_epochs):
+        kept = [record for record in self.history if record["epoch"] <= completed_epochs]
+        if len(kept) == len(self.history):
+            return
+        self.history = kept
+        if self.log_dir is not None:
+            purge_events(os.path.join(self.log_dir, _PREFIX), from_step=completed_epochs)
+            self._write_json()
+
     # -- files ----------------------------------------------------------------------------------
 
-    def _write_summaries(self, epoch, values, results):
+    def _write_summaries(self, record, values):
         from deformstab_tf.plots import profile_image
 
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, _PREFIX))
-        profiles = [r for m, r in results.items() if m != "shift_consistency" and len(r)]
-        with self._writer.as_default(step=epoch):
+            write_custom_scalars_layout(self._writer, _layout(values))
+        results = record["results"]
+        profiles = {m: r for m, r in results.items() if m != "shift_consistency" and len(r)}
+        initial = {
+            m: r
+            for m, r in self.history[0]["results"].items()
+            if m in profiles and record is not self.history[0]
+        }
+        with self._writer.as_default(step=record["step"]):
             for key, value in values.items():
-                tf.summary.scalar(key[len(_PREFIX) + 1 :], value)
+                if math.isfinite(value):
+                    tf.summary.scalar(key[len(_PREFIX) + 1 :], value)
             if profiles:
-                image = profile_image(profiles, title=f"epoch {epoch}")
+                title = "initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}"
+                image = profile_image(profiles, initial=initial or None, title=title)
                 tf.summary.image("profile", image[None], max_outputs=1)
         self._writer.flush()
 
@@ -274,12 +395,12 @@ class StabilityCallback(keras.callbacks.Callback):
         directory = os.path.join(self.log_dir, _PREFIX)
         os.makedirs(directory, exist_ok=True)
         document = {
-            "measures": list(self.measures),
-            "num_probe_images": None if self._images is None else int(self._images.shape[0]),
-            "seed": self.seed,
+            **self._identity(),
+            "every_n_epochs": self.every_n_epochs,
             "history": [
                 {
                     "epoch": record["epoch"],
+                    "step": record["step"],
                     "results": {m: r.to_dict() for m, r in record["results"].items()},
                 }
                 for record in self.history
@@ -290,7 +411,56 @@ class StabilityCallback(keras.callbacks.Callback):
         try:
             with os.fdopen(handle, "w") as file:
                 json.dump(document, file, indent=1, allow_nan=True)
-            os.replace(temporary, os.path.join(directory, "measurements.json"))
+            os.replace(temporary, os.path.join(directory, _JSON))
         except BaseException:
             os.unlink(temporary)
             raise
+
+
+def _check_log_dir(log_dir):
+    """A usable `log_dir` (missing is fine: it is created), checked before training starts."""
+    for path in (log_dir, os.path.join(log_dir, _PREFIX)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(
+                f"`log_dir` must be a directory; {path!r} is an existing file. "
+                f"Received: log_dir={log_dir!r}"
+            )
+    existing = log_dir
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.access(existing, os.W_OK):
+        raise ValueError(f"`log_dir` is not writable: {existing!r}. Received: log_dir={log_dir!r}")
+
+
+def _layout(values):
+    """Custom-scalars charts: one per measure (and component), a line per probe point."""
+    charts = {}
+    for key in values:
+        parts = key.split("/")[1:]  # drop the "stability" prefix
+        if len(parts) == 1:
+            charts[parts[0]] = f"^{parts[0]}$"
+            continue
+        group = "/".join(parts[:-1])
+        charts[group] = f"^{group}/[^/]+$"
+    return {"stability": charts}
+
+
+def _run_tensorboard_callbacks_before(callback):
+    """Moves Keras `TensorBoard` callbacks of the running `fit` before `callback`.
+
+    Keras gives a callback no handle on its siblings; the `CallbackList` that calls
+    `on_train_begin` is the caller's `self`. Rebinding its list (not mutating it) is safe while
+    it iterates. Anything else calling the hook is left alone.
+    """
+    caller = sys._getframe(2).f_locals.get("self")
+    if not isinstance(caller, keras.callbacks.CallbackList):
+        return
+    callbacks = list(caller.callbacks)
+    position = callbacks.index(callback) if callback in callbacks else None
+    if position is None:
+        return
+    late = [c for c in callbacks[position + 1 :] if isinstance(c, keras.callbacks.TensorBoard)]
+    if late:
+        rest = [c for c in callbacks if all(c is not t for t in late)]
+        at = rest.index(callback)
+        caller.callbacks = rest[:at] + late + rest[at:]

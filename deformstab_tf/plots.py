@@ -67,12 +67,20 @@ def plot_profile(results, ax=None, details=False, title=None):
     return ax
 
 
-def profile_image(results, details=False, title=None, dpi=80):
+def profile_image(results, details=False, title=None, dpi=80, initial=None):
     """`plot_profile` rendered off-screen (Agg canvas, no pyplot state) as an RGBA uint8 array
-    of shape `(height, width, 4)`, e.g. for `tf.summary.image`."""
+    of shape `(height, width, 4)`, e.g. for `tf.summary.image`.
+
+    `results` may also be a mapping `measure -> MeasureResult`; `initial` (the same form) adds
+    the initial profile of each measure beside the current one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if isinstance(results, collections.abc.Mapping) and not isinstance(results, MeasureResult):
+        current = {str(m): dict(r) for m, r in results.items()}
+        if initial:
+            current.update({f"{m} (initial)": dict(r) for m, r in initial.items()})
+        results = current
     figure = Figure(figsize=(7, 4), dpi=dpi, layout="constrained")
     canvas = FigureCanvasAgg(figure)
     plot_profile(results, ax=figure.add_subplot(), details=details, title=title)

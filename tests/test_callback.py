@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from deformstab_tf.callbacks import StabilityCallback
-from deformstab_tf.measures import kernel_smoothness, normalized_sensitivity
+from deformstab_tf.measures import MeasureResult, kernel_smoothness, normalized_sensitivity
 from deformstab_tf.plots import plot_profile, profile_image
 
 SHAPE = (8, 8, 3)
@@ -143,14 +143,21 @@ def test_logs_history_csv_json_and_tensorboard(tmp_path, data):
         "profile",
     ]:
         assert tag in tags, tag
+    # Keras's epoch axis: the measurements after epochs 2 and 4 sit beside their epoch_loss
+    # (steps 1 and 3); the initial one at step -1.
+    assert [record["step"] for record in document["history"]] == [-1, 1, 3]
     steps = [event.step for event in events.Tensors("sensitivity/block1_down")]
-    assert steps == [0, 2, 4]
+    assert steps == [-1, 1, 3]
     logged = tf.make_ndarray(events.Tensors("sensitivity/block1_down")[-1].tensor_proto)
     assert float(logged) == pytest.approx(last["sensitivity"]["block1_down"], rel=1e-6)
     image = events.Tensors("profile")[0].tensor_proto
     assert len(tf.make_ndarray(image)) == 3  # width, height, PNG bytes
-    # The Keras TensorBoard callback wrote beside it.
-    assert os.path.isdir(os.path.join(log_dir, "train"))
+    # The Keras TensorBoard callback (listed after it) was run before it, so it wrote its own
+    # scalars on the same axis and none of the stability keys (no duplicates, no NaN points).
+    train = EventAccumulator(os.path.join(log_dir, "train"), size_guidance={"tensors": 0})
+    train.Reload()
+    assert [event.step for event in train.Tensors("epoch_loss")] == [0, 1, 2, 3]
+    assert not [tag for tag in train.Tags()["tensors"] if "stability" in tag]
 
 
 def test_initial_measurement_equals_the_measure_function(data):
@@ -247,7 +254,91 @@ def test_profile_plots(data):
     assert [tick.get_text() for tick in ax.get_xticklabels()] == ["input", "block1_conv1"]
 
 
+def _records(log_dir):
+    with open(os.path.join(log_dir, "stability", "measurements.json")) as file:
+        return [(r["epoch"], r["step"]) for r in json.load(file)["history"]]
+
+
+def _scalar_steps(log_dir, tag):
+    events = EventAccumulator(os.path.join(log_dir, "stability"), size_guidance={"tensors": 0})
+    events.Reload()
+    return [event.step for event in events.Tensors(tag)]
+
+
+def test_resumes_its_series_without_lost_or_repeated_epochs(tmp_path, data):
+    x, y = data
+    log_dir = str(tmp_path / "run")
+
+    def fit(initial_epoch, epochs):
+        # A new process: a new model and callback, the run directory as it was left.
+        model = small_model()
+        stability = StabilityCallback(x[:6], roll, log_dir=log_dir, batch_size=4, seed=0)
+        model.fit(
+            x, y, epochs=epochs, initial_epoch=initial_epoch, verbose=0, callbacks=[stability]
+        )
+        return stability
+
+    fit(0, 3)
+    assert _records(log_dir) == [(0, -1), (1, 0), (2, 1), (3, 2)]
+    # Killed after epoch 3 was measured but before its backup: the rerun restarts at epoch
+    # index 2 and neither measures initialisation again nor keeps the measurement it redoes.
+    first_initial = json.load(open(os.path.join(log_dir, "stability", "measurements.json")))
+    resumed = fit(2, 4)
+    assert [record["epoch"] for record in resumed.history] == [0, 1, 2, 3, 4]
+    assert _records(log_dir) == [(0, -1), (1, 0), (2, 1), (3, 2), (4, 3)]
+    assert _scalar_steps(log_dir, "sensitivity/mean") == [-1, 0, 1, 2, 3]
+    assert _scalar_steps(log_dir, "profile") == [-1, 0, 1, 2, 3]
+    assert resumed.history[0]["results"]["sensitivity"] == MeasureResult.from_dict(
+        first_initial["history"][0]["results"]["sensitivity"]
+    )
+
+
+def test_summaries_cut_off_by_a_kill_are_purged(tmp_path, data):
+    x, y = data
+    log_dir = str(tmp_path / "run")
+    stability = StabilityCallback(x[:6], roll, log_dir=log_dir, batch_size=4, seed=0)
+    small_model().fit(x, y, epochs=1, verbose=0, callbacks=[stability])
+    # A kill between the summaries and the JSON file of a measurement at step 1.
+    with tf.summary.create_file_writer(os.path.join(log_dir, "stability")).as_default(step=1):
+        tf.summary.scalar("sensitivity/mean", 123.0)
+    resumed = StabilityCallback(x[:6], roll, log_dir=log_dir, batch_size=4, seed=0)
+    small_model().fit(x, y, epochs=2, initial_epoch=1, verbose=0, callbacks=[resumed])
+    assert _scalar_steps(log_dir, "sensitivity/mean") == [-1, 0, 1]
+    events = EventAccumulator(os.path.join(log_dir, "stability"), size_guidance={"tensors": 0})
+    events.Reload()
+    last = tf.make_ndarray(events.Tensors("sensitivity/mean")[-1].tensor_proto)
+    assert float(last) == pytest.approx(resumed.history[-1]["results"]["sensitivity"].mean())
+
+
+def test_a_log_dir_of_another_series_is_an_error(tmp_path, data):
+    x, y = data
+    log_dir = str(tmp_path / "run")
+    small_model().fit(
+        x, y, epochs=1, verbose=0, callbacks=[StabilityCallback(x[:6], roll, log_dir=log_dir)]
+    )
+    other = StabilityCallback(x[6:12], roll, log_dir=log_dir)
+    with pytest.raises(ValueError, match=r"`log_dir`=.*another series.*probe_images_sha1"):
+        small_model().fit(x, y, epochs=1, verbose=0, callbacks=[other])
+    assert _records(log_dir) == [(0, -1), (1, 0)]
+
+
 # -- errors -------------------------------------------------------------------------------------
+
+
+def test_log_dir_that_is_a_file_and_non_finite_probe_images(tmp_path, data):
+    x, _ = data
+    existing = tmp_path / "file.txt"
+    existing.write_text("not a directory")
+    with pytest.raises(ValueError, match=r"`log_dir` must be a directory.*file.txt"):
+        StabilityCallback(x[:4], roll, log_dir=str(existing))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "stability").write_text("")
+    with pytest.raises(ValueError, match=r"`log_dir` must be a directory"):
+        StabilityCallback(x[:4], roll, log_dir=str(tmp_path / "run"))
+    bad = x[:4].copy()
+    bad[1, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`probe_images` must be finite.* 1 entries"):
+        StabilityCallback(bad, roll)
 
 
 def test_unknown_measure_and_bad_schedule(data):
