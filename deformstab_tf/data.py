@@ -1,0 +1,595 @@
+"""Data sources for training and measuring: the synthetic task, TFDS, image folders.
+
+Every source returns `(train, test, info)`: batched, prefetched `tf.data.Dataset`s of
+`(images, labels)` — images float32 in `[0, 1]`, channels last `(B, H, W, C)`, labels int32
+`(B,)` — and a `DatasetInfo`. The training split is shuffled every epoch (seeded) and augmented per
+batch; the test split is never shuffled, augmented or relabelled.
+
+- `synthetic(...)`: SPEC's synthetic task (Ruderman et al. §5): each class is one procedurally
+  drawn prototype image, each training sample a fresh random TPS deformation of strength C of its
+  prototype, drawn on the fly by `RandomThinPlateSpline`; no download, no file.
+- `tfds_dataset(name, data_dir=...)`: a prepared TensorFlow Datasets dataset; fails in seconds,
+  with instructions, when it is not prepared (this never downloads).
+- `image_folder(path)`: `path/<class>/*.png|jpg` or `path/train/<class>/...` +
+  `path/test/<class>/...`, decoded once (in parallel) and cached as arrays.
+- `load_dataset(source, ...)` dispatches on `"synthetic"`, `"folder:PATH"` or a TFDS name.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from deformstab_tf._validation import check_positive_int
+from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, RandomThinPlateSpline
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+AUGMENTATIONS = ("standard", "flip", "translate", *DEFORMATION_LAYERS)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainers need to know about a data source.
+
+    Attributes:
+        name: `"synthetic"`, a TFDS name or `"folder:/abs/path"`.
+        image_shape: `(H, W, C)`, channels last.
+        num_classes: number of classes.
+        class_names: class names (sorted folder names for image folders).
+        train_size: training examples per epoch.
+        test_size: test examples.
+    """
+
+    name: str
+    image_shape: tuple
+    num_classes: int
+    class_names: tuple
+    train_size: int
+    test_size: int
+
+
+def load_dataset(
+    source="synthetic",
+    *,
+    batch_size=128,
+    train_size=None,
+    random_labels=False,
+    augment=(),
+    seed=0,
+    data_dir=None,
+    validation_fraction=0.1,
+    synthetic_options=None,
+):
+    """`(train, test, info)` from `"synthetic"`, `"folder:PATH"` or a TFDS dataset name.
+
+    Args:
+        source: the data source.
+        batch_size: examples per batch.
+        train_size: train on the first N examples of a seeded shuffle of the training split.
+        random_labels: replace training labels by labels drawn uniformly once per example.
+        augment: augmentation specs, see `augmentation_layers`.
+        seed: seeds the shuffles, subsets, random labels and augmentations.
+        data_dir: TFDS data directory.
+        validation_fraction: image folders without a `test/` tree: the held-out fraction.
+        synthetic_options: keyword arguments of `synthetic` (`num_classes`, ...).
+
+    Returns:
+        `(train, test, info)`.
+
+    Raises:
+        ValueError: naming `source` when it is unknown or cannot be read.
+
+    Example:
+
+    >>> train, test, info = load_dataset("folder:../shared/data/cifar10", train_size=10000,
+    ...                                  augment=["standard"])
+    """
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"`source` must be a non-empty string; received source={source!r}.")
+    common = {
+        "batch_size": batch_size,
+        "random_labels": random_labels,
+        "augment": augment,
+        "seed": seed,
+    }
+    if source == "synthetic":
+        options = dict(synthetic_options or {})
+        if train_size is not None:
+            options["samples_per_epoch"] = train_size
+        return synthetic(**options, **common)
+    if source.startswith("folder:"):
+        return image_folder(
+            source[len("folder:") :],
+            train_size=train_size,
+            validation_fraction=validation_fraction,
+            **common,
+        )
+    return tfds_dataset(source, data_dir=data_dir, train_size=train_size, **common)
+
+
+# -- synthetic task -----------------------------------------------------------------------------
+
+
+def synthetic_prototypes(num_classes=10, image_size=32, channels=3, seed=0):
+    """`num_classes` prototype images `(K, S, S, C)` in `[0, 1]`: smooth coloured strokes.
+
+    Each prototype is 3 to 5 random quadratic Bezier strokes of random width and colour on a
+    dark background, so classes differ in shape and colour and every image is spatially smooth
+    (worth classifying, unlike white noise).
+    """
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("image_size", image_size)
+    check_positive_int("channels", channels)
+    rng = np.random.default_rng([seed, 7919])
+    grid = np.stack(np.meshgrid(np.arange(image_size), np.arange(image_size), indexing="ij"), -1)
+    pixels = grid.reshape(-1, 1, 2).astype(np.float64)
+    t = np.linspace(0.0, 1.0, 64)[:, None]
+    prototypes = np.zeros((num_classes, image_size * image_size, channels))
+    for k in range(num_classes):
+        for _ in range(rng.integers(3, 6)):
+            a, b, c = rng.uniform(0.1, 0.9, (3, 2)) * (image_size - 1)
+            curve = (1 - t) ** 2 * a + 2 * (1 - t) * t * b + t**2 * c  # (64, 2)
+            distance = np.sqrt(((pixels - curve[None]) ** 2).sum(-1)).min(axis=1)
+            width = rng.uniform(0.04, 0.09) * image_size
+            stroke = np.exp(-0.5 * (distance / width) ** 2)
+            colour = rng.uniform(0.3, 1.0, channels)
+            prototypes[k] = np.maximum(prototypes[k], stroke[:, None] * colour)
+    return prototypes.reshape(num_classes, image_size, image_size, channels).astype(np.float32)
+
+
+def synthetic(
+    num_classes=10,
+    max_displacement=2.0,
+    grid_size=3,
+    image_size=32,
+    channels=3,
+    samples_per_epoch=6400,
+    test_size=1000,
+    noise=0.05,
+    *,
+    batch_size=128,
+    seed=0,
+    augment=(),
+    random_labels=False,
+):
+    """The synthetic task: each class one prototype, samples its random TPS deformations.
+
+    Training samples are drawn on the fly: class `i % num_classes` for sample `i`, shuffled
+    each epoch, each a fresh `RandomThinPlateSpline(grid_size, max_displacement)` warp of its
+    prototype (one layer call per batch) plus Gaussian pixel noise of std `noise`. The test split
+    is a fixed, seeded set of such samples.
+
+    Args:
+        num_classes: K, the number of prototypes / classes.
+        max_displacement: C, the TPS strength in pixels (SPEC F6: 1, 2, 3, 4).
+        grid_size: TPS control grid size.
+        image_size, channels: image shape `(image_size, image_size, channels)`.
+        samples_per_epoch, test_size: examples per training epoch and in the test split.
+        noise: std of the Gaussian pixel noise added to every sample.
+        batch_size, seed, augment, random_labels: see `load_dataset`.
+
+    Returns:
+        `(train, test, info)`.
+
+    Example:
+
+    >>> train, test, info = synthetic(num_classes=10, max_displacement=2.0)
+    """
+    check_positive_int("samples_per_epoch", samples_per_epoch)
+    check_positive_int("test_size", test_size)
+    check_positive_int("batch_size", batch_size)
+    prototypes = synthetic_prototypes(num_classes, image_size, channels, seed)
+    constant = tf.constant(prototypes)
+    noise = float(noise)
+
+    def sample(labels, layer, noise_seed):
+        images = layer(tf.gather(constant, labels), training=True)
+        if noise > 0:
+            images += noise * tf.random.stateless_normal(tf.shape(images), noise_seed)
+        return tf.clip_by_value(images, 0.0, 1.0)
+
+    test_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed + 1)
+    test_labels = np.arange(test_size, dtype=np.int32) % num_classes
+    test_images = np.concatenate(
+        [
+            sample(test_labels[s : s + 256], test_layer, [seed, 10_000 + s]).numpy()
+            for s in range(0, test_size, 256)
+        ]
+    )
+
+    train_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed)
+    labels = np.arange(samples_per_epoch, dtype=np.int32) % num_classes
+    true_labels = labels
+    if random_labels:
+        labels = _random_labels(samples_per_epoch, num_classes, seed)
+    train = tf.data.Dataset.from_tensor_slices((true_labels, labels))
+    train = train.shuffle(samples_per_epoch, seed=seed, reshuffle_each_iteration=True)
+    train = train.batch(batch_size).enumerate()
+    # The TPS layer's seed generator moves on every call, so every epoch sees new warps.
+    train = train.map(
+        lambda i, batch: (
+            sample(batch[0], train_layer, tf.stack([tf.constant(seed, tf.int64), i])),
+            batch[1],
+        )
+    )
+    train = _augment(train, augment, seed).prefetch(AUTOTUNE)
+    test = _test_pipeline(test_images, test_labels, batch_size)
+    info = DatasetInfo(
+        "synthetic",
+        (image_size, image_size, channels),
+        num_classes,
+        tuple(f"prototype_{k}" for k in range(num_classes)),
+        samples_per_epoch,
+        test_size,
+    )
+    return train, test, info
+
+
+# -- image folders --------------------------------------------------------------------------
+
+
+def image_folder(
+    path,
+    *,
+    batch_size=128,
+    train_size=None,
+    random_labels=False,
+    augment=(),
+    seed=0,
+    validation_fraction=0.1,
+):
+    """`(train, test, info)` from a folder tree of images, one subfolder per class.
+
+    Layouts: `path/train/<class>/*` and `path/test/<class>/*` (the test tree is the test split),
+    or `path/<class>/*` (a seeded `validation_fraction` of each class is held out as the test
+    split). Class names are the sorted subfolder names (the same in both trees). Images (PNG,
+    JPEG, BMP, GIF; all of one size) are decoded once, in parallel, into uint8 arrays kept in
+    memory and cached on disk under `$DEFORMSTAB_CACHE` (default `~/.cache/deformstab_tf`),
+    keyed by the files' paths, sizes and modification times, so later runs skip the decoding.
+
+    Raises:
+        ValueError: naming the path when it is missing, has no class subfolders, no images, or
+            images of different sizes.
+    """
+    root = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.isdir(root):
+        raise ValueError(f"`folder:` path {root!r} is not a readable directory.")
+    if os.path.isdir(os.path.join(root, "train")):
+        train_files, class_names = _class_files(os.path.join(root, "train"))
+        if os.path.isdir(os.path.join(root, "test")):
+            test_files, _ = _class_files(os.path.join(root, "test"), class_names)
+        else:
+            train_files, test_files = _hold_out(train_files, validation_fraction, seed)
+    else:
+        files, class_names = _class_files(root)
+        train_files, test_files = _hold_out(files, validation_fraction, seed)
+    x_train, y_train = _decode_cached(train_files)
+    x_test, y_test = _decode_cached(test_files)
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"Images under {root!r} differ in size: train {x_train.shape[1:]}, "
+            f"test {x_test.shape[1:]}."
+        )
+    return _from_arrays(
+        f"folder:{root}",
+        (x_train, y_train),
+        (x_test, y_test),
+        class_names,
+        batch_size=batch_size,
+        train_size=train_size,
+        random_labels=random_labels,
+        augment=augment,
+        seed=seed,
+    )
+
+
+def _class_files(directory, class_names=None):
+    names = sorted(
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if not names:
+        raise ValueError(f"`folder:` path {directory!r} has no class subfolders.")
+    if class_names is not None and names != list(class_names):
+        raise ValueError(
+            f"The class folders of {directory!r} ({names}) differ from the training tree's "
+            f"({list(class_names)})."
+        )
+    files = []
+    for label, name in enumerate(names):
+        for file in sorted(glob.glob(os.path.join(directory, name, "*"))):
+            if file.lower().endswith(IMAGE_EXTENSIONS):
+                files.append((file, label))
+    if not files:
+        raise ValueError(f"`folder:` path {directory!r} holds no images ({IMAGE_EXTENSIONS}).")
+    return files, tuple(names)
+
+
+def _hold_out(files, fraction, seed):
+    if not 0 < fraction < 1:
+        raise ValueError(
+            f"`validation_fraction` must be in (0, 1); received validation_fraction={fraction!r}."
+        )
+    rng = np.random.default_rng([seed, 31])
+    order = rng.permutation(len(files))
+    held = max(1, round(fraction * len(files)))
+    test = sorted(order[:held])
+    train = sorted(order[held:])
+    return [files[i] for i in train], [files[i] for i in test]
+
+
+def _decode_cached(files):
+    """Decodes image files into `(uint8 (N, H, W, C), int32 (N,))`, cached on disk."""
+    key = hashlib.sha1()
+    for file, label in files:
+        stat = os.stat(file)
+        key.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+    cache_dir = os.environ.get(
+        "DEFORMSTAB_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "deformstab_tf")
+    )
+    cache = os.path.join(cache_dir, f"images_{key.hexdigest()}.npz")
+    if os.path.exists(cache):
+        with np.load(cache) as stored:
+            return stored["images"], stored["labels"]
+    paths = tf.constant([file for file, _ in files])
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: tf.io.decode_image(tf.io.read_file(p), channels=0, expand_animations=False),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    images = []
+    try:
+        for image in dataset:
+            if images and image.shape != images[0].shape:
+                raise ValueError(
+                    f"Images differ in size: {files[0][0]!r} is {tuple(images[0].shape)}, "
+                    f"{files[len(images)][0]!r} is {tuple(image.shape)}; resize them first."
+                )
+            images.append(image.numpy())
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(f"Cannot decode an image of {files[len(images)][0]!r}: {error}") from None
+    images = np.stack(images).astype(np.uint8)
+    labels = np.array([label for _, label in files], dtype=np.int32)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        temporary = cache + f".{os.getpid()}.tmp.npz"
+        np.savez(temporary, images=images, labels=labels)
+        os.replace(temporary, cache)
+    except OSError:
+        pass  # a read-only cache directory only costs the decoding next time
+    return images, labels
+
+
+# -- TFDS -----------------------------------------------------------------------------------
+
+
+def tfds_dataset(
+    name,
+    *,
+    data_dir=None,
+    batch_size=128,
+    train_size=None,
+    random_labels=False,
+    augment=(),
+    seed=0,
+):
+    """`(train, test, info)` from a prepared TensorFlow Datasets dataset (never downloads).
+
+    Splits: `train`, and `test` (or `validation` when there is no test split, e.g.
+    `imagenet2012`). Both are read into memory as uint8 arrays, so this suits datasets of
+    CIFAR/MNIST size; images must share one size.
+
+    Raises:
+        ValueError: naming `source` for an unknown name, and, within seconds, when the dataset is
+            not prepared in `data_dir`, saying how to provide it.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as error:  # DatasetNotFoundError and friends: a bad name
+        raise ValueError(
+            f"Unknown `source`={name!r}: not 'synthetic', not 'folder:PATH' and not a TFDS "
+            f"dataset ({type(error).__name__}: {str(error).splitlines()[0]})."
+        ) from None
+    if not builder.is_prepared():
+        raise ValueError(
+            f"TFDS dataset {name!r} is not prepared in data_dir={builder.data_dir_root!r} and "
+            "this machine does not download it. Provide it: run `tfds build "
+            f"{name}` on a machine with internet and copy its data directory here, then pass "
+            "--data_dir; or use an image folder with --dataset=folder:PATH."
+        )
+    splits = builder.info.splits
+    test_split = "test" if "test" in splits else "validation"
+    arrays = {}
+    for split in ("train", test_split):
+        dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
+        images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+        arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    label_feature = builder.info.features["label"]
+    return _from_arrays(
+        name,
+        arrays["train"],
+        arrays[test_split],
+        tuple(label_feature.names),
+        batch_size=batch_size,
+        train_size=train_size,
+        random_labels=random_labels,
+        augment=augment,
+        seed=seed,
+    )
+
+
+# -- shared pipeline ------------------------------------------------------------------------
+
+
+def _from_arrays(
+    name, train, test, class_names, *, batch_size, train_size, random_labels, augment, seed
+):
+    check_positive_int("batch_size", batch_size)
+    x_train, y_train = train
+    x_test, y_test = test
+    if x_train.ndim == 3:
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    if train_size is not None:
+        check_positive_int("train_size", train_size)
+        if train_size > len(x_train):
+            raise ValueError(
+                f"`train_size`={train_size} exceeds the {len(x_train)} training examples of "
+                f"{name!r}."
+            )
+        subset = np.random.default_rng([seed, 17]).permutation(len(x_train))[:train_size]
+        x_train, y_train = x_train[subset], y_train[subset]
+    if random_labels:
+        y_train = _random_labels(len(y_train), len(class_names), seed)
+    train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
+    train = train.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+    train = train.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
+    train = _augment(train, augment, seed).prefetch(AUTOTUNE)
+    test = (
+        tf.data.Dataset.from_tensor_slices((x_test, y_test))
+        .batch(batch_size)
+        .map(_to_float, num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+    )
+    info = DatasetInfo(
+        name, tuple(x_train.shape[1:]), len(class_names), class_names, len(x_train), len(x_test)
+    )
+    return train, test, info
+
+
+def _to_float(images, labels):
+    return tf.cast(images, tf.float32) / 255.0, tf.cast(labels, tf.int32)
+
+
+def _test_pipeline(images, labels, batch_size):
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _random_labels(count, num_classes, seed):
+    """Labels drawn uniformly once per example (fixed across epochs)."""
+    return np.random.default_rng([seed, 101]).integers(0, num_classes, count).astype(np.int32)
+
+
+# -- augmentation ---------------------------------------------------------------------------
+
+
+def augmentation_layers(specs, seed=0):
+    """Layers from augmentation specs (e.g. from a command-line list).
+
+    Specs: `"flip"` (`keras.layers.RandomFlip("horizontal")`), `"translate:4"` (random
+    translations of up to 4 pixels, `keras.layers.RandomTranslation`, reflected borders),
+    `"standard"` (flip + translate:4, the usual CIFAR recipe), and the package's deformation
+    layers by short name with keyword arguments: `"tps:grid_size=3,max_displacement=2"`,
+    `"affine:rotation=10,scale=0.1"`, `"diffeo:cutoff=3,displacement=1"`.
+
+    Args:
+        specs: a list of spec strings.
+        seed: the layers' seeds are derived from it (one per layer).
+
+    Returns:
+        A list of Keras layers, applied in order.
+
+    Raises:
+        ValueError: naming `augment` for an unknown or malformed spec; the layers' own errors
+            for bad arguments.
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    layers = []
+    for spec in specs:
+        name, _, arguments = str(spec).partition(":")
+        name = name.strip()
+        if name not in AUGMENTATIONS:
+            raise ValueError(
+                f"Unknown augmentation in `augment`: {spec!r}. Valid: "
+                "standard, flip, translate:PIXELS, "
+                + ", ".join(f"{n}:key=value,..." for n in DEFORMATION_LAYERS)
+            )
+        layer_seed = seed * 1000 + len(layers)
+        if name in ("standard", "flip"):
+            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed))
+        if name in ("standard", "translate"):
+            pixels = 4 if name == "standard" else _number(spec, arguments or "4")
+            layers.append(_Translate(pixels, seed=layer_seed + 500))
+        if name in DEFORMATION_LAYERS:
+            kwargs = {}
+            for item in filter(None, arguments.split(",")):
+                key, equals, value = item.partition("=")
+                if not equals:
+                    raise ValueError(
+                        f"Malformed augmentation in `augment`: {spec!r}; use "
+                        f"'{name}:key=value,key=value'."
+                    )
+                kwargs[key.strip()] = _number(spec, value)
+            layer_class, _ = DEFORMATION_LAYERS[name]
+            layers.append(layer_class(seed=layer_seed, **kwargs))
+    return layers
+
+
+class _Translate:
+    """Random translations of up to `pixels` pixels (Keras's `RandomTranslation`), sized on the
+    first batch it sees."""
+
+    def __init__(self, pixels, seed):
+        self.pixels, self.seed, self.layer = pixels, seed, None
+
+    def __call__(self, images, training=True):
+        if self.layer is None:
+            height, width = images.shape[1], images.shape[2]
+            self.layer = keras.layers.RandomTranslation(
+                self.pixels / height, self.pixels / width, fill_mode="reflect", seed=self.seed
+            )
+        return self.layer(images, training=training)
+
+
+def _number(spec, text):
+    text = text.strip()
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    if text:
+        return text
+    raise ValueError(f"Malformed augmentation in `augment`: {spec!r}.")
+
+
+def _augment(dataset, specs, seed):
+    layers = augmentation_layers(specs, seed)
+    if not layers:
+        return dataset
+
+    def apply(images, labels):
+        for layer in layers:
+            images = layer(images, training=True)
+        return tf.cast(images, tf.float32), labels
+
+    # Sequential map: seeded layers draw from their seed stream in a fixed order.
+    return dataset.map(apply)
+
+
+def take_images(dataset, count):
+    """The first `count` images of a batched `(images, labels)` dataset, as float32 numpy.
+
+    Raises:
+        ValueError: naming `count` if the dataset holds fewer images.
+    """
+    check_positive_int("count", count)
+    images, total = [], 0
+    for batch, _ in dataset:
+        images.append(batch.numpy())
+        total += len(images[-1])
+        if total >= count:
+            break
+    if total < count:
+        raise ValueError(f"`count`={count} exceeds the {total} images of the dataset.")
+    return np.concatenate(images)[:count].astype(np.float32)
