@@ -398,20 +398,24 @@ def tfds_dataset(
             f"Unknown `source`={name!r}: not 'synthetic', not 'folder:PATH' and not a TFDS "
             f"dataset ({type(error).__name__}: {str(error).splitlines()[0]})."
         ) from None
-    if not builder.is_prepared():
-        raise ValueError(
-            f"TFDS dataset {name!r} is not prepared in data_dir={builder.data_dir_root!r} and "
-            "this machine does not download it. Provide it: run `tfds build "
-            f"{name}` on a machine with internet and copy its data directory here, then pass "
-            "--data_dir; or use an image folder with --dataset=folder:PATH."
-        )
-    splits = builder.info.splits
-    test_split = "test" if "test" in splits else "validation"
-    arrays = {}
-    for split in ("train", test_split):
-        dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
-        images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
-        arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    not_prepared = ValueError(
+        f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} and "
+        "this machine does not download it. Provide it: run `tfds build "
+        f"{name}` on a machine with internet and copy its data directory here, then pass "
+        "--data_dir; or use an image folder with --dataset=folder:PATH."
+    )
+    # `as_dataset` only reads prepared files (it never downloads): a missing dataset fails at
+    # once. (`tfds.testing.mock_data` replaces it, so mocked datasets need no files.)
+    try:
+        splits = builder.info.splits
+        test_split = "test" if "test" in splits else "validation"
+        arrays = {}
+        for split in ("train", test_split):
+            dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
+            images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+            arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError, ValueError) as error:
+        raise not_prepared from error
     label_feature = builder.info.features["label"]
     return _from_arrays(
         name,

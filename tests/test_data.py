@@ -1,0 +1,214 @@
+"""deformstab_tf.data: the synthetic task, image folders, TFDS, subsets, random labels,
+augmentation."""
+
+import os
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from deformstab_tf.data import (
+    augmentation_layers,
+    load_dataset,
+    synthetic,
+    synthetic_prototypes,
+    take_images,
+)
+from deformstab_tf.deformations.layers import RandomThinPlateSpline
+
+
+def _all(dataset):
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+SMALL = {"num_classes": 4, "image_size": 16, "samples_per_epoch": 64, "test_size": 32}
+
+
+def test_synthetic_prototypes_are_distinct_smooth_images():
+    prototypes = synthetic_prototypes(6, 24, 3, seed=0)
+    assert prototypes.shape == (6, 24, 24, 3) and prototypes.dtype == np.float32
+    assert prototypes.min() >= 0 and prototypes.max() <= 1
+    np.testing.assert_array_equal(prototypes, synthetic_prototypes(6, 24, 3, seed=0))
+    assert not np.allclose(prototypes, synthetic_prototypes(6, 24, 3, seed=1))
+    flat = prototypes.reshape(6, -1)
+    distances = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
+    assert distances[~np.eye(6, dtype=bool)].min() > 1.0  # every pair of classes differs
+    # Structure, not noise: neighbouring pixels are strongly correlated.
+    a, b = prototypes[:, :, :-1].ravel(), prototypes[:, :, 1:].ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.8
+
+
+def test_synthetic_samples_are_tps_warps_of_their_prototype():
+    train, test, info = synthetic(**SMALL, max_displacement=0.0, noise=0.0, batch_size=16)
+    assert info.image_shape == (16, 16, 3) and info.num_classes == 4
+    assert (info.train_size, info.test_size) == (64, 32)
+    prototypes = synthetic_prototypes(4, 16, 3, seed=0)
+    images, labels = _all(train)
+    assert images.dtype == np.float32 and labels.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(labels), [16] * 4)
+    np.testing.assert_allclose(images, prototypes[labels], atol=1e-6)  # zero magnitude: identity
+    # With C > 0 every sample is the TPS warp drawn by a layer with the task's seed.
+    train, test, _ = synthetic(**SMALL, max_displacement=2.0, noise=0.0, batch_size=64, seed=3)
+    images, labels = _all(train)
+    expected = RandomThinPlateSpline(3, 2.0, seed=3)(
+        synthetic_prototypes(4, 16, 3, seed=3)[labels], training=True
+    )
+    np.testing.assert_allclose(images, np.clip(expected, 0, 1), atol=1e-5)
+    assert np.abs(images - synthetic_prototypes(4, 16, 3, seed=3)[labels]).max() > 0.1
+
+
+def test_synthetic_is_deterministic_new_warps_each_epoch_and_fixed_test_split():
+    first = synthetic(**SMALL, seed=5)
+    second = synthetic(**SMALL, seed=5)
+    epoch1, epoch2 = _all(first[0]), _all(first[0])
+    np.testing.assert_array_equal(epoch1[0], _all(second[0])[0])  # same seed, same numbers
+    assert not np.allclose(epoch1[0], epoch2[0])  # fresh deformations every epoch
+    np.testing.assert_array_equal(_all(first[1])[0], _all(first[1])[0])
+    np.testing.assert_array_equal(_all(first[1])[0], _all(second[1])[0])
+
+
+def test_synthetic_task_is_learnable():
+    keras.utils.set_random_seed(0)
+    train, test, info = synthetic(
+        num_classes=4, image_size=16, samples_per_epoch=512, test_size=128, batch_size=32
+    )
+    model = keras.Sequential(
+        [
+            keras.Input(info.image_shape),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4),
+        ]
+    )
+    model.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(train, epochs=4, verbose=0)
+    _, accuracy = model.evaluate(test, verbose=0)
+    assert accuracy > 0.6  # chance is 0.25
+
+
+def _write_tree(root, layout, classes=("cat", "ant", "bee"), per_class=6, size=(8, 10)):
+    rng = np.random.default_rng(0)
+    splits = {"flat": [""], "split": ["train", "test"]}[layout]
+    for split in splits:
+        for label, name in enumerate(classes):
+            directory = os.path.join(root, split, name)
+            os.makedirs(directory, exist_ok=True)
+            for i in range(per_class):
+                image = np.full((*size, 3), 40 * label, np.uint8) + rng.integers(0, 30, (*size, 3))
+                encoded = tf.io.encode_png(image.astype(np.uint8)).numpy()
+                with open(os.path.join(directory, f"{i}.png"), "wb") as file:
+                    file.write(encoded)
+
+
+def test_image_folder_both_layouts_sorted_classes_and_validation_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "split", "split")
+    train, test, info = load_dataset(f"folder:{tmp_path / 'split'}", batch_size=4)
+    assert info.class_names == ("ant", "bee", "cat")
+    assert info.image_shape == (8, 10, 3) and (info.train_size, info.test_size) == (18, 18)
+    images, labels = _all(test)
+    # "ant" (label 0) was written with value 40 * 1: pixels in [40, 70).
+    assert images.min() >= 0 and images.max() <= 1
+    assert np.all((images[labels == 0] * 255).round() >= 40)
+    assert np.all((images[labels == 1] * 255).round() >= 80)
+    # Decoded once: the second load reads the cache.
+    assert len(os.listdir(tmp_path / "cache")) == 2
+
+    _write_tree(tmp_path / "flat", "flat")
+    kwargs = {"batch_size": 4, "validation_fraction": 0.3, "seed": 1}
+    train, test, info = load_dataset(f"folder:{tmp_path / 'flat'}", **kwargs)
+    assert (info.train_size, info.test_size) == (13, 5)  # round(0.3 * 18) held out
+    x_train, _ = _all(train)
+    x_test, _ = _all(test)
+    train_rows = {row.tobytes() for row in x_train}
+    assert not train_rows & {row.tobytes() for row in x_test}  # disjoint
+    again = load_dataset(f"folder:{tmp_path / 'flat'}", **kwargs)
+    np.testing.assert_array_equal(_all(again[1])[0], x_test)  # seeded
+
+
+def test_subsets_and_random_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "tree", "split", per_class=10)
+    source = f"folder:{tmp_path / 'tree'}"
+    full = _all(load_dataset(source, batch_size=64)[0])
+    subset, _, info = load_dataset(source, batch_size=64, train_size=7, seed=2)
+    assert info.train_size == 7
+    x, y = _all(subset)
+    full_rows = {row.tobytes(): label for row, label in zip(*full, strict=True)}
+    assert all(full_rows[row.tobytes()] == label for row, label in zip(x, y, strict=True))
+    again = _all(load_dataset(source, batch_size=64, train_size=7, seed=2)[0])
+    assert {r.tobytes() for r in again[0]} == {r.tobytes() for r in x}
+
+    train, test, _ = load_dataset(source, batch_size=64, random_labels=True, seed=2)
+    x1, y1 = _all(train)
+    epoch1 = dict(zip([r.tobytes() for r in x1], y1, strict=True))
+    x2, y2 = _all(train)
+    assert all(epoch1[r.tobytes()] == label for r, label in zip(x2, y2, strict=True))  # fixed
+    true = np.array([full_rows[r.tobytes()] for r in x2])
+    assert np.mean(true != y2) > 0.4  # mostly not the true labels
+    np.testing.assert_array_equal(_all(test)[1], np.repeat([0, 1, 2], 10))  # test untouched
+
+
+def test_augmentation_specs():
+    layers = augmentation_layers(
+        ["standard", "tps:grid_size=3,max_displacement=1.5", "diffeo:cutoff=4,displacement=1"]
+    )
+    assert [type(layer).__name__ for layer in layers] == [
+        "RandomFlip",
+        "_Translate",
+        "RandomThinPlateSpline",
+        "RandomDiffeomorphism",
+    ]
+    assert layers[2].max_displacement == 1.5 and layers[3].cutoff == 4
+    with pytest.raises(ValueError, match=r"`augment`: 'rotate:10'"):
+        augmentation_layers(["rotate:10"])
+    with pytest.raises(ValueError, match="Malformed augmentation"):
+        augmentation_layers(["tps:3"])
+    with pytest.raises(ValueError, match="max_displacement"):
+        augmentation_layers(["tps:max_displacement=-1"])
+    # In a pipeline: flips and translations change images, labels pass through.
+    train, _, _ = synthetic(**SMALL, augment=["standard"], noise=0.0, max_displacement=0.0)
+    plain, _, _ = synthetic(**SMALL, noise=0.0, max_displacement=0.0)
+    (xa, ya), (xp, yp) = _all(train), _all(plain)
+    np.testing.assert_array_equal(ya, yp)
+    assert not np.allclose(xa, xp)
+
+
+def test_take_images_and_errors(tmp_path):
+    _, test, _ = synthetic(**SMALL, batch_size=10)
+    images = take_images(test, 25)
+    assert images.shape == (25, 16, 16, 3)
+    np.testing.assert_array_equal(images, _all(test)[0][:25])
+    with pytest.raises(ValueError, match="`count`=40"):
+        take_images(test, 40)
+    with pytest.raises(ValueError, match="missing"):
+        load_dataset(f"folder:{tmp_path / 'missing'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class subfolders"):
+        load_dataset(f"folder:{tmp_path / 'empty'}")
+    with pytest.raises(ValueError, match="`source`='imagenet_typo'"):
+        load_dataset("imagenet_typo")
+
+
+def test_tfds_mock_data_and_fast_failure_when_not_prepared(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=20):
+        train, test, info = load_dataset("mnist", batch_size=8, train_size=12)
+    assert info.image_shape == (28, 28, 1) and info.num_classes == 10
+    assert info.train_size == 12
+    images, labels = _all(train)
+    assert images.shape == (12, 28, 28, 1) and images.max() <= 1.0
+    started = time.time()
+    with pytest.raises(ValueError, match=r"'cifar10' is not prepared.*tfds build.*folder:PATH"):
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert time.time() - started < 10
