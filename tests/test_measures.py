@@ -410,3 +410,36 @@ def test_measure_result_mapping_json_and_table():
     with pytest.raises(KeyError, match="Available"):
         result["nope"]
     assert result.mean() == pytest.approx(0.625)
+
+
+def test_a_diverged_model_gives_nan_with_one_warning_never_a_result(images):
+    model = tiny_model()
+    # NaN weights in the classifier (a NaN before a ReLU that TensorFlow fuses into the conv
+    # kernel comes out as 0 in graph mode, which reads as a dead unit).
+    kernel = model.get_layer("logits").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    layers = ["input", "block1_down", "logits"]
+    for measure in (normalized_sensitivity, relative_stability):
+        with pytest.warns(RuntimeWarning, match=r"non-finite representations.*'logits'") as w:
+            result = measure(model, images, smooth_warp, layers=layers)
+        assert len([x for x in w if issubclass(x.category, RuntimeWarning)]) == 1
+        assert np.isfinite(result["block1_down"])  # before the diverged layer: a real value
+        assert np.isnan(result["logits"])
+        assert np.isnan(result.mean())  # a mean over the surviving layers would read as a result
+        for component in result.details.values():
+            assert np.isnan(component["logits"])
+    with pytest.warns(RuntimeWarning, match="shift_consistency"):
+        consistency = shift_consistency(model, images, max_shift=2, seed=0)
+    assert np.isnan(consistency["output"])
+    # The documented dead-unit rule still holds for exact zeros (a finite model).
+    assert np.isfinite(normalized_sensitivity(tiny_model(), images, smooth_warp).mean())
+
+
+def test_non_finite_probe_images_name_images(model, images):
+    bad = images.copy()
+    bad[2, 1, 1, 0] = np.inf
+    for measure in (normalized_sensitivity, relative_stability):
+        with pytest.raises(ValueError, match=r"`images` must be finite.* 1 entries"):
+            measure(model, bad, smooth_warp)
+    with pytest.raises(ValueError, match=r"`images` must be finite"):
+        shift_consistency(model, bad, max_shift=1)

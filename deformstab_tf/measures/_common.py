@@ -1,6 +1,7 @@
 """Small helpers shared by the measures: seeds, calling a deformation, ratios, validation."""
 
 import inspect
+import warnings
 
 import keras
 import numpy as np
@@ -47,3 +48,14 @@ def safe_ratio(numerator, denominator, if_both_zero):
     if denominator > 0:
         return numerator / denominator
     return if_both_zero if numerator == 0 else float("inf")
+
+
+def warn_non_finite(measure, names):
+    """One warning per measurement naming the probe points whose representations are not
+    finite (NaN / inf: a diverged network); their values are NaN, never a number."""
+    warnings.warn(
+        f"{measure}: non-finite representations (a diverged network?) at {list(names)}; "
+        "their values are NaN.",
+        RuntimeWarning,
+        stacklevel=3,
+    )

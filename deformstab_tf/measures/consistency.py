@@ -1,5 +1,6 @@
 """Shift consistency of the top-1 prediction (Zhang, 2019)."""
 
+import math
 import weakref
 
 import numpy as np
@@ -7,7 +8,7 @@ import tensorflow as tf
 
 from deformstab_tf._validation import check_choice, check_positive_int
 from deformstab_tf.deformations.warp import FILL_MODES, shift
-from deformstab_tf.measures._common import resolve_seed
+from deformstab_tf.measures._common import resolve_seed, warn_non_finite
 from deformstab_tf.measures.features import check_probe_images
 from deformstab_tf.measures.results import MeasureResult
 
@@ -38,7 +39,8 @@ def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap",
 
     Returns:
         A `MeasureResult` with one entry, `"output"`, the fraction of images whose two shifted
-        copies get the same top-1 class.
+        copies get the same top-1 class; NaN (with a warning) when the model's outputs are not
+        finite (a diverged network).
 
     Example:
 
@@ -60,7 +62,10 @@ def top1_predictor(model):
         @tf.function(reduce_retracing=True)
         def predict_top1(images):
             outputs = model_ref()(images, training=False)
-            return tf.argmax(tf.reshape(outputs, [tf.shape(outputs)[0], -1]), axis=-1)
+            flat = tf.reshape(outputs, [tf.shape(outputs)[0], -1])
+            finite = tf.reduce_all(tf.math.is_finite(flat), axis=-1)
+            # -1 marks a non-finite output (a diverged network): no class to agree on.
+            return tf.where(finite, tf.argmax(flat, axis=-1), tf.constant(-1, tf.int64))
 
         _PREDICTORS[model] = predict_top1
     return _PREDICTORS[model]
@@ -80,7 +85,7 @@ def shift_consistency_from_predictor(
     rng = np.random.default_rng(resolve_seed(seed))
     offsets = rng.integers(-max_shift, max_shift, size=(num_images, 2, 2), endpoint=True)
 
-    agree = []
+    agree, diverged = [], False
     for start in range(0, num_images, batch_size):
         batch = images[start : start + batch_size]
         batch_offsets = offsets[start : start + batch_size]
@@ -90,8 +95,12 @@ def shift_consistency_from_predictor(
             )
             for k in (0, 1)
         )
-        agree.append((first == second).numpy())
-    consistency = float(np.mean(np.concatenate(agree)))
+        first, second = first.numpy(), second.numpy()
+        diverged = diverged or bool((first < 0).any() or (second < 0).any())
+        agree.append(first == second)
+    consistency = math.nan if diverged else float(np.mean(np.concatenate(agree)))
+    if diverged:
+        warn_non_finite("shift_consistency", ["output"])
     return MeasureResult(
         "shift_consistency",
         {"output": consistency},

@@ -132,6 +132,9 @@ def check_probe_images(model, images, min_images=2):
             f"`images` has shape {received} but model {model.name!r} expects {expected} "
             "(a batch of images)."
         )
+    if not bool(tf.reduce_all(tf.math.is_finite(images))):
+        count = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(images), tf.int32)))
+        raise ValueError(f"`images` must be finite; they hold NaN or inf in {count} entries.")
     if received[0] < min_images:
         raise ValueError(
             f"`images` must hold at least {min_images} probe images; received {received[0]} "
@@ -153,10 +156,13 @@ class ProbeDistances:
     Attributes:
         pairwise: `(N, N)` float64 distances between the clean probe images (diagonal 0).
         paired: `(P, N)` float64 distance between each clean image and its `p`-th perturbed copy.
+        finite: False when a representation at this probe point (clean or perturbed) held NaN
+            or inf (a diverged network); the measures then report NaN.
     """
 
     pairwise: np.ndarray
     paired: np.ndarray
+    finite: bool = True
 
     def distinct_pairs(self):
         """The `N (N - 1) / 2` distances between distinct probe images (upper triangle)."""
@@ -267,8 +273,9 @@ class ProbeFeatures:
         # representations share a large common component.
         first = vectors(images[blocks[0]], [tf.zeros([0])] * len(self.names))
         forward_passes += 1
-        centers = [c for _, _, c in first]
-        row = [(u, z) for u, z, _ in first]
+        centers = [c for _, _, c, _ in first]
+        row = [(u, z) for u, z, _, _ in first]
+        finite = [bool(f) for _, _, _, f in first]
 
         for i, rows in enumerate(blocks):
             batch = images[rows]
@@ -290,8 +297,12 @@ class ProbeFeatures:
                     )
                 perturbed_vectors = vectors(perturbed_batch, centers)
                 forward_passes += 1
-                distances = self._paired([u for u, _ in row], [u for u, _, _ in perturbed_vectors])
-                for layer, (d, (_, z, _)) in enumerate(
+                distances = self._paired(
+                    [u for u, _ in row], [u for u, _, _, _ in perturbed_vectors]
+                )
+                for layer, (_, _, _, f) in enumerate(perturbed_vectors):
+                    finite[layer] = finite[layer] and bool(f)
+                for layer, (d, (_, z, _, _)) in enumerate(
                     zip(distances, perturbed_vectors, strict=True)
                 ):
                     paired[layer][p, rows] = d.numpy()
@@ -300,7 +311,10 @@ class ProbeFeatures:
             # Later blocks in reverse order, so block i + 1 comes last and becomes the next row.
             next_row = None
             for j in reversed(range(i + 1, len(blocks))):
-                column = [(u, z) for u, z, _ in vectors(images[blocks[j]], centers)]
+                outputs = vectors(images[blocks[j]], centers)
+                for layer, (_, _, _, f) in enumerate(outputs):
+                    finite[layer] = finite[layer] and bool(f)
+                column = [(u, z) for u, z, _, _ in outputs]
                 forward_passes += 1
                 block = self._gram([u for u, _ in row], [u for u, _ in column])
                 self._store_gram(block, rows, blocks[j], gram)
@@ -321,7 +335,7 @@ class ProbeFeatures:
                 pair_d2 = _cosine_with_zero_rule(
                     pair_d2 / 2.0, is_zero[layer][None, :], paired_zero[layer]
                 )
-            results.append(ProbeDistances(pairwise=d2, paired=pair_d2))
+            results.append(ProbeDistances(pairwise=d2, paired=pair_d2, finite=finite[layer]))
         return results, forward_passes
 
     # -- internals ---------------------------------------------------------------------------
@@ -336,6 +350,8 @@ class ProbeFeatures:
         vectors = []
         for output, center in zip(outputs, centers, strict=True):
             v = tf.cast(tf.reshape(output, [tf.shape(output)[0], -1]), tf.float32)
+            finite = tf.reduce_all(tf.math.is_finite(v))
+            v = tf.where(tf.math.is_finite(v), v, 0.0)  # keeps the Gram blocks finite
             norm_sq = tf.reduce_sum(tf.square(v), axis=1)
             zero = tf.equal(norm_sq, 0.0)
             if normalize:
@@ -343,7 +359,7 @@ class ProbeFeatures:
             center = tf.cond(
                 tf.size(center) > 0, lambda c=center: c, lambda v=v: tf.reduce_mean(v, axis=0)
             )
-            vectors.append((v - center, zero, center))
+            vectors.append((v - center, zero, center, finite))
         return vectors
 
     @staticmethod

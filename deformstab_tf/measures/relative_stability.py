@@ -1,6 +1,8 @@
 """Relative stability to deformations vs noise per probe point (Petrini et al. 2021;
 Tomasini et al. 2022)."""
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -10,6 +12,7 @@ from deformstab_tf.measures._common import (
     derive_seed,
     resolve_seed,
     safe_ratio,
+    warn_non_finite,
 )
 from deformstab_tf.measures.features import ProbeFeatures
 from deformstab_tf.measures.results import MeasureResult
@@ -43,7 +46,8 @@ def relative_stability(
     stable to the deformation than to noise. At the input, `D = G` by construction (`R = 1`).
 
     Ratios `0 / 0` (a probe point that does not change at all, e.g. dead) are reported as
-    `D = G = 0` and `R = 1`; `x / 0` with `x > 0` as `inf`. No NaN is produced.
+    `D = G = 0` and `R = 1`; `x / 0` with `x > 0` as `inf`. A probe point whose representations
+    are not finite (a diverged network) is NaN in R, D and G, with a warning.
 
     Cost: forward passes over the clean images (one when `len(images) <= batch_size`, see
     `ProbeFeatures.distances`), the deformed and the noisy images.
@@ -108,12 +112,18 @@ def relative_stability_from_probe(
     components = {"D": {}, "G": {}}
     ratios = {}
     for name, d in zip(probe.names, distances, strict=True):
+        if not d.finite:  # a diverged network: no number that reads as a result
+            components["D"][name] = components["G"][name] = ratios[name] = math.nan
+            continue
         pairs = float(reduce(d.distinct_pairs()))
         deformation_change = float(reduce(d.paired[0]))
         noise_change = float(reduce(d.paired[1]))
         components["D"][name] = safe_ratio(deformation_change, pairs, if_both_zero=0.0)
         components["G"][name] = safe_ratio(noise_change, pairs, if_both_zero=0.0)
         ratios[name] = safe_ratio(components["D"][name], components["G"][name], if_both_zero=1.0)
+    diverged = [name for name, d in zip(probe.names, distances, strict=True) if not d.finite]
+    if diverged:
+        warn_non_finite("relative_stability", diverged)
     return MeasureResult(
         "relative_stability",
         ratios,

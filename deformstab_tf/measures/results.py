@@ -54,7 +54,11 @@ class MeasureResult(collections.abc.Mapping):
         return len(self._values)
 
     def mean(self):
-        """Arithmetic mean over probe points of the finite values (NaN if there are none)."""
+        """Arithmetic mean over probe points of the finite values; NaN if there are none, or if
+        any value is NaN (a diverged probe point: a mean over the others would read as a
+        result)."""
+        if any(math.isnan(v) for v in self._values.values()):
+            return math.nan
         finite = [v for v in self._values.values() if math.isfinite(v)]
         return sum(finite) / len(finite) if finite else math.nan
 

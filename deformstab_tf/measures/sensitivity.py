@@ -1,5 +1,7 @@
 """Normalised deformation sensitivity per probe point (Ruderman et al., 2018)."""
 
+import math
+
 import numpy as np
 
 from deformstab_tf._validation import check_positive_int
@@ -8,6 +10,7 @@ from deformstab_tf.measures._common import (
     derive_seed,
     resolve_seed,
     safe_ratio,
+    warn_non_finite,
 )
 from deformstab_tf.measures.features import ProbeFeatures
 from deformstab_tf.measures.results import MeasureResult
@@ -34,7 +37,8 @@ def normalized_sensitivity(
 
     Dead units: `d_cos(0, 0) = 0` and `d_cos(0, r) = 1` for `r != 0`. A ratio `0 / 0` (a probe
     point constant over the probe set and its deformations, e.g. all-zero) is reported as 0
-    (perfectly stable); `x / 0` with `x > 0` as `inf`. No NaN is produced.
+    (perfectly stable); `x / 0` with `x > 0` as `inf`. A probe point whose representations are
+    not finite (a diverged network) is NaN, with a warning; otherwise no NaN is produced.
 
     Cost: one forward pass over the clean images and one per deformation draw when
     `len(images) <= batch_size`; otherwise `n (n - 1) / 2 + 1` clean passes of `n` batches (see
@@ -97,9 +101,15 @@ def normalized_sensitivity_from_probe(
     distances, forward_passes = probe.distances(images, deform, batch_size, metric="cosine")
     values, numerators, denominators = {}, {}, {}
     for name, d in zip(probe.names, distances, strict=True):
+        if not d.finite:  # a diverged network: no number that reads as a result
+            values[name] = numerators[name] = denominators[name] = math.nan
+            continue
         numerators[name] = float(np.mean(d.paired))
         denominators[name] = float(np.median(d.distinct_pairs()))
         values[name] = safe_ratio(numerators[name], denominators[name], if_both_zero=0.0)
+    diverged = [name for name, d in zip(probe.names, distances, strict=True) if not d.finite]
+    if diverged:
+        warn_non_finite("sensitivity", diverged)
     return MeasureResult(
         "sensitivity",
         values,
