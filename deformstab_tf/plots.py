@@ -67,25 +67,148 @@ def plot_profile(results, ax=None, details=False, title=None):
     return ax
 
 
-def profile_image(results, details=False, title=None, dpi=80, initial=None):
-    """`plot_profile` rendered off-screen (Agg canvas, no pyplot state) as an RGBA uint8 array
-    of shape `(height, width, 4)`, e.g. for `tf.summary.image`.
+def plot_profiles(current, initial=None, title=None, figure=None):
+    """One panel per measure: the per-layer profile now, beside the initial one.
 
-    `results` may also be a mapping `measure -> MeasureResult`; `initial` (the same form) adds
-    the initial profile of each measure beside the current one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    The papers' init-vs-trained view: each panel draws a measure across probe points, the
+    current profile as a solid line and the initial one (if given) dashed and grey. Relative
+    stability shows `R` with `D` and `G` (thin, dashed) on a log scale, since they span orders
+    of magnitude; sensitivity and smoothness use linear axes. NaN values (a diverged network)
+    are left out of the lines.
+
+    Args:
+        current: `{measure: MeasureResult}` (e.g. one `StabilityCallback` measurement).
+        initial: the same at initialisation, or None.
+        title: the figure title.
+        figure: a matplotlib `Figure` to draw into; None creates one (without pyplot state).
+
+    Returns:
+        The `Figure`.
+
+    Example:
+
+    >>> figure = plot_profiles({"sensitivity": s_trained}, initial={"sensitivity": s_init})
+    >>> figure.savefig("profile.png")
+    """
     from matplotlib.figure import Figure
 
-    if isinstance(results, collections.abc.Mapping) and not isinstance(results, MeasureResult):
-        current = {str(m): dict(r) for m, r in results.items()}
-        if initial:
-            current.update({f"{m} (initial)": dict(r) for m, r in initial.items()})
-        results = current
-    figure = Figure(figsize=(7, 4), dpi=dpi, layout="constrained")
+    measures = [m for m, r in current.items() if len(r) > 1 or m != "shift_consistency"]
+    if not measures:
+        raise ValueError("`current` holds no per-layer measure to plot.")
+    if figure is None:
+        figure = Figure(figsize=(4.2 * len(measures), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(measures), squeeze=False)[0]
+    for ax, measure in zip(axes, measures, strict=True):
+        result = current[measure]
+        start = (initial or {}).get(measure)
+        components = [(None, result)]
+        if isinstance(result, MeasureResult) and measure == "relative_stability":
+            components += [(c, result.details[c]) for c in ("D", "G") if c in result.details]
+        names = list(result)
+        x = np.arange(len(names))
+        for component, values in components:
+            label = component or ("R" if measure == "relative_stability" else "current")
+            width = 1.8 if component is None else 1.0
+            y = np.array([values.get(n, math.nan) for n in names], dtype=float)
+            line = ax.plot(x, y, marker="o", markersize=3, linewidth=width, label=label)[0]
+            if start is not None:
+                reference = start if component is None else start.details.get(component, {})
+                y0 = np.array([reference.get(n, math.nan) for n in names], dtype=float)
+                ax.plot(
+                    x,
+                    y0,
+                    linestyle="--",
+                    linewidth=width * 0.8,
+                    color=line.get_color() if component else "0.55",
+                    label="initial" if label == "current" else f"{label} initial",
+                )
+        if measure == "relative_stability":
+            ax.set_yscale("log")
+        ax.set_title(measure.replace("_", " "), fontsize="medium")
+        ax.set_xticks(x, names, rotation=70, ha="right", fontsize="x-small")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    return figure
+
+
+def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
+    """Per-layer profiles with mean and +-2 SD bands over seeds, one line per group.
+
+    The papers' figure (e.g. one line per downsampling variant). The SD is the sample standard
+    deviation over seeds (`ddof=1`); a group with one seed has no band.
+
+    Args:
+        groups: `{label: {probe name: [value per seed]}}`, probe names in forward order.
+        title, ylabel: axes labels.
+        log: a log y-axis (for D, G, R).
+        ax: matplotlib `Axes`; None creates a `Figure` (without pyplot state).
+
+    Returns:
+        The `Figure`.
+
+    Example:
+
+    >>> plot_profile_bands({"max": {"input": [0.3, 0.31], "block1_conv1": [0.5, 0.52]}})
+    """
+    if not groups:
+        raise ValueError("`groups` is empty: nothing to plot.")
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(7.5, 4), layout="constrained")
+        ax = figure.add_subplot()
+    names = _merged_order([list(profile) for profile in groups.values()])
+    x = np.arange(len(names))
+    for label, profile in groups.items():
+        values = [np.asarray(profile.get(n, [math.nan]), dtype=float) for n in names]
+        mean = np.array([np.nanmean(v) if np.isfinite(v).any() else math.nan for v in values])
+        line = ax.plot(x, mean, marker="o", markersize=3, label=str(label))[0]
+        if max(len(v) for v in values) > 1:
+            sd = np.array([np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+            ax.fill_between(x, mean - 2 * sd, mean + 2 * sd, color=line.get_color(), alpha=0.18)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks(x, names, rotation=60, ha="right", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def figure_to_array(figure, dpi=80):
+    """A matplotlib `Figure` rendered off-screen as an RGBA uint8 array `(H, W, 4)`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     canvas = FigureCanvasAgg(figure)
-    plot_profile(results, ax=figure.add_subplot(), details=details, title=title)
+    figure.set_dpi(dpi)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def profile_image(results, details=False, title=None, dpi=80, initial=None):
+    """A profile figure rendered off-screen as an RGBA uint8 array `(H, W, 4)`, e.g. for
+    `tf.summary.image`.
+
+    `results` as a mapping `measure -> MeasureResult` draws `plot_profiles(results, initial)`
+    (one panel per measure, initial beside current: what `StabilityCallback` logs); any other
+    form of `results` draws `plot_profile(results, details=details)` on one axes.
+    """
+    from matplotlib.figure import Figure
+
+    if (
+        isinstance(results, collections.abc.Mapping)
+        and all(isinstance(r, MeasureResult) for r in results.values())
+        and not isinstance(results, MeasureResult)
+    ):
+        return figure_to_array(plot_profiles(results, initial, title=title), dpi)
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    plot_profile(results, ax=figure.add_subplot(), details=details, title=title)
+    return figure_to_array(figure, dpi)
 
 
 def _series(results, details):

@@ -1,0 +1,64 @@
+"""Figures: per-measure panels (initial beside current), bands over seeds."""
+
+import math
+
+import numpy as np
+import pytest
+
+from deformstab_tf.measures import MeasureResult
+from deformstab_tf.plots import plot_profile_bands, plot_profiles, profile_image
+
+PROBES = ["input", "block1_conv1", "block1_down"]
+
+
+def _results(scale):
+    sensitivity = MeasureResult("sensitivity", {p: scale * (i + 1) for i, p in enumerate(PROBES)})
+    relative = MeasureResult(
+        "relative_stability",
+        {p: 10.0**-i for i, p in enumerate(PROBES)},
+        details={"D": {p: 1e-3 * scale for p in PROBES}, "G": {p: 1e-2 for p in PROBES}},
+    )
+    smoothness = MeasureResult("smoothness", {"block1_conv1_conv": 1.8 * scale})
+    return {"sensitivity": sensitivity, "relative_stability": relative, "smoothness": smoothness}
+
+
+def test_one_panel_per_measure_initial_beside_current_log_scale_for_rs():
+    figure = plot_profiles(_results(0.5), initial=_results(1.0), title="epoch 3")
+    axes = figure.axes
+    assert [ax.get_title() for ax in axes] == ["sensitivity", "relative stability", "smoothness"]
+    assert [ax.get_yscale() for ax in axes] == ["linear", "log", "linear"]
+    sensitivity = axes[0]
+    lines = {line.get_label(): line for line in sensitivity.get_lines()}
+    np.testing.assert_allclose(lines["current"].get_ydata(), [0.5, 1.0, 1.5])
+    np.testing.assert_allclose(lines["initial"].get_ydata(), [1.0, 2.0, 3.0])
+    labels = [line.get_label() for line in axes[1].get_lines()]
+    assert labels == ["R", "R initial", "D", "D initial", "G", "G initial"]
+    assert [t.get_text() for t in sensitivity.get_xticklabels()] == PROBES
+    image = profile_image(_results(0.5), initial=_results(1.0))
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 4
+    assert image.shape[1] > 2 * image.shape[0]  # three panels side by side
+
+
+def test_nan_values_are_left_out_not_drawn_as_numbers():
+    diverged = _results(1.0)
+    diverged["sensitivity"] = MeasureResult("sensitivity", {p: math.nan for p in PROBES})
+    ax = plot_profiles(diverged).axes[0]
+    assert np.isnan(ax.get_lines()[0].get_ydata()).all()
+
+
+def test_bands_are_mean_plus_minus_two_sample_sd_over_seeds():
+    groups = {
+        "max": {"input": [0.1, 0.3, 0.2], "block1_conv1": [0.5, 0.7, 0.9]},
+        "avg": {"input": [0.4], "block1_conv1": [0.6]},
+    }
+    figure = plot_profile_bands(groups, title="S", log=False)
+    ax = figure.axes[0]
+    means = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    np.testing.assert_allclose(means["max"], [0.2, 0.7])
+    np.testing.assert_allclose(means["avg"], [0.4, 0.6])
+    (band,) = ax.collections  # one seed: no band for "avg"
+    vertices = band.get_paths()[0].vertices
+    upper = 0.7 + 2 * np.std([0.5, 0.7, 0.9], ddof=1)
+    assert np.isclose(vertices[:, 1].max(), upper)
+    with pytest.raises(ValueError, match="`groups` is empty"):
+        plot_profile_bands({})
