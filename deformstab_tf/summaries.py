@@ -14,7 +14,7 @@ from tensorboard.compat.proto import event_pb2
 EVENT_FILE_PATTERN = "events.out.tfevents.*"
 
 
-def purge_events(directory, from_step):
+def purge_events(directory, from_step, tag_prefixes=None):
     """Removes every summary with `step >= from_step` from the event files in `directory`.
 
     Event files are rewritten atomically (a new file, then `os.replace`); other records (file
@@ -24,6 +24,8 @@ def purge_events(directory, from_step):
     Args:
         directory: a TensorBoard run directory (e.g. `log_dir/train`); missing is fine.
         from_step: the first step to remove.
+        tag_prefixes: only remove summaries whose tags start with one of these (e.g.
+            `("epoch_",)` for Keras's epoch scalars); `None` removes all.
 
     Returns:
         The number of summaries removed.
@@ -39,6 +41,18 @@ def purge_events(directory, from_step):
             for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
                 event = event_pb2.Event.FromString(record)
                 if event.HasField("summary") and event.step >= from_step:
+                    values = event.summary.value
+                    if tag_prefixes is not None:
+                        kept_values = [
+                            v for v in values if not v.tag.startswith(tuple(tag_prefixes))
+                        ]
+                        if len(kept_values) == len(values):
+                            kept.append(record)
+                            continue
+                        if kept_values:
+                            del event.summary.value[:]
+                            event.summary.value.extend(kept_values)
+                            kept.append(event.SerializeToString())
                     dropped += 1
                 else:
                     kept.append(record)

@@ -3,9 +3,11 @@
 absl prints a traceback for any exception. A bad setting (`ValueError` / `TypeError` from the
 package, which names the argument and the value) or a missing file is the user's to fix, so it
 ends the process with one line on stderr and exit code 1; usage errors (`app.UsageError`) keep
-absl's own handling (the message and a pointer to `--help`, exit code 1).
+absl's own handling (the message and a pointer to `--help`, exit code 1). Set
+`DEFORMSTAB_TRACEBACK=1` to see the full traceback instead.
 """
 
+import os
 import sys
 
 from absl import app
@@ -20,6 +22,8 @@ def run_main(main):
         except app.UsageError:
             raise
         except (ValueError, TypeError, FileNotFoundError) as error:
+            if os.environ.get("DEFORMSTAB_TRACEBACK"):
+                raise
             message = " ".join(str(error).split())  # one line
             print(f"error: {message}", file=sys.stderr)
             sys.exit(1)

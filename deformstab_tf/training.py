@@ -1,0 +1,610 @@
+"""Training runs: one resumable run directory per experiment (what `trainers/train.py` runs).
+
+`train_run(output_dir, **config)` trains a model of `deformstab_tf.models` on a source of
+`deformstab_tf.data` with the `StabilityCallback`, and leaves in `output_dir`:
+
+- `config.json`: the configuration (every argument of `train_run`) and the package version;
+- TensorBoard runs `train/` and `validation/` (Keras's losses, accuracies, learning rate, a few
+  example training images as the model sees them), `stability/` (the measures; see
+  `StabilityCallback`) and, at the top, the hyper-parameters for the HParams dashboard with the
+  final validation accuracy and mean stability measures as its metrics;
+- `metrics.csv`: one row per epoch (`epoch`, losses, accuracies, learning rate, stability scalars);
+- `stability/measurements.json`; `model.keras` and `summary.json` (test accuracy and loss, epochs,
+  wall and CPU seconds) once training is complete.
+
+Resuming: rerunning with the same configuration continues from the last completed epoch
+(`keras.callbacks.BackupAndRestore` under `output_dir/backup`), also after `kill -9` in the middle
+of an epoch: epochs redone are dropped from `metrics.csv`, from the TensorBoard runs and from the
+stability records first, so each epoch appears once. A finished run is left as it is. A different
+configuration against an existing run directory is a `ValueError`, before anything is written.
+"""
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+from deformstab_tf._validation import check_choice, check_non_negative, check_positive_int
+from deformstab_tf.callbacks import MEASURES, StabilityCallback
+from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
+from deformstab_tf.measures.smoothness import smooth_kernels
+from deformstab_tf.models import DOWNSAMPLING, build_vgg, cifar_vgg, imagenet_vgg, resnet18
+from deformstab_tf.summaries import purge_events
+
+MODELS = ("cifar_vgg", "imagenet_vgg", "resnet18", "vgg")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine", "step")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+HEADS = ("gap", "flatten")
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.csv"
+MODEL_FILE = "model.keras"
+BACKUP_DIR = "backup"
+
+# Every argument of `train_run` and its default: the configuration a run directory records.
+DEFAULTS = {
+    "dataset": "synthetic",
+    "data_dir": None,
+    "train_size": None,
+    "random_labels": False,
+    "augment": (),
+    "synthetic_classes": 10,
+    "synthetic_displacement": 2.0,
+    "synthetic_samples": 6400,
+    "synthetic_grid_size": 3,
+    "synthetic_image_size": 32,
+    "synthetic_channels": 3,
+    "model": "cifar_vgg",
+    "blocks": None,
+    "downsample": "max",
+    "head": "gap",
+    "pool_size": 2,
+    "strides": 2,
+    "blur_size": 4,
+    "epochs": 10,
+    "batch_size": 64,
+    "optimizer": "sgd",
+    "learning_rate": 0.05,
+    "momentum": 0.9,
+    "schedule": "cosine",
+    "weight_decay": 5e-4,
+    "seed": 0,
+    "probe_size": 128,
+    "measures": ("sensitivity", "smoothness"),
+    "deformation": "tps",
+    "magnitude": 2.0,
+    "grid_size": 3,
+    "cutoff": 3,
+    "measure_every": 1,
+    "smooth_init_sigma": 0.0,
+    "strategy": "default",
+    "mixed_precision": False,
+    "jit_compile": "auto",
+}
+
+
+def check_config(config):
+    """Validates a run configuration; returns it completed with the defaults.
+
+    Raises:
+        ValueError: naming the first bad setting and the value received, or unknown settings.
+    """
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown training settings {unknown}. Known: {sorted(DEFAULTS)}")
+    config = {**DEFAULTS, **config}
+    config["augment"] = tuple(config["augment"] or ())
+    config["measures"] = tuple(config["measures"] or ())
+    check_choice("model", config["model"], MODELS)
+    check_choice("downsample", config["downsample"], DOWNSAMPLING)
+    check_choice("head", config["head"], HEADS)
+    check_choice("optimizer", config["optimizer"], OPTIMIZERS)
+    check_choice("schedule", config["schedule"], SCHEDULES)
+    check_choice("strategy", config["strategy"], STRATEGIES)
+    check_choice("deformation", config["deformation"], tuple(DEFORMATION_LAYERS))
+    check_choice("jit_compile", config["jit_compile"], ("auto", True, False))
+    for name in ("epochs", "batch_size", "measure_every", "pool_size", "strides", "blur_size"):
+        check_positive_int(name, config[name])
+    for name in (
+        "synthetic_classes",
+        "synthetic_samples",
+        "synthetic_grid_size",
+        "synthetic_image_size",
+        "synthetic_channels",
+    ):
+        check_positive_int(name, config[name])
+    if config["train_size"] is not None:
+        check_positive_int("train_size", config["train_size"])
+    for name in ("learning_rate", "momentum", "weight_decay", "magnitude", "smooth_init_sigma"):
+        check_non_negative(name, config[name])
+    if config["learning_rate"] == 0:
+        raise ValueError("`learning_rate` must be > 0; received learning_rate=0.")
+    unknown_measures = [m for m in config["measures"] if m not in MEASURES]
+    if unknown_measures:
+        raise ValueError(
+            f"`measures` must be a selection of {MEASURES}; received "
+            f"measures={list(config['measures'])}."
+        )
+    if config["measures"]:
+        check_positive_int("probe_size", config["probe_size"])
+        if config["probe_size"] < 2:
+            raise ValueError(
+                f"`probe_size` must be >= 2 (pairs of probe images); received "
+                f"probe_size={config['probe_size']}."
+            )
+    if (config["model"] == "vgg") != (config["blocks"] is not None):
+        raise ValueError(
+            "`blocks` goes with model='vgg' (and model='vgg' needs `blocks`); received "
+            f"model={config['model']!r}, blocks={config['blocks']!r}."
+        )
+    if config["blocks"] is not None:
+        config["blocks"] = [list(block) for block in config["blocks"]]
+    if config["model"] == "resnet18" and config["head"] != "gap":
+        raise ValueError(f"resnet18 has a 'gap' head only; received head={config['head']!r}.")
+    return config
+
+
+def train_run(output_dir, verbose=1, **config):
+    """Trains (or resumes, or leaves alone if finished) the run in `output_dir`.
+
+    Args:
+        output_dir: the run directory (created; see the module docstring for its contents).
+        verbose: Keras progress bars (1), one line per epoch (2) or silent (0).
+        **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
+            `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
+            synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
+            `downsample`, `head`, `pool_size`, `strides`, `blur_size`), optimisation (`epochs`,
+            `batch_size`, `optimizer`, `learning_rate`, `momentum`, `schedule`,
+            `weight_decay`, `seed`), measurement (`probe_size` test images, `measures`, the
+            probe `deformation` name and `magnitude`, `grid_size` / `cutoff`,
+            `measure_every` epochs), `smooth_init_sigma` (Gaussian smoothing of the initial
+            filters, 0 = off), `strategy` (`"default"`, `"mirrored"`, `"multi_worker"` with
+            `TF_CONFIG`), `mixed_precision`, `jit_compile`.
+
+    Returns:
+        The run summary (`summary.json`'s content).
+
+    Raises:
+        ValueError: a bad setting, data that cannot be read, or a run directory made with another
+            configuration (nothing is written then).
+
+    Example:
+
+    >>> train_run("runs/vgg_max", dataset="synthetic", downsample="max", epochs=3)
+    """
+    started, cpu_started = time.time(), time.process_time()
+    config = check_config(config)
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    state = _check_run_directory(output_dir, config)
+    if state == "complete":
+        if verbose:
+            print(f"{output_dir} is complete; nothing to do.")
+        with open(os.path.join(output_dir, SUMMARY_FILE)) as file:
+            return json.load(file)
+
+    from deformstab_tf import data as data_sources  # TFDS imports only when training
+
+    keras.utils.set_random_seed(config["seed"])
+    strategy = _strategy(config["strategy"])
+    is_chief = _is_chief(strategy)
+    # Only the chief writes the run directory; other workers write a scratch copy.
+    run_dir = output_dir if is_chief else tempfile.mkdtemp(prefix="deformstab_worker_")
+    if config["mixed_precision"]:
+        keras.mixed_precision.set_global_policy(_mixed_precision_policy())
+
+    train, test, info = data_sources.load_dataset(
+        config["dataset"],
+        batch_size=config["batch_size"],
+        train_size=config["train_size"],
+        random_labels=config["random_labels"],
+        augment=config["augment"],
+        seed=config["seed"],
+        data_dir=config["data_dir"],
+        synthetic_options={
+            "num_classes": config["synthetic_classes"],
+            "max_displacement": config["synthetic_displacement"],
+            "samples_per_epoch": config["synthetic_samples"],
+            "grid_size": config["synthetic_grid_size"],
+            "image_size": config["synthetic_image_size"],
+            "channels": config["synthetic_channels"],
+        },
+    )
+    steps_per_epoch = -(-info.train_size // config["batch_size"])
+    with strategy.scope():
+        model = build_model(config, info.image_shape, info.num_classes)
+        if config["smooth_init_sigma"] > 0:
+            smooth_kernels(model, config["smooth_init_sigma"])
+        model.compile(
+            optimizer=make_optimizer(config, steps_per_epoch),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            jit_compile=config["jit_compile"],
+        )
+
+    os.makedirs(run_dir, exist_ok=True)
+    if state == "new":
+        _write_json(os.path.join(run_dir, CONFIG_FILE), {"config": config, "version": _version()})
+        _write_first_summaries(run_dir, config, train)
+
+    callbacks = [
+        _DropRedoneEpochs(run_dir),
+        keras.callbacks.TensorBoard(run_dir, write_graph=False),
+    ]
+    stability = None
+    if config["measures"]:
+        probe_images = None
+        if config["measures"] != ("smoothness",):
+            probe_images = data_sources.take_images(test, config["probe_size"])
+        stability = StabilityCallback(
+            probe_images,
+            probe_deformation(config),
+            measures=config["measures"],
+            every_n_epochs=config["measure_every"],
+            log_dir=run_dir,
+            seed=config["seed"],
+        )
+        callbacks.append(stability)
+    callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, METRICS_FILE), append=True))
+    if verbose:
+        callbacks.append(_CompactProgbar(verbose))
+    # Last: an epoch counts as done only once everything of it is written.
+    callbacks.append(
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR), double_checkpoint=True)
+    )
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _work_around_keras_multi_worker(model, strategy, train)
+    model.fit(
+        train,
+        epochs=config["epochs"],
+        validation_data=test,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    test_loss, test_accuracy = model.evaluate(test, verbose=0)
+    summary = {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "epochs_completed": config["epochs"],
+        "train_size": info.train_size,
+        "test_size": info.test_size,
+        "num_classes": info.num_classes,
+        "image_shape": list(info.image_shape),
+        "wall_seconds_last_session": time.time() - started,
+        "cpu_seconds_last_session": time.process_time() - cpu_started,
+    }
+    if stability is not None:
+        final = stability.history[-1]["results"]
+        summary["stability"] = {m: r.mean() for m, r in final.items()}
+    _save_model(model, os.path.join(run_dir, MODEL_FILE))
+    _write_hparams_metrics(run_dir, config, summary)
+    _write_json(os.path.join(run_dir, SUMMARY_FILE), summary)  # last: marks the run complete
+    shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
+    if not is_chief:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return summary
+
+
+def build_model(config, image_shape, num_classes):
+    """The model a configuration names (`model`, `blocks`, `downsample`, `head`, ...)."""
+    options = {
+        "input_shape": tuple(image_shape),
+        "num_classes": num_classes,
+        "head": config["head"],
+        "pool_size": config["pool_size"],
+        "strides": config["strides"],
+        "blur_size": config["blur_size"],
+    }
+    if config["model"] == "cifar_vgg":
+        return cifar_vgg(config["downsample"], **options)
+    if config["model"] == "imagenet_vgg":
+        return imagenet_vgg(config["downsample"], **options)
+    if config["model"] == "vgg":
+        return build_vgg(config["blocks"], config["downsample"], **options)
+    options.pop("head")
+    options.pop("pool_size")
+    options.pop("strides")
+    return resnet18(config["downsample"], **options)
+
+
+def make_optimizer(config, steps_per_epoch):
+    """SGD with momentum or Adam, with a constant, cosine or step learning-rate schedule and
+    decoupled weight decay on kernels (not on biases or BatchNorm parameters)."""
+    rate = config["learning_rate"]
+    total = config["epochs"] * steps_per_epoch
+    if config["schedule"] == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=total)
+    elif config["schedule"] == "step":  # x0.1 at 50% and 75% of training
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [total // 2, (3 * total) // 4], [rate, rate * 0.1, rate * 0.01]
+        )
+    weight_decay = config["weight_decay"] or None
+    if config["optimizer"] == "sgd":
+        optimizer = keras.optimizers.SGD(
+            rate, momentum=config["momentum"], nesterov=False, weight_decay=weight_decay
+        )
+    else:
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=config["weight_decay"])
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def probe_deformation(config):
+    """The probe deformation a configuration names (`deformation`, `magnitude`, ...)."""
+    options = {"grid_size": config["grid_size"]} if config["deformation"] == "tps" else {}
+    if config["deformation"] == "diffeo":
+        options["cutoff"] = config["cutoff"]
+    return deformation_layer(
+        config["deformation"], config["magnitude"], seed=config["seed"], **options
+    )
+
+
+def read_config(run_dir):
+    """The configuration recorded in a run directory (`config.json`), or None."""
+    path = os.path.join(os.fspath(run_dir), CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)["config"]
+
+
+# -- run directory ---------------------------------------------------------------------------
+
+
+def _check_run_directory(output_dir, config):
+    """`"new"`, `"resume"` or `"complete"`; a ValueError for a directory of another run."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"`output_dir` is an existing file: {output_dir!r}.")
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return "new"
+    stored = read_config(output_dir)
+    if stored is None:
+        raise ValueError(
+            f"`output_dir`={output_dir!r} is not empty and holds no {CONFIG_FILE}: it is not a "
+            "run directory. Choose a new or empty directory."
+        )
+    normalised = json.loads(json.dumps(config))
+    differences = {
+        key: (stored.get(key), normalised.get(key))
+        for key in sorted(set(stored) | set(normalised))
+        if stored.get(key) != normalised.get(key)
+    }
+    if differences:
+        listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differences.items())
+        raise ValueError(
+            f"`output_dir`={output_dir!r} holds a run with other settings ({listed}). Rerun with "
+            "its settings to resume it, or choose another output_dir."
+        )
+    return "complete" if os.path.exists(os.path.join(output_dir, SUMMARY_FILE)) else "resume"
+
+
+class _DropRedoneEpochs(keras.callbacks.Callback):
+    """On resume, drops the epochs the fit redoes from `metrics.csv` and from Keras's epoch
+    scalars in the TensorBoard runs, before they are written again.
+
+    `BackupAndRestore` comes last in the callbacks (an epoch is backed up only after all its
+    logs are written), so a kill can leave logs of an epoch that is then redone: they go here.
+    """
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_train_begin(self, logs=None):
+        self._done = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._done:
+            return
+        self._done = True  # the first epoch of this fit: everything from it on is redone
+        _truncate_csv(os.path.join(self.run_dir, METRICS_FILE), epoch)
+        for run in ("train", "validation"):  # Keras's epoch scalars, not the example images
+            purge_events(os.path.join(self.run_dir, run), epoch, tag_prefixes=("epoch_",))
+
+
+class _CompactProgbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, showing the mean of each stability measure, not every probe."""
+
+    def __init__(self, verbose):
+        super().__init__()
+        self._verbose = verbose
+
+    def set_params(self, params):
+        super().set_params({**params, "verbose": self._verbose})
+
+    @staticmethod
+    def _compact(logs):
+        return {
+            key: value
+            for key, value in (logs or {}).items()
+            if not key.startswith("stability/") or key.endswith("/mean") or key.count("/") == 1
+        }
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._compact(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._compact(logs))
+
+
+def _truncate_csv(path, start):
+    """Keeps the header and the rows of epochs before `start`, in place: `CSVLogger` holds the
+    file open for appending, and appends go to the new end."""
+    if not os.path.exists(path):
+        return
+    with open(path, "r+", newline="") as file:
+        rows = list(csv.reader(file))
+        if not rows:
+            return
+        header, body = rows[0], rows[1:]
+        epoch = header.index("epoch") if "epoch" in header else 0
+        kept = [row for row in body if row and _is_int(row[epoch]) and int(row[epoch]) < start]
+        if len(kept) == len(body):
+            return
+        file.seek(0)
+        csv.writer(file).writerows([header, *kept])
+        file.truncate()
+
+
+def _is_int(text):
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _write_first_summaries(run_dir, config, train):
+    """Hyper-parameters (HParams dashboard) and example training images, once per run."""
+    from tensorboard.plugins.hparams import api as hp
+
+    with tf.summary.create_file_writer(run_dir).as_default():
+        hp.hparams_config(
+            hparams=[hp.HParam(key) for key in sorted(config)],
+            metrics=[
+                hp.Metric("epoch_accuracy", group="validation", display_name="val accuracy"),
+                hp.Metric("epoch_loss", group="validation", display_name="val loss"),
+                hp.Metric("test_accuracy", display_name="test accuracy"),
+            ]
+            + [
+                hp.Metric(f"{measure}/mean", group="stability", display_name=f"{measure} mean")
+                for measure in config["measures"]
+                if measure != "shift_consistency"
+            ]
+            + (
+                [hp.Metric("shift_consistency", group="stability")]
+                if "shift_consistency" in config["measures"]
+                else []
+            ),
+        )
+        hp.hparams({key: _hparam_value(value) for key, value in config.items()})
+    images, _ = next(iter(train))
+    with tf.summary.create_file_writer(os.path.join(run_dir, "train")).as_default(step=0):
+        tf.summary.image("training_examples", tf.clip_by_value(images[:8], 0.0, 1.0), max_outputs=8)
+
+
+def _write_hparams_metrics(run_dir, config, summary):
+    with tf.summary.create_file_writer(run_dir).as_default(step=config["epochs"] - 1):
+        tf.summary.scalar("test_accuracy", summary["test_accuracy"])
+
+
+def _hparam_value(value):
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value)
+
+
+def _save_model(model, path):
+    temporary = path[: -len(".keras")] + ".tmp.keras"
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def _write_json(path, document):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(document, file, indent=1)
+    os.replace(temporary, path)
+
+
+def _version():
+    from deformstab_tf import __version__
+
+    return __version__
+
+
+# -- distribution ----------------------------------------------------------------------------
+
+
+def _strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "strategy='multi_worker' needs the TF_CONFIG environment variable (the cluster "
+                "and this worker's task); see the README."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _work_around_keras_multi_worker(model, strategy, train):
+    """Two Keras 3 defects with `MultiWorkerMirroredStrategy` in `fit` (tensorflow#72388):
+
+    - `fit` first builds the model from a batch it reduces across workers with
+      `strategy.reduce` over the whole (images, labels) tuple, which the collectives reject;
+      the build needs shapes only, so it is done here from a local batch;
+    - the per-step logs (scalars) are reduced with `strategy.reduce("MEAN", v, axis=0)`, which
+      fails for rank-0 values; they are reduced with `axis=None` instead (the same mean).
+    """
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(train)))
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    original = keras_trainer.reduce_per_replica
+    if getattr(original, "_deformstab_patched", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0),
+                values,
+            )
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._deformstab_patched = True
+    keras_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _mixed_precision_policy():
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
+def cpu_devices(count):
+    """Splits the CPU into `count` logical devices (for `strategy="mirrored"` without GPUs).
+
+    Call before TensorFlow initialises its devices (before any op runs).
+    """
+    check_positive_int("count", count)
+    (cpu,) = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    )
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+__all__ = [
+    "DEFAULTS",
+    "MODELS",
+    "build_model",
+    "check_config",
+    "cpu_devices",
+    "make_optimizer",
+    "probe_deformation",
+    "read_config",
+    "train_run",
+]

@@ -1,0 +1,328 @@
+"""trainers/train.py and deformstab_tf.training end to end: artefacts, resume after kill -9,
+TensorBoard through a real server, distribution, bad flags."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from deformstab_tf.callbacks import StabilityCallback
+from deformstab_tf.training import DEFAULTS, check_config, train_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A tiny synthetic run: 16x16 images, 3 classes, a two-block VGG.
+TINY = {
+    "synthetic_classes": 3,
+    "synthetic_samples": 96,
+    "synthetic_image_size": 16,
+    "model": "vgg",
+    "blocks": [[4], [8]],
+    "epochs": 2,
+    "batch_size": 32,
+    "probe_size": 8,
+    "learning_rate": 0.05,
+}
+TINY_FLAGS = [
+    "--synthetic_classes=3",
+    "--synthetic_image_size=16",
+    "--model=vgg",
+    "--blocks=4;8",
+    "--batch_size=32",
+    "--probe_size=8",
+    "--verbose=2",
+]
+
+
+def _events(run_dir, tag):
+    accumulator = EventAccumulator(run_dir, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["tensors"]:
+        return []
+    return [
+        (event.step, float(tf.make_ndarray(event.tensor_proto)))
+        for event in accumulator.Tensors(tag)
+    ]
+
+
+def _csv_epochs(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        return [int(row["epoch"]) for row in csv.DictReader(file)]
+
+
+def _json_epochs(run_dir):
+    with open(os.path.join(run_dir, "stability", "measurements.json")) as file:
+        return [record["epoch"] for record in json.load(file)["history"]]
+
+
+def _train_script(args, env=None, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainers.train", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
+    summary = train_run(run_dir, verbose=0, **TINY)
+    return run_dir, summary
+
+
+def test_a_run_writes_every_artefact(finished_run):
+    run_dir, summary = finished_run
+    with open(os.path.join(run_dir, "config.json")) as file:
+        assert json.load(file)["config"] == json.loads(json.dumps(check_config(TINY)))
+    assert _csv_epochs(run_dir) == [0, 1]
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        row = next(csv.DictReader(file))
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "stability/sensitivity/mean"):
+        assert np.isfinite(float(row[column])), column
+    assert _json_epochs(run_dir) == [0, 1, 2]
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert model.output_shape == (None, 3)
+    with open(os.path.join(run_dir, "summary.json")) as file:
+        assert json.load(file) == summary
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert not os.path.exists(os.path.join(run_dir, "backup"))
+    # TensorBoard: Keras's scalars, the stability run on the same epoch axis, examples, HParams.
+    assert [step for step, _ in _events(os.path.join(run_dir, "train"), "epoch_loss")] == [0, 1]
+    assert [s for s, _ in _events(os.path.join(run_dir, "validation"), "epoch_accuracy")] == [0, 1]
+    stability = os.path.join(run_dir, "stability")
+    assert [step for step, _ in _events(stability, "sensitivity/mean")] == [-1, 0, 1]
+    accumulator = EventAccumulator(os.path.join(run_dir, "train"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert "training_examples" in accumulator.Tags()["tensors"]
+    root = EventAccumulator(run_dir)
+    root.Reload()
+    assert "hparams" in root.PluginTagToContent("hparams") or root.PluginTagToContent("hparams")
+
+
+def test_a_finished_run_is_left_alone_and_other_flags_are_an_error(finished_run):
+    run_dir, summary = finished_run
+    before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    assert train_run(run_dir, verbose=0, **TINY) == summary
+    with pytest.raises(ValueError, match=r"other settings \(downsample: 'max' there, 'avg' now"):
+        train_run(run_dir, verbose=0, **{**TINY, "downsample": "avg"})
+    after = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    assert after == before
+
+
+def test_bad_settings_name_the_setting_and_write_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    cases = {
+        "model": ({"model": "alexnet"}, "model='alexnet'"),
+        "downsample": ({"downsample": "maxx"}, "downsample='maxx'"),
+        "epochs": ({"epochs": 0}, "epochs=0"),
+        "blocks": ({"model": "cifar_vgg"}, "`blocks` goes with"),
+        "measures": ({"measures": ["curvature"]}, "measures="),
+        "probe": ({"probe_size": 1}, "probe_size=1"),
+        "folder": ({"dataset": f"folder:{tmp_path}/missing"}, "missing"),
+        "unknown": ({"epochz": 3}, "epochz"),
+    }
+    for name, (settings, message) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            train_run(str(run_dir), verbose=0, **{**TINY, **settings})
+        assert not run_dir.exists(), name
+    assert set(DEFAULTS) >= set(TINY)
+
+
+def test_kill_9_mid_epoch_then_resume_loses_and_repeats_no_epoch(tmp_path):
+    run_dir = str(tmp_path / "run")
+    args = [*TINY_FLAGS, "--epochs=4", "--synthetic_samples=1200", f"--output_dir={run_dir}"]
+    process = _train_script(args, start_new_session=True)
+    deadline = time.time() + 240
+    metrics = os.path.join(run_dir, "metrics.csv")
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 2:
+            break  # the first epoch is complete; the second is under way
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+    resumed = _train_script(args)
+    out, err = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, err
+    assert _csv_epochs(run_dir) == [0, 1, 2, 3]
+    assert [s for s, _ in _events(os.path.join(run_dir, "train"), "epoch_loss")] == [0, 1, 2, 3]
+    assert _json_epochs(run_dir) == [0, 1, 2, 3, 4]
+    stability = os.path.join(run_dir, "stability")
+    assert [s for s, _ in _events(stability, "sensitivity/mean")] == [-1, 0, 1, 2, 3]
+    # The resumed process did not measure initialisation again: one "initialisation" profile.
+    assert "test accuracy" in out
+
+
+def test_tensorboard_server_shows_one_clean_picture(finished_run, tmp_path):
+    """Through a real TensorBoard server: runs, grouped stability tags, values per step on
+    Keras's epoch axis, no NaN, the profile image."""
+    run_dir, _ = finished_run
+    # Beside the trainer's run: a plain fit with the callback listed *before* Keras's
+    # TensorBoard callback and a measurement every second epoch (issue: duplicates and NaN).
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="input")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images = np.random.default_rng(0).random((32, 8, 8, 3)).astype("float32")
+    plain_dir = os.path.join(os.path.dirname(run_dir), "plain")
+    model.fit(
+        images,
+        np.arange(32) % 3,
+        epochs=3,
+        verbose=0,
+        callbacks=[
+            StabilityCallback(
+                images[:6], lambda b: tf.roll(b, 1, 2), every_n_epochs=2, log_dir=plain_dir
+            ),
+            keras.callbacks.TensorBoard(plain_dir),
+        ],
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            os.path.dirname(run_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/data"
+
+    def get(path, **query):
+        url = f"{base}/{path}" + ("?" + urllib.parse.urlencode(query) if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+        return body if path.endswith("individualImage") else json.loads(body)
+
+    try:
+        deadline = time.time() + 90
+        tags = {}
+        while time.time() < deadline:
+            try:
+                tags = get("plugin/scalars/tags")
+                if {"tiny/stability", "tiny/train", "plain/stability", "plain/train"} <= set(tags):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        runs = get("runs")
+        assert {"tiny/train", "tiny/validation", "tiny/stability"} <= set(runs)
+        stability_tags = set(tags["tiny/stability"])
+        assert {"sensitivity/mean", "sensitivity/block1_conv1", "smoothness/mean"} <= stability_tags
+        assert not [tag for tag in tags["tiny/train"] if "stability" in tag]
+        values = get("plugin/scalars/scalars", run="tiny/stability", tag="sensitivity/mean")
+        assert [step for _, step, _ in values] == [-1, 0, 1]
+        assert all(np.isfinite(value) for _, _, value in values)
+        loss = get("plugin/scalars/scalars", run="tiny/train", tag="epoch_loss")
+        assert [step for _, step, _ in loss] == [0, 1]
+        profiles = get("plugin/images/images", run="tiny/stability", tag="profile", sample=0)
+        assert [image["step"] for image in profiles] == [-1, 0, 1]
+        # The plain fit: each measurement once, at its epoch's step, nothing on skipped epochs.
+        assert not [tag for tag in tags["plain/train"] if "stability" in tag]
+        values = get("plugin/scalars/scalars", run="plain/stability", tag="sensitivity/conv")
+        assert [step for _, step, _ in values] == [-1, 1]
+        loss = get("plugin/scalars/scalars", run="plain/train", tag="epoch_loss")
+        assert [step for _, step, _ in loss] == [0, 1, 2]
+        query = profiles[-1]["query"]
+        with urllib.request.urlopen(f"{base}/plugin/images/individualImage?{query}") as response:
+            png = response.read()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_mirrored_on_two_logical_cpus_and_bad_flags_exit_with_one_line(tmp_path):
+    run_dir = str(tmp_path / "mirrored")
+    process = _train_script(
+        [
+            *TINY_FLAGS,
+            "--epochs=1",
+            "--synthetic_samples=64",
+            "--strategy=mirrored",
+            "--cpu_devices=2",
+            f"--output_dir={run_dir}",
+        ]  # fmt: skip
+    )
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "2 replicas" in err or "CPU:1" in err or os.path.exists(run_dir)
+    assert _csv_epochs(run_dir) == [0]
+    bad = str(tmp_path / "bad")
+    for flag, message in [
+        ("--downsample=maxx", "downsample='maxx'"),
+        ("--epochs=0", "epochs=0"),
+        ("--dataset=folder:/nonexistent/tree", "/nonexistent/tree"),
+        ("--model=alexnet", "model"),
+    ]:
+        process = _train_script([flag, f"--output_dir={bad}"])
+        out, err = process.communicate(timeout=120)
+        assert process.returncode != 0, flag
+        lines = [line for line in err.splitlines() if line.strip() and "tensorflow" not in line]
+        assert any(message in line for line in lines), (flag, err)
+        assert not os.path.exists(bad), flag
+
+
+def test_multi_worker_with_two_local_processes(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    run_dir = str(tmp_path / "multi")
+    workers = [
+        _train_script(
+            [
+                *TINY_FLAGS,
+                "--epochs=1",
+                "--synthetic_samples=64",
+                "--strategy=multi_worker",
+                f"--output_dir={run_dir}",
+            ],  # fmt: skip
+            env={
+                "TF_CONFIG": json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                )
+            },
+        )
+        for index in range(2)
+    ]
+    for worker in workers:
+        out, err = worker.communicate(timeout=400)
+        assert worker.returncode == 0, err[-3000:]
+    # Only the chief (worker 0) wrote the run directory.
+    assert _csv_epochs(run_dir) == [0]
+    assert os.path.exists(os.path.join(run_dir, "summary.json"))
+    assert not [name for name in os.listdir(tmp_path) if name != "multi"]
