@@ -6,10 +6,15 @@
 - `deformstab_tf.models`: VGG / ResNet builders whose downsampling is a switch.
 - `deformstab_tf.measures`: per-layer sensitivity, relative stability, shift consistency and
   kernel smoothness; `StabilityCallback` runs them during `model.fit`.
+- `deformstab_tf.data`: the synthetic task, TFDS and image-folder sources for training.
+- `deformstab_tf.training`: resumable training runs (what `trainers/train.py` runs).
+- `deformstab_tf.reports`: stability reports of saved models; reading run directories.
+- `deformstab_tf.plots`: per-layer profile figures.
 """
 
 from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.deformations import (
+    DEFORMATION_LAYERS,
     RandomAffine,
     RandomDiffeomorphism,
     RandomThinPlateSpline,
@@ -46,6 +51,7 @@ from deformstab_tf.plots import plot_profile
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFORMATION_LAYERS",
     "DOWNSAMPLING",
     "BlurPool2D",
     "MeasureResult",

@@ -1,0 +1,331 @@
+"""Stability reports of saved models, and reading run directories back (for `measure.py` and
+`compare.py`).
+
+- `stability_report(model, images, deformation, measures)`: the measures of one model.
+- `magnitude_sweep(model, images, name, magnitudes)`: sensitivity (and R) per probe point as the
+  deformation grows.
+- `write_report(directory, results, sweep=None)`: JSON, CSV, Markdown and PNG figures.
+- `read_run(directory)` / `group_runs(runs, by)`: what `train_run` left in run directories.
+"""
+
+import collections
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import keras
+
+from deformstab_tf._validation import check_choice
+from deformstab_tf.deformations.layers import deformation_layer
+from deformstab_tf.measures import (
+    MeasureResult,
+    kernel_smoothness,
+    normalized_sensitivity,
+    relative_stability,
+    shift_consistency,
+)
+
+REPORT_MEASURES = ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
+
+
+def stability_report(
+    model,
+    images,
+    deformation,
+    measures=("sensitivity", "relative_stability", "smoothness"),
+    layers=None,
+    batch_size=64,
+    seed=0,
+    max_shift=4,
+    verbose=1,
+):
+    """The chosen measures of `model` on `images` (a progress bar over the measures).
+
+    Args:
+        model: a single-input Keras model.
+        images: `(N, H, W, C)` probe images.
+        deformation: a deformation layer or callable (for sensitivity and relative stability).
+        measures: any of `REPORT_MEASURES`.
+        layers: probe points (see `normalized_sensitivity`).
+        batch_size, seed, max_shift: as in the measures.
+        verbose: 1 shows a `keras.utils.Progbar`.
+
+    Returns:
+        `{measure: MeasureResult}`.
+
+    Example:
+
+    >>> stability_report(model, x_test[:128], deformation_layer("tps", 2.0, seed=0))
+    """
+    measures = tuple(measures)
+    for measure in measures:
+        check_choice("measures", measure, REPORT_MEASURES)
+    progress = keras.utils.Progbar(len(measures), verbose=verbose, unit_name="measure")
+    results = {}
+    for index, measure in enumerate(measures):
+        if measure == "sensitivity":
+            results[measure] = normalized_sensitivity(
+                model, images, deformation, layers=layers, batch_size=batch_size, seed=seed
+            )
+        elif measure == "relative_stability":
+            results[measure] = relative_stability(
+                model, images, deformation, layers=layers, batch_size=batch_size, seed=seed
+            )
+        elif measure == "shift_consistency":
+            results[measure] = shift_consistency(
+                model, images, max_shift, batch_size=batch_size, seed=seed
+            )
+        else:
+            results[measure] = kernel_smoothness(model)
+        progress.update(index + 1)
+    return results
+
+
+def magnitude_sweep(
+    model,
+    images,
+    name,
+    magnitudes,
+    measures=("sensitivity",),
+    layers=None,
+    batch_size=64,
+    seed=0,
+    verbose=1,
+    **options,
+):
+    """Sensitivity (and relative stability) per probe point for each deformation magnitude.
+
+    Args:
+        model, images, layers, batch_size, seed: as in `stability_report`.
+        name: the deformation (`"tps"`, `"affine"`, `"diffeo"`; see `deformation_layer`).
+        magnitudes: the strengths to measure (e.g. TPS C in pixels).
+        measures: `"sensitivity"` and/or `"relative_stability"`.
+        **options: other arguments of the deformation layer (`grid_size`, `cutoff`, ...).
+
+    Returns:
+        `{magnitude: {measure: MeasureResult}}`, magnitudes in the given order.
+    """
+    for measure in measures:
+        check_choice("measures", measure, ("sensitivity", "relative_stability"))
+    progress = keras.utils.Progbar(len(magnitudes), verbose=verbose, unit_name="magnitude")
+    sweep = {}
+    for index, magnitude in enumerate(magnitudes):
+        layer = deformation_layer(name, magnitude, seed=seed, **options)
+        sweep[float(magnitude)] = stability_report(
+            model, images, layer, measures, layers, batch_size, seed, verbose=0
+        )
+        progress.update(index + 1)
+    return sweep
+
+
+def write_report(directory, results, sweep=None, title="Stability report", context=None):
+    """Writes `report.json`, `report.csv`, `report.md` and PNG figures into `directory`.
+
+    Written into a temporary directory first and moved into place, so an interrupted call
+    leaves nothing half-written.
+
+    Args:
+        directory: the output directory (created; must not hold another report).
+        results: `{measure: MeasureResult}`.
+        sweep: optional `magnitude_sweep` output.
+        title: the Markdown title.
+        context: optional `{key: value}` listed in the report (model, data, deformation...).
+
+    Returns:
+        The paths written.
+    """
+    from deformstab_tf.plots import plot_profile_bands, plot_profiles
+
+    directory = os.path.abspath(os.fspath(directory))
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".report_", dir=parent)
+    try:
+        document = {
+            "context": dict(context or {}),
+            "results": {m: r.to_dict() for m, r in results.items()},
+        }
+        if sweep:
+            document["sweep"] = {
+                str(k): {m: r.to_dict() for m, r in v.items()} for k, v in sweep.items()
+            }
+        with open(os.path.join(staging, "report.json"), "w") as file:
+            json.dump(document, file, indent=1, allow_nan=True)
+        rows = _table_rows(results)
+        with open(os.path.join(staging, "report.csv"), "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        figures = []
+        profiles = {m: r for m, r in results.items() if m != "shift_consistency"}
+        if profiles:
+            plot_profiles(profiles, title=title).savefig(
+                os.path.join(staging, "profile.png"), dpi=90
+            )
+            figures.append(("Per-layer profile", "profile.png"))
+        if sweep:
+            for measure in next(iter(sweep.values())):
+                groups = {
+                    f"{magnitude:g}": {p: [v] for p, v in by_measure[measure].items()}
+                    for magnitude, by_measure in sweep.items()
+                }
+                name = f"sweep_{measure}.png"
+                plot_profile_bands(
+                    groups,
+                    title=f"{measure} per magnitude",
+                    ylabel=measure,
+                    log=measure == "relative_stability",
+                ).savefig(os.path.join(staging, name), dpi=90)
+                figures.append((f"{measure} as the magnitude grows", name))
+        with open(os.path.join(staging, "report.md"), "w") as file:
+            file.write(_markdown(title, context, results, rows, sweep, figures))
+        if os.path.isdir(directory):
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(directory, name))
+            os.rmdir(staging)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory))
+
+
+def _table_rows(results):
+    """One row per probe point (or layer), a column per measure and component."""
+    rows = collections.OrderedDict()
+    for measure, result in results.items():
+        columns = [(measure, result)] + [
+            (f"{measure}/{c}", values) for c, values in result.details.items()
+        ]
+        if measure == "sensitivity":
+            columns = columns[:1]  # its details are the numerator and denominator
+        for column, values in columns:
+            for name, value in values.items():
+                rows.setdefault(name, {"probe": name})[column] = value
+    columns = (key for row in rows.values() for key in row if key != "probe")
+    fields = ["probe", *dict.fromkeys(columns)]
+    return [{field: row.get(field, "") for field in fields} for row in rows.values()]
+
+
+def _markdown(title, context, results, rows, sweep, figures):
+    lines = [f"# {title}", ""]
+    for key, value in (context or {}).items():
+        lines.append(f"- {key}: `{value}`")
+    lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(v) for v in row.values()) + " |")
+    means = ", ".join(f"{m} {r.mean():.4g}" for m, r in results.items())
+    lines += ["", f"Means over probe points: {means}.", ""]
+    if sweep:
+        lines += ["## Magnitude sweep (mean over probe points)", ""]
+        measures = list(next(iter(sweep.values())))
+        lines += ["| magnitude | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
+        for magnitude, by_measure in sweep.items():
+            cells = " | ".join(_cell(by_measure[m].mean()) for m in measures)
+            lines.append(f"| {magnitude:g} | {cells} |")
+        lines.append("")
+    for caption, name in figures:
+        lines += [f"![{caption}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _cell(value):
+    if isinstance(value, str):
+        return value
+    return "NaN" if math.isnan(value) else f"{value:.4g}"
+
+
+# -- run directories --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """What a training run directory holds (see `deformstab_tf.training`).
+
+    Attributes:
+        directory: the run directory.
+        config: the settings (`config.json`).
+        history: the stability measurements, `[{"epoch", "step", "results": {measure:
+            MeasureResult}}]` (`stability/measurements.json`).
+        summary: `summary.json` (None while the run is unfinished).
+    """
+
+    directory: str
+    config: dict
+    history: list
+    summary: dict = None
+
+    def at(self, which):
+        """`{measure: MeasureResult}` at `"init"` (epoch 0) or `"final"` (the last record)."""
+        check_choice("which", which, ("init", "final"))
+        record = self.history[0] if which == "init" else self.history[-1]
+        if which == "init" and record["epoch"] != 0:
+            raise ValueError(f"{self.directory!r} has no measurement at initialisation.")
+        return record["results"]
+
+
+def read_run(directory):
+    """Reads a run directory written by `train_run`.
+
+    Raises:
+        ValueError: naming the directory if it is not a run directory or holds no stability
+            measurements.
+    """
+    directory = os.fspath(directory)
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{directory!r} is not a run directory (no config.json).")
+    with open(config_path) as file:
+        config = json.load(file)["config"]
+    path = os.path.join(directory, "stability", "measurements.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"Run {directory!r} holds no stability measurements ({path}).")
+    with open(path) as file:
+        records = json.load(file)["history"]
+    if not records:
+        raise ValueError(f"Run {directory!r} holds no stability measurements yet.")
+    history = [
+        {
+            "epoch": r["epoch"],
+            "step": r.get("step", r["epoch"] - 1),
+            "results": {m: MeasureResult.from_dict(v) for m, v in r["results"].items()},
+        }
+        for r in records
+    ]
+    summary = None
+    if os.path.isfile(os.path.join(directory, "summary.json")):
+        with open(os.path.join(directory, "summary.json")) as file:
+            summary = json.load(file)
+    return Run(directory, config, history, summary)
+
+
+def group_runs(runs, by="downsample"):
+    """`{value of config[by]: [runs]}`, in first-seen order (e.g. one group per variant)."""
+    groups = {}
+    for run in runs:
+        if by not in run.config:
+            raise ValueError(f"`by`={by!r} is not a setting of run {run.directory!r}.")
+        groups.setdefault(str(run.config[by]), []).append(run)
+    return groups
+
+
+def profile_groups(groups, measure, which, component=None):
+    """`{group: {probe: [value per run]}}` for `plot_profile_bands`."""
+    out = {}
+    for label, runs in groups.items():
+        profile = {}
+        for run in runs:
+            results = run.at(which)
+            if measure not in results:
+                continue
+            values = results[measure] if component is None else results[measure].details[component]
+            for name, value in values.items():
+                profile.setdefault(name, []).append(value)
+        if profile:
+            out[label] = profile
+    return out

@@ -1,0 +1,112 @@
+r"""A stability report for any saved Keras model on any data source.
+
+    python -m trainers.measure --model=runs/cifar_vgg_max_s0/model.keras --dataset=synthetic
+    python -m trainers.measure --model=my_model.keras --dataset=folder:../shared/data/cifar10 \
+        --deformation=diffeo --magnitude=1 --measures=sensitivity,relative_stability \
+        --sweep=0.5,1,2,4 --num_images=500 --output_dir=reports/my_model
+
+Prints the table and writes report.json, report.csv, report.md and PNG figures to --output_dir.
+"""
+
+import os
+
+from absl import app, flags
+
+from trainers._cli import run_main
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "A saved .keras model.", required=True)
+flags.DEFINE_string("dataset", "synthetic", "synthetic, a TFDS name or folder:PATH.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+flags.DEFINE_enum("split", "test", ["test", "train"], "Split the probe images come from.")
+flags.DEFINE_integer("num_images", 128, "Probe images.")
+flags.DEFINE_string("deformation", "tps", "tps, affine or diffeo.")
+flags.DEFINE_float("magnitude", 2.0, "TPS max displacement px, rotation deg, or diffeo delta px.")
+flags.DEFINE_integer("grid_size", 3, "TPS control grid size.")
+flags.DEFINE_integer("cutoff", 3, "Diffeomorphism cut-off c.")
+flags.DEFINE_list(
+    "measures",
+    ["sensitivity", "relative_stability", "smoothness"],
+    "Any of sensitivity, relative_stability, shift_consistency, smoothness.",
+)
+flags.DEFINE_list("sweep", [], "Magnitudes of a sweep (sensitivity, and R if measured).")
+flags.DEFINE_list("layers", [], "Probe points (layer names); default: the model's own.")
+flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
+flags.DEFINE_integer("seed", 0, "Seed of the deformations and noise.")
+flags.DEFINE_string("output_dir", None, "Where the report goes; default reports/<model name>.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not os.path.isfile(FLAGS.model):
+        raise ValueError(f"--model={FLAGS.model!r} is not a file (a saved .keras model).")
+    try:
+        sweep = [float(m) for m in FLAGS.sweep]
+    except ValueError:
+        raise app.UsageError(f"--sweep must be numbers; received {FLAGS.sweep}.") from None
+    import keras
+
+    import deformstab_tf as ds
+    from deformstab_tf import data, reports
+
+    if FLAGS.deformation not in ds.DEFORMATION_LAYERS:
+        raise ValueError(
+            f"Unknown --deformation={FLAGS.deformation!r}; valid: {sorted(ds.DEFORMATION_LAYERS)}."
+        )
+    options = {"grid_size": FLAGS.grid_size} if FLAGS.deformation == "tps" else {}
+    if FLAGS.deformation == "diffeo":
+        options["cutoff"] = FLAGS.cutoff
+    deformation = ds.deformation_layer(
+        FLAGS.deformation, FLAGS.magnitude, seed=FLAGS.seed, **options
+    )
+    for measure in FLAGS.measures:
+        if measure not in reports.REPORT_MEASURES:
+            raise ValueError(
+                f"Unknown measure in --measures: {measure!r}; valid: {reports.REPORT_MEASURES}."
+            )
+    train, test, info = data.load_dataset(
+        FLAGS.dataset, batch_size=max(FLAGS.batch_size, 256), data_dir=FLAGS.data_dir
+    )
+    model = keras.models.load_model(FLAGS.model)
+    expected = tuple(model.inputs[0].shape[1:])
+    if any(e is not None and e != r for e, r in zip(expected, info.image_shape, strict=False)):
+        raise ValueError(
+            f"The model expects images of shape {expected}; --dataset={FLAGS.dataset!r} has "
+            f"{info.image_shape}."
+        )
+    images = data.take_images(test if FLAGS.split == "test" else train, FLAGS.num_images)
+    layers = FLAGS.layers or None
+    results = reports.stability_report(
+        model, images, deformation, FLAGS.measures, layers, FLAGS.batch_size, FLAGS.seed
+    )
+    swept = None
+    sweep_measures = [m for m in FLAGS.measures if m in ("sensitivity", "relative_stability")]
+    if sweep and sweep_measures:
+        swept = reports.magnitude_sweep(
+            model, images, FLAGS.deformation, sweep, sweep_measures, layers,
+            FLAGS.batch_size, FLAGS.seed, **options,
+        )  # fmt: skip
+    for result in results.values():
+        print(result, end="\n\n")
+    name = os.path.splitext(os.path.basename(FLAGS.model))[0]
+    if name == "model":  # runs/<run>/model.keras: name the report after the run
+        name = os.path.basename(os.path.dirname(os.path.abspath(FLAGS.model)))
+    output_dir = FLAGS.output_dir or os.path.join("reports", name)
+    context = {
+        "model": FLAGS.model,
+        "data": f"{FLAGS.dataset} ({FLAGS.split}, {FLAGS.num_images} images)",
+        "deformation": f"{FLAGS.deformation}, magnitude {FLAGS.magnitude:g}, {options}",
+        "seed": FLAGS.seed,
+    }
+    reports.write_report(output_dir, results, swept, title=f"Stability of {name}", context=context)
+    print(f"Report: {os.path.join(output_dir, 'report.md')}")
+
+
+def run():
+    """Console script `deformstab-measure`."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    run()
