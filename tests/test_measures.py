@@ -242,7 +242,8 @@ def test_default_probe_points_of_a_foreign_model(images):
     x = keras.layers.Flatten(name="flat")(x)
     outputs = keras.layers.Dense(2, name="dense_a")(x)
     model = keras.Model(inputs, outputs)
-    assert ProbeFeatures(model).names == ["input", "conv_a", "pool_a", "dense_a"]
+    # The unit of conv_a ends after its BatchNormalization.
+    assert ProbeFeatures(model).names == ["input", "bn", "pool_a", "dense_a"]
     predicate = lambda layer: isinstance(layer, (keras.layers.InputLayer, keras.layers.Conv2D))
     assert ProbeFeatures(model, predicate).names == ["input", "conv_a"]
 

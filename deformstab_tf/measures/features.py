@@ -25,14 +25,31 @@ INPUT = "input"  # the probe name of the model's input (the images themselves)
 # entry lives exactly as long as its model.
 _PROBES = weakref.WeakKeyDictionary()
 
-# Layer types probed by default in models not built by `deformstab_tf.models`.
-_DEFAULT_PROBE_TYPES = (
+# Probe points of models not built by `deformstab_tf.models` (named selections, `layers=`).
+SELECTIONS = ("units", "activations", "blocks", "all")
+
+_UNIT_TYPES = (  # a unit starts at one of these ...
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
     keras.layers.Conv2DTranspose,
     keras.layers.DepthwiseConv2D,
     keras.layers.SeparableConv2D,
+    keras.layers.Dense,
+)
+_FOLLOWER_TYPES = (  # ... and ends after the normalisations and activations that follow it
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+    keras.layers.Softmax,
+)
+_ACTIVATION_TYPES = _FOLLOWER_TYPES[3:]
+_POOLING_TYPES = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
     keras.layers.MaxPooling3D,
@@ -45,16 +62,28 @@ _DEFAULT_PROBE_TYPES = (
     keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
     keras.layers.GlobalMaxPooling3D,
-    keras.layers.Dense,
 )
+_MERGE_TYPES = (
+    keras.layers.Add,
+    keras.layers.Concatenate,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+)
+
+# Per model: its layers (nested models inlined) and the inlined symbolic graph. Weak keys: an
+# entry lives as long as its model.
+_GRAPHS = weakref.WeakKeyDictionary()
 
 
 def default_probe_layer_names(model):
     """The default probe points of `model`, in forward order.
 
     For a model built by `deformstab_tf.models` this is `probe_layer_names(model)` (`input`, every
-    conv unit, every downsampling unit). For any other model: `input` followed by every
-    convolution, pooling and dense layer.
+    conv unit after its ReLU, every downsampling unit). For any other model it is the selection
+    `"units"` (see `resolve_probe_layers`): `input` and the output of every unit — the last
+    normalisation or activation that follows a convolution or dense layer — and every pooling
+    layer, also inside nested models (`"resnet50/conv2_block1_1_relu"`).
     """
     try:
         from deformstab_tf.models import probe_layer_names
@@ -62,35 +91,52 @@ def default_probe_layer_names(model):
         return list(probe_layer_names(model))
     except (ImportError, ValueError):
         pass
-    return [INPUT] + [
-        layer.name for layer in model.layers if isinstance(layer, _DEFAULT_PROBE_TYPES)
-    ]
+    return _select(model, "units")
 
 
 def resolve_probe_layers(model, layers=None):
     """Validates a `layers` argument and returns probe names in forward order.
 
+    Probe names are layer names; a layer inside a nested model (a functional or `Sequential`
+    model used as a layer, e.g. a Keras Applications backbone) is named by its path,
+    `"<nested model>/<layer>"`; `"input"` is the model's input.
+
     Args:
         model: a single-input Keras model (functional or `Sequential`).
-        layers: `None` for `default_probe_layer_names(model)`; a list of names (`"input"` is the
-            model's input); or a predicate `layer -> bool` evaluated on every layer.
+        layers: `None` for `default_probe_layer_names(model)`; a list of names; a predicate
+            `layer -> bool` evaluated on every layer (nested ones included); or a named
+            selection:
+            - `"units"` (the default for models not built here): the output of each unit, the
+              last normalisation / activation following a convolution or dense layer (the
+              layer itself when nothing follows it), and every pooling layer — the
+              representations after the non-linearity, as the papers measure them;
+            - `"activations"`: every activation layer, and every convolution or dense layer
+              with a built-in non-linear `activation`;
+            - `"blocks"`: block outputs — every merge layer (`Add`, `Concatenate`, ...: the
+              `*_add` of ResNets and MobileNets), or the activation that directly follows it
+              (ResNet's `*_out`);
+            - `"all"`: every layer.
+            Each selection starts with `"input"`. (To probe a layer named like a selection,
+            pass it in a list.)
 
     Returns:
         A list of probe names.
 
     Raises:
-        ValueError: if a name is unknown (the message lists the available names) or the list is
-            empty.
+        ValueError: if a name is unknown (the message lists the available names) or nothing is
+            selected.
     """
     if layers is None:
         return default_probe_layer_names(model)
-    if callable(layers):
-        names = [layer.name for layer in model.layers if layers(layer)]
-        # The input layer of a functional model is the probe point "input".
-        input_names = {
-            layer.name for layer in model.layers if isinstance(layer, keras.layers.InputLayer)
-        }
-        names = [INPUT if name in input_names else name for name in names]
+    entries = _graph(model)["entries"]
+    if isinstance(layers, str) and layers in SELECTIONS:
+        names = _select(model, layers)
+    elif callable(layers):
+        names = [
+            INPUT if isinstance(layer, keras.layers.InputLayer) else name
+            for name, layer in entries
+            if layers(layer)
+        ]
     else:
         if isinstance(layers, str):
             layers = [layers]
@@ -98,7 +144,7 @@ def resolve_probe_layers(model, layers=None):
     if not names:
         raise ValueError(f"`layers` selects no probe point. Received: layers={layers!r}")
     available = [INPUT] + [
-        layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)
+        name for name, layer in entries if not isinstance(layer, keras.layers.InputLayer)
     ]
     unknown = [name for name in names if name not in available]
     if unknown:
@@ -107,6 +153,141 @@ def resolve_probe_layers(model, layers=None):
             f"Available: {available}"
         )
     return names
+
+
+def _select(model, selection):
+    """The names of a named selection, `"input"` first, in forward order."""
+    graph = _graph(model)
+    entries, consumers = graph["entries"], graph["consumers"]
+    position = {name: i for i, (name, _) in enumerate(entries)}
+
+    def follow(name):
+        # Along single consumers of follower type (BN, activations): the end of the unit.
+        while len(consumers.get(name, [])) == 1:
+            (successor,) = consumers[name]
+            if not isinstance(dict(entries)[successor], _FOLLOWER_TYPES):
+                break
+            name = successor
+        return name
+
+    chosen = []
+    for name, layer in entries:
+        if isinstance(layer, keras.layers.InputLayer) or _functional_of(layer) is not None:
+            continue
+        fused = _has_nonlinear_activation(layer)
+        if selection == "all":
+            chosen.append(name)
+        elif selection == "units":
+            if isinstance(layer, _UNIT_TYPES):
+                chosen.append(name if fused else follow(name))
+            elif isinstance(layer, _POOLING_TYPES):
+                chosen.append(name)
+        elif selection == "activations":
+            if isinstance(layer, _ACTIVATION_TYPES) or fused:
+                chosen.append(name)
+        elif isinstance(layer, _MERGE_TYPES):  # blocks
+            end = name
+            for successor in consumers.get(name, []):
+                if len(consumers[name]) == 1 and isinstance(
+                    dict(entries)[successor], _ACTIVATION_TYPES
+                ):
+                    end = successor
+            chosen.append(end)
+    unique = sorted(set(chosen), key=position.get)
+    return [INPUT] + unique
+
+
+def _has_nonlinear_activation(layer):
+    activation = getattr(layer, "activation", None)
+    return activation is not None and getattr(activation, "__name__", "") not in ("linear", "")
+
+
+def _functional_of(layer):
+    """The functional graph of a nested model (functional or built `Sequential`), or None."""
+    if not isinstance(layer, keras.Model):
+        return None
+    graph = getattr(layer, "_functional", None) if isinstance(layer, keras.Sequential) else layer
+    return graph if hasattr(graph, "_nodes_by_depth") else None
+
+
+def _graph(model):
+    """`{"entries": [(name, layer)], "consumers": {name: [names]}}` of `model`, nested models
+    inlined (names `outer/inner`), in forward order; cached per model."""
+    if model not in _GRAPHS:
+        entries, consumers = [], {}
+
+        def walk(graph, prefix):
+            members = set(map(id, graph.layers))
+            # Only this graph's own calls: inlining (below) calls the layers again.
+            nodes = {id(n) for level in graph._nodes_by_depth.values() for n in level}
+            for layer in graph.layers:
+                name = prefix + layer.name
+                if isinstance(layer, keras.layers.InputLayer) and prefix:
+                    continue  # a nested model's input is its caller's tensor
+                entries.append((name, layer))
+                consumers[name] = list(
+                    dict.fromkeys(
+                        prefix + node.operation.name
+                        for node in getattr(layer, "_outbound_nodes", [])
+                        if node.operation is not None
+                        and id(node.operation) in members
+                        and id(node) in nodes
+                    )
+                )
+                inner = _functional_of(layer)
+                if inner is not None:
+                    walk(inner, name + "/")
+
+        walk(_functional_of(model) or model, "")
+        _GRAPHS[model] = {"entries": entries, "consumers": consumers}
+    return _GRAPHS[model]
+
+
+def _probe_outputs(model, names):
+    """The input and the symbolic outputs of `names`, for one multi-output extractor.
+
+    Top-level names read the model's own graph. A name inside a nested model needs a tensor
+    of the outer graph, so then the model is re-run symbolically on a new input with nested
+    models inlined (the layers, and so the weights, are shared); a layer called several times
+    is probed at its first call.
+    """
+    model_input = model.inputs[0]
+    if not any("/" in name for name in names):
+        return model_input, [
+            model_input if name == INPUT else model.get_layer(name).output for name in names
+        ]
+    graph = _graph(model)
+    if "inlined" not in graph:
+        recorded = {}
+
+        def operation_fn(prefix):
+            def wrap(operation):
+                inner = _functional_of(operation)
+
+                def call(*args, **kwargs):
+                    if inner is not None:
+                        outputs = inner._run_through_graph(
+                            args[0] if len(args) == 1 else args,
+                            operation_fn=operation_fn(f"{prefix}{operation.name}/"),
+                        )
+                    else:
+                        outputs = operation(*args, **kwargs)
+                    recorded.setdefault(prefix + operation.name, outputs)
+                    return outputs
+
+                return call
+
+            return wrap
+
+        new_input = keras.Input(
+            batch_shape=model_input.shape, dtype=model_input.dtype, name=f"{model.name}_input"
+        )
+        root = _functional_of(model) or model
+        root._run_through_graph(new_input, operation_fn=operation_fn(""))
+        recorded[INPUT] = new_input
+        graph["inlined"] = (new_input, recorded)
+    new_input, recorded = graph["inlined"]
+    return new_input, [recorded[name] for name in names]
 
 
 def check_probe_images(model, images, min_images=2):
@@ -199,10 +380,8 @@ class ProbeFeatures:
         self._model = weakref.ref(model)
         self.names = resolve_probe_layers(model, layers)
         model_input = model.inputs[0]
-        outputs = [
-            model_input if name == INPUT else model.get_layer(name).output for name in self.names
-        ]
-        self.extractor = keras.Model(model_input, outputs, name=f"{model.name}_probe")
+        extractor_input, outputs = _probe_outputs(model, self.names)
+        self.extractor = keras.Model(extractor_input, outputs, name=f"{model.name}_probe")
         # Fixed signatures: each function traces once whatever the batch size.
         images_spec = tf.TensorSpec([None, *model_input.shape[1:]], _probe_dtype(model))
         vectors_spec = [tf.TensorSpec([None, None], tf.float32)] * len(self.names)
