@@ -14,6 +14,7 @@
 from deformstab_tf.measures.consistency import shift_consistency
 from deformstab_tf.measures.features import (
     INPUT,
+    SELECTIONS,
     ProbeFeatures,
     default_probe_layer_names,
     resolve_probe_layers,
@@ -26,6 +27,7 @@ from deformstab_tf.measures.smoothness import kernel_smoothness, smooth_kernels
 __all__ = [
     "INPUT",
     "MeasureResult",
+    "SELECTIONS",
     "ProbeFeatures",
     "default_probe_layer_names",
     "kernel_smoothness",
