@@ -21,7 +21,7 @@ from deformstab_tf.measures.consistency import (
     shift_consistency_from_predictor,
     top1_predictor,
 )
-from deformstab_tf.measures.features import ProbeFeatures, check_probe_images
+from deformstab_tf.measures.features import DEFAULT_CACHE, ProbeFeatures, check_probe_images
 from deformstab_tf.measures.relative_stability import relative_stability_from_probe
 from deformstab_tf.measures.results import MeasureResult
 from deformstab_tf.measures.sensitivity import normalized_sensitivity_from_probe
@@ -102,6 +102,9 @@ class StabilityCallback(keras.callbacks.Callback):
         verbose: 1 prints a one-line summary per measurement.
         max_shift: largest shift per axis for `"shift_consistency"` (wrap-around shifts).
         reduction: `"median"` or `"mean"`, for `"relative_stability"`.
+        feature_cache_bytes: memory for keeping the clean features of the probe set between
+            batches (default 1 GiB), so a measurement costs one clean pass per batch; see
+            `normalized_sensitivity`.
 
     Example:
 
@@ -125,6 +128,7 @@ class StabilityCallback(keras.callbacks.Callback):
         verbose=0,
         max_shift=4,
         reduction="median",
+        feature_cache_bytes=DEFAULT_CACHE,
     ):
         super().__init__()
         if isinstance(measures, str):
@@ -166,6 +170,7 @@ class StabilityCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.max_shift = max_shift
         self.reduction = reduction
+        self.feature_cache_bytes = feature_cache_bytes
         self.history = []
         # One seed for all measurements: the same noise and shifts at every epoch.
         self._measurement_seed = resolve_seed(seed)
@@ -261,6 +266,7 @@ class StabilityCallback(keras.callbacks.Callback):
                     self.batch_size,
                     seed=seed,
                     deformed=self._deformed,
+                    feature_cache_bytes=self.feature_cache_bytes,
                 )
             elif measure == "relative_stability":
                 results[measure] = relative_stability_from_probe(
@@ -271,6 +277,7 @@ class StabilityCallback(keras.callbacks.Callback):
                     self.reduction,
                     seed=seed,
                     deformed=self._deformed,
+                    feature_cache_bytes=self.feature_cache_bytes,
                 )
             elif measure == "shift_consistency":
                 results[measure] = shift_consistency_from_predictor(

@@ -90,8 +90,8 @@ def test_sensitivity_matches_numpy_with_streaming(model, images):
         np.testing.assert_allclose(result[name], numerator / denominator, rtol=1e-5)
         np.testing.assert_allclose(result.details["deformation"][name], numerator, rtol=1e-5)
         np.testing.assert_allclose(result.details["pairs"][name], denominator, rtol=1e-5)
-    # 3 batches: 1 + 2 (Gram rows reused) + 1 clean passes, 3 deformed passes.
-    assert result.metadata["forward_passes"] == 7
+    # 3 batches: 3 clean passes (the clean features are kept), 3 deformed passes.
+    assert result.metadata["forward_passes"] == 6
 
 
 def test_sensitivity_precise_for_nearly_parallel_representations(model, images):
@@ -444,3 +444,17 @@ def test_non_finite_probe_images_name_images(model, images):
             measure(model, bad, smooth_warp)
     with pytest.raises(ValueError, match=r"`images` must be finite"):
         shift_consistency(model, bad, max_shift=1)
+
+
+@pytest.mark.parametrize("measure", [normalized_sensitivity, relative_stability])
+def test_feature_cache_gives_the_same_numbers_with_one_clean_pass_per_batch(model, images, measure):
+    many = np.concatenate([images, images[::-1] * 0.5])  # 16 images, batches of 4
+    cached = measure(model, many, smooth_warp, batch_size=4, seed=0)
+    recomputed = measure(model, many, smooth_warp, batch_size=4, seed=0, feature_cache_bytes=0)
+    single = measure(model, many, smooth_warp, batch_size=16, seed=0)
+    for other in (recomputed, single):
+        np.testing.assert_allclose(list(cached.values()), list(other.values()), rtol=1e-6)
+    perturbed = 1 if measure is normalized_sensitivity else 2
+    # 4 clean passes (one per batch) instead of n (n - 1) / 2 + 1 = 7, plus the perturbed ones.
+    assert cached.metadata["forward_passes"] == 4 + 4 * perturbed
+    assert recomputed.metadata["forward_passes"] == 7 + 4 * perturbed

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 INPUT = "input"  # the probe name of the model's input (the images themselves)
+DEFAULT_CACHE = 2**30  # bytes of clean features kept for the pairwise distances (1 GiB)
 
 # ProbeFeatures per model and probe names. Weak keys, and probes hold the model weakly, so an
 # entry lives exactly as long as its model.
@@ -409,17 +410,20 @@ class ProbeFeatures:
         """`check_probe_images` for this probe's model."""
         return check_probe_images(self.model, images, min_images=min_images)
 
-    def distances(self, images, perturb, batch_size, metric):
+    def distances(self, images, perturb, batch_size, metric, feature_cache_bytes=DEFAULT_CACHE):
         """Streams the probe images in batches and returns the distances the measures reduce.
 
         For each probe point: the distances between all pairs of clean probe images, and between
         each image and each of its perturbed copies.
 
-        Cost: with `n = ceil(N / batch_size)` batches, `n (n - 1) / 2 + 1` forward passes over
-        clean batches (one when `N <= batch_size`; rows of the Gram matrix are reused as the next
-        block) plus one per perturbed batch; choose `batch_size >= N` when memory allows.
-        Memory: the probe-point features of about three batches (the held row block, a column
-        block and its raw outputs) on the device, plus `N^2` float64 per probe point on the host.
+        Cost: with `n = ceil(N / batch_size)` batches, one forward pass per clean batch when the
+        clean features of all probe points (`N x sum of layer sizes` float32) fit in
+        `feature_cache_bytes`: they are kept in memory once computed. Beyond that budget, earlier
+        batches are recomputed for the Gram blocks: `n (n - 1) / 2 + 1` clean passes. Plus one
+        pass per perturbed batch. (All or nothing: the extractor computes every probe point in
+        one pass, so keeping only some of them would save no pass.)
+        Memory: the cached features (at most `feature_cache_bytes`), or the features of about
+        three batches; plus `N^2` float64 per probe point on the host.
 
         Args:
             images: `(N, H, W, C)` probe images (a checked tensor).
@@ -427,6 +431,8 @@ class ProbeFeatures:
                 (`start` is the index of the batch's first image in `images`).
             batch_size: images per forward pass.
             metric: `"cosine"` (`1 - cos`, with the zero-vector rule below) or `"sqeuclidean"`.
+            feature_cache_bytes: memory budget for keeping clean features (default 1 GiB);
+                0 always recomputes. The results are the same either way.
 
         Returns:
             A list of `ProbeDistances`, one per probe point, and the number of forward passes.
@@ -455,6 +461,22 @@ class ProbeFeatures:
         centers = [c for _, _, c, _ in first]
         row = [(u, z) for u, z, _, _ in first]
         finite = [bool(f) for _, _, _, f in first]
+        feature_bytes = 4 * num_images * sum(int(u.shape[1]) for u, _ in row)
+        cached = {} if feature_bytes <= feature_cache_bytes else None
+
+        def clean(j):
+            """The centred clean vectors of block j: from the cache, or a forward pass."""
+            nonlocal forward_passes
+            if cached is not None and j in cached:
+                return cached[j]
+            outputs = vectors(images[blocks[j]], centers)
+            forward_passes += 1
+            for layer, (_, _, _, f) in enumerate(outputs):
+                finite[layer] = finite[layer] and bool(f)
+            column = [(u, z) for u, z, _, _ in outputs]
+            if cached is not None:
+                cached[j] = column
+            return column
 
         for i, rows in enumerate(blocks):
             batch = images[rows]
@@ -490,11 +512,7 @@ class ProbeFeatures:
             # Later blocks in reverse order, so block i + 1 comes last and becomes the next row.
             next_row = None
             for j in reversed(range(i + 1, len(blocks))):
-                outputs = vectors(images[blocks[j]], centers)
-                for layer, (_, _, _, f) in enumerate(outputs):
-                    finite[layer] = finite[layer] and bool(f)
-                column = [(u, z) for u, z, _, _ in outputs]
-                forward_passes += 1
+                column = clean(j)
                 block = self._gram([u for u, _ in row], [u for u, _ in column])
                 self._store_gram(block, rows, blocks[j], gram)
                 next_row = column

@@ -14,7 +14,7 @@ from deformstab_tf.measures._common import (
     safe_ratio,
     warn_non_finite,
 )
-from deformstab_tf.measures.features import ProbeFeatures
+from deformstab_tf.measures.features import DEFAULT_CACHE, ProbeFeatures
 from deformstab_tf.measures.results import MeasureResult
 
 REDUCTIONS = {"median": np.median, "mean": np.mean}
@@ -28,6 +28,7 @@ def relative_stability(
     batch_size=64,
     reduction="median",
     seed=None,
+    feature_cache_bytes=DEFAULT_CACHE,
 ):
     """Stability to a deformation relative to noise of the same norm, per probe point.
 
@@ -63,6 +64,7 @@ def relative_stability(
         seed: seeds the noise `xi` (image `i` draws from `numpy.random.default_rng([seed, i])`,
             so results do not depend on `batch_size`), and is passed as `seed=` to a
             `deformation` callable that accepts one. A Keras layer keeps its own seed generator.
+        feature_cache_bytes: see `normalized_sensitivity`.
 
     Returns:
         A `MeasureResult` mapping probe name -> `R_l`; `details["D"]` and `details["G"]` map
@@ -75,11 +77,26 @@ def relative_stability(
     >>> result.details["D"]["block4_down"], result["block4_down"]
     """
     probe = ProbeFeatures.for_model(model, layers)
-    return relative_stability_from_probe(probe, images, deformation, batch_size, reduction, seed)
+    return relative_stability_from_probe(
+        probe,
+        images,
+        deformation,
+        batch_size,
+        reduction,
+        seed,
+        feature_cache_bytes=feature_cache_bytes,
+    )
 
 
 def relative_stability_from_probe(
-    probe, images, deformation, batch_size=64, reduction="median", seed=None, deformed=None
+    probe,
+    images,
+    deformation,
+    batch_size=64,
+    reduction="median",
+    seed=None,
+    deformed=None,
+    feature_cache_bytes=DEFAULT_CACHE,
 ):
     """`relative_stability` on a prebuilt `ProbeFeatures` (reuses its traced functions).
 
@@ -107,7 +124,7 @@ def relative_stability_from_probe(
         return [deformed_batch, noisy]
 
     distances, forward_passes = probe.distances(
-        images, deform_and_add_noise, batch_size, metric="sqeuclidean"
+        images, deform_and_add_noise, batch_size, "sqeuclidean", feature_cache_bytes
     )
     components = {"D": {}, "G": {}}
     ratios = {}

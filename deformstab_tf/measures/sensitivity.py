@@ -12,7 +12,7 @@ from deformstab_tf.measures._common import (
     safe_ratio,
     warn_non_finite,
 )
-from deformstab_tf.measures.features import ProbeFeatures
+from deformstab_tf.measures.features import DEFAULT_CACHE, ProbeFeatures
 from deformstab_tf.measures.results import MeasureResult
 
 
@@ -24,6 +24,7 @@ def normalized_sensitivity(
     batch_size=64,
     num_deformations=1,
     seed=None,
+    feature_cache_bytes=DEFAULT_CACHE,
 ):
     """Normalised sensitivity of each probe point to a deformation (Ruderman et al., 2018).
 
@@ -40,9 +41,10 @@ def normalized_sensitivity(
     (perfectly stable); `x / 0` with `x > 0` as `inf`. A probe point whose representations are
     not finite (a diverged network) is NaN, with a warning; otherwise no NaN is produced.
 
-    Cost: one forward pass over the clean images and one per deformation draw when
-    `len(images) <= batch_size`; otherwise `n (n - 1) / 2 + 1` clean passes of `n` batches (see
-    `ProbeFeatures.distances`). Memory: features of two batches plus `N^2` floats per probe point.
+    Cost: one forward pass per batch of clean images and one per batch and deformation draw
+    (beyond `feature_cache_bytes` of clean features, `n (n - 1) / 2 + 1` clean passes of `n`
+    batches; see `ProbeFeatures.distances`). Memory: the cached clean features (or those of two
+    batches) plus `N^2` floats per probe point.
 
     Args:
         model: a single-input Keras model.
@@ -58,6 +60,9 @@ def normalized_sensitivity(
             callable that accepts a `seed` parameter (one derived seed per batch and draw), so the
             same seed gives the same numbers. A Keras layer is not reseeded: it draws from its own
             seed generator, so repeat a measurement by re-creating the layer with its seed.
+        feature_cache_bytes: memory for keeping clean features when there are more probe
+            images than `batch_size` (default 1 GiB; see `ProbeFeatures.distances`): the cost
+            stays one clean pass per batch while they fit. The results do not depend on it.
 
     Returns:
         A `MeasureResult` mapping probe name -> `S_l`, in forward order; `details` holds the
@@ -72,12 +77,25 @@ def normalized_sensitivity(
     """
     probe = ProbeFeatures.for_model(model, layers)
     return normalized_sensitivity_from_probe(
-        probe, images, deformation, batch_size, num_deformations, seed
+        probe,
+        images,
+        deformation,
+        batch_size,
+        num_deformations,
+        seed,
+        feature_cache_bytes=feature_cache_bytes,
     )
 
 
 def normalized_sensitivity_from_probe(
-    probe, images, deformation, batch_size=64, num_deformations=1, seed=None, deformed=None
+    probe,
+    images,
+    deformation,
+    batch_size=64,
+    num_deformations=1,
+    seed=None,
+    deformed=None,
+    feature_cache_bytes=DEFAULT_CACHE,
 ):
     """`normalized_sensitivity` on a prebuilt `ProbeFeatures` (reuses its traced functions).
 
@@ -98,7 +116,9 @@ def normalized_sensitivity_from_probe(
             for draw in range(num_deformations)
         ]
 
-    distances, forward_passes = probe.distances(images, deform, batch_size, metric="cosine")
+    distances, forward_passes = probe.distances(
+        images, deform, batch_size, "cosine", feature_cache_bytes
+    )
     values, numerators, denominators = {}, {}, {}
     for name, d in zip(probe.names, distances, strict=True):
         if not d.finite:  # a diverged network: no number that reads as a result
