@@ -249,6 +249,37 @@ def bench_fit(images, tps, repeats, measures):
     }
 
 
+def bench_many_probes(model, count, repeats):
+    """Relative stability on `count` probe images (Petrini et al. use 500): batch 64 vs one batch,
+    clean features kept in memory (default) vs recomputed (`feature_cache_bytes=0`)."""
+    from deformstab_tf.deformations import RandomDiffeomorphism
+
+    images, source = probe_images(count)
+    rows = []
+    for batch_size in (64, count):
+        for cache in (0, None):
+            kwargs = {} if cache is None else {"feature_cache_bytes": cache}
+
+            def run(batch_size=batch_size, kwargs=kwargs):
+                diffeo = RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
+                return relative_stability(
+                    model, images, diffeo, batch_size=batch_size, seed=0, **kwargs
+                )
+
+            result = run()  # warm-up: traces and compiles
+            seconds = sorted(timed(run) for _ in range(repeats))
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "feature_cache": "off" if cache == 0 else "default (1 GiB)",
+                    "median_s": seconds[len(seconds) // 2],
+                    "forward_passes": result.metadata["forward_passes"],
+                    "mean_R": result.mean(),
+                }
+            )
+    return {"probe_images": f"{count} ({source})", "rows": rows}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -256,6 +287,9 @@ def main():
     parser.add_argument(
         "--out",
         default=str(Path(__file__).parent / "results" / "bench_callback.json"),
+    )
+    parser.add_argument(
+        "--many-probes-only", action="store_true", help="only the 500-probe-image comparison"
     )
     parser.add_argument("--memory-stage", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
@@ -265,6 +299,21 @@ def main():
 
     keras.utils.set_random_seed(0)
     model = cifar_vgg()
+    many = bench_many_probes(model, 500, max(1, args.repeats // 2))
+    print(f"relative stability of {model.name} on {many['probe_images']} probe images (diffeo)")
+    print(f"{'batch':>5}  {'clean features':<16} {'median s':>9} {'passes':>7} {'mean R':>8}")
+    for row in many["rows"]:
+        print(
+            f"{row['batch_size']:>5}  {row['feature_cache']:<16} {row['median_s']:>9.2f} "
+            f"{row['forward_passes']:>7} {row['mean_R']:>8.4f}"
+        )
+    print()
+    if args.many_probes_only:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).with_name("bench_callback_many_probes.json").write_text(
+            json.dumps(many, indent=1)
+        )
+        return None
     images, source = probe_images(NUM_PROBES)
     tps, deformation_name = deformation()
     report = {
@@ -287,6 +336,7 @@ def main():
             )
         ],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "many_probe_images": many,
     }
 
     print(

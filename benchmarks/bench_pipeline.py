@@ -1,0 +1,163 @@
+"""Training steps per second of `cifar_vgg` with and without augmentation and the folder reader.
+
+Side by side in one process, alternating configurations: in-memory arrays without augmentation
+(the reference), TPS augmentation in the tf.data pipeline, TPS inside the model, the standard
+flip + translate recipe in the pipeline, and the `folder:` reader (CIFAR-10 JPEGs, decoded once
+and cached) with the standard recipe — the CIFAR-10 training configuration. Also the one-time
+decode of the image folder, cold and from the cache.
+
+    python benchmarks/bench_pipeline.py [--steps 40] [--rounds 3] [--folder ../shared/data/cifar10]
+"""
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from deformstab_tf import data  # noqa: E402
+from deformstab_tf.deformations import RandomThinPlateSpline  # noqa: E402
+from deformstab_tf.models import cifar_vgg  # noqa: E402
+
+DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+BATCH = 128
+
+
+def compiled(model):
+    model.compile(
+        keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def in_memory(x, y, augment=()):
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).repeat()
+    dataset = dataset.batch(BATCH).map(
+        lambda a, b: (tf.cast(a, tf.float32) / 255.0, b), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    layers = data.augmentation_layers(augment, seed=0)
+    if layers:
+
+        def apply(images, labels):
+            for layer in layers:
+                images = layer(images, training=True)
+            return images, labels
+
+        dataset = dataset.map(apply)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_second(model, dataset, steps):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    parser.add_argument("--folder", default=str(DEFAULT_FOLDER))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).parent / "results" / "bench_pipeline.json")
+    )
+    args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+
+    folder = args.folder
+    if not os.path.isdir(folder):  # a generated stand-in tree
+        folder = tempfile.mkdtemp(prefix="bench_folder_")
+        rng = np.random.default_rng(0)
+        for split, count in (("train", 2000), ("test", 200)):
+            for label in range(10):
+                os.makedirs(os.path.join(folder, split, f"c{label}"))
+                for i in range(count // 10):
+                    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                    encoded = tf.io.encode_jpeg(image).numpy()
+                    Path(folder, split, f"c{label}", f"{i}.jpg").write_bytes(encoded)
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["DEFORMSTAB_CACHE"] = cache
+        start = time.perf_counter()
+        data.load_dataset(f"folder:{folder}", batch_size=BATCH)
+        decode_cold = time.perf_counter() - start
+        start = time.perf_counter()
+        data.load_dataset(f"folder:{folder}", batch_size=BATCH)
+        decode_cached = time.perf_counter() - start
+        folder_train, _, info = data.load_dataset(
+            f"folder:{folder}", batch_size=BATCH, train_size=10000, augment=["standard"]
+        )
+    x = np.random.default_rng(0).integers(0, 255, (10000, 32, 32, 3), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 10, 10000).astype(np.int32)
+
+    plain = compiled(cifar_vgg("max"))
+    inputs = keras.Input((32, 32, 3))
+    tps_model = compiled(
+        keras.Model(inputs, cifar_vgg("max")(RandomThinPlateSpline(3, 2.0, seed=0)(inputs)))
+    )
+    configurations = {
+        "in-memory arrays, no augmentation": (plain, in_memory(x, y)),
+        "TPS in the pipeline": (plain, in_memory(x, y, ["tps:grid_size=3,max_displacement=2"])),
+        "TPS inside the model": (tps_model, in_memory(x, y)),
+        "flip + translate:4 in the pipeline": (plain, in_memory(x, y, ["standard"])),
+        "folder: reader + flip + translate:4": (plain, folder_train.repeat()),
+    }
+    for model, dataset in configurations.values():  # warm-up: trace, compile, fill buffers
+        steps_per_second(model, dataset, 5)
+    rates = {name: [] for name in configurations}
+    for _ in range(args.rounds):
+        for name, (model, dataset) in configurations.items():
+            rates[name].append(steps_per_second(model, dataset, args.steps))
+    reference = float(np.median(rates["in-memory arrays, no augmentation"]))
+    rows = []
+    for name, values in rates.items():
+        rate = float(np.median(values))
+        rows.append(
+            {
+                "configuration": name,
+                "steps_per_s": rate,
+                "ms_per_step": 1000 / rate,
+                "overhead_vs_plain": 1 - rate / reference,
+            }
+        )
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+        "model": "cifar_vgg('max'), SGD, batch 128, 32x32x3",
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "folder": folder,
+        "folder_images": info.train_size,
+        "folder_decode_s": {"cold": decode_cold, "cached": decode_cached},
+        "rows": rows,
+    }
+    print(f"{report['model']}; median of {args.rounds} alternating rounds of {args.steps} steps")
+    print(f"{'configuration':<40} {'steps/s':>8} {'ms/step':>8} {'overhead':>9}")
+    for row in rows:
+        print(
+            f"{row['configuration']:<40} {row['steps_per_s']:>8.2f} {row['ms_per_step']:>8.0f} "
+            f"{100 * row['overhead_vs_plain']:>8.1f}%"
+        )
+    print(
+        f"folder decode ({folder}): {decode_cold:.1f} s cold, {decode_cached:.1f} s from the cache"
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
