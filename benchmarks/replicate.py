@@ -1,0 +1,707 @@
+r"""Reproduces the papers' findings (SPEC F1-F6, T1, Z1) with the package; resumable.
+
+    python benchmarks/replicate.py --cifar10=../shared/data/cifar10       # CPU-sized, ~3 h
+    python benchmarks/replicate.py --cifar10=../shared/data/cifar10 --full   # paper scale
+
+Every experiment has its own directory under `--output_dir`; a rerun skips finished experiments
+and resumes a cut-off training run where it stopped (`deformstab_tf.training.train_run`), so the
+whole can run in the background across sessions. After every experiment,
+`<docs_dir>/replication/results.json`, the figures beside it and `<docs_dir>/replication.md` are
+rewritten from what is finished (a report of a partial run says which experiments are missing).
+
+Experiments (the CPU-sized defaults; `--full` in brackets):
+- `init/<variant>_s<seed>`: every downsampling variant of `cifar_vgg` at initialisation,
+  `--init_seeds` seeds: TPS sensitivity (3x3 grid, C=2, 128 test images), kernel smoothness,
+  D/G/R (diffeo delta=1 px, c=3, 500 test images) — F1, F4 (init), T1 (init).
+- `smoothing/sigma<s>_s<seed>`: the Gaussian-smoothing intervention on `max` at init — F4/§4.
+- `trained/<variant>_s<seed>`: CIFAR-10, `--train_size` images [50,000], `--epochs` [paper's],
+  flips + 4-px translations, SGD 0.9, cosine from 0.1, weight decay 5e-4; seeds per variant from
+  `--trained_seeds`; then D/G/R and shift consistency of the trained net — F2, F3, F4, T1, Z1.
+- `random_labels/<variant>_s0`: random labels fixed per example on `--random_label_size` images
+  — F5.
+- `synthetic/C<c>_s0`: the synthetic task at TPS strength C — F6.
+"""
+
+import json
+import math
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("cifar10", "../shared/data/cifar10", "CIFAR-10 image folder (train/, test/).")
+flags.DEFINE_string("output_dir", "runs/replication", "One directory per experiment.")
+flags.DEFINE_string("docs_dir", "docs", "Where replication.md and replication/ are written.")
+flags.DEFINE_bool("full", False, "Paper scale: full training set, 5 training seeds, 100 epochs.")
+flags.DEFINE_list(
+    "variants", ["subsample", "max", "avg", "strided", "strided_relu", "blur"], "Downsampling."
+)
+flags.DEFINE_integer("init_seeds", 5, "Seeds of the measurements at initialisation.")
+flags.DEFINE_list(
+    "trained_seeds", ["max:2", "subsample:2", "*:1"], "Training seeds per variant (* = others)."
+)
+flags.DEFINE_integer("train_size", 10000, "CIFAR-10 training images.")
+flags.DEFINE_integer("epochs", 12, "CIFAR-10 training epochs.")
+flags.DEFINE_integer("random_label_size", 1000, "Training images of the random-label runs.")
+flags.DEFINE_integer("random_label_epochs", 25, "Epochs of the random-label runs.")
+flags.DEFINE_list("synthetic_strengths", ["1", "2", "3", "4"], "TPS strengths C of F6.")
+flags.DEFINE_integer("synthetic_epochs", 10, "Epochs of the synthetic-task runs.")
+flags.DEFINE_integer("synthetic_samples", 6400, "Synthetic training samples per epoch.")
+flags.DEFINE_integer("probe_size", 128, "Probe images of the sensitivity (Ruderman et al.).")
+flags.DEFINE_integer("stability_probe_size", 500, "Probe images of D, G, R (Petrini et al.).")
+flags.DEFINE_integer("shift_images", 1000, "Test images of the shift consistency.")
+flags.DEFINE_list("sigmas", ["0.5", "1", "2"], "Gaussian-smoothing intervention at init.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_string("model", "cifar_vgg", "Model: cifar_vgg, or vgg with --blocks (tests).")
+flags.DEFINE_string("blocks", None, "For --model=vgg: conv widths per block, e.g. '8;16'.")
+flags.DEFINE_integer("synthetic_image_size", 32, "Image size of the synthetic task.")
+flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished experiments.")
+
+INIT_TPS = {"grid_size": 3, "max_displacement": 2.0}  # Ruderman et al.'s CIFAR-10 probe
+DIFFEO = {"cutoff": 3, "displacement": 1.0}  # Petrini et al.'s probe
+
+
+class Settings:
+    """The experiment settings from the flags (`--full` overrides the CPU-sized defaults)."""
+
+    def __init__(self, values):
+        self.__dict__.update(values)
+        if self.full:
+            self.train_size, self.epochs = None, 100
+            self.init_seeds = max(self.init_seeds, 5)
+            self.trained_seeds = ["*:5"]
+            self.random_label_size, self.random_label_epochs = 10000, 100
+            self.stability_probe_size, self.synthetic_epochs = 500, 20
+
+    def seeds_for(self, variant):
+        counts = dict(entry.split(":") for entry in self.trained_seeds)
+        return list(range(int(counts.get(variant, counts.get("*", 1)))))
+
+    def model_config(self):
+        config = {"model": self.model, "batch_size": self.batch_size}
+        if self.blocks:
+            config["blocks"] = [[int(w) for w in b.split(",")] for b in self.blocks.split(";")]
+        return config
+
+    def as_dict(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class Replication:
+    """Runs the experiments (skipping finished ones) and writes results, figures and report."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.root = os.path.abspath(settings.output_dir)
+        self._probes = {}
+        self._info = None
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def probe_images(self, count):
+        """The first `count` CIFAR-10 test images (decoded once per process)."""
+        if count not in self._probes:
+            from deformstab_tf.data import load_dataset, take_images
+
+            _, test, self._info = load_dataset(f"folder:{self.settings.cifar10}", batch_size=256)
+            self._probes[count] = take_images(test, count)
+        return self._probes[count]
+
+    # -- experiments ----------------------------------------------------------------------------
+
+    def experiments(self):
+        s = self.settings
+        # Cheap and broad first, so a run cut off early still answers most findings: every
+        # variant at init, the intervention, the synthetic task, one trained seed per variant,
+        # random labels, then the extra training seeds.
+        names = [f"init/{v}_s{seed}" for v in s.variants for seed in range(s.init_seeds)]
+        names += [f"smoothing/sigma{sigma}_s{seed}" for sigma in s.sigmas for seed in range(2)]
+        names += [f"synthetic/C{c}_s0" for c in s.synthetic_strengths]
+        names += [f"trained/{v}_s0" for v in s.variants if s.seeds_for(v)]
+        names += [f"random_labels/{v}_s0" for v in s.variants]
+        names += [f"trained/{v}_s{seed}" for v in s.variants for seed in s.seeds_for(v)[1:]]
+        return names
+
+    def run(self):
+        """Runs every unfinished experiment, rewriting the report after each one."""
+        names = self.experiments()
+        done = [n for n in names if os.path.exists(self._result_path(n))]
+        print(f"[replicate] {len(done)} of {len(names)} experiments finished earlier", flush=True)
+        for name in names:
+            if os.path.exists(self._result_path(name)):
+                continue
+            started, cpu = time.time(), time.process_time()
+            print(f"[replicate] {name}", flush=True)
+            kind, label = name.split("/")
+            result = getattr(self, f"_run_{kind}")(label, os.path.join(self.root, name))
+            result["wall_seconds"] = time.time() - started
+            result["cpu_seconds"] = time.process_time() - cpu
+            _write_json(self._result_path(name), result)
+            self.write_report()
+        self.write_report()
+
+    def _result_path(self, name):
+        return os.path.join(self.root, name, "result.json")
+
+    def _init_model(self, variant, seed):
+        import keras
+
+        from deformstab_tf.training import build_model, check_config
+
+        keras.utils.set_random_seed(seed)
+        shape = self.probe_images(self.settings.probe_size).shape[1:]
+        config = check_config({**self.settings.model_config(), "downsample": variant})
+        return build_model(config, shape, self._info.num_classes)
+
+    def _run_init(self, label, directory):
+        variant, seed = _variant_seed(label)
+        model = self._init_model(variant, seed)
+        return {"variant": variant, "seed": seed, **self._measure(model, seed, relative=True)}
+
+    def _run_smoothing(self, label, directory):
+        from deformstab_tf import smooth_kernels
+
+        sigma, seed = label[len("sigma") :].split("_s")
+        model = self._init_model("max", int(seed))
+        smooth_kernels(model, float(sigma))
+        return {"sigma": float(sigma), "seed": int(seed), **self._measure(model, int(seed))}
+
+    def _train(self, directory, **config):
+        from deformstab_tf.training import train_run
+
+        s = self.settings
+        base = {
+            **s.model_config(),
+            "optimizer": "sgd",
+            "learning_rate": 0.1,
+            "momentum": 0.9,
+            "schedule": "cosine",
+            "weight_decay": 5e-4,
+            "probe_size": s.probe_size,
+            "measures": ["sensitivity", "smoothness"],
+            "deformation": "tps",
+            "magnitude": INIT_TPS["max_displacement"],
+            "grid_size": INIT_TPS["grid_size"],
+        }
+        summary = train_run(directory, verbose=2, **{**base, **config})
+        with open(os.path.join(directory, "stability", "measurements.json")) as file:
+            history = json.load(file)["history"]
+        return summary, history
+
+    def _run_trained(self, label, directory):
+        import keras
+
+        variant, seed = _variant_seed(label)
+        s = self.settings
+        summary, history = self._train(
+            directory,
+            dataset=f"folder:{s.cifar10}",
+            train_size=s.train_size,
+            augment=["standard"],
+            epochs=s.epochs,
+            downsample=variant,
+            seed=seed,
+        )
+        model = keras.models.load_model(os.path.join(directory, "model.keras"))
+        measured = self._measure(model, seed, relative=True, shift=True, sensitivity=False)
+        return {
+            "variant": variant,
+            "seed": seed,
+            "test_accuracy": summary["test_accuracy"],
+            "sensitivity_init": _values(history[0], "sensitivity"),
+            "sensitivity": _values(history[-1], "sensitivity"),
+            "smoothness_init": _values(history[0], "smoothness"),
+            **measured,
+        }
+
+    def _run_random_labels(self, label, directory):
+        variant, seed = _variant_seed(label)
+        s = self.settings
+        summary, history = self._train(
+            directory,
+            dataset=f"folder:{s.cifar10}",
+            train_size=s.random_label_size,
+            random_labels=True,
+            epochs=s.random_label_epochs,
+            learning_rate=0.05,
+            weight_decay=0.0,
+            schedule="constant",
+            downsample=variant,
+            seed=seed,
+        )
+        accuracy = _csv_column(os.path.join(directory, "metrics.csv"), "accuracy")
+        return {
+            "variant": variant,
+            "train_accuracy": accuracy,
+            "test_accuracy": summary["test_accuracy"],
+            "sensitivity_init": _values(history[0], "sensitivity"),
+            "sensitivity": _values(history[-1], "sensitivity"),
+            "smoothness": _values(history[-1], "smoothness"),
+        }
+
+    def _run_synthetic(self, label, directory):
+        s = self.settings
+        strength = float(label[1:].split("_s")[0])
+        summary, history = self._train(
+            directory,
+            dataset="synthetic",
+            synthetic_displacement=strength,
+            synthetic_samples=s.synthetic_samples,
+            synthetic_image_size=s.synthetic_image_size,
+            epochs=s.synthetic_epochs,
+            learning_rate=0.05,
+            batch_size=64,  # enough steps for BatchNorm's moving statistics to settle
+            downsample="max",
+            seed=0,
+        )
+        return {
+            "strength": strength,
+            "test_accuracy": summary["test_accuracy"],
+            "sensitivity": _values(history[-1], "sensitivity"),
+            "smoothness": _values(history[-1], "smoothness"),
+            "smoothness_init": _values(history[0], "smoothness"),
+        }
+
+    def _measure(self, model, seed, relative=False, shift=False, sensitivity=True):
+        import deformstab_tf as ds
+
+        s = self.settings
+        out = {"smoothness": dict(ds.kernel_smoothness(model))}
+        if sensitivity:
+            tps = ds.deformation_layer("tps", seed=seed, **INIT_TPS)
+            result = ds.normalized_sensitivity(model, self.probe_images(s.probe_size), tps)
+            out["sensitivity"] = dict(result)
+        if relative:
+            diffeo = ds.deformation_layer("diffeo", seed=seed, **DIFFEO)
+            images = self.probe_images(s.stability_probe_size)
+            result = ds.relative_stability(model, images, diffeo, batch_size=100, seed=seed)
+            out["relative_stability"] = {
+                "R": dict(result),
+                "D": result.details["D"],
+                "G": result.details["G"],
+            }
+        if shift:
+            images = self.probe_images(s.shift_images)
+            result = ds.shift_consistency(model, images, max_shift=4, seed=seed)
+            out["shift_consistency"] = result["output"]
+        return out
+
+    # -- results and report ---------------------------------------------------------------------
+
+    def results(self):
+        """Every finished experiment gathered into the documented `results.json` layout."""
+        sensitivity, smoothness, accuracy, relative, shift = {}, {}, {}, {}, {}
+        random_labels, synthetic, smoothing, done = {}, {}, {}, []
+        cpu = 0.0
+        for name in self.experiments():
+            path = self._result_path(name)
+            if not os.path.exists(path):
+                continue
+            with open(path) as file:
+                r = json.load(file)
+            done.append(name)
+            cpu += r.get("cpu_seconds", 0.0)
+            kind = name.split("/")[0]
+            if kind in ("init", "trained"):
+                stage = "init" if kind == "init" else "trained"
+                v = r["variant"]
+                _append(sensitivity, [v, stage], r.get("sensitivity", {}))
+                _append(smoothness, [v, stage], r["smoothness"])
+                for component, values in r.get("relative_stability", {}).items():
+                    _append(relative, [v, stage, component], values)
+                if kind == "trained":
+                    accuracy.setdefault(v, []).append(r["test_accuracy"])
+                    shift.setdefault(v, []).append(r["shift_consistency"])
+                    _append(sensitivity, [v, "init_of_trained"], r["sensitivity_init"])
+            elif kind == "random_labels":
+                random_labels[r["variant"]] = r
+            elif kind == "synthetic":
+                synthetic[_number(r["strength"])] = r
+            elif kind == "smoothing":
+                key = _number(r["sigma"])
+                _append(smoothing, [key, "sensitivity"], r["sensitivity"])
+                _append(smoothing, [key, "smoothness"], r["smoothness"])
+        return {
+            "settings": self.settings.as_dict(),
+            "finished": done,
+            "missing": [n for n in self.experiments() if n not in done],
+            "cpu_seconds": cpu,
+            "sensitivity": sensitivity,
+            "smoothness": smoothness,
+            "test_accuracy": accuracy,
+            "relative_stability": relative,
+            "shift_consistency": shift,
+            "random_labels": random_labels,
+            "synthetic": synthetic,
+            "smoothing_intervention": smoothing,
+        }
+
+    def write_report(self):
+        results = self.results()
+        directory = os.path.join(self.settings.docs_dir, "replication")
+        os.makedirs(directory, exist_ok=True)
+        _write_json(os.path.join(directory, "results.json"), results)
+        figures = draw_figures(results, directory)
+        findings = evaluate_findings(results)
+        with open(os.path.join(self.settings.docs_dir, "replication.md.tmp"), "w") as file:
+            file.write(report_markdown(results, findings, figures, self.settings))
+        os.replace(
+            os.path.join(self.settings.docs_dir, "replication.md.tmp"),
+            os.path.join(self.settings.docs_dir, "replication.md"),
+        )
+
+
+# -- findings -----------------------------------------------------------------------------------
+
+POOLING, NO_POOLING = ("max", "avg", "blur"), ("subsample", "strided", "strided_relu")
+FINDINGS = {
+    "F1": "At init, pooling nets are less sensitive than nets without pooling",
+    "F2": "Pooling nets' sensitivity increases during training",
+    "F3": "After training, all variants converge to similar profiles",
+    "F4": "Filters get smoother during training (TV/L1 below ~1.87), every variant",
+    "F4b": "Smoother initial filters (Gaussian sigma) -> lower sensitivity",
+    "F5": "With random labels, variants converge to very different profiles",
+    "F6": "Synthetic task: larger C -> smoother filters and lower sensitivity",
+    "T1": "After training, D falls with depth while G rises",
+    "Z1": "Anti-aliased (blur) downsampling raises shift consistency",
+}
+
+
+def _profile_mean(per_probe):
+    """Mean over probe points (excluding the input) of the per-seed mean."""
+    values = [np.nanmean(v) for name, v in per_probe.items() if name != "input"]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _spread(profiles):
+    """Mean over probe points of the SD across variants of the per-variant mean profile."""
+    names = set.intersection(*(set(p) for p in profiles)) - {"input"} if profiles else set()
+    if len(profiles) < 2 or not names:
+        return math.nan
+    return float(np.mean([np.std([np.nanmean(p[n]) for p in profiles]) for n in names]))
+
+
+def evaluate_findings(results):
+    """One row per finding: the claim, the numbers here, whether it holds here (or n/a)."""
+    sens, smooth, rs = results["sensitivity"], results["smoothness"], results["relative_stability"]
+    rows = []
+
+    def row(key, claim, measured, holds):
+        rows.append({"finding": key, "claim": claim, "measured": measured, "holds": holds})
+
+    init = {v: _profile_mean(sens[v]["init"]) for v in sens if "init" in sens[v]}
+    pool = [init[v] for v in POOLING if v in init]
+    nopool = [init[v] for v in NO_POOLING if v in init]
+    if pool and nopool:
+        row(
+            "F1",
+            "At init, pooling nets are less sensitive than nets without pooling",
+            f"mean S at init: pooling {np.mean(pool):.3f} ({_listing(init, POOLING)}); "
+            f"no pooling {np.mean(nopool):.3f} ({_listing(init, NO_POOLING)})",
+            bool(np.mean(pool) < np.mean(nopool)),
+        )
+    trained = {v: _profile_mean(sens[v]["trained"]) for v in sens if "trained" in sens[v]}
+    before = {
+        v: _profile_mean(sens[v]["init_of_trained"]) for v in sens if "init_of_trained" in sens[v]
+    }
+    changes = {v: trained[v] - before[v] for v in trained if v in before and v in POOLING}
+    if changes:
+        row(
+            "F2",
+            "Pooling nets' sensitivity increases during training",
+            ", ".join(f"{v}: {before[v]:.3f} -> {trained[v]:.3f}" for v in changes),
+            all(c > 0 for c in changes.values()),
+        )
+    both = [v for v in sens if "init" in sens[v] and "trained" in sens[v]]
+    if len(both) >= 2:
+        s_init = _spread([sens[v]["init"] for v in both])
+        s_trained = _spread([sens[v]["trained"] for v in both])
+        row(
+            "F3",
+            "After training, all variants converge to similar profiles",
+            f"SD across variants (mean over layers): init {s_init:.3f}, trained {s_trained:.3f}",
+            bool(s_trained < s_init),
+        )
+    tv = {v: _profile_mean(smooth[v]["trained"]) for v in smooth if "trained" in smooth[v]}
+    tv0 = {v: _profile_mean(smooth[v]["init"]) for v in smooth if "init" in smooth[v]}
+    if tv:
+        row(
+            "F4",
+            "Filters get smoother during training (TV/L1 below ~1.87), every variant",
+            "TV/L1 init -> trained: "
+            + ", ".join(f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}" for v in tv),
+            all(value < tv0.get(v, 1.87) for v, value in tv.items()),
+        )
+    smoothing = results["smoothing_intervention"]
+    if smoothing:
+        pairs = sorted((float(k), _profile_mean(v["sensitivity"])) for k, v in smoothing.items())
+        base = init.get("max")
+        text = ", ".join(f"sigma {k:g}: S {m:.3f}" for k, m in pairs)
+        row(
+            "F4b",
+            "Smoother initial filters (Gaussian sigma) -> lower sensitivity",
+            (f"sigma 0: S {base:.3f}, " if base is not None else "") + text,
+            all(b[1] <= a[1] + 1e-9 for a, b in zip(pairs, pairs[1:], strict=False))
+            and (base is None or pairs[0][1] < base),
+        )
+    random = results["random_labels"]
+    if len(random) >= 2:
+        learned = {v: (r["train_accuracy"][0], r["train_accuracy"][-1]) for v, r in random.items()}
+        s_random = _spread([{k: [x] for k, x in r["sensitivity"].items()} for r in random.values()])
+        s_true = _spread([sens[v]["trained"] for v in sens if "trained" in sens[v]])
+        row(
+            "F5",
+            "With random labels, variants converge to very different profiles",
+            f"SD across variants: random labels {s_random:.3f} vs true labels {s_true:.3f}; "
+            "train accuracy first -> last epoch: "
+            + ", ".join(f"{v} {a:.2f} -> {b:.2f}" for v, (a, b) in learned.items()),
+            bool(s_random > s_true) if not math.isnan(s_true) else None,
+        )
+    synthetic = results["synthetic"]
+    if len(synthetic) >= 2:
+        ordered = sorted(synthetic.values(), key=lambda r: r["strength"])
+        tvs = [_profile_mean({k: [x] for k, x in r["smoothness"].items()}) for r in ordered]
+        ss = [_profile_mean({k: [x] for k, x in r["sensitivity"].items()}) for r in ordered]
+        row(
+            "F6",
+            "Synthetic task: larger C -> smoother filters and lower sensitivity",
+            ", ".join(
+                f"C={r['strength']:g}: TV/L1 {t:.3f}, S {x:.3f}, acc {r['test_accuracy']:.2f}"
+                for r, t, x in zip(ordered, tvs, ss, strict=True)
+            ),
+            bool(np.all(np.diff(tvs) < 0) and np.all(np.diff(ss) < 0)),
+        )
+    trained_rs = [v for v in rs if "trained" in rs[v]]
+    if trained_rs:
+        texts, holds = [], []
+        for v in trained_rs:
+            d = {k: np.nanmean(x) for k, x in rs[v]["trained"]["D"].items() if k != "input"}
+            g = {k: np.nanmean(x) for k, x in rs[v]["trained"]["G"].items() if k != "input"}
+            names = list(d)
+            depth = np.arange(len(names))
+            rd = _spearman(depth, [d[n] for n in names])
+            rg = _spearman(depth, [g[n] for n in names])
+            texts.append(f"{v}: rank corr. with depth D {rd:+.2f}, G {rg:+.2f}")
+            holds.append(rd < 0 < rg)
+        row("T1", "After training, D falls with depth while G rises", "; ".join(texts), all(holds))
+    shift = results["shift_consistency"]
+    if "max" in shift and "blur" in shift:
+        m, b = float(np.mean(shift["max"])), float(np.mean(shift["blur"]))
+        row(
+            "Z1",
+            "Anti-aliased (blur) downsampling raises shift consistency",
+            f"max {m:.3f}, blur {b:.3f}",
+            b > m,
+        )
+    measured = {r["finding"] for r in rows}
+    for key, claim in FINDINGS.items():
+        if key not in measured:
+            row(key, claim, "not measured yet (experiments missing from this run)", None)
+    order = list(FINDINGS)
+    return sorted(rows, key=lambda r: order.index(r["finding"]))
+
+
+def _listing(values, keys):
+    return ", ".join(f"{k} {values[k]:.3f}" for k in keys if k in values)
+
+
+def _spearman(x, y):
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def draw_figures(results, directory):
+    """PNG figures of the report; returns `{title: file name}`."""
+    from deformstab_tf.plots import plot_profile_bands
+
+    figures = {}
+    sens = results["sensitivity"]
+    if sens:
+        for stage in ("init", "trained"):
+            groups = {v: sens[v][stage] for v in sens if stage in sens[v]}
+            if groups:
+                name = f"sensitivity_{stage}.png"
+                figure = plot_profile_bands(
+                    groups,
+                    title=f"TPS sensitivity ({stage}), mean +- 2 SD over seeds",
+                    ylabel="normalised sensitivity",
+                )
+                figure.savefig(os.path.join(directory, name), dpi=90)
+                figures[f"Sensitivity per layer, {stage}"] = name
+    smooth = results["smoothness"]
+    for stage in ("init", "trained"):
+        groups = {v: smooth[v][stage] for v in smooth if stage in smooth[v]}
+        if groups:
+            name = f"smoothness_{stage}.png"
+            figure = plot_profile_bands(groups, title=f"Kernel TV/L1 ({stage})", ylabel="TV / L1")
+            figure.savefig(os.path.join(directory, name), dpi=90)
+            figures[f"Kernel smoothness per layer, {stage}"] = name
+    rs = results["relative_stability"]
+    for component in ("D", "G", "R"):
+        groups = {
+            f"{v} {stage}": rs[v][stage][component]
+            for v in rs
+            for stage in ("init", "trained")
+            if stage in rs[v]
+        }
+        if groups:
+            name = f"relative_stability_{component}.png"
+            figure = plot_profile_bands(
+                groups, title=f"{component} per layer", ylabel=component, log=True
+            )
+            figure.savefig(os.path.join(directory, name), dpi=90)
+            figures[f"{component} per layer (diffeo delta=1 px, c=3)"] = name
+    random = results["random_labels"]
+    if random:
+        groups = {v: {k: [x] for k, x in r["sensitivity"].items()} for v, r in random.items()}
+        name = "sensitivity_random_labels.png"
+        figure = plot_profile_bands(
+            groups,
+            title="Sensitivity after training on random labels",
+            ylabel="normalised sensitivity",
+        )
+        figure.savefig(os.path.join(directory, name), dpi=90)
+        figures["Sensitivity per layer, random labels"] = name
+    synthetic = results["synthetic"]
+    if synthetic:
+        for measure in ("sensitivity", "smoothness"):
+            groups = {
+                f"C={c}": {k: [x] for k, x in r[measure].items()}
+                for c, r in sorted(synthetic.items())
+            }
+            name = f"synthetic_{measure}.png"
+            figure = plot_profile_bands(
+                groups, title=f"Synthetic task: {measure} per layer", ylabel=measure
+            )
+            figure.savefig(os.path.join(directory, name), dpi=90)
+            figures[f"Synthetic task, {measure}"] = name
+    return figures
+
+
+def report_markdown(results, findings, figures, settings):
+    s = results["settings"]
+    lines = [
+        "# Replication of the papers' findings with deformstab_tf",
+        "",
+        "Written by `benchmarks/replicate.py` from `docs/replication/results.json` (every number).",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        s.get("command") or f"python benchmarks/replicate.py --cifar10={s['cifar10']}",
+        "```",
+        "",
+        f"CPU time of the finished experiments: {results['cpu_seconds'] / 3600:.2f} h "
+        f"(2 CPU cores). Finished {len(results['finished'])} of "
+        f"{len(results['finished']) + len(results['missing'])} experiments.",
+        "",
+    ]
+    if results["missing"]:
+        lines += [
+            "**This run is partial**: rerun the command to continue it. Missing: "
+            + ", ".join(f"`{m}`" for m in results["missing"])
+            + ".",
+            "",
+        ]
+    lines += [
+        "Settings: CIFAR-10 subset of "
+        f"{s['train_size'] or 50000} training images, {s['epochs']} epochs, random flips and "
+        "4-pixel translations, SGD momentum 0.9, cosine decay from 0.1, weight decay 5e-4; "
+        f"probe: 3x3 TPS grid, C=2, {s['probe_size']} test images; D/G/R: diffeomorphisms "
+        f"delta=1 px, c=3, {s['stability_probe_size']} test images, medians; "
+        f"{s['init_seeds']} seeds at initialisation; training seeds {s['trained_seeds']}; "
+        f"random labels on {s['random_label_size']} images for {s['random_label_epochs']} epochs; "
+        f"synthetic task C in {s['synthetic_strengths']} for {s['synthetic_epochs']} epochs.",
+        "",
+        "## Findings",
+        "",
+        "| finding | paper's claim | measured here | holds here |",
+        "|---|---|---|---|",
+    ]
+    for f in findings:
+        verdict = {True: "yes", False: "**no**", None: "n/a"}[f["holds"]]
+        lines.append(f"| {f['finding']} | {f['claim']} | {f['measured']} | {verdict} |")
+    if results["test_accuracy"]:
+        lines += [
+            "",
+            "## Test accuracy after training",
+            "",
+            "| variant | seeds | accuracy |",
+            "|---|---|---|",
+        ]
+        for v, acc in results["test_accuracy"].items():
+            lines.append(f"| {v} | {len(acc)} | {', '.join(f'{a:.3f}' for a in acc)} |")
+    if figures:
+        lines += ["", "## Figures", ""]
+        for title, name in figures.items():
+            lines += [f"### {title}", "", f"![{title}](replication/{name})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _variant_seed(label):
+    variant, seed = label.rsplit("_s", 1)
+    return variant, int(seed)
+
+
+def _values(record, measure):
+    return record["results"][measure]["values"] if measure in record["results"] else {}
+
+
+def _append(tree, keys, values):
+    """`tree[k1][k2]...[probe]` lists, one entry per seed."""
+    for key in keys:
+        tree = tree.setdefault(key, {})
+    for name, value in values.items():
+        tree.setdefault(name, []).append(value)
+
+
+def _number(value):
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _csv_column(path, column):
+    import csv
+
+    with open(path) as file:
+        return [float(row[column]) for row in csv.DictReader(file)]
+
+
+def _write_json(path, document):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        json.dump(document, file, indent=1, allow_nan=True)
+    os.replace(temporary, path)
+
+
+def main(argv):
+    del argv
+    names = [
+        "cifar10", "output_dir", "docs_dir", "full", "variants", "init_seeds", "trained_seeds",
+        "train_size", "epochs", "random_label_size", "random_label_epochs",
+        "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "probe_size",
+        "stability_probe_size", "shift_images", "sigmas", "batch_size", "model", "blocks",
+        "synthetic_image_size",
+    ]  # fmt: skip
+    settings = Settings({name: FLAGS[name].value for name in names})
+    settings.command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    if not os.path.isdir(os.path.join(settings.cifar10, "train")):
+        raise app.UsageError(
+            f"--cifar10 must be an image folder with train/ and test/: {settings.cifar10!r}"
+        )
+    replication = Replication(settings)
+    if FLAGS.report_only:
+        replication.write_report()
+        return
+    replication.run()
+    print(f"Report: {os.path.join(settings.docs_dir, 'replication.md')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
