@@ -193,7 +193,7 @@ def synthetic(
             images += noise * tf.random.stateless_normal(tf.shape(images), noise_seed)
         return tf.clip_by_value(images, 0.0, 1.0)
 
-    test_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed + 1)
+    test_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed + 1, dtype="float32")
     test_labels = np.arange(test_size, dtype=np.int32) % num_classes
     test_images = np.concatenate(
         [
@@ -202,7 +202,7 @@ def synthetic(
         ]
     )
 
-    train_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed)
+    train_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed, dtype="float32")
     labels = np.arange(samples_per_epoch, dtype=np.int32) % num_classes
     true_labels = labels
     if random_labels:
@@ -498,7 +498,8 @@ def augmentation_layers(specs, seed=0):
         seed: the layers' seeds are derived from it (one per layer).
 
     Returns:
-        A list of Keras layers, applied in order.
+        A list of Keras layers, applied in order; they compute in float32 whatever the global
+        dtype policy (the pipeline feeds float32 images; the model casts them).
 
     Raises:
         ValueError: naming `augment` for an unknown or malformed spec; the layers' own errors
@@ -518,7 +519,7 @@ def augmentation_layers(specs, seed=0):
             )
         layer_seed = seed * 1000 + len(layers)
         if name in ("standard", "flip"):
-            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed))
+            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
         if name in ("standard", "translate"):
             pixels = 4 if name == "standard" else _number(spec, arguments or "4")
             layers.append(_Translate(pixels, seed=layer_seed + 500))
@@ -533,7 +534,7 @@ def augmentation_layers(specs, seed=0):
                     )
                 kwargs[key.strip()] = _number(spec, value)
             layer_class, _ = DEFORMATION_LAYERS[name]
-            layers.append(layer_class(seed=layer_seed, **kwargs))
+            layers.append(layer_class(seed=layer_seed, dtype="float32", **kwargs))
     return layers
 
 
@@ -548,7 +549,11 @@ class _Translate:
         if self.layer is None:
             height, width = images.shape[1], images.shape[2]
             self.layer = keras.layers.RandomTranslation(
-                self.pixels / height, self.pixels / width, fill_mode="reflect", seed=self.seed
+                self.pixels / height,
+                self.pixels / width,
+                fill_mode="reflect",
+                seed=self.seed,
+                dtype="float32",
             )
         return self.layer(images, training=training)
 

@@ -196,9 +196,6 @@ def train_run(output_dir, verbose=1, **config):
     is_chief = _is_chief(strategy)
     # Only the chief writes the run directory; other workers write a scratch copy.
     run_dir = output_dir if is_chief else tempfile.mkdtemp(prefix="deformstab_worker_")
-    if config["mixed_precision"]:
-        keras.mixed_precision.set_global_policy(_mixed_precision_policy())
-
     train, test, info = data_sources.load_dataset(
         config["dataset"],
         batch_size=config["batch_size"],
@@ -217,8 +214,9 @@ def train_run(output_dir, verbose=1, **config):
         },
     )
     steps_per_epoch = -(-info.train_size // config["batch_size"])
+    policy = _mixed_precision_policy() if config["mixed_precision"] else None
     with strategy.scope():
-        model = build_model(config, info.image_shape, info.num_classes)
+        model = build_model(config, info.image_shape, info.num_classes, policy)
         if config["smooth_init_sigma"] > 0:
             smooth_kernels(model, config["smooth_init_sigma"])
         model.compile(
@@ -291,8 +289,19 @@ def train_run(output_dir, verbose=1, **config):
     return summary
 
 
-def build_model(config, image_shape, num_classes):
-    """The model a configuration names (`model`, `blocks`, `downsample`, `head`, ...)."""
+def build_model(config, image_shape, num_classes, dtype_policy=None):
+    """The model a configuration names (`model`, `blocks`, `downsample`, `head`, ...), built
+    under `dtype_policy` (e.g. `"mixed_bfloat16"`; the global policy is restored after)."""
+    previous = keras.mixed_precision.global_policy()
+    if dtype_policy is not None:
+        keras.mixed_precision.set_global_policy(dtype_policy)
+    try:
+        return _build_model(config, image_shape, num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build_model(config, image_shape, num_classes):
     options = {
         "input_shape": tuple(image_shape),
         "num_classes": num_classes,

@@ -326,3 +326,21 @@ def test_multi_worker_with_two_local_processes(tmp_path):
     assert _csv_epochs(run_dir) == [0]
     assert os.path.exists(os.path.join(run_dir, "summary.json"))
     assert not [name for name in os.listdir(tmp_path) if name != "multi"]
+
+
+def test_mixed_precision_smoothing_and_augmentation_options(tmp_path):
+    run_dir = str(tmp_path / "options")
+    settings = {**TINY, "epochs": 1, "measures": ["smoothness"], "smooth_init_sigma": 2.0}
+    summary = train_run(
+        run_dir, verbose=0, mixed_precision=True, augment=["standard", "tps:max_displacement=1"],
+        **settings,
+    )  # fmt: skip
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert model.get_layer("block1_conv1_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("block1_conv1_conv").variable_dtype == "float32"
+    with open(os.path.join(run_dir, "stability", "measurements.json")) as file:
+        initial = json.load(file)["history"][0]["results"]["smoothness"]["values"]
+    # Gaussian-smoothed initial filters: far below the ~1.86 TV/L1 of random 3x3 kernels.
+    assert max(initial.values()) < 1.0
+    assert np.isfinite(summary["test_loss"])
