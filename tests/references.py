@@ -10,3 +10,17 @@ def numpy_padded_shift(image, dy, dx, fill_mode):
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode=mode[fill_mode])
     h, w = image.shape[:2]
     return padded[pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+
+
+# A tiny synthetic training run (16x16 images, 3 classes, a two-block VGG) for trainer tests.
+TINY_RUN = {
+    "synthetic_classes": 3,
+    "synthetic_samples": 96,
+    "synthetic_image_size": 16,
+    "model": "vgg",
+    "blocks": [[4], [8]],
+    "epochs": 2,
+    "batch_size": 32,
+    "probe_size": 8,
+    "learning_rate": 0.05,
+}

@@ -15,19 +15,11 @@ from deformstab_tf import data, reports
 from deformstab_tf.deformations.layers import deformation_layer
 from deformstab_tf.measures import normalized_sensitivity
 from deformstab_tf.training import train_run
+from tests.references import TINY_RUN
 from trainers import measure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {
-    "synthetic_classes": 3,
-    "synthetic_samples": 64,
-    "synthetic_image_size": 16,
-    "model": "vgg",
-    "blocks": [[4], [8]],
-    "epochs": 2,
-    "batch_size": 32,
-    "probe_size": 8,
-}
+TINY = TINY_RUN
 SYNTHETIC = {"num_classes": 3, "image_size": 16}
 
 

@@ -20,21 +20,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.training import DEFAULTS, check_config, train_run
+from tests.references import TINY_RUN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A tiny synthetic run: 16x16 images, 3 classes, a two-block VGG.
-TINY = {
-    "synthetic_classes": 3,
-    "synthetic_samples": 96,
-    "synthetic_image_size": 16,
-    "model": "vgg",
-    "blocks": [[4], [8]],
-    "epochs": 2,
-    "batch_size": 32,
-    "probe_size": 8,
-    "learning_rate": 0.05,
-}
+TINY = TINY_RUN
 TINY_FLAGS = [
     "--synthetic_classes=3",
     "--synthetic_image_size=16",
