@@ -28,4 +28,11 @@ def run_main(main):
             print(f"error: {message}", file=sys.stderr)
             sys.exit(1)
 
+    main_module = sys.modules.get("__main__")
+    trainer = sys.modules[main.__module__]
+    if main_module is not trainer:
+        # A console script (`deformstab-train`): absl's --help describes the main module and
+        # lists the flags registered under `sys.argv[0]`; point both at the trainer module.
+        sys.argv[0] = main.__module__
+        main_module.__doc__ = trainer.__doc__
     app.run(guarded)

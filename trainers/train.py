@@ -1,7 +1,7 @@
 r"""Trains a CNN with switchable downsampling and watches its deformation stability.
 
 With no flags: `cifar_vgg` (max pooling) on the built-in synthetic task (no download), with the
-stability callback, in a few minutes on 2 CPU cores. Watch it with `tensorboard --logdir runs`.
+stability callback, in about 2 minutes on 2 CPU cores. Watch it with `tensorboard --logdir runs`.
 
     python -m trainers.train                                   # the default run
     python -m trainers.train --dataset=folder:../shared/data/cifar10 --train_size=10000 \
