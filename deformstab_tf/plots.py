@@ -137,7 +137,9 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
     """Per-layer profiles with mean and +-2 SD bands over seeds, one line per group.
 
     The papers' figure (e.g. one line per downsampling variant). The SD is the sample standard
-    deviation over seeds (`ddof=1`); a group with one seed has no band.
+    deviation over seeds (`ddof=1`); a group with one seed has no band. With `log=True` (for
+    ratios such as D, G, R) the mean and SD are those of `log10` of the values: the line is the
+    geometric mean and the band multiplicative, so it never crosses zero.
 
     Args:
         groups: `{label: {probe name: [value per seed]}}`, probe names in forward order.
@@ -163,11 +165,16 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
     x = np.arange(len(names))
     for label, profile in groups.items():
         values = [np.asarray(profile.get(n, [math.nan]), dtype=float) for n in names]
+        if log:  # ratios: mean and SD of log10, i.e. geometric mean and a multiplicative band
+            values = [np.log10(np.where(v > 0, v, np.nan)) for v in values]
         mean = np.array([np.nanmean(v) if np.isfinite(v).any() else math.nan for v in values])
+        sd = np.array([np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0 for v in values])
+        low, high = mean - 2 * sd, mean + 2 * sd
+        if log:
+            mean, low, high = 10**mean, 10**low, 10**high
         line = ax.plot(x, mean, marker="o", markersize=3, label=str(label))[0]
         if max(len(v) for v in values) > 1:
-            sd = np.array([np.nanstd(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
-            ax.fill_between(x, mean - 2 * sd, mean + 2 * sd, color=line.get_color(), alpha=0.18)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18)
     if log:
         ax.set_yscale("log")
     ax.set_xticks(x, names, rotation=60, ha="right", fontsize="small")

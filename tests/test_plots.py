@@ -62,3 +62,11 @@ def test_bands_are_mean_plus_minus_two_sample_sd_over_seeds():
     assert np.isclose(vertices[:, 1].max(), upper)
     with pytest.raises(ValueError, match="`groups` is empty"):
         plot_profile_bands({})
+
+
+def test_log_bands_are_geometric():
+    figure = plot_profile_bands({"v": {"a": [0.1, 10.0], "b": [1.0, 1.0]}}, log=True)
+    ax = figure.axes[0]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [1.0, 1.0])  # geometric means
+    vertices = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert vertices.min() > 0  # a multiplicative band never reaches zero
