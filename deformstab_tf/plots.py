@@ -7,6 +7,14 @@ import numpy as np
 
 from deformstab_tf.measures.results import MeasureResult
 
+# The quantity on each measure's y-axis.
+_AXIS_LABELS = {
+    "sensitivity": "normalised sensitivity S",
+    "relative_stability": "R = D / G (log)",
+    "smoothness": "kernel TV / L1",
+    "shift_consistency": "top-1 agreement",
+}
+
 
 def plot_profile(results, ax=None, details=False, title=None):
     """Plots measures across probe points: one line per measure, probe points in forward order.
@@ -72,14 +80,16 @@ def plot_profiles(current, initial=None, title=None, figure=None):
 
     The papers' init-vs-trained view: each panel draws a measure across probe points, the
     current profile as a solid line and the initial one (if given) dashed and grey. Relative
-    stability shows `R` with `D` and `G` (thin, dashed) on a log scale, since they span orders
-    of magnitude; sensitivity and smoothness use linear axes. NaN values (a diverged network)
-    are left out of the lines.
+    stability shows `R` with `D` and `G` (thinner) on a log scale, since they span orders of
+    magnitude; sensitivity and smoothness use linear axes. Shift consistency (one number, not a
+    profile) is left out unless it holds several points. NaN values (a diverged network) are
+    left out of the lines.
 
     Args:
         current: `{measure: MeasureResult}` (e.g. one `StabilityCallback` measurement).
         initial: the same at initialisation, or None.
-        title: the figure title.
+        title: the figure title (e.g. `"epoch 3"`), also the label of the current profile
+            (`"current"` without a title).
         figure: a matplotlib `Figure` to draw into; None creates one (without pyplot state).
 
     Returns:
@@ -107,7 +117,7 @@ def plot_profiles(current, initial=None, title=None, figure=None):
         names = list(result)
         x = np.arange(len(names))
         for component, values in components:
-            label = component or ("R" if measure == "relative_stability" else "current")
+            label = component or ("R" if measure == "relative_stability" else title or "current")
             width = 1.8 if component is None else 1.0
             y = np.array([values.get(n, math.nan) for n in names], dtype=float)
             line = ax.plot(x, y, marker="o", markersize=3, linewidth=width, label=label)[0]
@@ -120,10 +130,11 @@ def plot_profiles(current, initial=None, title=None, figure=None):
                     linestyle="--",
                     linewidth=width * 0.8,
                     color=line.get_color() if component else "0.55",
-                    label="initial" if label == "current" else f"{label} initial",
+                    label=f"{label} initial" if measure == "relative_stability" else "initial",
                 )
         if measure == "relative_stability":
             ax.set_yscale("log")
+        ax.set_ylabel(_AXIS_LABELS.get(measure, measure), fontsize="small")
         ax.set_title(measure.replace("_", " "), fontsize="medium")
         ax.set_xticks(x, names, rotation=70, ha="right", fontsize="x-small")
         ax.grid(alpha=0.3)
@@ -139,7 +150,8 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
     The papers' figure (e.g. one line per downsampling variant). The SD is the sample standard
     deviation over seeds (`ddof=1`); a group with one seed has no band. With `log=True` (for
     ratios such as D, G, R) the mean and SD are those of `log10` of the values: the line is the
-    geometric mean and the band multiplicative, so it never crosses zero.
+    geometric mean and the band multiplicative, so it never crosses zero. NaN values (a
+    diverged run) are left out of the mean and SD.
 
     Args:
         groups: `{label: {probe name: [value per seed]}}`, probe names in forward order.
@@ -149,6 +161,9 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
 
     Returns:
         The `Figure`.
+
+    Raises:
+        ValueError: if `groups` is empty.
 
     Example:
 
@@ -162,9 +177,103 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
         figure = Figure(figsize=(7.5, 4), layout="constrained")
         ax = figure.add_subplot()
     names = _merged_order([list(profile) for profile in groups.values()])
+    _draw_bands(ax, groups, names, np.arange(len(names)), log)
+    ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _label(ax, title, ylabel)
+    return ax.figure
+
+
+def plot_stage_bands(stages, title=None, ylabel=None, log=False):
+    """Per-layer profiles with +-2 SD bands, one panel per stage (init vs trained).
+
+    The papers' init-vs-trained figure: the panels share the probe-point axis and the y-axis,
+    and each group (e.g. downsampling variant) keeps its colour in every panel. Bands as in
+    `plot_profile_bands` (sample SD, `ddof=1`; multiplicative with `log=True`).
+
+    Args:
+        stages: `{stage label: {group: {probe name: [value per seed]}}}`, e.g.
+            `{"at initialisation": ..., "after training": ...}`; empty stages are skipped.
+        title: the figure title.
+        ylabel: the y-axis label.
+        log: a log y-axis (for D, G, R).
+
+    Returns:
+        The `Figure`.
+
+    Raises:
+        ValueError: if every stage is empty.
+
+    Example:
+
+    >>> plot_stage_bands({"at initialisation": {"max": {"input": [0.3, 0.31]}},
+    ...                   "after training": {"max": {"input": [0.2, 0.25]}}})
+    """
+    from matplotlib.figure import Figure
+
+    stages = {stage: groups for stage, groups in stages.items() if groups}
+    if not stages:
+        raise ValueError("`stages` holds no group: nothing to plot.")
+    names = _merged_order([list(p) for groups in stages.values() for p in groups.values()])
+    labels = list(dict.fromkeys(label for groups in stages.values() for label in groups))
+    colors = {label: f"C{index % 10}" for index, label in enumerate(labels)}
+    figure = Figure(figsize=(1.2 + 4.6 * len(stages), 4), layout="constrained")
+    axes = figure.subplots(1, len(stages), sharey=True, squeeze=False)[0]
     x = np.arange(len(names))
+    for ax, (stage, groups) in zip(axes, stages.items(), strict=True):
+        _draw_bands(ax, groups, names, x, log, colors)
+        ax.set_xticks(x, names, rotation=60, ha="right", fontsize="small")
+        ax.set_title(stage, fontsize="medium")
+    _label(axes[0], None, ylabel)
+    handles = {line.get_label(): line for ax in axes for line in ax.get_lines() if line.get_label()}
+    axes[-1].legend(handles.values(), handles.keys(), fontsize="small", loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    return figure
+
+
+def plot_over_epochs(groups, title=None, ylabel=None, log=False, ax=None):
+    """A measure over training epochs with +-2 SD bands over seeds, one line per group.
+
+    Args:
+        groups: `{label: {epoch: [value per seed]}}`, epochs as numbers of completed epochs
+            (0 = at initialisation).
+        title, ylabel: axes labels.
+        log: a log y-axis.
+        ax: matplotlib `Axes`; None creates a `Figure`.
+
+    Returns:
+        The `Figure`.
+
+    Raises:
+        ValueError: if `groups` holds no epoch.
+
+    Example:
+
+    >>> plot_over_epochs({"max": {0: [0.3, 0.32], 5: [0.2, 0.22]}}, ylabel="sensitivity")
+    """
+    epochs = sorted({int(e) for series in groups.values() for e in series})
+    if not epochs:
+        raise ValueError("`groups` holds no epoch: nothing to plot.")
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(6.5, 3.8), layout="constrained")
+        ax = figure.add_subplot()
+    series = {label: {int(e): v for e, v in values.items()} for label, values in groups.items()}
+    _draw_bands(ax, series, epochs, np.asarray(epochs), log)
+    ax.set_xlabel("epochs trained (0 = initialisation)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _label(ax, title, ylabel)
+    return ax.figure
+
+
+def _draw_bands(ax, groups, keys, x, log, colors=None):
+    """Draws, per group, the mean over seeds at `keys` (positions `x`) and a +-2 SD band."""
     for label, profile in groups.items():
-        values = [np.asarray(profile.get(n, [math.nan]), dtype=float) for n in names]
+        values = [np.asarray(profile.get(k, [math.nan]), dtype=float) for k in keys]
         if log:  # ratios: mean and SD of log10, i.e. geometric mean and a multiplicative band
             values = [np.log10(np.where(v > 0, v, np.nan)) for v in values]
         mean = np.array([np.nanmean(v) if np.isfinite(v).any() else math.nan for v in values])
@@ -172,19 +281,20 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
         low, high = mean - 2 * sd, mean + 2 * sd
         if log:
             mean, low, high = 10**mean, 10**low, 10**high
-        line = ax.plot(x, mean, marker="o", markersize=3, label=str(label))[0]
+        color = (colors or {}).get(label)
+        line = ax.plot(x, mean, marker="o", markersize=3, label=str(label), color=color)[0]
         if max(len(v) for v in values) > 1:
-            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
     if log:
         ax.set_yscale("log")
-    ax.set_xticks(x, names, rotation=60, ha="right", fontsize="small")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _label(ax, title, ylabel):
     if ylabel:
         ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    return ax.figure
 
 
 def figure_to_array(figure, dpi=80):

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from deformstab_tf.measures import MeasureResult
-from deformstab_tf.plots import plot_profile_bands, plot_profiles, profile_image
+from deformstab_tf.plots import (
+    plot_over_epochs,
+    plot_profile,
+    plot_profile_bands,
+    plot_profiles,
+    plot_stage_bands,
+    profile_image,
+)
 
 PROBES = ["input", "block1_conv1", "block1_down"]
 
@@ -29,7 +36,7 @@ def test_one_panel_per_measure_initial_beside_current_log_scale_for_rs():
     assert [ax.get_yscale() for ax in axes] == ["linear", "log", "linear"]
     sensitivity = axes[0]
     lines = {line.get_label(): line for line in sensitivity.get_lines()}
-    np.testing.assert_allclose(lines["current"].get_ydata(), [0.5, 1.0, 1.5])
+    np.testing.assert_allclose(lines["epoch 3"].get_ydata(), [0.5, 1.0, 1.5])
     np.testing.assert_allclose(lines["initial"].get_ydata(), [1.0, 2.0, 3.0])
     labels = [line.get_label() for line in axes[1].get_lines()]
     assert labels == ["R", "R initial", "D", "D initial", "G", "G initial"]
@@ -70,3 +77,42 @@ def test_log_bands_are_geometric():
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [1.0, 1.0])  # geometric means
     vertices = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert vertices.min() > 0  # a multiplicative band never reaches zero
+
+
+def test_stage_panels_share_axes_and_keep_each_groups_colour():
+    init = {"max": {"input": [0.2, 0.4], "block1_conv1": [0.6, 0.8]}, "avg": {"input": [0.3]}}
+    trained = {"avg": {"input": [0.1], "block1_conv1": [0.2]}, "max": {"input": [0.5, 0.7]}}
+    figure = plot_stage_bands({"at initialisation": init, "after training": trained, "x": {}})
+    left, right = figure.axes[:2]
+    assert [left.get_title(), right.get_title()] == ["at initialisation", "after training"]
+    assert left.get_shared_y_axes().joined(left, right)
+    colours = [
+        {line.get_label(): line.get_color() for line in ax.get_lines()} for ax in (left, right)
+    ]
+    assert colours[0] == colours[1]
+    # Probe points line up across panels; a value a group lacks is missing, not zero.
+    means = {line.get_label(): line.get_ydata() for line in right.get_lines()}
+    np.testing.assert_allclose(means["max"], [0.6, np.nan])
+    lower = left.collections[0].get_paths()[0].vertices[:, 1].min()
+    assert np.isclose(lower, 0.3 - 2 * np.std([0.2, 0.4], ddof=1))
+    with pytest.raises(ValueError, match="`stages` holds no group"):
+        plot_stage_bands({"init": {}})
+
+
+def test_over_epochs_uses_a_numeric_epoch_axis():
+    figure = plot_over_epochs({"max": {0: [0.3, 0.5], 10: [0.2]}, "avg": {"5": [0.1]}})
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["max"].get_xdata(), [0, 5, 10])
+    np.testing.assert_allclose(lines["max"].get_ydata(), [0.4, np.nan, 0.2])
+    with pytest.raises(ValueError, match="no epoch"):
+        plot_over_epochs({"max": {}})
+
+
+def test_the_callbacks_former_call_form_still_draws_one_axes():
+    results = list(_results(1.0).values())
+    image = profile_image(results, title="epoch 1")  # a list of results: one axes
+    assert image.shape[-1] == 4 and image.dtype == np.uint8
+    ax = plot_profile(results, details=True)
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels[:3] == ["sensitivity", "relative_stability", "relative_stability D"]
+    assert ax.get_yscale() == "log"  # R spans three orders of magnitude
