@@ -1,10 +1,10 @@
 """What the trainers share: running `main` under absl with one-line errors.
 
 absl prints a traceback for any exception. A bad setting (`ValueError` / `TypeError` from the
-package, which names the argument and the value) or a missing file is the user's to fix, so it
-ends the process with one line on stderr and exit code 1; usage errors (`app.UsageError`) keep
-absl's own handling (the message and a pointer to `--help`, exit code 1). Set
-`DEFORMSTAB_TRACEBACK=1` to see the full traceback instead.
+package, which names the argument and the value) or a missing or unreadable file (`OSError`) is
+the user's to fix, so it ends the process with one line on stderr and exit code 1; usage errors
+(`app.UsageError`) keep absl's own handling (the message and a pointer to `--help`, exit code 1).
+Set `DEFORMSTAB_TRACEBACK=1` to see the full traceback instead.
 """
 
 import os
@@ -21,7 +21,7 @@ def run_main(main):
             return main(argv)
         except app.UsageError:
             raise
-        except (ValueError, TypeError, FileNotFoundError) as error:
+        except (ValueError, TypeError, OSError) as error:
             if os.environ.get("DEFORMSTAB_TRACEBACK"):
                 raise
             message = " ".join(str(error).split())  # one line
