@@ -88,8 +88,8 @@ def plot_profiles(current, initial=None, title=None, figure=None):
     Args:
         current: `{measure: MeasureResult}` (e.g. one `StabilityCallback` measurement).
         initial: the same at initialisation, or None.
-        title: the figure title (e.g. `"epoch 3"`), also the label of the current profile
-            (`"current"` without a title).
+        title: the figure title (e.g. `"epoch 3"`); beside an initial profile, also the label
+            of the current one (`"current"` without a title).
         figure: a matplotlib `Figure` to draw into; None creates one (without pyplot state).
 
     Returns:
@@ -117,7 +117,10 @@ def plot_profiles(current, initial=None, title=None, figure=None):
         names = list(result)
         x = np.arange(len(names))
         for component, values in components:
-            label = component or ("R" if measure == "relative_stability" else title or "current")
+            if component is None and measure != "relative_stability":
+                label = (title or "current") if start is not None else measure
+            else:
+                label = component or "R"
             width = 1.8 if component is None else 1.0
             y = np.array([values.get(n, math.nan) for n in names], dtype=float)
             line = ax.plot(x, y, marker="o", markersize=3, linewidth=width, label=label)[0]
@@ -138,7 +141,8 @@ def plot_profiles(current, initial=None, title=None, figure=None):
         ax.set_title(measure.replace("_", " "), fontsize="medium")
         ax.set_xticks(x, names, rotation=70, ha="right", fontsize="x-small")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        if len(ax.get_lines()) > 1:
+            ax.legend(fontsize="x-small")
     if title:
         figure.suptitle(title, fontsize="medium")
     return figure
@@ -270,17 +274,39 @@ def plot_over_epochs(groups, title=None, ylabel=None, log=False, ax=None):
     return ax.figure
 
 
+def mean_and_band(values, log=False):
+    """The centre line and the +-2 SD band that the band figures draw, for one point.
+
+    Args:
+        values: the values over seeds (runs); NaN values (a diverged run) are left out.
+        log: for ratios (D, G, R): mean and SD of `log10` of the values, mapped back, i.e. the
+            geometric mean and a multiplicative band; values <= 0 are left out.
+
+    Returns:
+        `(mean, low, high)`: `mean -+ 2 SD`, the sample SD (`ddof=1`); with fewer than two
+        finite values the band is the mean itself; all NaN without finite values.
+
+    Example:
+
+    >>> mean_and_band([0.1, 0.3])   # (0.2, 0.2 - 2 * 0.1414, 0.2 + 2 * 0.1414)
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    if log:
+        values = np.log10(np.where(values > 0, values, np.nan))
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return math.nan, math.nan, math.nan
+    mean = float(finite.mean())
+    sd = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    band = (mean, mean - 2 * sd, mean + 2 * sd)
+    return tuple(10**v for v in band) if log else band
+
+
 def _draw_bands(ax, groups, keys, x, log, colors=None):
     """Draws, per group, the mean over seeds at `keys` (positions `x`) and a +-2 SD band."""
     for label, profile in groups.items():
-        values = [np.asarray(profile.get(k, [math.nan]), dtype=float) for k in keys]
-        if log:  # ratios: mean and SD of log10, i.e. geometric mean and a multiplicative band
-            values = [np.log10(np.where(v > 0, v, np.nan)) for v in values]
-        mean = np.array([np.nanmean(v) if np.isfinite(v).any() else math.nan for v in values])
-        sd = np.array([np.nanstd(v, ddof=1) if np.isfinite(v).sum() > 1 else 0.0 for v in values])
-        low, high = mean - 2 * sd, mean + 2 * sd
-        if log:
-            mean, low, high = 10**mean, 10**low, 10**high
+        values = [profile.get(k, [math.nan]) for k in keys]
+        mean, low, high = np.array([mean_and_band(v, log) for v in values]).T
         color = (colors or {}).get(label)
         line = ax.plot(x, mean, marker="o", markersize=3, label=str(label), color=color)[0]
         if max(len(v) for v in values) > 1:

@@ -6,9 +6,11 @@
   deformation grows.
 - `write_report(directory, results, sweep=None)`: JSON, CSV, Markdown and PNG figures.
 - `read_run(directory)` / `group_runs(runs, by)`: what `train_run` left in run directories.
+- `compare_runs(runs, directory, by, measure)`: the papers' figures from several runs.
 """
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import json
@@ -129,7 +131,8 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
     leaves nothing half-written.
 
     Args:
-        directory: the output directory (created; must not hold another report).
+        directory: the output directory (created if missing; files of the same names in it
+            are replaced).
         results: `{measure: MeasureResult}`.
         sweep: optional `magnitude_sweep` output.
         title: the Markdown title.
@@ -141,10 +144,7 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
     from deformstab_tf.plots import plot_profile_bands, plot_profiles
 
     directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".report_", dir=parent)
-    try:
+    with _staged(directory) as staging:
         document = {
             "context": dict(context or {}),
             "results": {m: r.to_dict() for m, r in results.items()},
@@ -183,6 +183,18 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
                 figures.append((f"{measure} as the magnitude grows", name))
         with open(os.path.join(staging, "report.md"), "w") as file:
             file.write(_markdown(title, context, results, rows, sweep, figures))
+    return sorted(os.path.join(directory, name) for name in os.listdir(directory))
+
+
+@contextlib.contextmanager
+def _staged(directory):
+    """Yields a temporary directory beside `directory` whose files are moved into `directory`
+    on success and deleted on any error, so nothing is left half-written."""
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging_", dir=parent)
+    try:
+        yield staging
         if os.path.isdir(directory):
             for name in os.listdir(staging):
                 os.replace(os.path.join(staging, name), os.path.join(directory, name))
@@ -192,7 +204,6 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return sorted(os.path.join(directory, name) for name in os.listdir(directory))
 
 
 def _table_rows(results):
@@ -315,11 +326,21 @@ def group_runs(runs, by="downsample"):
 
 
 def profile_groups(groups, measure, which, component=None):
-    """`{group: {probe: [value per run]}}` for `plot_profile_bands`."""
+    """`{group: {probe: [value per run]}}` for `plot_profile_bands`.
+
+    Args:
+        groups: `group_runs` output.
+        measure: a measure of the runs' records (`"sensitivity"`, ...).
+        which: `"init"` or `"final"` (see `Run.at`); runs without a measurement at
+            initialisation are left out of `"init"`.
+        component: a key of the measure's `details` (`"D"`, `"G"`) instead of its values.
+    """
     out = {}
     for label, runs in groups.items():
         profile = {}
         for run in runs:
+            if which == "init" and run.history[0]["epoch"] != 0:
+                continue
             results = run.at(which)
             if measure not in results:
                 continue
@@ -329,3 +350,148 @@ def profile_groups(groups, measure, which, component=None):
         if profile:
             out[label] = profile
     return out
+
+
+def epoch_groups(groups, measure):
+    """`{group: {epoch: [mean over probe points, per run]}}` for `plot_over_epochs`."""
+    out = {}
+    for label, runs in groups.items():
+        series = {}
+        for run in runs:
+            for record in run.history:
+                if measure in record["results"]:
+                    value = record["results"][measure].mean()
+                    series.setdefault(record["epoch"], []).append(value)
+        out[label] = dict(sorted(series.items()))
+    return out
+
+
+def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
+    """Draws the papers' figures from training runs and writes a summary, into `directory`.
+
+    Figures (PNG): `<measure>_profiles.png`, the per-layer profile at initialisation beside the
+    one after training (the last record), one line per group with mean +- 2 SD over its runs
+    (sample SD, `ddof=1`; a group of one run has no band; for relative stability the geometric
+    mean and a multiplicative band, and the `D` / `G` components as `relative_stability_D/G_`
+    figures); `smoothness_profiles.png` (kernel TV/L1 per conv layer, when measured);
+    `<measure>_over_epochs.png` (the mean over probe points across the recorded epochs).
+    `summary.json` and `summary.md` list the groups, their runs, test accuracies and means, and
+    `summary.json` the plotted profiles (`profiles[init|final][group][probe]` = mean, low, high).
+    Everything is written into a temporary directory and moved into place at the end.
+
+    Args:
+        runs: `Run`s (`read_run`).
+        directory: the output directory (created if missing).
+        by: the setting in the runs' `config.json` that groups them (one line per value).
+        measure: the representation measure of the profiles, one of `REPORT_MEASURES`.
+
+    Returns:
+        The summary (a dict, as in `summary.json`).
+
+    Raises:
+        ValueError: if `runs` is empty, `by` is not a setting of every run, `measure` is unknown
+            or no run measured it.
+
+    Example:
+
+    >>> runs = [read_run(d) for d in glob.glob("runs/*")]
+    >>> compare_runs(runs, "figures", by="downsample")
+    """
+    from deformstab_tf.plots import mean_and_band, plot_over_epochs, plot_stage_bands
+
+    check_choice("measure", measure, REPORT_MEASURES)
+    if not runs:
+        raise ValueError("`runs` is empty: nothing to compare.")
+    groups = group_runs(runs, by)
+    if not any(measure in record["results"] for run in runs for record in run.history):
+        raise ValueError(f"No run measured `measure`={measure!r}.")
+    log = measure == "relative_stability"
+    stages = {"init": "at initialisation", "final": "after training"}
+    figures = {}
+    components = [None] + (["D", "G"] if log else [])
+    for component in components:
+        profiles = {
+            label: profile_groups(groups, measure, which, component)
+            for which, label in stages.items()
+        }
+        if any(profiles.values()):
+            quantity = measure if component is None else f"{measure} {component}"
+            name = f"{quantity.replace(' ', '_')}_profiles.png"
+            figures[name] = plot_stage_bands(
+                profiles,
+                title=f"{quantity} per layer by {by} (mean +- 2 SD over runs)",
+                ylabel=quantity,
+                log=log,
+            )
+    smoothness = {label: profile_groups(groups, "smoothness", w) for w, label in stages.items()}
+    if measure != "smoothness" and any(smoothness.values()):
+        figures["smoothness_profiles.png"] = plot_stage_bands(
+            smoothness, title=f"kernel smoothness per conv layer by {by}", ylabel="TV / L1"
+        )
+    figures[f"{measure}_over_epochs.png"] = plot_over_epochs(
+        epoch_groups(groups, measure),
+        title=f"mean {measure} over probe points, by {by}",
+        ylabel=measure,
+        log=log,
+    )
+    summary = {
+        "by": by,
+        "measure": measure,
+        "band": "mean +- 2 SD over the runs of a group (sample SD, ddof=1)"
+        + ("; geometric mean and multiplicative band" if log else ""),
+        "groups": {label: _group_summary(group, measure) for label, group in groups.items()},
+        # What the profile figures draw: {stage: {group: {probe: [mean, low, high]}}}.
+        "profiles": {
+            which: {
+                label: {p: list(mean_and_band(v, log)) for p, v in profile.items()}
+                for label, profile in profile_groups(groups, measure, which).items()
+            }
+            for which in stages
+        },
+        "figures": sorted(figures),
+    }
+    directory = os.path.abspath(os.fspath(directory))
+    with _staged(directory) as staging:
+        for name, figure in figures.items():
+            figure.savefig(os.path.join(staging, name), dpi=90)
+        with open(os.path.join(staging, "summary.json"), "w") as file:
+            json.dump(summary, file, indent=1, allow_nan=True)
+        with open(os.path.join(staging, "summary.md"), "w") as file:
+            file.write(_comparison_markdown(summary))
+    return summary
+
+
+def _group_summary(runs, measure):
+    def mean(run, which):
+        if which == "init" and run.history[0]["epoch"] != 0:
+            return None
+        results = run.at(which)
+        return results[measure].mean() if measure in results else None
+
+    return {
+        "runs": [run.directory for run in runs],
+        "epochs": [run.history[-1]["epoch"] for run in runs],
+        "test_accuracy": [(run.summary or {}).get("test_accuracy") for run in runs],
+        "mean_init": [mean(run, "init") for run in runs],
+        "mean_final": [mean(run, "final") for run in runs],
+    }
+
+
+def _comparison_markdown(summary):
+    measure = summary["measure"]
+    lines = [
+        f"# {measure} by {summary['by']}",
+        "",
+        f"| {summary['by']} | runs | epochs | test accuracy | mean {measure} at init "
+        "| after training |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, entry in summary["groups"].items():
+        cells = [
+            ", ".join("-" if v is None else _cell(v) for v in entry[key])
+            for key in ("epochs", "test_accuracy", "mean_init", "mean_final")
+        ]
+        lines.append(f"| {label} | {len(entry['runs'])} | " + " | ".join(cells) + " |")
+    lines += ["", f"Bands: {summary['band']}.", ""]
+    lines += [f"![{name}]({name})" for name in summary["figures"]]
+    return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import keras
 import numpy as np
@@ -78,21 +79,46 @@ def _synthetic_loader(original):
     return load
 
 
-def test_measure_bad_flags_name_the_flag_and_write_nothing(tiny_runs, tmp_path):
+def _run_script(module, argv, capsys):
+    """`module.run()` (the console script) in this process: (exit code, stderr lines)."""
+    flags.FLAGS.unparse_flags()
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", [module.__name__, *argv]):
+        with pytest.raises(SystemExit) as exit_info:
+            module.run()
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_path, capsys):
     out = tmp_path / "report"
     model_path = str(tiny_runs / "max_0" / "model.keras")
+    (tmp_path / "unreadable").mkdir(mode=0)
     cases = [
         ([f"--model={tmp_path}/missing.keras"], "is not a file"),
         ([f"--model={model_path}", "--deformation=twirl"], "--deformation='twirl'"),
         ([f"--model={model_path}", "--measures=curvature"], "'curvature'"),
+        ([f"--model={model_path}", "--dataset=no_such_dataset"], "'no_such_dataset'"),
         ([f"--model={model_path}", "--dataset=folder:/nonexistent"], "/nonexistent"),
+        ([f"--model={model_path}", f"--dataset=folder:{tmp_path}/unreadable"], "unreadable"),
+        ([f"--model={model_path}", "--magnitude=-1"], "-1"),
+        ([f"--model={model_path}", "--sweep=1,-2"], "-2"),
+        ([f"--model={model_path}", "--sweep=1,big"], "--sweep must be numbers"),
+        # conflicting flags: a sweep of measures that are not measured
+        ([f"--model={model_path}", "--sweep=1", "--measures=smoothness"], "--sweep measures"),
+        ([f"--model={model_path}", "--split=validation"], "--split=validation"),
+        ([], "--model"),
         # the synthetic default is 32x32; the model takes 16x16 images
         ([f"--model={model_path}"], "expects images of shape (16, 16, 3)"),
     ]
     for argv, message in cases:
-        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            _measure([*argv, f"--output_dir={out}"])
-        assert not out.exists()
+        code, lines = _run_script(measure, [*argv, f"--output_dir={out}"], capsys)
+        assert code == 1, argv
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+            argv,
+            lines,
+        )
+        assert not out.exists(), argv
+    assert os.listdir(tmp_path) == ["unreadable"]  # no staging directory left either
 
 
 def test_read_and_group_runs(tiny_runs):
@@ -108,6 +134,42 @@ def test_read_and_group_runs(tiny_runs):
         reports.group_runs(runs, "depth")
 
 
+def test_compare_runs_draws_bands_of_two_sample_sds(tiny_runs, tmp_path):
+    runs = [reports.read_run(tiny_runs / name) for name in sorted(os.listdir(tiny_runs))]
+    out = tmp_path / "figures"
+    summary = reports.compare_runs(runs, out, by="downsample", measure="sensitivity")
+    assert sorted(os.listdir(out)) == [
+        "sensitivity_over_epochs.png", "sensitivity_profiles.png", "smoothness_profiles.png",
+        "summary.json", "summary.md",
+    ]  # fmt: skip
+    assert os.listdir(tmp_path) == ["figures"]  # the staging directory is gone
+    groups = reports.group_runs(runs)
+    for which in ("init", "final"):
+        values = [r.at(which)["sensitivity"]["block1_conv1"] for r in groups["max"]]
+        mean, low, high = summary["profiles"][which]["max"]["block1_conv1"]
+        assert mean == pytest.approx(np.mean(values))
+        assert high - mean == pytest.approx(2 * np.std(values, ddof=1))
+        assert mean - low == pytest.approx(2 * np.std(values, ddof=1))
+        # one run: the band is the value itself
+        (avg,) = [r.at(which)["sensitivity"]["block1_conv1"] for r in groups["avg"]]
+        assert summary["profiles"][which]["avg"]["block1_conv1"] == pytest.approx([avg] * 3)
+    entry = summary["groups"]["max"]
+    assert entry["mean_final"] == pytest.approx([r.at("final")["sensitivity"].mean()
+                                                 for r in groups["max"]])  # fmt: skip
+    assert entry["epochs"] == [2, 2]
+    with open(out / "summary.json") as file:
+        assert json.load(file)["groups"] == json.loads(json.dumps(summary["groups"]))
+    assert "| max | 2 | 2, 2 |" in (out / "summary.md").read_text()
+    for bad, message in [
+        ({"by": "depth"}, "`by`='depth'"),
+        ({"measure": "curvature"}, "measure='curvature'"),
+        ({"measure": "relative_stability"}, "No run measured"),  # the tiny runs did not
+    ]:
+        with pytest.raises(ValueError, match=message):
+            reports.compare_runs(runs, tmp_path / "bad", **bad)
+        assert not (tmp_path / "bad").exists()
+
+
 def _compare(args):
     return subprocess.run(
         [sys.executable, "-m", "trainers.compare", *args],
@@ -115,23 +177,20 @@ def _compare(args):
     )  # fmt: skip
 
 
-def test_compare_draws_the_figures_and_rejects_bad_flags(tiny_runs, tmp_path):
+def test_compare_script_writes_figures_and_rejects_bad_flags(tiny_runs, tmp_path):
     out = tmp_path / "figures"
-    result = _compare([f"--runs={tiny_runs}/*", f"--output_dir={out}"])
+    result = _compare([f"--runs={tiny_runs}/max_*,{tiny_runs}/avg_0", f"--output_dir={out}"])
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out)) == [
-        "sensitivity_final.png", "sensitivity_init.png", "sensitivity_over_epochs.png",
-        "smoothness_final.png", "smoothness_init.png", "summary.json", "summary.md",
-    ]  # fmt: skip
-    with open(out / "summary.json") as file:
-        summary = json.load(file)
-    runs = {g: [reports.read_run(d) for d in e["runs"]] for g, e in summary["groups"].items()}
-    expected = [r.at("final")["sensitivity"].mean() for r in runs["max"]]
-    np.testing.assert_allclose(summary["groups"]["max"]["mean_final"], expected)
+    assert "| max | 2 |" in result.stdout
+    assert len([n for n in os.listdir(out) if n.endswith(".png")]) == 3
+    no_measurements = tmp_path / "unmeasured"
+    no_measurements.mkdir()
+    (no_measurements / "config.json").write_text('{"config": {"downsample": "max"}}')
     for args, message in [
+        ([], "--runs is required"),
         ([f"--runs={tmp_path}/nothing*"], "matches no run directory"),
-        ([f"--runs={tmp_path}"], "not a run directory"),
-        ([f"--runs={tiny_runs}/*", "--by=depth"], "`by`='depth'"),
+        ([f"--runs={tmp_path}/figures"], "not a run directory"),
+        ([f"--runs={tiny_runs}/max_0,{no_measurements}"], "holds no stability measurements"),
     ]:
         bad = tmp_path / "bad"
         result = _compare([*args, f"--output_dir={bad}"])

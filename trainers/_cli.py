@@ -1,16 +1,17 @@
 """What the trainers share: running `main` under absl with one-line errors.
 
-absl prints a traceback for any exception. A bad setting (`ValueError` / `TypeError` from the
-package, which names the argument and the value) or a missing or unreadable file (`OSError`) is
-the user's to fix, so it ends the process with one line on stderr and exit code 1; usage errors
-(`app.UsageError`) keep absl's own handling (the message and a pointer to `--help`, exit code 1).
-Set `DEFORMSTAB_TRACEBACK=1` to see the full traceback instead.
+absl prints a traceback for any exception, and the whole usage text for a bad flag value or an
+`app.UsageError`. A bad setting (`ValueError` / `TypeError` from the package, which names the
+argument and the value), a missing or unreadable file (`OSError`), a flag absl cannot parse or a
+usage error is the user's to fix, so it ends the process with ONE line on stderr (`error: ...`)
+and exit code 1. `--help` keeps absl's full text. Set `DEFORMSTAB_TRACEBACK=1` to see the
+traceback of a package error instead.
 """
 
 import os
 import sys
 
-from absl import app
+from absl import app, flags
 
 
 def run_main(main):
@@ -19,14 +20,12 @@ def run_main(main):
     def guarded(argv):
         try:
             return main(argv)
-        except app.UsageError:
-            raise
+        except app.UsageError as error:
+            _exit_with_one_line(f"{error} (see --help)", error.exitcode)
         except (ValueError, TypeError, OSError) as error:
             if os.environ.get("DEFORMSTAB_TRACEBACK"):
                 raise
-            message = " ".join(str(error).split())  # one line
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(1)
+            _exit_with_one_line(error)
 
     main_module = sys.modules.get("__main__")
     trainer = sys.modules[main.__module__]
@@ -35,4 +34,17 @@ def run_main(main):
         # lists the flags registered under `sys.argv[0]`; point both at the trainer module.
         sys.argv[0] = main.__module__
         main_module.__doc__ = trainer.__doc__
-    app.run(guarded)
+    app.run(guarded, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a value it rejects as one line (its default prints the usage)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _exit_with_one_line(f"{error} (see --help)")
+
+
+def _exit_with_one_line(message, code=1):
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(code)

@@ -39,17 +39,24 @@ flags.DEFINE_string("output_dir", None, "Where the report goes; default reports/
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not os.path.isfile(FLAGS.model):
-        raise ValueError(f"--model={FLAGS.model!r} is not a file (a saved .keras model).")
     try:
         sweep = [float(m) for m in FLAGS.sweep]
     except ValueError:
         raise app.UsageError(f"--sweep must be numbers; received {FLAGS.sweep}.") from None
+    sweep_measures = [m for m in FLAGS.measures if m in ("sensitivity", "relative_stability")]
+    if sweep and not sweep_measures:
+        raise app.UsageError(
+            "--sweep measures sensitivity and relative stability; --measures has neither."
+        )
+    if not os.path.isfile(FLAGS.model):
+        raise ValueError(f"--model={FLAGS.model!r} is not a file (a saved .keras model).")
     import keras
 
     import deformstab_tf as ds
     from deformstab_tf import data, reports
 
+    # Every setting is checked before the slow part: the deformation at each magnitude, the
+    # measures, the data source, the model and its image size.
     if FLAGS.deformation not in ds.DEFORMATION_LAYERS:
         raise ValueError(
             f"Unknown --deformation={FLAGS.deformation!r}; valid: {sorted(ds.DEFORMATION_LAYERS)}."
@@ -60,6 +67,8 @@ def main(argv):
     deformation = ds.deformation_layer(
         FLAGS.deformation, FLAGS.magnitude, seed=FLAGS.seed, **options
     )
+    for magnitude in sweep:
+        ds.deformation_layer(FLAGS.deformation, magnitude, seed=FLAGS.seed, **options)
     for measure in FLAGS.measures:
         if measure not in reports.REPORT_MEASURES:
             raise ValueError(
@@ -70,7 +79,9 @@ def main(argv):
     )
     model = keras.models.load_model(FLAGS.model)
     expected = tuple(model.inputs[0].shape[1:])
-    if any(e is not None and e != r for e, r in zip(expected, info.image_shape, strict=False)):
+    if len(expected) != len(info.image_shape) or any(
+        e is not None and e != r for e, r in zip(expected, info.image_shape, strict=True)
+    ):
         raise ValueError(
             f"The model expects images of shape {expected}; --dataset={FLAGS.dataset!r} has "
             f"{info.image_shape}."
@@ -81,8 +92,7 @@ def main(argv):
         model, images, deformation, FLAGS.measures, layers, FLAGS.batch_size, FLAGS.seed
     )
     swept = None
-    sweep_measures = [m for m in FLAGS.measures if m in ("sensitivity", "relative_stability")]
-    if sweep and sweep_measures:
+    if sweep:
         swept = reports.magnitude_sweep(
             model, images, FLAGS.deformation, sweep, sweep_measures, layers,
             FLAGS.batch_size, FLAGS.seed, **options,
@@ -95,7 +105,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join("reports", name)
     context = {
         "model": FLAGS.model,
-        "data": f"{FLAGS.dataset} ({FLAGS.split}, {FLAGS.num_images} images)",
+        "data": f"{FLAGS.dataset} ({FLAGS.split}, {len(images)} images)",
         "deformation": f"{FLAGS.deformation}, magnitude {FLAGS.magnitude:g}, {options}",
         "seed": FLAGS.seed,
     }
