@@ -10,7 +10,7 @@ from deformstab_tf.measures.results import MeasureResult
 # The quantity on each measure's y-axis.
 _AXIS_LABELS = {
     "sensitivity": "normalised sensitivity S",
-    "relative_stability": "R = D / G (log)",
+    "relative_stability": "R = D / G; D, G (log)",
     "smoothness": "kernel TV / L1",
     "shift_consistency": "top-1 agreement",
 }

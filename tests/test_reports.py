@@ -40,11 +40,10 @@ def tiny_runs(tmp_path_factory):
     return root
 
 
-def test_measure_report_matches_the_measure_functions(tiny_runs, tmp_path, monkeypatch):
+def test_measure_report_matches_the_measure_functions(tiny_runs, tmp_path):
     model_path = str(tiny_runs / "max_0" / "model.keras")
     out = tmp_path / "report"
-    # The synthetic source's options come from the model's run: 3 classes of 16x16 images.
-    monkeypatch.setattr(data, "load_dataset", _synthetic_loader(data.load_dataset), raising=True)
+    # Without --dataset, the data is the model's run's: 3 synthetic classes of 16x16 images.
     _measure([f"--model={model_path}", "--num_images=12", "--sweep=0,2", f"--output_dir={out}",
               "--measures=sensitivity,relative_stability,smoothness"])  # fmt: skip
     assert sorted(os.listdir(out)) == [
@@ -63,6 +62,7 @@ def test_measure_report_matches_the_measure_functions(tiny_runs, tmp_path, monke
     np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-6)
     # Zero magnitude: the deformation is the identity, so every probe point has S = 0.
     assert all(v == 0 for v in document["sweep"]["0.0"]["sensitivity"]["values"].values())
+    assert all(v > 0.01 for v in document["sweep"]["2.0"]["sensitivity"]["values"].values())
     with open(out / "report.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["probe"] for row in rows[:3]] == ["input", "block1_conv1", "block1_down"]
@@ -70,13 +70,32 @@ def test_measure_report_matches_the_measure_functions(tiny_runs, tmp_path, monke
     assert "| block1_conv1 |" in (out / "report.md").read_text()
 
 
-def _synthetic_loader(original):
-    def load(source, **kwargs):
-        if source == "synthetic":
-            kwargs["synthetic_options"] = SYNTHETIC
-        return original(source, **kwargs)
-
-    return load
+def test_measure_a_users_own_model_at_its_unit_outputs(tmp_path, capsys):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="stem")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.save(tmp_path / "mine.keras")
+    out = tmp_path / "mine"
+    code, lines = _run_script(
+        measure,
+        [f"--model={tmp_path}/mine.keras", "--measures=sensitivity", "--num_images=6",
+         f"--output_dir={out}", "--seed=3"],
+        capsys,
+    )  # fmt: skip
+    assert code is None or code == 0, lines
+    with open(out / "report.json") as file:
+        got = json.load(file)["results"]["sensitivity"]["values"]
+    _, test, _ = data.load_dataset("synthetic", batch_size=256)
+    images = data.take_images(test, 6)
+    expected = normalized_sensitivity(model, images, deformation_layer("tps", 2.0, seed=3), seed=3)
+    assert list(got) == list(expected)
+    # probed at the unit's output, after BN and ReLU, not at the raw convolution
+    assert list(got)[:3] == ["input", "stem_relu", "pool"] and "stem" not in got
+    np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-6)
 
 
 def _run_script(module, argv, capsys):
@@ -108,7 +127,7 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_p
         ([f"--model={model_path}", "--split=validation"], "--split=validation"),
         ([], "--model"),
         # the synthetic default is 32x32; the model takes 16x16 images
-        ([f"--model={model_path}"], "expects images of shape (16, 16, 3)"),
+        ([f"--model={model_path}", "--dataset=synthetic"], "expects images of shape (16, 16, 3)"),
     ]
     for argv, message in cases:
         code, lines = _run_script(measure, [*argv, f"--output_dir={out}"], capsys)

@@ -16,7 +16,13 @@ from trainers._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved .keras model.", required=True)
-flags.DEFINE_string("dataset", "synthetic", "synthetic, a TFDS name or folder:PATH.")
+flags.DEFINE_string(
+    "dataset",
+    None,
+    "synthetic, a TFDS name or folder:PATH. Default: the data of the model's run (when --model "
+    "is <run>/model.keras beside its config.json, with the run's synthetic settings and seed), "
+    "else synthetic.",
+)
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_enum("split", "test", ["test", "train"], "Split the probe images come from.")
 flags.DEFINE_integer("num_images", 128, "Probe images.")
@@ -54,6 +60,7 @@ def main(argv):
 
     import deformstab_tf as ds
     from deformstab_tf import data, reports
+    from deformstab_tf.training import read_config
 
     # Every setting is checked before the slow part: the deformation at each magnitude, the
     # measures, the data source, the model and its image size.
@@ -74,16 +81,22 @@ def main(argv):
             raise ValueError(
                 f"Unknown measure in --measures: {measure!r}; valid: {reports.REPORT_MEASURES}."
             )
-    train, test, info = data.load_dataset(
-        FLAGS.dataset, batch_size=max(FLAGS.batch_size, 256), data_dir=FLAGS.data_dir
-    )
+    run_config = read_config(os.path.dirname(os.path.abspath(FLAGS.model)))
+    if FLAGS.dataset is None and run_config is not None:
+        # The model's own run: its data, synthetic settings and seed (prototypes, splits).
+        source = reports.run_dataset_arguments(run_config)
+        if FLAGS.data_dir is not None:
+            source["data_dir"] = FLAGS.data_dir
+    else:
+        source = {"source": FLAGS.dataset or "synthetic", "data_dir": FLAGS.data_dir}
+    train, test, info = data.load_dataset(batch_size=max(FLAGS.batch_size, 256), **source)
     model = keras.models.load_model(FLAGS.model)
     expected = tuple(model.inputs[0].shape[1:])
     if len(expected) != len(info.image_shape) or any(
         e is not None and e != r for e, r in zip(expected, info.image_shape, strict=True)
     ):
         raise ValueError(
-            f"The model expects images of shape {expected}; --dataset={FLAGS.dataset!r} has "
+            f"The model expects images of shape {expected}; --dataset={source['source']!r} has "
             f"{info.image_shape}."
         )
     images = data.take_images(test if FLAGS.split == "test" else train, FLAGS.num_images)
@@ -105,7 +118,8 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join("reports", name)
     context = {
         "model": FLAGS.model,
-        "data": f"{FLAGS.dataset} ({FLAGS.split}, {len(images)} images)",
+        "data": f"{source['source']} ({FLAGS.split} split, {len(images)} images, "
+        f"seed {source.get('seed', 0)})",
         "deformation": f"{FLAGS.deformation}, magnitude {FLAGS.magnitude:g}, {options}",
         "seed": FLAGS.seed,
     }
