@@ -7,6 +7,7 @@ import pytest
 
 from deformstab_tf.measures import MeasureResult
 from deformstab_tf.plots import (
+    mean_and_band,
     plot_over_epochs,
     plot_profile,
     plot_profile_bands,
@@ -116,3 +117,15 @@ def test_the_callbacks_former_call_form_still_draws_one_axes():
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels[:3] == ["sensitivity", "relative_stability", "relative_stability D"]
     assert ax.get_yscale() == "log"  # R spans three orders of magnitude
+
+
+def test_mean_and_band_leave_out_nan_runs_and_are_geometric_on_log_axes():
+    values = [0.2, math.nan, 0.5, 0.35]
+    finite = np.array([0.2, 0.5, 0.35])
+    sd = np.std(finite, ddof=1)
+    np.testing.assert_allclose(mean_and_band(values), [0.35, 0.35 - 2 * sd, 0.35 + 2 * sd])
+    logs = np.log10([0.01, 1.0])
+    expected = 10 ** (logs.mean() + np.array([0, -2, 2]) * np.std(logs, ddof=1))
+    np.testing.assert_allclose(mean_and_band([0.01, 1.0], log=True), expected)
+    assert mean_and_band([0.3]) == (0.3, 0.3, 0.3)
+    assert all(math.isnan(v) for v in mean_and_band([math.nan, math.nan]))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from absl import flags
 
 from deformstab_tf import data, reports
 from deformstab_tf.deformations.layers import deformation_layer
-from deformstab_tf.measures import normalized_sensitivity
+from deformstab_tf.measures import MeasureResult, normalized_sensitivity
 from deformstab_tf.training import train_run
 from tests.references import TINY_RUN
 from trainers import measure
@@ -138,6 +139,17 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_p
         )
         assert not out.exists(), argv
     assert os.listdir(tmp_path) == ["unreadable"]  # no staging directory left either
+
+
+def test_a_diverged_result_is_reported_as_nan_not_as_a_number(tmp_path):
+    diverged = MeasureResult("sensitivity", {"input": 0.3, "block1_conv1": math.nan})
+    paths = reports.write_report(tmp_path / "r", {"sensitivity": diverged}, title="diverged")
+    assert [os.path.basename(p) for p in paths] == [
+        "profile.png", "report.csv", "report.json", "report.md"
+    ]  # fmt: skip
+    assert "| block1_conv1 | NaN |" in (tmp_path / "r" / "report.md").read_text()
+    with open(tmp_path / "r" / "report.csv") as file:
+        assert math.isnan(float(list(csv.DictReader(file))[1]["sensitivity"]))
 
 
 def test_read_and_group_runs(tiny_runs):
