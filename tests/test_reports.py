@@ -95,8 +95,19 @@ def test_measure_a_users_own_model_at_its_unit_outputs(tmp_path, capsys):
     expected = normalized_sensitivity(model, images, deformation_layer("tps", 2.0, seed=3), seed=3)
     assert list(got) == list(expected)
     # probed at the unit's output, after BN and ReLU, not at the raw convolution
-    assert list(got)[:3] == ["input", "stem_relu", "pool"] and "stem" not in got
     np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-6)
+    assert list(got)[:3] == ["input", "stem_relu", "pool"] and "stem" not in got
+    # --layers takes a named selection as well as layer names
+    code, lines = _run_script(
+        measure,
+        [f"--model={tmp_path}/mine.keras", "--measures=sensitivity", "--num_images=6",
+         f"--output_dir={out}", "--layers=activations"],
+        capsys,
+    )  # fmt: skip
+    with open(out / "report.json") as file:
+        got = json.load(file)["results"]["sensitivity"]["values"]
+    expected = normalized_sensitivity(model, images, lambda x: x, layers="activations")
+    assert code in (None, 0) and list(got) == list(expected) and "pool" not in got
 
 
 def _run_script(module, argv, capsys):

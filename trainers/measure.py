@@ -36,7 +36,12 @@ flags.DEFINE_list(
     "Any of sensitivity, relative_stability, shift_consistency, smoothness.",
 )
 flags.DEFINE_list("sweep", [], "Magnitudes of a sweep (sensitivity, and R if measured).")
-flags.DEFINE_list("layers", [], "Probe points (layer names); default: the model's own.")
+flags.DEFINE_list(
+    "layers",
+    [],
+    "Probe points: layer names (paths such as resnet50/conv2_block1_out inside nested models) "
+    "or one named selection: units (the default), activations, blocks, all.",
+)
 flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
 flags.DEFINE_integer("seed", 0, "Seed of the deformations and noise.")
 flags.DEFINE_string("output_dir", None, "Where the report goes; default reports/<model name>.")
@@ -60,6 +65,7 @@ def main(argv):
 
     import deformstab_tf as ds
     from deformstab_tf import data, reports
+    from deformstab_tf.measures import SELECTIONS
     from deformstab_tf.training import read_config
 
     # Every setting is checked before the slow part: the deformation at each magnitude, the
@@ -101,6 +107,8 @@ def main(argv):
         )
     images = data.take_images(test if FLAGS.split == "test" else train, FLAGS.num_images)
     layers = FLAGS.layers or None
+    if layers and len(layers) == 1 and layers[0] in SELECTIONS:
+        layers = layers[0]  # a named selection, not a layer name
     results = reports.stability_report(
         model, images, deformation, FLAGS.measures, layers, FLAGS.batch_size, FLAGS.seed
     )
