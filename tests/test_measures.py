@@ -436,6 +436,22 @@ def test_a_diverged_model_gives_nan_with_one_warning_never_a_result(images):
     assert np.isfinite(normalized_sensitivity(tiny_model(), images, smooth_warp).mean())
 
 
+def test_nan_weights_hidden_by_fused_relu_and_pooling_still_give_nan(images):
+    model = tiny_model()
+    kernel = model.get_layer("block1_conv1").kernel
+    kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+    # In graph mode TensorFlow (2.21, CPU) computes this conv + fused ReLU as exact zeros and
+    # everything after it as finite constants: read naively, a perfectly stable (dead) network.
+    for measure in (normalized_sensitivity, relative_stability):
+        with pytest.warns(RuntimeWarning, match=r"weights.*'block1_conv1'") as w:
+            result = measure(model, images, smooth_warp)
+        assert len(w) == 1
+        assert np.isfinite(result["input"])
+        assert all(np.isnan(result[name]) for name in list(result)[1:])
+    with pytest.warns(RuntimeWarning, match="shift_consistency"):
+        assert np.isnan(shift_consistency(model, images, max_shift=2, seed=0)["output"])
+
+
 def test_non_finite_probe_images_name_images(model, images):
     bad = images.copy()
     bad[2, 1, 1, 0] = np.inf

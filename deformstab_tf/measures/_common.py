@@ -51,11 +51,12 @@ def safe_ratio(numerator, denominator, if_both_zero):
 
 
 def warn_non_finite(measure, names):
-    """One warning per measurement naming the probe points whose representations are not
-    finite (NaN / inf: a diverged network); their values are NaN, never a number."""
+    """One warning per measurement naming the probe points whose representations, or the
+    representations or weights they are computed from, are not finite (NaN / inf: a diverged
+    network); their values are NaN, never a number."""
     warnings.warn(
-        f"{measure}: non-finite representations (a diverged network?) at {list(names)}; "
-        "their values are NaN.",
+        f"{measure}: non-finite representations or weights (a diverged network?) at "
+        f"{list(names)}; their values are NaN.",
         RuntimeWarning,
         stacklevel=3,
     )

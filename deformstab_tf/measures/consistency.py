@@ -3,6 +3,7 @@
 import math
 import weakref
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -39,8 +40,9 @@ def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap",
 
     Returns:
         A `MeasureResult` with one entry, `"output"`, the fraction of images whose two shifted
-        copies get the same top-1 class; NaN (with a warning) when the model's outputs are not
-        finite (a diverged network).
+        copies get the same top-1 class; NaN (with a warning) when the model's outputs or
+        weights are not finite (a diverged network: NaN weights can give finite, constant
+        outputs, which would read as perfect consistency).
 
     Example:
 
@@ -61,10 +63,18 @@ def top1_predictor(model):
 
         @tf.function(reduce_retracing=True)
         def predict_top1(images):
-            outputs = model_ref()(images, training=False)
+            model = model_ref()
+            outputs = model(images, training=False)
             flat = tf.reshape(outputs, [tf.shape(outputs)[0], -1])
-            finite = tf.reduce_all(tf.math.is_finite(flat), axis=-1)
-            # -1 marks a non-finite output (a diverged network): no class to agree on.
+            weights_finite = [
+                tf.reduce_all(tf.math.is_finite(w.value))
+                for w in model.weights
+                if keras.backend.is_float_dtype(w.dtype)
+            ]
+            finite = tf.reduce_all(tf.math.is_finite(flat), axis=-1) & tf.reduce_all(
+                tf.stack([tf.constant(True), *weights_finite])
+            )
+            # -1 marks a non-finite output or model (a diverged network): no class to agree on.
             return tf.where(finite, tf.argmax(flat, axis=-1), tf.constant(-1, tf.int64))
 
         _PREDICTORS[model] = predict_top1

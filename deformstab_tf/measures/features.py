@@ -338,8 +338,9 @@ class ProbeDistances:
     Attributes:
         pairwise: `(N, N)` float64 distances between the clean probe images (diagonal 0).
         paired: `(P, N)` float64 distance between each clean image and its `p`-th perturbed copy.
-        finite: False when a representation at this probe point (clean or perturbed) held NaN
-            or inf (a diverged network); the measures then report NaN.
+        finite: False for a diverged network: when a representation at this probe point or at
+            a probe point it is computed from (clean or perturbed) held NaN or inf, or a weight
+            of a layer it is computed from is not finite; the measures then report NaN.
     """
 
     pairwise: np.ndarray
@@ -383,6 +384,11 @@ class ProbeFeatures:
         model_input = model.inputs[0]
         extractor_input, outputs = _probe_outputs(model, self.names)
         self.extractor = keras.Model(extractor_input, outputs, name=f"{model.name}_probe")
+        # A probe point is reported as diverged when anything it is computed from is: TensorFlow
+        # turns NaN into finite numbers in places (a conv with a fused ReLU gives 0 for a NaN
+        # kernel, max pooling drops NaN), so its own finite output proves nothing.
+        self._upstream_probes, upstream_weights = _upstream(outputs)
+        self._weights_finite = _weights_finite_function(upstream_weights)
         # Fixed signatures: each function traces once whatever the batch size.
         images_spec = tf.TensorSpec([None, *model_input.shape[1:]], _probe_dtype(model))
         vectors_spec = [tf.TensorSpec([None, None], tf.float32)] * len(self.names)
@@ -440,6 +446,10 @@ class ProbeFeatures:
         Cosine distance of zero vectors (dead units): `d_cos(0, 0) = 0` (identical
         representations) and `d_cos(0, r) = 1` for `r != 0` (a zero vector is treated as
         orthogonal to everything), so dead probe points never produce NaN.
+
+        Diverged network: `ProbeDistances.finite` is False at a probe point whose
+        representations, or the representations or layer weights it is computed from, are not
+        finite (flags reduced on the device; only booleans reach the host).
         """
         if metric not in ("cosine", "sqeuclidean"):
             raise ValueError(f"Unknown metric {metric!r}.")
@@ -518,6 +528,11 @@ class ProbeFeatures:
                 next_row = column
             row = next_row
 
+        weights_finite = [bool(f) for f in self._weights_finite()]
+        finite = [
+            weights_finite[layer] and all(finite[k] for k in self._upstream_probes[layer] | {layer})
+            for layer in range(num_layers)
+        ]
         results = []
         for layer in range(num_layers):
             # Squared distances from the (centred) Gram matrix, in float64.
@@ -575,6 +590,49 @@ class ProbeFeatures:
             g = g.numpy().astype(np.float64)
             gram[layer][rows, columns] = g
             gram[layer][columns, rows] = g.T
+
+
+def _upstream(outputs):
+    """Per symbolic output: the indices of the other outputs it is computed from, and the
+    floating-point weights of every layer on the way from the input (its own layer included)."""
+    index = {id(tensor): i for i, tensor in enumerate(outputs)}
+    variables = {}  # id -> variable, shared by the probe points
+    probes, weights = [], []
+    for output in outputs:
+        found, seen, stack, own = set(), {id(output)}, [output], set()
+        while stack:
+            history = getattr(stack.pop(), "_keras_history", None)
+            if history is None:
+                continue
+            operation = history.operation
+            for variable in getattr(operation, "weights", []):
+                if keras.backend.is_float_dtype(variable.dtype):
+                    variables.setdefault(id(variable), variable)
+                    own.add(id(variable))
+            for parent in operation._inbound_nodes[history.node_index].input_tensors:
+                if id(parent) not in seen:
+                    seen.add(id(parent))
+                    if id(parent) in index:
+                        found.add(index[id(parent)])
+                    stack.append(parent)
+        probes.append(found)
+        weights.append([variables[v] for v in sorted(own)])
+    return probes, weights
+
+
+def _weights_finite_function(upstream_weights):
+    """A `tf.function` returning, per probe point, whether every weight it is computed from is
+    finite (the variables are captured, not passed: one trace, reduced on the device)."""
+    unique = list({id(v): v for variables in upstream_weights for v in variables}.values())
+    position = {id(v): i for i, v in enumerate(unique)}
+    indices = [[position[id(v)] for v in variables] for variables in upstream_weights]
+
+    @tf.function(autograph=False)
+    def weights_finite():
+        flags = [tf.reduce_all(tf.math.is_finite(v.value)) for v in unique] + [tf.constant(True)]
+        return [tf.reduce_all(tf.stack([flags[i] for i in idx] + [flags[-1]])) for idx in indices]
+
+    return weights_finite
 
 
 def _cosine_with_zero_rule(d_cos, zero_a, zero_b):

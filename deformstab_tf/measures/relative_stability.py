@@ -48,7 +48,8 @@ def relative_stability(
 
     Ratios `0 / 0` (a probe point that does not change at all, e.g. dead) are reported as
     `D = G = 0` and `R = 1`; `x / 0` with `x > 0` as `inf`. A probe point whose representations
-    are not finite (a diverged network) is NaN in R, D and G, with a warning.
+    are not finite, or computed from non-finite representations or weights (a diverged
+    network), is NaN in R, D and G, with a warning (see `normalized_sensitivity`).
 
     Cost: forward passes over the clean images (one when `len(images) <= batch_size`, see
     `ProbeFeatures.distances`), the deformed and the noisy images.

@@ -39,7 +39,10 @@ def normalized_sensitivity(
     Dead units: `d_cos(0, 0) = 0` and `d_cos(0, r) = 1` for `r != 0`. A ratio `0 / 0` (a probe
     point constant over the probe set and its deformations, e.g. all-zero) is reported as 0
     (perfectly stable); `x / 0` with `x > 0` as `inf`. A probe point whose representations are
-    not finite (a diverged network) is NaN, with a warning; otherwise no NaN is produced.
+    not finite, or computed from non-finite representations or weights (a diverged network),
+    is NaN, with a warning; otherwise no NaN is produced. (TensorFlow can turn NaN into finite
+    numbers — a conv with a fused ReLU gives 0 for NaN weights, max pooling drops NaN — so the
+    layers upstream are checked too, lest a diverged unit read as a dead, "stable" one.)
 
     Cost: one forward pass per batch of clean images and one per batch and deformation draw
     (beyond `feature_cache_bytes` of clean features, `n (n - 1) / 2 + 1` clean passes of `n`
@@ -52,8 +55,10 @@ def normalized_sensitivity(
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomThinPlateSpline(seed=...)`).
         layers: probe points: `None` (the default probe points: `probe_layer_names(model)` for
-            models from `deformstab_tf.models`, else `input` plus every convolution, pooling and
-            dense layer), a list of layer names (`"input"` is the images) or a predicate on a layer.
+            models from `deformstab_tf.models`, else the unit outputs, also inside nested
+            models), a named selection (`"units"`, `"activations"`, `"blocks"`, `"all"`), a list
+            of layer names (`"input"` is the images, `"backbone/layer"` a nested layer) or a
+            predicate on a layer; see `resolve_probe_layers`.
         batch_size: images per forward pass.
         num_deformations: draws of the deformation per image averaged in the numerator.
         seed: seeds the measure's own randomness. It is passed as `seed=` to a `deformation`
