@@ -264,9 +264,13 @@ def test_one_probe_image_is_an_error(model, images, measure):
         measure(model, images[:1], smooth_warp)
 
 
-def test_bad_batch_size(model, images):
+def test_bad_batch_size_and_feature_cache_bytes(model, images):
     with pytest.raises(ValueError, match="batch_size=0"):
         normalized_sensitivity(model, images, smooth_warp, batch_size=0)
+    for measure in (normalized_sensitivity, relative_stability):
+        for budget in (-1, "1GB", None, float("nan")):
+            with pytest.raises(ValueError, match=r"`feature_cache_bytes`.*received"):
+                measure(model, images, smooth_warp, feature_cache_bytes=budget)
 
 
 # -- shift consistency --------------------------------------------------------------------------
@@ -474,3 +478,11 @@ def test_feature_cache_gives_the_same_numbers_with_one_clean_pass_per_batch(mode
     # 4 clean passes (one per batch) instead of n (n - 1) / 2 + 1 = 7, plus the perturbed ones.
     assert cached.metadata["forward_passes"] == 4 + 4 * perturbed
     assert recomputed.metadata["forward_passes"] == 7 + 4 * perturbed
+    # The budget is all or nothing, on float32 features of every probe point: just enough
+    # caches, one byte less recomputes, with the same numbers.
+    outputs = ProbeFeatures.for_model(model).extractor(many[:1])
+    needed = 4 * len(many) * sum(int(np.prod(o.shape[1:])) for o in outputs)
+    for budget, clean_passes in ((needed, 4), (needed - 1, 7)):
+        result = measure(model, many, smooth_warp, batch_size=4, seed=0, feature_cache_bytes=budget)
+        assert result.metadata["forward_passes"] == clean_passes + 4 * perturbed
+        np.testing.assert_allclose(list(cached.values()), list(result.values()), rtol=1e-6)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf._validation import check_positive_int
+from deformstab_tf._validation import check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
     derive_seed,
@@ -106,6 +106,7 @@ def relative_stability_from_probe(
     """
     images = probe.check_images(images)
     check_positive_int("batch_size", batch_size)
+    check_non_negative("feature_cache_bytes", feature_cache_bytes)
     if reduction not in REDUCTIONS:
         raise ValueError(
             f"`reduction` must be one of {sorted(REDUCTIONS)}. Received: reduction={reduction!r}"

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from deformstab_tf._validation import check_positive_int
+from deformstab_tf._validation import check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
     derive_seed,
@@ -110,6 +110,7 @@ def normalized_sensitivity_from_probe(
     """
     images = probe.check_images(images)
     check_positive_int("batch_size", batch_size)
+    check_non_negative("feature_cache_bytes", feature_cache_bytes)
     check_positive_int("num_deformations", num_deformations)
     root_seed = resolve_seed(seed)
 
