@@ -535,57 +535,82 @@ def _spearman(x, y):
 
 
 def draw_figures(results, directory):
-    """PNG figures of the report; returns `{title: file name}`."""
-    from deformstab_tf.plots import plot_profile_bands
+    """PNG figures of the report (the package's init-vs-trained band panels, as
+    `trainers/compare.py` draws them); returns `{title: file name}`."""
+    from deformstab_tf.plots import plot_profile_bands, plot_stage_bands
 
     figures = {}
-    sens = results["sensitivity"]
-    if sens:
-        for stage in ("init", "trained"):
-            groups = {v: sens[v][stage] for v in sens if stage in sens[v]}
-            if groups:
-                name = f"sensitivity_{stage}.png"
-                figure = plot_profile_bands(
-                    groups,
-                    title=f"TPS sensitivity ({stage}), mean +- 2 SD over seeds",
-                    ylabel="normalised sensitivity",
-                )
-                figure.savefig(os.path.join(directory, name), dpi=90)
-                figures[f"Sensitivity per layer, {stage}"] = name
-    smooth = results["smoothness"]
-    for stage in ("init", "trained"):
-        groups = {v: smooth[v][stage] for v in smooth if stage in smooth[v]}
-        if groups:
-            name = f"smoothness_{stage}.png"
-            figure = plot_profile_bands(groups, title=f"Kernel TV/L1 ({stage})", ylabel="TV / L1")
-            figure.savefig(os.path.join(directory, name), dpi=90)
-            figures[f"Kernel smoothness per layer, {stage}"] = name
-    rs = results["relative_stability"]
+
+    def save(figure, name, title):
+        figure.savefig(os.path.join(directory, name), dpi=90)
+        figures[title] = name
+
+    def stages(tree, component=None):
+        out = {}
+        for stage, label in (("init", "at initialisation"), ("trained", "after training")):
+            groups = {
+                v: (tree[v][stage] if component is None else tree[v][stage][component])
+                for v in tree
+                if stage in tree[v]
+            }
+            out[label] = groups
+        return out
+
+    if results["sensitivity"]:
+        save(
+            plot_stage_bands(
+                stages(results["sensitivity"]),
+                title="TPS sensitivity (3x3 grid, C=2), mean +- 2 SD over seeds",
+                ylabel="normalised sensitivity",
+            ),
+            "sensitivity_profiles.png",
+            "Sensitivity per layer, at initialisation and after training",
+        )
+    if results["smoothness"]:
+        save(
+            plot_stage_bands(stages(results["smoothness"]), title="Kernel TV/L1", ylabel="TV / L1"),
+            "smoothness_profiles.png",
+            "Kernel smoothness per layer, at initialisation and after training",
+        )
     for component in ("D", "G", "R"):
-        groups = {
-            f"{v} {stage}": rs[v][stage][component]
-            for v in rs
-            for stage in ("init", "trained")
-            if stage in rs[v]
-        }
-        if groups:
-            name = f"relative_stability_{component}.png"
-            figure = plot_profile_bands(
-                groups, title=f"{component} per layer", ylabel=component, log=True
+        if results["relative_stability"]:
+            save(
+                plot_stage_bands(
+                    stages(results["relative_stability"], component),
+                    title=f"{component} per layer (diffeomorphisms delta=1 px, c=3)",
+                    ylabel=component,
+                    log=True,
+                ),
+                f"relative_stability_{component}.png",
+                f"{component} per layer, at initialisation and after training",
             )
-            figure.savefig(os.path.join(directory, name), dpi=90)
-            figures[f"{component} per layer (diffeo delta=1 px, c=3)"] = name
+    smoothing = results["smoothing_intervention"]
+    if smoothing:
+        groups = {f"sigma {k}": v["sensitivity"] for k, v in sorted(smoothing.items())}
+        if "max" in results["sensitivity"] and "init" in results["sensitivity"]["max"]:
+            groups = {"sigma 0": results["sensitivity"]["max"]["init"], **groups}
+        save(
+            plot_profile_bands(
+                groups,
+                title="Gaussian-smoothed initial filters (max pooling): sensitivity",
+                ylabel="normalised sensitivity",
+            ),
+            "smoothing_intervention.png",
+            "Smoothing intervention at initialisation",
+        )
     random = results["random_labels"]
     if random:
         groups = {v: {k: [x] for k, x in r["sensitivity"].items()} for v, r in random.items()}
-        name = "sensitivity_random_labels.png"
-        figure = plot_profile_bands(
-            groups,
-            title="Sensitivity after training on random labels",
-            ylabel="normalised sensitivity",
+        initial = {v: {k: [x] for k, x in r["sensitivity_init"].items()} for v, r in random.items()}
+        save(
+            plot_stage_bands(
+                {"at initialisation": initial, "after training on random labels": groups},
+                title="Sensitivity with random labels",
+                ylabel="normalised sensitivity",
+            ),
+            "sensitivity_random_labels.png",
+            "Sensitivity per layer, random labels",
         )
-        figure.savefig(os.path.join(directory, name), dpi=90)
-        figures["Sensitivity per layer, random labels"] = name
     synthetic = results["synthetic"]
     if synthetic:
         for measure in ("sensitivity", "smoothness"):
@@ -593,12 +618,13 @@ def draw_figures(results, directory):
                 f"C={c}": {k: [x] for k, x in r[measure].items()}
                 for c, r in sorted(synthetic.items())
             }
-            name = f"synthetic_{measure}.png"
-            figure = plot_profile_bands(
-                groups, title=f"Synthetic task: {measure} per layer", ylabel=measure
+            save(
+                plot_profile_bands(
+                    groups, title=f"Synthetic task: {measure} per layer", ylabel=measure
+                ),
+                f"synthetic_{measure}.png",
+                f"Synthetic task, {measure}",
             )
-            figure.savefig(os.path.join(directory, name), dpi=90)
-            figures[f"Synthetic task, {measure}"] = name
     return figures
 
 

@@ -65,7 +65,7 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert set(results["synthetic"]) == {"1", "2"}
     assert results["settings"]["train_size"] == 24 and results["cpu_seconds"] > 0
     figures = sorted(os.listdir(docs / "replication"))
-    assert "sensitivity_init.png" in figures and "relative_stability_R.png" in figures
+    assert "sensitivity_profiles.png" in figures and "relative_stability_R.png" in figures
     for name in figures:
         if name.endswith(".png"):
             assert f"replication/{name}" in report
