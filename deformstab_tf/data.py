@@ -246,15 +246,28 @@ def image_folder(
     """`(train, test, info)` from a folder tree of images, one subfolder per class.
 
     Layouts: `path/train/<class>/*` and `path/test/<class>/*` (the test tree is the test split),
-    or `path/<class>/*` (a seeded `validation_fraction` of each class is held out as the test
-    split). Class names are the sorted subfolder names (the same in both trees). Images (PNG,
-    JPEG, BMP, GIF; all of one size) are decoded once, in parallel, into uint8 arrays kept in
-    memory and cached on disk under `$DEFORMSTAB_CACHE` (default `~/.cache/deformstab_tf`),
-    keyed by the files' paths, sizes and modification times, so later runs skip the decoding.
+    or `path/<class>/*` (a seeded `validation_fraction` of each class, at least one image, is
+    held out as the test split). Class names are the sorted subfolder names (the same in both
+    trees). Images (PNG, JPEG, BMP, GIF; all of one size, never resized) are decoded once, in
+    parallel, into uint8 arrays kept in memory and cached on disk under `$DEFORMSTAB_CACHE`
+    (default `~/.cache/deformstab_tf`), keyed by the files' paths, sizes and modification
+    times, so later runs skip the decoding.
+
+    Args:
+        path: the tree's root directory.
+        validation_fraction: without a `test/` tree, the fraction of each class held out.
+        batch_size, train_size, random_labels, augment, seed: see `load_dataset`.
+
+    Returns:
+        `(train, test, info)`; `info.name` is `"folder:<absolute path>"`.
 
     Raises:
         ValueError: naming the path when it is missing, has no class subfolders, no images, or
-            images of different sizes.
+            images of different sizes or that cannot be decoded.
+
+    Example:
+
+    >>> train, test, info = image_folder("../shared/data/cifar10", augment=["standard"])
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isdir(root):
@@ -312,16 +325,21 @@ def _class_files(directory, class_names=None):
 
 
 def _hold_out(files, fraction, seed):
+    """Splits `(file, label)` pairs into train and test, holding out `fraction` of each class."""
     if not 0 < fraction < 1:
         raise ValueError(
             f"`validation_fraction` must be in (0, 1); received validation_fraction={fraction!r}."
         )
     rng = np.random.default_rng([seed, 31])
-    order = rng.permutation(len(files))
-    held = max(1, round(fraction * len(files)))
-    test = sorted(order[:held])
-    train = sorted(order[held:])
-    return [files[i] for i in train], [files[i] for i in test]
+    labels = np.array([label for _, label in files])
+    held = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        # At least one test image per class, and one training image when the class has two.
+        count = min(max(1, round(fraction * len(members))), max(1, len(members) - 1))
+        held.extend(members[:count])
+    test = set(held)
+    return [f for i, f in enumerate(files) if i not in test], [files[i] for i in sorted(test)]
 
 
 def _decode_cached(files):
@@ -383,11 +401,23 @@ def tfds_dataset(
 
     Splits: `train`, and `test` (or `validation` when there is no test split, e.g.
     `imagenet2012`). Both are read into memory as uint8 arrays, so this suits datasets of
-    CIFAR/MNIST size; images must share one size.
+    CIFAR/MNIST size; images must share one size (they are never resized).
+
+    Args:
+        name: the TFDS name, e.g. `"cifar10"`, `"mnist"`.
+        data_dir: the TFDS data directory holding the prepared dataset (TFDS's default if None).
+        batch_size, train_size, random_labels, augment, seed: see `load_dataset`.
+
+    Returns:
+        `(train, test, info)`; `info.class_names` are the TFDS label names.
 
     Raises:
         ValueError: naming `source` for an unknown name, and, within seconds, when the dataset is
             not prepared in `data_dir`, saying how to provide it.
+
+    Example:
+
+    >>> train, test, info = tfds_dataset("cifar10", data_dir="~/tensorflow_datasets")
     """
     import tensorflow_datasets as tfds
 

@@ -126,9 +126,10 @@ def test_image_folder_both_layouts_sorted_classes_and_validation_split(tmp_path,
     _write_tree(tmp_path / "flat", "flat")
     kwargs = {"batch_size": 4, "validation_fraction": 0.3, "seed": 1}
     train, test, info = load_dataset(f"folder:{tmp_path / 'flat'}", **kwargs)
-    assert (info.train_size, info.test_size) == (13, 5)  # round(0.3 * 18) held out
+    assert (info.train_size, info.test_size) == (12, 6)  # round(0.3 * 6) held out per class
     x_train, _ = _all(train)
-    x_test, _ = _all(test)
+    x_test, y_test = _all(test)
+    np.testing.assert_array_equal(y_test, [0, 0, 1, 1, 2, 2])  # stratified, in order
     train_rows = {row.tobytes() for row in x_train}
     assert not train_rows & {row.tobytes() for row in x_test}  # disjoint
     again = load_dataset(f"folder:{tmp_path / 'flat'}", **kwargs)
