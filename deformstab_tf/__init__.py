@@ -12,6 +12,7 @@
 - `deformstab_tf.plots`: per-layer profile figures.
 """
 
+from deformstab_tf import data
 from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.deformations import (
     DEFORMATION_LAYERS,
@@ -65,6 +66,7 @@ __all__ = [
     "build_resnet",
     "build_vgg",
     "cifar_vgg",
+    "data",
     "deformation_layer",
     "diffeo_displacement",
     "imagenet_vgg",
