@@ -518,9 +518,9 @@ WHY_IT_MAY_DIFFER = {
     "F6": "The synthetic task saturates here (test accuracy 1.00 at every C within 10 "
     "epochs): once the prototypes are separated, stronger deformations add little pressure "
     "toward invariance. Harder prototypes or more classes would make C matter more.",
-    "T1": "Measured per variant with one trained seed; D falls with depth everywhere, and "
-    "where G does not rise it is in variants whose downsampling is a learned strided "
-    "convolution. Tomasini et al. trained to convergence on the full data set.",
+    "T1": "Measured per variant after a short run with one or two training seeds; the "
+    "per-variant rank correlations show where it holds. Tomasini et al. trained to "
+    "convergence on the full data set.",
     "Z1": "Shift consistency is measured with wrap-around shifts of up to 4 px on 1,000 test "
     "images, not Zhang's ImageNet crops; on 32x32 images both nets may be near the ceiling.",
 }
