@@ -23,7 +23,6 @@ callback, alternated). Usage::
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from deformstab_tf.callbacks import StabilityCallback  # noqa: E402
 from deformstab_tf.measures import normalized_sensitivity, relative_stability  # noqa: E402
@@ -317,12 +317,7 @@ def main():
     images, source = probe_images(NUM_PROBES)
     tps, deformation_name = deformation()
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+        "machine": machine_info(),
         "model": model.name,
         "probe_points": len(probe_layer_names(model)),
         "probe_images": f"{NUM_PROBES} ({source})",

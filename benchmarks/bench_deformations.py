@@ -18,7 +18,6 @@ Prints a table (median ms per batch and images/s) and writes JSON. Usage::
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from deformstab_tf.deformations import (  # noqa: E402
     control_grid,
@@ -182,8 +182,7 @@ def main():
     out.write_text(
         json.dumps(
             {
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+                "machine": machine_info(),
                 "repeats": args.repeats,
                 "rows": rows,
                 "targets": targets,

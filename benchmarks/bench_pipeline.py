@@ -12,7 +12,6 @@ decode of the image folder, cold and from the cache.
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from deformstab_tf import data  # noqa: E402
 from deformstab_tf.deformations import RandomThinPlateSpline  # noqa: E402
@@ -130,12 +130,7 @@ def main():
             }
         )
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-        },
+        "machine": machine_info(),
         "model": "cifar_vgg('max'), SGD, batch 128, 32x32x3",
         "steps": args.steps,
         "rounds": args.rounds,
