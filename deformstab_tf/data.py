@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf._validation import check_positive_int
+from deformstab_tf._validation import check_choice, check_positive_int
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, RandomThinPlateSpline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -115,17 +115,32 @@ def load_dataset(
 # -- synthetic task -----------------------------------------------------------------------------
 
 
-def synthetic_prototypes(num_classes=10, image_size=32, channels=3, seed=0):
-    """`num_classes` prototype images `(K, S, S, C)` in `[0, 1]`: smooth coloured strokes.
+PROTOTYPES = ("strokes", "texture")
 
-    Each prototype is 3 to 5 random quadratic Bezier strokes of random width and colour on a
-    dark background, so classes differ in shape and colour and every image is spatially smooth
-    (worth classifying, unlike white noise).
+
+def synthetic_prototypes(num_classes=10, image_size=32, channels=3, seed=0, style="strokes"):
+    """`num_classes` prototype images `(K, S, S, C)` in `[0, 1]`.
+
+    Args:
+        num_classes, image_size, channels: the shape `(K, S, S, C)`.
+        seed: seeds the drawing; the same seed gives the same prototypes.
+        style: `"strokes"` (default): 3 to 5 random quadratic Bezier strokes of random width and
+            colour on a dark background, so classes differ in shape and colour and every image
+            is spatially smooth (worth classifying, unlike white noise). `"texture"`: Gaussian
+            noise low-passed with a (circular) Gaussian of std 1 px (fine texture, correlation
+            length ~1 px), so telling classes apart takes fine detail and a TPS warp of a few
+            pixels matters: the setting where the task's C shapes the learned filters (F6).
+
+    Returns:
+        A float32 array `(num_classes, image_size, image_size, channels)`.
     """
     check_positive_int("num_classes", num_classes)
     check_positive_int("image_size", image_size)
     check_positive_int("channels", channels)
+    check_choice("style", style, PROTOTYPES)
     rng = np.random.default_rng([seed, 7919])
+    if style == "texture":
+        return _texture(rng, (num_classes, image_size, image_size, channels), sigma=1.0)
     grid = np.stack(np.meshgrid(np.arange(image_size), np.arange(image_size), indexing="ij"), -1)
     pixels = grid.reshape(-1, 1, 2).astype(np.float64)
     t = np.linspace(0.0, 1.0, 64)[:, None]
@@ -142,6 +157,22 @@ def synthetic_prototypes(num_classes=10, image_size=32, channels=3, seed=0):
     return prototypes.reshape(num_classes, image_size, image_size, channels).astype(np.float32)
 
 
+def _texture(rng, shape, sigma):
+    """Gaussian noise convolved (circularly) with a sampled Gaussian of std `sigma` px,
+    standardised and mapped to mean 0.5, std 0.2, clipped to `[0, 1]`."""
+    noise = rng.standard_normal(shape)
+
+    def kernel_spectrum(size):  # the normalised sampled Gaussian on the circle, in Fourier space
+        distance = np.minimum(np.arange(size), size - np.arange(size))
+        kernel = np.exp(-0.5 * (distance / sigma) ** 2)
+        return np.fft.fft(kernel / kernel.sum())
+
+    transfer = kernel_spectrum(shape[1])[:, None, None] * kernel_spectrum(shape[2])[None, :, None]
+    smooth = np.real(np.fft.ifft2(np.fft.fft2(noise, axes=(1, 2)) * transfer, axes=(1, 2)))
+    smooth = (smooth - smooth.mean()) / smooth.std()
+    return np.clip(0.5 + 0.2 * smooth, 0.0, 1.0).astype(np.float32)
+
+
 def synthetic(
     num_classes=10,
     max_displacement=2.0,
@@ -151,6 +182,7 @@ def synthetic(
     samples_per_epoch=6400,
     test_size=1000,
     noise=0.05,
+    prototypes="strokes",
     *,
     batch_size=128,
     seed=0,
@@ -171,6 +203,8 @@ def synthetic(
         image_size, channels: image shape `(image_size, image_size, channels)`.
         samples_per_epoch, test_size: examples per training epoch and in the test split.
         noise: std of the Gaussian pixel noise added to every sample.
+        prototypes: the prototypes' style, `"strokes"` or `"texture"` (see
+            `synthetic_prototypes`).
         batch_size, seed, augment, random_labels: see `load_dataset`.
 
     Returns:
@@ -183,8 +217,9 @@ def synthetic(
     check_positive_int("samples_per_epoch", samples_per_epoch)
     check_positive_int("test_size", test_size)
     check_positive_int("batch_size", batch_size)
-    prototypes = synthetic_prototypes(num_classes, image_size, channels, seed)
-    constant = tf.constant(prototypes)
+    check_choice("prototypes", prototypes, PROTOTYPES)
+    images = synthetic_prototypes(num_classes, image_size, channels, seed, style=prototypes)
+    constant = tf.constant(images)
     noise = float(noise)
 
     def sample(labels, layer, noise_seed):

@@ -315,36 +315,6 @@ def read_run(directory):
     return Run(directory, config, history, summary)
 
 
-def run_dataset_arguments(config):
-    """`load_dataset` keyword arguments that give a run's own data back (e.g. to measure its
-    model on its test split): the source, `data_dir`, the seed (synthetic prototypes and
-    splits) and the synthetic task's settings, as `train_run` passes them.
-
-    Args:
-        config: a run's settings (`Run.config`, `training.read_config`).
-
-    Returns:
-        `{"source", "data_dir", "seed", "synthetic_options"}`.
-    """
-    return {
-        "source": config["dataset"],
-        "data_dir": config.get("data_dir"),
-        "seed": config.get("seed", 0),
-        "synthetic_options": {
-            option: config[key]
-            for option, key in [
-                ("num_classes", "synthetic_classes"),
-                ("max_displacement", "synthetic_displacement"),
-                ("samples_per_epoch", "synthetic_samples"),
-                ("grid_size", "synthetic_grid_size"),
-                ("image_size", "synthetic_image_size"),
-                ("channels", "synthetic_channels"),
-            ]
-            if key in config
-        },
-    }
-
-
 def group_runs(runs, by="downsample"):
     """`{value of config[by]: [runs]}`, in first-seen order (e.g. one group per variant)."""
     groups = {}

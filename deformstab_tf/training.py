@@ -29,6 +29,7 @@ import time
 import keras
 import tensorflow as tf
 
+from deformstab_tf import data as data_sources
 from deformstab_tf._validation import check_choice, check_non_negative, check_positive_int
 from deformstab_tf.callbacks import MEASURES, StabilityCallback
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
@@ -61,6 +62,7 @@ DEFAULTS = {
     "synthetic_grid_size": 3,
     "synthetic_image_size": 32,
     "synthetic_channels": 3,
+    "synthetic_prototypes": "strokes",
     "model": "cifar_vgg",
     "blocks": None,
     "downsample": "max",
@@ -110,6 +112,7 @@ def check_config(config):
     check_choice("strategy", config["strategy"], STRATEGIES)
     check_choice("deformation", config["deformation"], tuple(DEFORMATION_LAYERS))
     check_choice("jit_compile", config["jit_compile"], ("auto", True, False))
+    check_choice("synthetic_prototypes", config["synthetic_prototypes"], data_sources.PROTOTYPES)
     for name in ("epochs", "batch_size", "measure_every", "pool_size", "strides", "blur_size"):
         check_positive_int(name, config[name])
     for name in (
@@ -189,29 +192,19 @@ def train_run(output_dir, verbose=1, **config):
         with open(os.path.join(output_dir, SUMMARY_FILE)) as file:
             return json.load(file)
 
-    from deformstab_tf import data as data_sources  # TFDS imports only when training
-
     keras.utils.set_random_seed(config["seed"])
     strategy = _strategy(config["strategy"])
     is_chief = _is_chief(strategy)
     # Only the chief writes the run directory; other workers write a scratch copy.
     run_dir = output_dir if is_chief else tempfile.mkdtemp(prefix="deformstab_worker_")
+    source = run_dataset_arguments(config)
     train, test, info = data_sources.load_dataset(
-        config["dataset"],
+        source.pop("source"),
         batch_size=config["batch_size"],
         train_size=config["train_size"],
         random_labels=config["random_labels"],
         augment=config["augment"],
-        seed=config["seed"],
-        data_dir=config["data_dir"],
-        synthetic_options={
-            "num_classes": config["synthetic_classes"],
-            "max_displacement": config["synthetic_displacement"],
-            "samples_per_epoch": config["synthetic_samples"],
-            "grid_size": config["synthetic_grid_size"],
-            "image_size": config["synthetic_image_size"],
-            "channels": config["synthetic_channels"],
-        },
+        **source,
     )
     steps_per_epoch = -(-info.train_size // config["batch_size"])
     policy = _mixed_precision_policy() if config["mixed_precision"] else None
@@ -287,6 +280,39 @@ def train_run(output_dir, verbose=1, **config):
     if not is_chief:
         shutil.rmtree(run_dir, ignore_errors=True)
     return summary
+
+
+# `data.synthetic` argument <- run setting: the one mapping, for training and for measuring.
+SYNTHETIC_SETTINGS = (
+    ("num_classes", "synthetic_classes"),
+    ("max_displacement", "synthetic_displacement"),
+    ("samples_per_epoch", "synthetic_samples"),
+    ("grid_size", "synthetic_grid_size"),
+    ("image_size", "synthetic_image_size"),
+    ("channels", "synthetic_channels"),
+    ("prototypes", "synthetic_prototypes"),
+)
+
+
+def run_dataset_arguments(config):
+    """`load_dataset` keyword arguments that give a run's own data back (e.g. to measure its
+    model on its test split): the source, `data_dir`, the seed (synthetic prototypes and
+    splits) and the synthetic task's settings, as `train_run` passes them.
+
+    Args:
+        config: a run's settings (`Run.config`, `read_config`).
+
+    Returns:
+        `{"source", "data_dir", "seed", "synthetic_options"}`.
+    """
+    return {
+        "source": config["dataset"],
+        "data_dir": config.get("data_dir"),
+        "seed": config.get("seed", 0),
+        "synthetic_options": {
+            option: config[key] for option, key in SYNTHETIC_SETTINGS if key in config
+        },
+    }
 
 
 def build_model(config, image_shape, num_classes, dtype_policy=None):
@@ -380,6 +406,8 @@ def _check_run_directory(output_dir, config):
             "run directory. Choose a new or empty directory."
         )
     normalised = json.loads(json.dumps(config))
+    # A run recorded before a setting existed ran with what is now that setting's default.
+    stored = {**json.loads(json.dumps(DEFAULTS)), **stored}
     differences = {
         key: (stored.get(key), normalised.get(key))
         for key in sorted(set(stored) | set(normalised))

@@ -41,6 +41,31 @@ def test_synthetic_prototypes_are_distinct_smooth_images():
     assert np.corrcoef(a, b)[0, 1] > 0.8
 
 
+def test_texture_prototypes_are_periodic_gaussian_smoothed_noise():
+    from scipy import ndimage
+
+    textures = synthetic_prototypes(10, 32, 3, seed=4, style="texture")
+    assert textures.shape == (10, 32, 32, 3) and textures.dtype == np.float32
+    np.testing.assert_array_equal(textures, synthetic_prototypes(10, 32, 3, seed=4, style="texture"))
+    # Against scipy: the same noise through ndimage's Gaussian (wrap mode), standardised and
+    # mapped as documented (mean 0.5, std 0.2, clipped to [0, 1]).
+    noise = np.random.default_rng([4, 7919]).standard_normal((10, 32, 32, 3))
+    smooth = ndimage.gaussian_filter(noise, (0, 1.0, 1.0, 0), mode="wrap", truncate=8.0)
+    expected = np.clip(0.5 + 0.2 * (smooth - smooth.mean()) / smooth.std(), 0, 1)
+    np.testing.assert_allclose(textures, expected, atol=1e-5)
+    # Closed form: Gaussian-smoothed white noise of std 1 px has neighbour correlation
+    # exp(-1 / (4 sigma^2)) = 0.78 (fine texture, not strokes: the strokes exceed 0.8 above).
+    a, b = textures[:, :, :-1].ravel(), textures[:, :, 1:].ravel()
+    assert abs(np.corrcoef(a, b)[0, 1] - np.exp(-0.25)) < 0.03
+    train, _, _ = synthetic(**SMALL, prototypes="texture", max_displacement=0.0, noise=0.0)
+    images, labels = _all(train)
+    np.testing.assert_allclose(
+        images, synthetic_prototypes(4, 16, 3, seed=0, style="texture")[labels], atol=1e-6
+    )
+    with pytest.raises(ValueError, match="prototypes='noise'"):
+        synthetic(**SMALL, prototypes="noise")
+
+
 def test_synthetic_samples_are_tps_warps_of_their_prototype():
     train, test, info = synthetic(**SMALL, max_displacement=0.0, noise=0.0, batch_size=16)
     assert info.image_shape == (16, 16, 3) and info.num_classes == 4

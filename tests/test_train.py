@@ -119,6 +119,21 @@ def test_a_finished_run_is_left_alone_and_other_flags_are_an_error(finished_run)
         train_run(run_dir, verbose=0, **{**TINY, "downsample": "avg"})
     after = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
     assert after == before
+    # A run recorded before a setting existed ran with that setting's default: still the same run.
+    path = os.path.join(run_dir, "config.json")
+    with open(path) as file:
+        recorded = json.load(file)
+    older = {**recorded, "config": dict(recorded["config"])}
+    del older["config"]["synthetic_prototypes"]
+    with open(path, "w") as file:
+        json.dump(older, file)
+    try:
+        assert train_run(run_dir, verbose=0, **TINY) == summary
+        with pytest.raises(ValueError, match="synthetic_prototypes: 'strokes' there, 'texture' now"):
+            train_run(run_dir, verbose=0, **{**TINY, "synthetic_prototypes": "texture"})
+    finally:
+        with open(path, "w") as file:
+            json.dump(recorded, file)
 
 
 def test_bad_settings_name_the_setting_and_write_nothing(tmp_path):
@@ -132,6 +147,7 @@ def test_bad_settings_name_the_setting_and_write_nothing(tmp_path):
         "probe": ({"probe_size": 1}, "probe_size=1"),
         "folder": ({"dataset": f"folder:{tmp_path}/missing"}, "missing"),
         "unknown": ({"epochz": 3}, "epochz"),
+        "prototypes": ({"synthetic_prototypes": "noise"}, "synthetic_prototypes='noise'"),
     }
     for name, (settings, message) in cases.items():
         with pytest.raises(ValueError, match=message):

@@ -66,7 +66,7 @@ def main(argv):
     import deformstab_tf as ds
     from deformstab_tf import data, reports
     from deformstab_tf.measures import SELECTIONS
-    from deformstab_tf.training import read_config
+    from deformstab_tf.training import read_config, run_dataset_arguments
 
     # Every setting is checked before the slow part: the deformation at each magnitude, the
     # measures, the data source, the model and its image size.
@@ -90,7 +90,7 @@ def main(argv):
     run_config = read_config(os.path.dirname(os.path.abspath(FLAGS.model)))
     if FLAGS.dataset is None and run_config is not None:
         # The model's own run: its data, synthetic settings and seed (prototypes, splits).
-        source = reports.run_dataset_arguments(run_config)
+        source = run_dataset_arguments(run_config)
         if FLAGS.data_dir is not None:
             source["data_dir"] = FLAGS.data_dir
     else:

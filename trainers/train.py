@@ -40,6 +40,10 @@ flags.DEFINE_integer("synthetic_samples", 6400, "Synthetic task: training sample
 flags.DEFINE_integer("synthetic_grid_size", 3, "Synthetic task: TPS control grid size.")
 flags.DEFINE_integer("synthetic_image_size", 32, "Synthetic task: image height and width.")
 flags.DEFINE_integer("synthetic_channels", 3, "Synthetic task: image channels.")
+flags.DEFINE_enum(
+    "synthetic_prototypes", "strokes", ["strokes", "texture"],
+    "Synthetic task: prototype style, smooth coloured strokes or fine texture (F6).",
+)  # fmt: skip
 # Model
 flags.DEFINE_enum("model", "cifar_vgg", ["cifar_vgg", "imagenet_vgg", "resnet18", "vgg"], "Model.")
 flags.DEFINE_string("blocks", None, "For --model=vgg: conv widths per block, e.g. '32,32;64,64'.")
@@ -94,9 +98,9 @@ def config_from_flags():
     names = [
         "dataset", "data_dir", "train_size", "random_labels", "augment", "synthetic_classes",
         "synthetic_displacement", "synthetic_samples", "synthetic_grid_size",
-        "synthetic_image_size", "synthetic_channels", "model", "downsample", "head",
-        "pool_size", "strides", "blur_size", "epochs", "batch_size", "optimizer",
-        "learning_rate", "momentum", "schedule", "weight_decay", "seed", "probe_size",
+        "synthetic_image_size", "synthetic_channels", "synthetic_prototypes", "model",
+        "downsample", "head", "pool_size", "strides", "blur_size", "epochs", "batch_size",
+        "optimizer", "learning_rate", "momentum", "schedule", "weight_decay", "seed", "probe_size",
         "measures", "deformation", "magnitude", "grid_size", "cutoff", "measure_every",
         "smooth_init_sigma", "strategy", "mixed_precision",
     ]  # fmt: skip
