@@ -46,7 +46,8 @@ def test_texture_prototypes_are_periodic_gaussian_smoothed_noise():
 
     textures = synthetic_prototypes(10, 32, 3, seed=4, style="texture")
     assert textures.shape == (10, 32, 32, 3) and textures.dtype == np.float32
-    np.testing.assert_array_equal(textures, synthetic_prototypes(10, 32, 3, seed=4, style="texture"))
+    again = synthetic_prototypes(10, 32, 3, seed=4, style="texture")
+    np.testing.assert_array_equal(textures, again)
     # Against scipy: the same noise through ndimage's Gaussian (wrap mode), standardised and
     # mapped as documented (mean 0.5, std 0.2, clipped to [0, 1]).
     noise = np.random.default_rng([4, 7919]).standard_normal((10, 32, 32, 3))

@@ -129,7 +129,8 @@ def test_a_finished_run_is_left_alone_and_other_flags_are_an_error(finished_run)
         json.dump(older, file)
     try:
         assert train_run(run_dir, verbose=0, **TINY) == summary
-        with pytest.raises(ValueError, match="synthetic_prototypes: 'strokes' there, 'texture' now"):
+        expected = "synthetic_prototypes: 'strokes' there, 'texture' now"
+        with pytest.raises(ValueError, match=expected):
             train_run(run_dir, verbose=0, **{**TINY, "synthetic_prototypes": "texture"})
     finally:
         with open(path, "w") as file:
