@@ -19,7 +19,10 @@ Experiments (the CPU-sized defaults; `--full` in brackets):
   `--trained_seeds`; then D/G/R and shift consistency of the trained net — F2, F3, F4, T1, Z1.
 - `random_labels/<variant>_s0`: random labels fixed per example on `--random_label_size` images
   — F5.
-- `synthetic/C<c>_s0`: the synthetic task at TPS strength C — F6.
+- `synthetic/<prototypes>_<downsample>_C<c>_s<seed>`: the synthetic task at TPS strength C,
+  `--synthetic_seeds` seeds — F6. The default prototypes are fine textures and the net has no
+  pooling (`subsample`), so deformation stability must come from the filters; other settings
+  found under `synthetic/` (e.g. an earlier run's strokes with max pooling) are reported too.
 """
 
 import json
@@ -51,6 +54,11 @@ flags.DEFINE_integer("random_label_epochs", 25, "Epochs of the random-label runs
 flags.DEFINE_list("synthetic_strengths", ["1", "2", "3", "4"], "TPS strengths C of F6.")
 flags.DEFINE_integer("synthetic_epochs", 10, "Epochs of the synthetic-task runs.")
 flags.DEFINE_integer("synthetic_samples", 6400, "Synthetic training samples per epoch.")
+flags.DEFINE_integer("synthetic_seeds", 2, "Training seeds per strength C of the synthetic task.")
+flags.DEFINE_enum(
+    "synthetic_prototypes", "texture", ["texture", "strokes"], "Synthetic task prototypes (F6)."
+)
+flags.DEFINE_string("synthetic_downsample", "subsample", "Downsampling of the synthetic-task net.")
 flags.DEFINE_integer("probe_size", 128, "Probe images of the sensitivity (Ruderman et al.).")
 flags.DEFINE_integer("stability_probe_size", 500, "Probe images of D, G, R (Petrini et al.).")
 flags.DEFINE_integer("shift_images", 1000, "Test images of the shift consistency.")
@@ -120,7 +128,11 @@ class Replication:
         # random labels, then the extra training seeds.
         names = [f"init/{v}_s{seed}" for v in s.variants for seed in range(s.init_seeds)]
         names += [f"smoothing/sigma{sigma}_s{seed}" for sigma in s.sigmas for seed in range(2)]
-        names += [f"synthetic/C{c}_s0" for c in s.synthetic_strengths]
+        names += [
+            f"synthetic/{s.synthetic_prototypes}_{s.synthetic_downsample}_C{c}_s{seed}"
+            for c in s.synthetic_strengths
+            for seed in range(s.synthetic_seeds)
+        ]
         names += [f"trained/{v}_s0" for v in s.variants if s.seeds_for(v)]
         names += [f"random_labels/{v}_s0" for v in s.variants]
         names += [f"trained/{v}_s{seed}" for v in s.variants for seed in s.seeds_for(v)[1:]]
@@ -245,21 +257,25 @@ class Replication:
 
     def _run_synthetic(self, label, directory):
         s = self.settings
-        strength = float(label[1:].split("_s")[0])
+        prototypes, downsample, strength, seed = _synthetic_label(label)
         summary, history = self._train(
             directory,
             dataset="synthetic",
             synthetic_displacement=strength,
             synthetic_samples=s.synthetic_samples,
             synthetic_image_size=s.synthetic_image_size,
+            synthetic_prototypes=prototypes,
             epochs=s.synthetic_epochs,
             learning_rate=0.05,
             batch_size=64,  # enough steps for BatchNorm's moving statistics to settle
-            downsample="max",
-            seed=0,
+            downsample=downsample,
+            seed=seed,
         )
         return {
             "strength": strength,
+            "prototypes": prototypes,
+            "downsample": downsample,
+            "seed": seed,
             "test_accuracy": summary["test_accuracy"],
             "sensitivity": _values(history[-1], "sensitivity"),
             "smoothness": _values(history[-1], "smoothness"),
@@ -320,7 +336,7 @@ class Replication:
             elif kind == "random_labels":
                 random_labels[r["variant"]] = r
             elif kind == "synthetic":
-                synthetic[_number(r["strength"])] = r
+                _add_synthetic(synthetic, r)
             elif kind == "smoothing":
                 key = _number(r["sigma"])
                 _append(smoothing, [key, "sensitivity"], r["sensitivity"])
@@ -337,8 +353,27 @@ class Replication:
             "shift_consistency": shift,
             "random_labels": random_labels,
             "synthetic": synthetic,
+            "synthetic_other_settings": self._other_synthetic_settings(),
             "smoothing_intervention": smoothing,
         }
+
+    def _other_synthetic_settings(self):
+        """Finished synthetic runs of other settings under `synthetic/` (earlier runs), by
+        `"<prototypes>/<downsample>"`, each in the layout of `synthetic`."""
+        s, other = self.settings, {}
+        current = (s.synthetic_prototypes, s.synthetic_downsample)
+        directory = os.path.join(self.root, "synthetic")
+        for label in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+            path = os.path.join(directory, label, "result.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as file:
+                r = json.load(file)
+            # Results written before the setting was recorded: strokes, max pooling.
+            setting = (r.get("prototypes", "strokes"), r.get("downsample", "max"))
+            if setting != current:
+                _add_synthetic(other.setdefault("/".join(setting), {}), r)
+        return other
 
     def write_report(self):
         results = self.results()
@@ -383,6 +418,30 @@ def _spread(profiles):
     if len(profiles) < 2 or not names:
         return math.nan
     return float(np.mean([np.std([np.nanmean(p[n]) for p in profiles]) for n in names]))
+
+
+def _add_synthetic(tree, result):
+    """`tree[C]` gathers a synthetic run: per-layer lists over seeds, accuracy per seed."""
+    entry = tree.setdefault(_number(result["strength"]), {"strength": result["strength"]})
+    entry.setdefault("test_accuracy", []).append(result["test_accuracy"])
+    for measure in ("sensitivity", "smoothness", "smoothness_init"):
+        _append(entry, [measure], result.get(measure, {}))
+
+
+def _synthetic_trend(synthetic):
+    """`(text, holds)`: TV/L1 and S per C and their rank correlation with C; F6 holds when
+    both fall with C (rank correlation <= -0.8: at most one adjacent swap among 4 values)."""
+    ordered = sorted(synthetic.values(), key=lambda r: r["strength"])
+    strengths = [r["strength"] for r in ordered]
+    tvs = [_profile_mean(r["smoothness"]) for r in ordered]
+    ss = [_profile_mean(r["sensitivity"]) for r in ordered]
+    r_tv, r_s = _spearman(strengths, tvs), _spearman(strengths, ss)
+    text = ", ".join(
+        f"C={r['strength']:g}: TV/L1 {t:.3f}, S {x:.3f}, acc {np.mean(r['test_accuracy']):.2f}"
+        for r, t, x in zip(ordered, tvs, ss, strict=True)
+    )
+    text += f" (rank corr. with C: TV/L1 {r_tv:+.2f}, S {r_s:+.2f})"
+    return text, bool(r_tv <= -0.8 and r_s <= -0.8)
 
 
 def evaluate_findings(results):
@@ -463,17 +522,20 @@ def evaluate_findings(results):
         )
     synthetic = results["synthetic"]
     if len(synthetic) >= 2:
-        ordered = sorted(synthetic.values(), key=lambda r: r["strength"])
-        tvs = [_profile_mean({k: [x] for k, x in r["smoothness"].items()}) for r in ordered]
-        ss = [_profile_mean({k: [x] for k, x in r["sensitivity"].items()}) for r in ordered]
+        settings = results["settings"]
+        summary, holds = _synthetic_trend(synthetic)
+        others = "; ".join(
+            f"also tried {name}: {_synthetic_trend(runs)[0]}"
+            for name, runs in results.get("synthetic_other_settings", {}).items()
+            if len(runs) >= 2
+        )
         row(
             "F6",
             "Synthetic task: larger C -> smoother filters and lower sensitivity",
-            ", ".join(
-                f"C={r['strength']:g}: TV/L1 {t:.3f}, S {x:.3f}, acc {r['test_accuracy']:.2f}"
-                for r, t, x in zip(ordered, tvs, ss, strict=True)
-            ),
-            bool(np.all(np.diff(tvs) < 0) and np.all(np.diff(ss) < 0)),
+            f"{settings['synthetic_prototypes']} prototypes, {settings['synthetic_downsample']}, "
+            f"mean of {settings['synthetic_seeds']} seeds: {summary}"
+            + (f"; {others}" if others else ""),
+            holds,
         )
     trained_rs = [v for v in rs if "trained" in rs[v]]
     if trained_rs:
@@ -618,8 +680,7 @@ def draw_figures(results, directory):
     if synthetic:
         for measure in ("sensitivity", "smoothness"):
             groups = {
-                f"C={c}": {k: [x] for k, x in r[measure].items()}
-                for c, r in sorted(synthetic.items())
+                f"C={c}": r[measure] for c, r in sorted(synthetic.items(), key=_strength)
             }
             save(
                 plot_profile_bands(
@@ -664,7 +725,9 @@ def report_markdown(results, findings, figures, settings):
         f"delta=1 px, c=3, {s['stability_probe_size']} test images, medians; "
         f"{s['init_seeds']} seeds at initialisation; training seeds {s['trained_seeds']}; "
         f"random labels on {s['random_label_size']} images for {s['random_label_epochs']} epochs; "
-        f"synthetic task C in {s['synthetic_strengths']} for {s['synthetic_epochs']} epochs.",
+        f"synthetic task ({s.get('synthetic_prototypes', 'strokes')} prototypes, "
+        f"{s.get('synthetic_downsample', 'max')} downsampling) C in {s['synthetic_strengths']} "
+        f"for {s['synthetic_epochs']} epochs, {s.get('synthetic_seeds', 1)} seeds each.",
         "",
         "## Findings",
         "",
@@ -695,6 +758,18 @@ def report_markdown(results, findings, figures, settings):
         for title, name in figures.items():
             lines += [f"### {title}", "", f"![{title}](replication/{name})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _strength(item):
+    return float(item[0])
+
+
+def _synthetic_label(label):
+    """`"texture_subsample_C2_s1"` -> `("texture", "subsample", 2.0, 1)`."""
+    rest, seed = label.rsplit("_s", 1)
+    rest, strength = rest.rsplit("_C", 1)
+    prototypes, downsample = rest.split("_", 1)
+    return prototypes, downsample, float(strength), int(seed)
 
 
 def _variant_seed(label):
@@ -738,7 +813,8 @@ def main(argv):
     names = [
         "cifar10", "output_dir", "docs_dir", "full", "variants", "init_seeds", "trained_seeds",
         "train_size", "epochs", "random_label_size", "random_label_epochs",
-        "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "probe_size",
+        "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "synthetic_seeds",
+        "synthetic_prototypes", "synthetic_downsample", "probe_size",
         "stability_probe_size", "shift_images", "sigmas", "batch_size", "model", "blocks",
         "synthetic_image_size",
     ]  # fmt: skip

@@ -63,6 +63,10 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
         assert len(results["test_accuracy"][variant]) == 1
         assert 0 <= results["shift_consistency"][variant][0] <= 1
     assert set(results["synthetic"]) == {"1", "2"}
+    # two seeds per strength (the default), per-layer lists over seeds
+    assert len(results["synthetic"]["1"]["test_accuracy"]) == 2
+    assert all(len(v) == 2 for v in results["synthetic"]["2"]["smoothness"].values())
+    assert results["synthetic_other_settings"] == {}
     assert results["settings"]["train_size"] == 24 and results["cpu_seconds"] > 0
     figures = sorted(os.listdir(docs / "replication"))
     assert "sensitivity_profiles.png" in figures and "relative_stability_R.png" in figures
@@ -72,7 +76,19 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
 
     results_file = tmp_path / "runs" / "init" / "max_s0" / "result.json"
     before = results_file.stat().st_mtime_ns
+    # A synthetic run of another setting, as an earlier version wrote it (no prototypes or
+    # downsample recorded: strokes with max pooling), is reported beside the current setting.
+    synthetic = tmp_path / "runs" / "synthetic"
+    for c in ("1", "2"):
+        record = json.loads((synthetic / f"texture_subsample_C{c}_s0" / "result.json").read_text())
+        del record["prototypes"], record["downsample"]
+        (synthetic / f"C{c}_s0").mkdir()
+        (synthetic / f"C{c}_s0" / "result.json").write_text(json.dumps(record))
     second = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "12 of 12 experiments finished earlier" in second.stdout
+    assert "14 of 14 experiments finished earlier" in second.stdout
     assert results_file.stat().st_mtime_ns == before
+    with open(docs / "replication" / "results.json") as file:
+        results = json.load(file)
+    assert set(results["synthetic_other_settings"]) == {"strokes/max"}
+    assert "also tried strokes/max: C=1: TV/L1" in (docs / "replication.md").read_text()
