@@ -58,7 +58,11 @@ flags.DEFINE_integer("synthetic_seeds", 2, "Training seeds per strength C of the
 flags.DEFINE_enum(
     "synthetic_prototypes", "texture", ["texture", "strokes"], "Synthetic task prototypes (F6)."
 )
-flags.DEFINE_string("synthetic_downsample", "subsample", "Downsampling of the synthetic-task net.")
+flags.DEFINE_enum(
+    "synthetic_downsample", "subsample",
+    ["subsample", "max", "avg", "strided", "strided_relu", "blur", "none"],
+    "Downsampling of the synthetic-task net.",
+)  # fmt: skip
 flags.DEFINE_integer("probe_size", 128, "Probe images of the sensitivity (Ruderman et al.).")
 flags.DEFINE_integer("stability_probe_size", 500, "Probe images of D, G, R (Petrini et al.).")
 flags.DEFINE_integer("shift_images", 1000, "Test images of the shift consistency.")
@@ -825,7 +829,7 @@ def main(argv):
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
-    run_args = [a for a in sys.argv if a not in ("--report_only", "--report_only=true")]
+    run_args = [a for a in sys.argv if not a.startswith("--report_only")]
     settings.command = "python " + " ".join(shlex.quote(a) for a in run_args)
     if not os.path.isdir(os.path.join(settings.cifar10, "train")):
         raise app.UsageError(
