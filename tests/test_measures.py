@@ -486,3 +486,34 @@ def test_feature_cache_gives_the_same_numbers_with_one_clean_pass_per_batch(mode
         result = measure(model, many, smooth_warp, batch_size=4, seed=0, feature_cache_bytes=budget)
         assert result.metadata["forward_passes"] == clean_passes + 4 * perturbed
         np.testing.assert_allclose(list(cached.values()), list(result.values()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_model_is_measured_in_float32(images, policy):
+    """A model trained under a 16-bit policy measures as its float32 twin (same weights) does:
+    the measures trace the forward pass in float32; the model's policies are left as they were."""
+    from deformstab_tf.models import build_vgg
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        mixed = build_vgg([[4, 4], [8]], "blur", input_shape=(16, 16, 3), num_classes=3)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    twin = build_vgg([[4, 4], [8]], "blur", input_shape=(16, 16, 3), num_classes=3)
+    twin.set_weights(mixed.get_weights())
+    probe = np.random.default_rng(1).uniform(size=(8, 16, 16, 3)).astype("float32")
+    # The mixed model's own forward pass differs from float32: the comparison can fail.
+    own = np.asarray(mixed(probe, training=False), np.float32)
+    assert np.max(np.abs(own - np.asarray(twin(probe, training=False)))) > 1e-4
+
+    def warp(batch):
+        return tf.roll(batch, 1, axis=2)
+
+    for measure in (normalized_sensitivity, relative_stability):
+        a = measure(mixed, probe, warp, batch_size=4, seed=0)
+        b = measure(twin, probe, warp, batch_size=4, seed=0)
+        np.testing.assert_allclose(list(a.values()), list(b.values()), rtol=1e-5, atol=1e-7)
+    a, b = shift_consistency(mixed, probe, 2, seed=0), shift_consistency(twin, probe, 2, seed=0)
+    assert a["output"] == b["output"]
+    assert {layer.dtype_policy.name for layer in mixed.layers[1:]} == {policy}

@@ -10,7 +10,7 @@ import tensorflow as tf
 from deformstab_tf._validation import check_choice, check_positive_int
 from deformstab_tf.deformations.warp import FILL_MODES, shift
 from deformstab_tf.measures._common import resolve_seed, warn_non_finite
-from deformstab_tf.measures.features import check_probe_images
+from deformstab_tf.measures.features import check_probe_images, float32_compute
 from deformstab_tf.measures.results import MeasureResult
 
 _PREDICTORS = weakref.WeakKeyDictionary()  # traced top-1 function per model, dies with it
@@ -64,7 +64,8 @@ def top1_predictor(model):
         @tf.function(reduce_retracing=True)
         def predict_top1(images):
             model = model_ref()
-            outputs = model(images, training=False)
+            with float32_compute(model):  # traced once: the graph stays float32
+                outputs = model(images, training=False)
             flat = tf.reshape(outputs, [tf.shape(outputs)[0], -1])
             weights_finite = [
                 tf.reduce_all(tf.math.is_finite(w.value))

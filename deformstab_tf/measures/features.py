@@ -11,6 +11,7 @@ Pairwise distances between the N probe images come from Gram matrices built bloc
 two batches; all N representations are never held at once.
 """
 
+import contextlib
 import dataclasses
 import functools
 import weakref
@@ -325,6 +326,38 @@ def check_probe_images(model, images, min_images=2):
     return images
 
 
+@contextlib.contextmanager
+def float32_compute(model):
+    """Inside the block, every layer of `model` (nested ones too) computes in float32.
+
+    Measurements trace their forward passes inside it, so a model trained under a
+    `mixed_bfloat16` or `mixed_float16` policy is measured in float32 with its own float32
+    variables: a number then means the same whatever precision trained the model (a bf16
+    forward pass moves sensitivities by up to ~5e-4). Only layers whose variables are float32
+    and whose compute dtype is a 16-bit float change; the policies are restored on exit.
+
+    Example:
+
+    >>> with float32_compute(model):
+    ...     logits = model(images, training=False)  # float32, also under mixed_bfloat16
+    """
+    changed = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        policy = layer.dtype_policy
+        if (
+            policy.quantization_mode is None
+            and policy.compute_dtype in ("float16", "bfloat16")
+            and policy.variable_dtype == "float32"
+        ):
+            changed.append((layer, policy))
+            layer.dtype_policy = "float32"
+    try:
+        yield model
+    finally:
+        for layer, policy in changed:
+            layer.dtype_policy = policy
+
+
 def _probe_dtype(model):
     """Probe images are fed in the model input's float dtype (float32 for non-float inputs)."""
     dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
@@ -556,7 +589,8 @@ class ProbeFeatures:
         """Per probe point: flattened (optionally unit-normalised) features minus a centre,
         whether each representation is exactly zero, and the centre (an empty `centers[l]`
         means: centre on this batch's mean)."""
-        outputs = self.extractor(images, training=False)
+        with float32_compute(self.model):  # traced once: the graph stays float32
+            outputs = self.extractor(images, training=False)
         if len(self.names) == 1:
             outputs = [outputs]
         vectors = []
