@@ -19,6 +19,7 @@ stability records first, so each epoch appears once. A finished run is left as i
 configuration against an existing run directory is a `ValueError`, before anything is written.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -41,6 +42,9 @@ MODELS = ("cifar_vgg", "imagenet_vgg", "resnet18", "vgg")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+# The Keras dtype policy of each training precision (variables stay float32 in all of them).
+_POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 HEADS = ("gap", "flatten")
 
 CONFIG_FILE = "config.json"
@@ -87,7 +91,8 @@ DEFAULTS = {
     "measure_every": 1,
     "smooth_init_sigma": 0.0,
     "strategy": "default",
-    "mixed_precision": False,
+    "mixed_precision": "auto",
+    "deterministic": True,
     "jit_compile": "auto",
 }
 
@@ -101,7 +106,7 @@ def check_config(config):
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"Unknown training settings {unknown}. Known: {sorted(DEFAULTS)}")
-    config = {**DEFAULTS, **config}
+    config = _upgrade({**DEFAULTS, **config})
     config["augment"] = tuple(config["augment"] or ())
     config["measures"] = tuple(config["measures"] or ())
     check_choice("model", config["model"], MODELS)
@@ -112,6 +117,8 @@ def check_config(config):
     check_choice("strategy", config["strategy"], STRATEGIES)
     check_choice("deformation", config["deformation"], tuple(DEFORMATION_LAYERS))
     check_choice("jit_compile", config["jit_compile"], ("auto", True, False))
+    check_choice("mixed_precision", config["mixed_precision"], PRECISIONS)
+    check_choice("deterministic", config["deterministic"], (True, False))
     check_choice("synthetic_prototypes", config["synthetic_prototypes"], data_sources.PROTOTYPES)
     for name in ("epochs", "batch_size", "measure_every", "pool_size", "strides", "blur_size"):
         check_positive_int(name, config[name])
@@ -154,6 +161,54 @@ def check_config(config):
     return config
 
 
+def _upgrade(config):
+    """Settings as recorded by earlier versions, in today's terms (`mixed_precision` was a bool:
+    True picked bfloat16 on CPUs and float16 on GPUs, as `"auto"` does now)."""
+    if isinstance(config.get("mixed_precision"), bool):
+        config = {**config, "mixed_precision": "auto" if config["mixed_precision"] else "float32"}
+    return config
+
+
+def resolve_precision(setting="auto"):
+    """The training precision a `mixed_precision` setting means on this machine.
+
+    `"auto"` picks bfloat16 compute where the hardware has native bfloat16 (CPUs with AMX or
+    AVX512-BF16, GPUs of compute capability >= 8.0), float16 on older GPUs and float32 elsewhere.
+    Variables stay float32 in every case, and the measures always compute in float32.
+
+    Args:
+        setting: one of `PRECISIONS`.
+
+    Returns:
+        `"float32"`, `"bfloat16"` or `"float16"`.
+
+    Example:
+
+    >>> resolve_precision("auto")  # on a CPU with AMX-BF16
+    'bfloat16'
+    """
+    check_choice("mixed_precision", setting, PRECISIONS)
+    if setting != "auto":
+        return setting
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        major = (details.get("compute_capability") or (0, 0))[0]
+        return "bfloat16" if major >= 8 else "float16"
+    return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+
+
+def cpu_has_native_bfloat16():
+    """Whether the CPU has bfloat16 arithmetic that oneDNN uses (AMX-BF16 or AVX512-BF16), where
+    bfloat16 training runs about 2x as fast as float32 (`benchmarks/bench_pipeline.py`)."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            flags = next((line for line in file if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: no such CPUs are known to TensorFlow's bf16 kernels elsewhere
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def train_run(output_dir, verbose=1, **config):
     """Trains (or resumes, or leaves alone if finished) the run in `output_dir`.
 
@@ -169,7 +224,10 @@ def train_run(output_dir, verbose=1, **config):
             probe `deformation` name and `magnitude`, `grid_size` / `cutoff`,
             `measure_every` epochs), `smooth_init_sigma` (Gaussian smoothing of the initial
             filters, 0 = off), `strategy` (`"default"`, `"mirrored"`, `"multi_worker"` with
-            `TF_CONFIG`), `mixed_precision`, `jit_compile`.
+            `TF_CONFIG`), `mixed_precision` (`"auto"`, `"float32"`, `"bfloat16"`,
+            `"float16"`; see `resolve_precision`: the precision used is recorded in
+            `config.json` and a resumed run keeps it), `deterministic` (TensorFlow's op
+            determinism, so the same seed gives the same numbers), `jit_compile`.
 
     Returns:
         The run summary (`summary.json`'s content).
@@ -191,7 +249,12 @@ def train_run(output_dir, verbose=1, **config):
             print(f"{output_dir} is complete; nothing to do.")
         with open(os.path.join(output_dir, SUMMARY_FILE)) as file:
             return json.load(file)
+    precision = _run_precision(output_dir, config, state, verbose)
+    with _op_determinism(config["deterministic"]):
+        return _train(output_dir, config, state, precision, verbose, started, cpu_started)
 
+
+def _train(output_dir, config, state, precision, verbose, started, cpu_started):
     keras.utils.set_random_seed(config["seed"])
     strategy = _strategy(config["strategy"])
     is_chief = _is_chief(strategy)
@@ -207,7 +270,7 @@ def train_run(output_dir, verbose=1, **config):
         **source,
     )
     steps_per_epoch = -(-info.train_size // config["batch_size"])
-    policy = _mixed_precision_policy() if config["mixed_precision"] else None
+    policy = _POLICIES[precision]
     with strategy.scope():
         model = build_model(config, info.image_shape, info.num_classes, policy)
         if config["smooth_init_sigma"] > 0:
@@ -221,8 +284,11 @@ def train_run(output_dir, verbose=1, **config):
 
     os.makedirs(run_dir, exist_ok=True)
     if state == "new":
-        _write_json(os.path.join(run_dir, CONFIG_FILE), {"config": config, "version": _version()})
-        _write_first_summaries(run_dir, config, train)
+        _write_json(
+            os.path.join(run_dir, CONFIG_FILE),
+            {"config": config, "precision": precision, "version": _version()},
+        )
+        _write_first_summaries(run_dir, config, precision, train)
 
     callbacks = [
         _DropRedoneEpochs(run_dir),
@@ -263,6 +329,7 @@ def train_run(output_dir, verbose=1, **config):
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
         "epochs_completed": config["epochs"],
+        "precision": precision,
         "train_size": info.train_size,
         "test_size": info.test_size,
         "num_classes": info.num_classes,
@@ -387,7 +454,41 @@ def read_config(run_dir):
     if not os.path.exists(path):
         return None
     with open(path) as file:
-        return json.load(file)["config"]
+        return _upgrade(json.load(file)["config"])
+
+
+def _run_precision(output_dir, config, state, verbose):
+    """The precision of a new run (resolved here), or the one a resumed run recorded."""
+    here = resolve_precision(config["mixed_precision"])
+    if state == "new":
+        return here
+    with open(os.path.join(output_dir, CONFIG_FILE)) as file:
+        recorded = json.load(file)
+    # Runs recorded before the precision was: a bool setting, bf16 on CPUs if True.
+    legacy = "bfloat16" if recorded["config"].get("mixed_precision") is True else "float32"
+    precision = recorded.get("precision", legacy)
+    if precision != here and verbose:
+        print(
+            f"Resuming {output_dir} in {precision}, the precision it started in "
+            f"(mixed_precision={config['mixed_precision']!r} would pick {here} here)."
+        )
+    return precision
+
+
+@contextlib.contextmanager
+def _op_determinism(enabled):
+    """TensorFlow's op determinism inside the block (deterministic kernels and reductions, so
+    thread timing cannot change a number), restored to what it was on exit."""
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    if enabled and not before:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if enabled and not before:
+            tf_config.disable_op_determinism()
 
 
 # -- run directory ---------------------------------------------------------------------------
@@ -498,13 +599,13 @@ def _is_int(text):
     return True
 
 
-def _write_first_summaries(run_dir, config, train):
+def _write_first_summaries(run_dir, config, precision, train):
     """Hyper-parameters (HParams dashboard) and example training images, once per run."""
     from tensorboard.plugins.hparams import api as hp
 
     with tf.summary.create_file_writer(run_dir).as_default():
         hp.hparams_config(
-            hparams=[hp.HParam(key) for key in sorted(config)],
+            hparams=[hp.HParam(key) for key in sorted([*config, "precision"])],
             metrics=[
                 hp.Metric("epoch_accuracy", group="validation", display_name="val accuracy"),
                 hp.Metric("epoch_loss", group="validation", display_name="val loss"),
@@ -521,7 +622,8 @@ def _write_first_summaries(run_dir, config, train):
                 else []
             ),
         )
-        hp.hparams({key: _hparam_value(value) for key, value in config.items()})
+        hparams = {key: _hparam_value(value) for key, value in config.items()}
+        hp.hparams({**hparams, "precision": precision})
     images, _ = next(iter(train))
     with tf.summary.create_file_writer(os.path.join(run_dir, "train")).as_default(step=0):
         tf.summary.image("training_examples", tf.clip_by_value(images[:8], 0.0, 1.0), max_outputs=8)
@@ -617,10 +719,6 @@ def _work_around_keras_multi_worker(model, strategy, train):
     keras_trainer.reduce_per_replica = reduce_per_replica
 
 
-def _mixed_precision_policy():
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-
-
 def cpu_devices(count):
     """Splits the CPU into `count` logical devices (for `strategy="mirrored"` without GPUs).
 
@@ -637,11 +735,13 @@ def cpu_devices(count):
 __all__ = [
     "DEFAULTS",
     "MODELS",
+    "PRECISIONS",
     "build_model",
     "check_config",
     "cpu_devices",
     "make_optimizer",
     "probe_deformation",
     "read_config",
+    "resolve_precision",
     "train_run",
 ]

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorflow.python.framework import config as tf_config
 
+from deformstab_tf import training
 from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.training import DEFAULTS, check_config, train_run
 from tests.references import TINY_RUN
@@ -339,10 +341,11 @@ def test_mixed_precision_smoothing_and_augmentation_options(tmp_path):
     run_dir = str(tmp_path / "options")
     settings = {**TINY, "epochs": 1, "measures": ["smoothness"], "smooth_init_sigma": 2.0}
     summary = train_run(
-        run_dir, verbose=0, mixed_precision=True, augment=["standard", "tps:max_displacement=1"],
-        **settings,
+        run_dir, verbose=0, mixed_precision="bfloat16",
+        augment=["standard", "tps:max_displacement=1"], **settings,
     )  # fmt: skip
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    assert summary["precision"] == "bfloat16"
     model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
     assert model.get_layer("block1_conv1_conv").compute_dtype == "bfloat16"
     assert model.get_layer("block1_conv1_conv").variable_dtype == "float32"
@@ -351,3 +354,61 @@ def test_mixed_precision_smoothing_and_augmentation_options(tmp_path):
     # Gaussian-smoothed initial filters: far below the ~1.86 TV/L1 of random 3x3 kernels.
     assert max(initial.values()) < 1.0
     assert np.isfinite(summary["test_loss"])
+
+
+def _json_history(run_dir):
+    with open(os.path.join(run_dir, "stability", "measurements.json")) as file:
+        return [record["results"] for record in json.load(file)["history"]]
+
+
+def _cpu_flags():
+    with open("/proc/cpuinfo") as file:
+        return next(line for line in file if line.startswith("flags")).split()
+
+
+def test_precision_auto_is_resolved_recorded_and_kept_on_resume(tmp_path, monkeypatch, capsys):
+    native = {"amx_bf16", "avx512_bf16"} & set(_cpu_flags())
+    expected = "bfloat16" if native else "float32"
+    assert training.resolve_precision("auto") == expected
+    assert training.resolve_precision("float16") == "float16"
+    with pytest.raises(ValueError, match="mixed_precision='half'"):
+        training.resolve_precision("half")
+    run_dir = str(tmp_path / "auto")
+    settings = {**TINY, "epochs": 1, "measures": ["smoothness"]}
+    assert train_run(run_dir, verbose=0, **settings)["precision"] == expected
+    with open(os.path.join(run_dir, "config.json")) as file:
+        recorded = json.load(file)
+    assert (recorded["precision"], recorded["config"]["mixed_precision"]) == (expected, "auto")
+    # Resumed on a machine whose "auto" picks another precision: the recorded one is kept.
+    os.remove(os.path.join(run_dir, "summary.json"))
+    other = "float32" if expected == "bfloat16" else "bfloat16"
+    monkeypatch.setattr(training, "resolve_precision", lambda setting="auto": other)
+    assert train_run(run_dir, verbose=1, **settings)["precision"] == expected
+    assert f"Resuming {run_dir} in {expected}" in capsys.readouterr().out
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert model.get_layer("block1_conv1_conv").compute_dtype == expected
+    # A run recorded when the setting was a bool (False: float32) is the same run as float32.
+    recorded["config"]["mixed_precision"] = False
+    del recorded["precision"]
+    with open(os.path.join(run_dir, "config.json"), "w") as file:
+        json.dump(recorded, file)
+    with pytest.raises(ValueError, match="mixed_precision: 'float32' there, 'auto' now"):
+        train_run(run_dir, verbose=0, **settings)
+
+
+def test_the_same_seed_gives_the_same_numbers_on_a_busy_machine(tmp_path):
+    """Op determinism (the default): two runs of one command agree to the last digit while other
+    processes load the CPU (thread timing changed the numbers before, at this size too)."""
+    settings = {"epochs": 2, "synthetic_samples": 384, "probe_size": 16, "batch_size": 64}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for name in ("a", "b"):
+            train_run(str(tmp_path / name), verbose=0, **settings)
+    finally:
+        for process in busy:
+            process.kill()
+    with open(tmp_path / "a" / "metrics.csv") as a, open(tmp_path / "b" / "metrics.csv") as b:
+        assert a.read() == b.read()
+    a, b = (_json_history(tmp_path / name) for name in ("a", "b"))
+    assert a == b and len(a) == 3
+    assert not tf_config.is_op_determinism_enabled()  # restored after the run

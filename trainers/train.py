@@ -87,7 +87,14 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
     "cpu_devices", 0, "Split the CPU into this many logical devices (for --strategy=mirrored)."
 )
-flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 on CPU, mixed_float16 on GPU.")
+flags.DEFINE_enum(
+    "mixed_precision", "auto", ["auto", "float32", "bfloat16", "float16"],
+    "Training compute precision; auto = bfloat16 where the CPU/GPU has it natively, float16 on "
+    "older GPUs, else float32. Measurements are float32 whatever this is.",
+)  # fmt: skip
+flags.DEFINE_bool(
+    "deterministic", True, "TensorFlow op determinism: the same seed gives the same numbers."
+)
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
 flags.DEFINE_string("output_dir", None, "Run directory; default runs/<model>_<downsample>_s<seed>.")
 flags.DEFINE_integer("verbose", 1, "1: progress bars, 2: one line per epoch, 0: silent.")
@@ -102,7 +109,7 @@ def config_from_flags():
         "downsample", "head", "pool_size", "strides", "blur_size", "epochs", "batch_size",
         "optimizer", "learning_rate", "momentum", "schedule", "weight_decay", "seed", "probe_size",
         "measures", "deformation", "magnitude", "grid_size", "cutoff", "measure_every",
-        "smooth_init_sigma", "strategy", "mixed_precision",
+        "smooth_init_sigma", "strategy", "mixed_precision", "deterministic",
     ]  # fmt: skip
     config = {name: FLAGS[name].value for name in names}
     config["augment"] = [spec.replace(";", ",") for spec in FLAGS.augment]
