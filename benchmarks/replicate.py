@@ -1,7 +1,14 @@
 r"""Reproduces the papers' findings (SPEC F1-F6, T1, Z1) with the package; resumable.
 
-    python benchmarks/replicate.py --cifar10=../shared/data/cifar10       # CPU-sized, ~3 h
-    python benchmarks/replicate.py --cifar10=../shared/data/cifar10 --full   # paper scale
+    python benchmarks/replicate.py --cifar10=../shared/data/cifar10                # CPU-sized, ~3 h
+    python benchmarks/replicate.py --cifar10=../shared/data/cifar10 --scale=paper  # ~12 h
+
+`--scale=paper` trains every downsampling variant on all 50,000 CIFAR-10 images to convergence,
+`--paper_seeds` seeds each (seed-major order, so a partial run covers every variant early), and
+measures F2, F3, F4, T1 and Z1 on those networks; T1 and Z1 are decided with intervals over seeds.
+Each finished network's numbers are written to `<docs_dir>/replication/experiments/paper/`
+(small JSON, committed), so a rerun on a fresh clone skips it; results.json keeps the CPU-sized
+keys and gains a `"paper"` object; replication.md shows the two scales side by side.
 
 Every experiment has its own directory under `--output_dir`; a rerun skips finished experiments
 and resumes a cut-off training run where it stopped (`deformstab_tf.training.train_run`), so the
@@ -9,12 +16,12 @@ whole can run in the background across sessions. After every experiment,
 `<docs_dir>/replication/results.json`, the figures beside it and `<docs_dir>/replication.md` are
 rewritten from what is finished (a report of a partial run says which experiments are missing).
 
-Experiments (the CPU-sized defaults; `--full` in brackets):
+Experiments of the CPU-sized scale (the defaults):
 - `init/<variant>_s<seed>`: every downsampling variant of `cifar_vgg` at initialisation,
   `--init_seeds` seeds: TPS sensitivity (3x3 grid, C=2, 128 test images), kernel smoothness,
   D/G/R (diffeo delta=1 px, c=3, 500 test images) — F1, F4 (init), T1 (init).
 - `smoothing/sigma<s>_s<seed>`: the Gaussian-smoothing intervention on `max` at init — F4/§4.
-- `trained/<variant>_s<seed>`: CIFAR-10, `--train_size` images [50,000], `--epochs` [paper's],
+- `trained/<variant>_s<seed>`: CIFAR-10, `--train_size` images, `--epochs`,
   flips + 4-px translations, SGD 0.9, cosine from 0.1, weight decay 5e-4; seeds per variant from
   `--trained_seeds`; then D/G/R and shift consistency of the trained net — F2, F3, F4, T1, Z1.
 - `random_labels/<variant>_s0`: random labels fixed per example on `--random_label_size` images
@@ -39,7 +46,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("cifar10", "../shared/data/cifar10", "CIFAR-10 image folder (train/, test/).")
 flags.DEFINE_string("output_dir", "runs/replication", "One directory per experiment.")
 flags.DEFINE_string("docs_dir", "docs", "Where replication.md and replication/ are written.")
-flags.DEFINE_bool("full", False, "Paper scale: full training set, 5 training seeds, 100 epochs.")
+flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "CPU-sized experiments, or paper scale.")
+flags.DEFINE_integer("paper_seeds", 3, "Paper scale: training seeds per variant.")
+flags.DEFINE_integer("paper_epochs", 30, "Paper scale: training epochs (cosine to 0).")
+flags.DEFINE_integer(
+    "paper_train_size", None, "Paper scale: training images (default all; smaller for tests)."
+)
 flags.DEFINE_list(
     "variants", ["subsample", "max", "avg", "strided", "strided_relu", "blur"], "Downsampling."
 )
@@ -78,16 +90,10 @@ DIFFEO = {"cutoff": 3, "displacement": 1.0}  # Petrini et al.'s probe
 
 
 class Settings:
-    """The experiment settings from the flags (`--full` overrides the CPU-sized defaults)."""
+    """The experiment settings from the flags."""
 
     def __init__(self, values):
         self.__dict__.update(values)
-        if self.full:
-            self.train_size, self.epochs = None, 100
-            self.init_seeds = max(self.init_seeds, 5)
-            self.trained_seeds = ["*:5"]
-            self.random_label_size, self.random_label_epochs = 10000, 100
-            self.stability_probe_size, self.synthetic_epochs = 500, 20
 
     def seeds_for(self, variant):
         counts = dict(entry.split(":") for entry in self.trained_seeds)
@@ -127,6 +133,10 @@ class Replication:
 
     def experiments(self):
         s = self.settings
+        if s.scale == "paper":
+            return [
+                f"paper/{v}_s{seed}" for seed in range(s.paper_seeds) for v in s.variants
+            ]
         # Cheap and broad first, so a run cut off early still answers most findings: every
         # variant at init, the intervention, the synthetic task, one trained seed per variant,
         # random labels, then the extra training seeds.
@@ -161,7 +171,13 @@ class Replication:
         self.write_report()
 
     def _result_path(self, name):
+        if name.startswith("paper/"):  # committed: a fresh clone skips it
+            return os.path.join(self.docs, "experiments", name + ".json")
         return os.path.join(self.root, name, "result.json")
+
+    @property
+    def docs(self):
+        return os.path.join(self.settings.docs_dir, "replication")
 
     def _init_model(self, variant, seed):
         import keras
@@ -208,7 +224,11 @@ class Replication:
             history = json.load(file)["history"]
         return summary, history
 
-    def _run_trained(self, label, directory):
+    def _run_paper(self, label, directory):
+        s = self.settings
+        return self._run_trained(label, directory, s.paper_train_size, s.paper_epochs)
+
+    def _run_trained(self, label, directory, train_size=None, epochs=None):
         import keras
 
         variant, seed = _variant_seed(label)
@@ -216,9 +236,9 @@ class Replication:
         summary, history = self._train(
             directory,
             dataset=f"folder:{s.cifar10}",
-            train_size=s.train_size,
+            train_size=s.train_size if epochs is None else train_size,
             augment=["standard"],
-            epochs=s.epochs,
+            epochs=epochs or s.epochs,
             downsample=variant,
             seed=seed,
         )
@@ -228,6 +248,8 @@ class Replication:
             "variant": variant,
             "seed": seed,
             "test_accuracy": summary["test_accuracy"],
+            "train_accuracy": _csv_column(os.path.join(directory, "metrics.csv"), "accuracy"),
+            "precision": summary.get("precision", "float32"),
             "sensitivity_init": _values(history[0], "sensitivity"),
             "sensitivity": _values(history[-1], "sensitivity"),
             "smoothness_init": _values(history[0], "smoothness"),
@@ -361,6 +383,63 @@ class Replication:
             "smoothing_intervention": smoothing,
         }
 
+    def paper_results(self, cpu):
+        """The paper-scale experiments in the layout of the CPU-sized results (trained stages),
+        with the initialisation stage of `cpu` (the same networks at init), plus the T1 and Z1
+        statistics over seeds."""
+        s = self.settings
+        sensitivity, smoothness, accuracy, relative, shift, done = {}, {}, {}, {}, {}, []
+        for tree, key in ((sensitivity, "sensitivity"), (smoothness, "smoothness")):
+            for v in s.variants:
+                if "init" in cpu.get(key, {}).get(v, {}):
+                    tree.setdefault(v, {})["init"] = cpu[key][v]["init"]
+        for v in s.variants:
+            if "init" in cpu.get("relative_stability", {}).get(v, {}):
+                relative.setdefault(v, {})["init"] = cpu["relative_stability"][v]["init"]
+        cpu_seconds, wall_seconds = 0.0, 0.0
+        for name in self.experiments():
+            path = self._result_path(name)
+            if not os.path.exists(path):
+                continue
+            with open(path) as file:
+                r = json.load(file)
+            done.append(name)
+            cpu_seconds += r.get("cpu_seconds", 0.0)
+            wall_seconds += r.get("wall_seconds", 0.0)
+            v = r["variant"]
+            _append(sensitivity, [v, "trained"], r["sensitivity"])
+            _append(sensitivity, [v, "init_of_trained"], r["sensitivity_init"])
+            _append(smoothness, [v, "trained"], r["smoothness"])
+            for component, values in r["relative_stability"].items():
+                _append(relative, [v, "trained", component], values)
+            accuracy.setdefault(v, []).append(r["test_accuracy"])
+            shift.setdefault(v, []).append(r["shift_consistency"])
+        settings = {
+            "train_size": s.paper_train_size or 50000,
+            "epochs": s.paper_epochs,
+            "seeds": s.paper_seeds,
+            "variants": list(s.variants),
+            "batch_size": s.batch_size,
+            "recipe": "random flips + 4-px translations, SGD momentum 0.9, cosine decay from "
+            "0.1 to 0, weight decay 5e-4 (not on biases/BN), bfloat16 compute where native "
+            "(measurements in float32), op determinism",
+            "command": s.command,
+        }
+        return {
+            "settings": settings,
+            "finished": done,
+            "missing": [n for n in self.experiments() if n not in done],
+            "cpu_seconds": cpu_seconds,
+            "wall_seconds": wall_seconds,
+            "sensitivity": sensitivity,
+            "smoothness": smoothness,
+            "test_accuracy": accuracy,
+            "relative_stability": relative,
+            "shift_consistency": shift,
+            "T1": t1_statistics(relative),
+            "Z1": z1_statistics(shift),
+        }
+
     def _other_synthetic_settings(self):
         """Finished synthetic runs of other settings under `synthetic/` (earlier runs), by
         `"<prototypes>/<downsample>"`, each in the layout of `synthetic`."""
@@ -380,6 +459,8 @@ class Replication:
         return other
 
     def write_report(self):
+        if self.settings.scale == "paper":
+            return self.write_paper_report()
         results = self.results()
         directory = os.path.join(self.settings.docs_dir, "replication")
         os.makedirs(directory, exist_ok=True)
@@ -392,6 +473,115 @@ class Replication:
             os.path.join(self.settings.docs_dir, "replication.md.tmp"),
             os.path.join(self.settings.docs_dir, "replication.md"),
         )
+
+
+    def write_paper_report(self):
+        """results.json: the CPU-sized keys as they are plus `"paper"`; replication.md: the
+        CPU-sized report with the paper-scale section beside it."""
+        path = os.path.join(self.docs, "results.json")
+        cpu = {}
+        if os.path.exists(path):
+            with open(path) as file:
+                cpu = json.load(file)
+        cpu.pop("paper", None)
+        paper = self.paper_results(cpu)
+        _write_json(path, {**cpu, "paper": paper})
+        paper_dir = os.path.join(self.docs, "paper")
+        os.makedirs(paper_dir, exist_ok=True)
+        paper_figures = draw_figures(paper, paper_dir)
+        lines = []
+        if cpu.get("settings"):
+            figures = draw_figures(cpu, self.docs)
+            cpu_findings = evaluate_findings(cpu)
+            lines.append(report_markdown(cpu, cpu_findings, figures, Settings(cpu["settings"])))
+        else:
+            cpu_findings = []
+        lines.append(paper_markdown(paper, cpu_findings, paper_figures))
+        temporary = os.path.join(self.settings.docs_dir, "replication.md.tmp")
+        with open(temporary, "w") as file:
+            file.write("\n".join(lines))
+        os.replace(temporary, os.path.join(self.settings.docs_dir, "replication.md"))
+
+
+# -- statistics over seeds (paper scale) --------------------------------------------------------
+
+
+def t_interval(values, confidence=0.95):
+    """Student-t interval of the mean of `values` ([nan, nan] for fewer than 2)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return [math.nan, math.nan]
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
+    return [float(values.mean() - half), float(values.mean() + half)]
+
+
+def depth_rank_correlations(per_probe):
+    """Per seed: the Spearman rank correlation of a per-probe quantity with probe depth
+    (forward order, the input left out)."""
+    names = [name for name in per_probe if name != "input"]
+    seeds = min(len(per_probe[name]) for name in names) if names else 0
+    depth = np.arange(len(names))
+    return [_spearman(depth, [per_probe[n][k] for n in names]) for k in range(seeds)]
+
+
+def t1_statistics(relative):
+    """T1 per variant: rank correlations of D and G with depth per seed, their mean and 95% t
+    interval; holds when D's interval lies below 0 and G's above 0 (None below 2 seeds)."""
+    variants = {}
+    for v, stages in relative.items():
+        if "trained" not in stages:
+            continue
+        entry = {}
+        for component in ("D", "G"):
+            correlations = depth_rank_correlations(stages["trained"][component])
+            entry[component] = {
+                "rank_corr": correlations,
+                "mean": float(np.mean(correlations)),
+                "ci": t_interval(correlations),
+            }
+        d, g = entry["D"]["ci"], entry["G"]["ci"]
+        entry["holds"] = None if math.isnan(d[1]) else bool(d[1] < 0 < g[0])
+        variants[v] = entry
+    decided = [e["holds"] for e in variants.values() if e["holds"] is not None]
+    return {
+        "method": "Spearman rank correlation with probe depth per seed; 95% Student-t interval "
+        "over seeds; holds when D's interval < 0 < G's interval",
+        "variants": variants,
+        "holds_in": sum(decided),
+        "decided": len(decided),
+    }
+
+
+def z1_statistics(shift):
+    """Z1: blur - max shift consistency, per seed (seed k of each), its mean with a 95% t
+    interval, and the two-sided p-value of Welch's two-sample t-test of blur vs max; holds
+    when the interval lies above 0 (None below 2 seeds of each)."""
+    from scipy import stats
+
+    if "max" not in shift or "blur" not in shift:
+        return {}
+    m, b = np.asarray(shift["max"], float), np.asarray(shift["blur"], float)
+    k = min(len(m), len(b))
+    differences = (b[:k] - m[:k]).tolist()
+    ci = t_interval(differences)
+    p_value = (
+        float(stats.ttest_ind(b, m, equal_var=False).pvalue)
+        if min(len(m), len(b)) >= 2
+        else math.nan
+    )
+    return {
+        "method": "difference blur - max per seed, 95% Student-t interval; p-value of Welch's "
+        "two-sample t-test (two-sided)",
+        "max": m.tolist(),
+        "blur": b.tolist(),
+        "difference_per_seed": differences,
+        "mean_difference": float(np.mean(differences)) if differences else math.nan,
+        "ci": ci,
+        "p_value": p_value,
+        "holds": None if math.isnan(ci[0]) else bool(ci[0] > 0),
+    }
 
 
 # -- findings -----------------------------------------------------------------------------------
@@ -499,7 +689,7 @@ def evaluate_findings(results):
             + ", ".join(f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}" for v in tv),
             all(value < tv0.get(v, 1.87) for v, value in tv.items()),
         )
-    smoothing = results["smoothing_intervention"]
+    smoothing = results.get("smoothing_intervention", {})
     if smoothing:
         pairs = sorted((float(k), _profile_mean(v["sensitivity"])) for k, v in smoothing.items())
         base = init.get("max")
@@ -511,7 +701,7 @@ def evaluate_findings(results):
             all(b[1] <= a[1] + 1e-9 for a, b in zip(pairs, pairs[1:], strict=False))
             and (base is None or pairs[0][1] < base),
         )
-    random = results["random_labels"]
+    random = results.get("random_labels", {})
     if len(random) >= 2:
         learned = {v: (r["train_accuracy"][0], r["train_accuracy"][-1]) for v, r in random.items()}
         s_random = _spread([{k: [x] for k, x in r["sensitivity"].items()} for r in random.values()])
@@ -524,7 +714,7 @@ def evaluate_findings(results):
             + ", ".join(f"{v} {a:.2f} -> {b:.2f}" for v, (a, b) in learned.items()),
             bool(s_random > s_true) if not math.isnan(s_true) else None,
         )
-    synthetic = results["synthetic"]
+    synthetic = results.get("synthetic", {})
     if len(synthetic) >= 2:
         settings = results["settings"]
         summary, holds = _synthetic_trend(synthetic)
@@ -658,7 +848,7 @@ def draw_figures(results, directory):
                 f"relative_stability_{component}.png",
                 f"{component} per layer, at initialisation and after training",
             )
-    smoothing = results["smoothing_intervention"]
+    smoothing = results.get("smoothing_intervention", {})
     if smoothing:
         groups = {f"sigma {k}": v["sensitivity"] for k, v in sorted(smoothing.items())}
         if "max" in results["sensitivity"] and "init" in results["sensitivity"]["max"]:
@@ -672,7 +862,7 @@ def draw_figures(results, directory):
             "smoothing_intervention.png",
             "Smoothing intervention at initialisation",
         )
-    random = results["random_labels"]
+    random = results.get("random_labels", {})
     if random:
         groups = {v: {k: [x] for k, x in r["sensitivity"].items()} for v, r in random.items()}
         initial = {v: {k: [x] for k, x in r["sensitivity_init"].items()} for v, r in random.items()}
@@ -685,7 +875,7 @@ def draw_figures(results, directory):
             "sensitivity_random_labels.png",
             "Sensitivity per layer, random labels",
         )
-    synthetic = results["synthetic"]
+    synthetic = results.get("synthetic", {})
     if synthetic:
         for measure in ("sensitivity", "smoothness"):
             groups = {
@@ -769,6 +959,91 @@ def report_markdown(results, findings, figures, settings):
     return "\n".join(lines) + "\n"
 
 
+def paper_markdown(paper, cpu_findings, figures):
+    """The paper-scale section: settings, budget, findings beside the CPU-sized ones, the T1
+    and Z1 statistics, accuracies and figures."""
+    s = paper["settings"]
+    total = len(paper["finished"]) + len(paper["missing"])
+    findings = evaluate_findings(paper)
+    t1, z1 = paper["T1"], paper["Z1"]
+    verdict = {True: "yes", False: "**no**", None: "n/a"}
+    lines = [
+        "",
+        "# Paper scale: converged networks",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        s["command"],
+        "```",
+        "",
+        f"Settings: all {s['train_size']:,} CIFAR-10 training images, {s['epochs']} epochs, "
+        f"batch {s['batch_size']}, {s['recipe']}; {s['seeds']} training seeds per variant; "
+        "probes as above (init-stage numbers are the CPU-sized run's initialisations: the same "
+        "networks). Budget: about 35 minutes of wall time per network on 2 cores "
+        f"(bfloat16), {total} networks, about {total * 35 / 60:.1f} hours; so far "
+        f"{paper['wall_seconds'] / 3600:.2f} h wall, {paper['cpu_seconds'] / 3600:.2f} CPU-h.",
+        "",
+    ]
+    if paper["missing"]:
+        lines += [
+            f"**partial: {len(paper['finished'])} of {total}** networks finished; rerun the "
+            "command to continue. Missing: "
+            + ", ".join(f"`{m}`" for m in paper["missing"])
+            + ".",
+            "",
+        ]
+    cpu = {f["finding"]: f for f in cpu_findings}
+    lines += [
+        "| finding | CPU-sized (10,000 images, 12 epochs) | holds | paper scale | holds |",
+        "|---|---|---|---|---|",
+    ]
+    for f in findings:
+        c = cpu.get(f["finding"], {"measured": "", "holds": None})
+        measured = f["measured"]
+        holds = f["holds"]
+        if f["finding"] == "T1" and t1.get("variants"):
+            measured = "; ".join(
+                f"{v}: D {e['D']['mean']:+.2f} [{e['D']['ci'][0]:+.2f}, {e['D']['ci'][1]:+.2f}], "
+                f"G {e['G']['mean']:+.2f} [{e['G']['ci'][0]:+.2f}, {e['G']['ci'][1]:+.2f}]"
+                for v, e in t1["variants"].items()
+            )
+            measured = f"holds in {t1['holds_in']} of {t1['decided']} variants: {measured}"
+            holds = None if not t1["decided"] else t1["holds_in"] == t1["decided"]
+        if f["finding"] == "Z1" and z1:
+            measured = (
+                f"blur - max {z1['mean_difference']:+.4f}, 95% CI "
+                f"[{z1['ci'][0]:+.4f}, {z1['ci'][1]:+.4f}], Welch p = {z1['p_value']:.3g}; "
+                + f["measured"]
+            )
+            holds = z1["holds"]
+        lines.append(
+            f"| {f['finding']} | {c['measured']} | {verdict[c['holds']]} | {measured} | "
+            f"{verdict[holds]} |"
+        )
+    changed = [
+        f["finding"]
+        for f in findings
+        if f["finding"] in cpu and f["holds"] is not None and cpu[f["finding"]]["holds"] is not None
+        and f["holds"] != cpu[f["finding"]]["holds"]
+    ]
+    lines += [
+        "",
+        "Findings whose verdict differs between the scales: "
+        + (", ".join(changed) if changed else "none so far")
+        + ". With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
+    ]
+    if paper["test_accuracy"]:
+        lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
+        for v, acc in paper["test_accuracy"].items():
+            lines.append(f"| {v} | {', '.join(f'{a:.4f}' for a in acc)} | {np.mean(acc):.4f} |")
+    if figures:
+        lines += ["", "## Paper-scale figures", ""]
+        for title, name in figures.items():
+            lines += [f"### {title} (paper scale)", "", f"![{title}](replication/paper/{name})", ""]
+    return "\n".join(lines) + "\n"
+
+
 def _strength(item):
     return float(item[0])
 
@@ -820,7 +1095,8 @@ def _write_json(path, document):
 def main(argv):
     del argv
     names = [
-        "cifar10", "output_dir", "docs_dir", "full", "variants", "init_seeds", "trained_seeds",
+        "cifar10", "output_dir", "docs_dir", "scale", "paper_seeds", "paper_epochs",
+        "paper_train_size", "variants", "init_seeds", "trained_seeds",
         "train_size", "epochs", "random_label_size", "random_label_epochs",
         "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "synthetic_seeds",
         "synthetic_prototypes", "synthetic_downsample", "probe_size",

@@ -2,15 +2,63 @@
 and runs outside CI): it writes the report, the figures and results.json with the documented
 keys, and a rerun skips finished experiments."""
 
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _replicate_module():
+    spec = importlib.util.spec_from_file_location(
+        "replicate", os.path.join(ROOT, "benchmarks", "replicate.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_scale_statistics_against_closed_forms():
+    replicate = _replicate_module()
+    # mean 2, sample SD 1, n 3: half-width t(0.975, 2) / sqrt(3), t(0.975, 2) = 4.302653 (tables)
+    lo, hi = replicate.t_interval([1.0, 2.0, 3.0])
+    assert lo == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-5)
+    assert hi == pytest.approx(2 + 4.302653 / math.sqrt(3), abs=1e-5)
+    assert all(math.isnan(x) for x in replicate.t_interval([1.0]))
+    # D falls and G rises with depth in every seed: T1 holds (intervals degenerate at -1 / +1).
+    names = ["input", "a", "b", "c", "d"]
+    falling = {n: [4.0 - i, 4.5 - i, 5.0 - i] for i, n in enumerate(names)}
+    rising = {n: [1.0 + i, 2.0 + 2 * i, 0.5 + i] for i, n in enumerate(names)}
+    mixed = {n: [1.0 + i, 5.0 - i, 1.0 + i] for i, n in enumerate(names)}
+    t1 = replicate.t1_statistics(
+        {
+            "max": {"trained": {"D": falling, "G": rising}},
+            "blur": {"trained": {"D": falling, "G": mixed}},
+        }
+    )
+    assert t1["variants"]["max"]["D"]["rank_corr"] == [-1.0, -1.0, -1.0]
+    assert t1["variants"]["max"]["holds"] is True
+    # G's correlations +1, -1, +1: mean 1/3, SD 2/sqrt(3): the interval spans 0.
+    blur = t1["variants"]["blur"]
+    assert blur["G"]["mean"] == pytest.approx(1 / 3)
+    assert blur["G"]["ci"][0] < 0 < blur["G"]["ci"][1] and blur["holds"] is False
+    assert (t1["holds_in"], t1["decided"]) == (1, 2)
+    # Z1: per-seed differences and Welch's p-value against a numpy re-computation.
+    z1 = replicate.z1_statistics({"max": [0.80, 0.82, 0.81], "blur": [0.84, 0.85, 0.86]})
+    assert z1["difference_per_seed"] == pytest.approx([0.04, 0.03, 0.05])
+    b, m = np.array([0.84, 0.85, 0.86]), np.array([0.80, 0.82, 0.81])
+    t = (b.mean() - m.mean()) / math.sqrt(b.var(ddof=1) / 3 + m.var(ddof=1) / 3)
+    assert t == pytest.approx(4.898979, rel=1e-5)
+    # equal variances, n = 3 each: Welch's df = 4; two-sided p for t = 4.898979 with 4 df
+    assert z1["p_value"] == pytest.approx(0.008050, abs=2e-6)
+    assert z1["ci"][0] > 0 and z1["holds"] is True
 
 
 def _tree(root):
@@ -92,3 +140,27 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
         results = json.load(file)
     assert set(results["synthetic_other_settings"]) == {"strokes/max"}
     assert "also tried strokes/max: C=1: TV/L1" in (docs / "replication.md").read_text()
+
+    # Paper scale beside it: results.json keeps the CPU-sized keys and gains "paper".
+    paper_args = [*args, "--scale=paper", "--paper_seeds=2", "--paper_epochs=1",
+                  "--paper_train_size=24"]  # fmt: skip
+    third = subprocess.run(paper_args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stderr[-3000:]
+    with open(docs / "replication" / "results.json") as file:
+        both = json.load(file)
+    assert {k: v for k, v in both.items() if k != "paper"} == results
+    paper = both["paper"]
+    assert paper["missing"] == [] and len(paper["finished"]) == 4
+    assert paper["settings"]["train_size"] == 24
+    for key in ("sensitivity", "smoothness", "relative_stability", "shift_consistency"):
+        assert set(paper[key]) == {"max", "blur"}, key
+    assert all(len(a) == 2 for a in paper["test_accuracy"].values())
+    assert len(paper["T1"]["variants"]["max"]["D"]["ci"]) == 2
+    assert set(paper["Z1"]) >= {"ci", "p_value", "difference_per_seed"}
+    report = (docs / "replication.md").read_text()
+    assert "# Paper scale: converged networks" in report
+    assert "| finding | CPU-sized (10,000 images, 12 epochs) | holds | paper scale |" in report
+    assert "replication/paper/sensitivity_profiles.png" in report
+    assert len(os.listdir(docs / "replication" / "experiments" / "paper")) == 4
+    fourth = subprocess.run(paper_args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "4 of 4 experiments finished earlier" in fourth.stdout
