@@ -6,12 +6,20 @@ flip + translate recipe in the pipeline, and the `folder:` reader (CIFAR-10 JPEG
 and cached) with the standard recipe — the CIFAR-10 training configuration. Also the one-time
 decode of the image folder, cold and from the cache.
 
+Training precision (`--precision`): float32 vs bfloat16 (`mixed_bfloat16`) steps per second of
+`cifar_vgg` and `resnet18` at batch 128, each with and without TensorFlow's op determinism, side
+by side in one process. The main job (`--main_job`): `python -m trainers.train` end to end, as
+README gives it, against the same command with `--mixed_precision=float32`.
+
     python benchmarks/bench_pipeline.py [--steps 40] [--rounds 3] [--folder ../shared/data/cifar10]
+    python benchmarks/bench_pipeline.py --precision [--main_job]
 """
 
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +33,10 @@ from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path whe
 
 from deformstab_tf import data  # noqa: E402
 from deformstab_tf.deformations import RandomThinPlateSpline  # noqa: E402
-from deformstab_tf.models import cifar_vgg  # noqa: E402
+from deformstab_tf.models import cifar_vgg, resnet18  # noqa: E402
+from deformstab_tf.training import op_determinism  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 BATCH = 128
 
@@ -63,16 +73,105 @@ def steps_per_second(model, dataset, steps):
     return steps / (time.perf_counter() - start)
 
 
+def precision_table(steps, rounds):
+    """Steps/s of cifar_vgg and resnet18 (batch 128, SGD) in float32 and bfloat16, with op
+    determinism off and on; alternating rounds, medians."""
+    x = np.random.default_rng(0).integers(0, 255, (4096, 32, 32, 3), dtype=np.uint8)
+    y = np.random.default_rng(1).integers(0, 10, 4096).astype(np.int32)
+    dataset = in_memory(x, y)
+    configurations = {}
+    for name, build in (("cifar_vgg", lambda: cifar_vgg("max")), ("resnet18", resnet18)):
+        for precision, policy in (("float32", "float32"), ("bfloat16", "mixed_bfloat16")):
+            keras.mixed_precision.set_global_policy(policy)
+            model = compiled(build())
+            keras.mixed_precision.set_global_policy("float32")
+            for deterministic in (False, True):
+                configurations[(name, precision, deterministic)] = model
+    for (_, _, deterministic), model in configurations.items():  # warm-up
+        with op_determinism(deterministic):
+            steps_per_second(model, dataset, 3)
+    rates = {key: [] for key in configurations}
+    for _ in range(rounds):
+        for key, model in configurations.items():
+            model_steps = steps if key[0] == "cifar_vgg" else max(steps // 8, 3)
+            with op_determinism(key[2]):
+                rates[key].append(steps_per_second(model, dataset, model_steps))
+    rows = []
+    for (name, precision, deterministic), values in rates.items():
+        rate = float(np.median(values))
+        reference = float(np.median(rates[(name, "float32", deterministic)]))
+        plain = float(np.median(rates[(name, precision, False)]))
+        rows.append(
+            {
+                "model": name,
+                "precision": precision,
+                "deterministic": deterministic,
+                "steps_per_s": rate,
+                "speedup_vs_float32": rate / reference,
+                "determinism_cost": 1 - rate / plain,
+            }
+        )
+    print(f"training steps/s at batch 128 (SGD), median of {rounds} alternating rounds")
+    header = ("model", "precision", "determ.", "steps/s", "vs f32", "det. cost")
+    print("{:<10} {:<9} {:<8} {:>8} {:>7} {:>9}".format(*header))
+    for r in rows:
+        print(
+            f"{r['model']:<10} {r['precision']:<9} {str(r['deterministic']):<8} "
+            f"{r['steps_per_s']:>8.2f} {r['speedup_vs_float32']:>6.2f}x "
+            f"{100 * r['determinism_cost']:>8.1f}%"
+        )
+    return rows
+
+
+def main_job_times(rounds):
+    """Wall seconds of README's main job (`python -m trainers.train`, precision auto) and of the
+    same command with `--mixed_precision=float32`, alternating, each in a fresh run directory."""
+    times = {"auto": [], "float32": []}
+    for _ in range(rounds):
+        for precision in times:
+            with tempfile.TemporaryDirectory() as directory:
+                command = [sys.executable, "-m", "trainers.train", f"--output_dir={directory}/run"]
+                if precision == "float32":
+                    command.append("--mixed_precision=float32")
+                start = time.perf_counter()
+                subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+                times[precision].append(time.perf_counter() - start)
+    result = {k: float(np.median(v)) for k, v in times.items()}
+    result["speedup"] = result["float32"] / result["auto"]
+    print(
+        f"main job (python -m trainers.train): {result['auto']:.0f} s with the default "
+        f"precision (auto), {result['float32']:.0f} s with --mixed_precision=float32: "
+        f"{result['speedup']:.2f}x"
+    )
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="training steps per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--folder", default=str(DEFAULT_FOLDER))
-    parser.add_argument(
-        "--out", default=str(Path(__file__).parent / "results" / "bench_pipeline.json")
-    )
+    parser.add_argument("--precision", action="store_true", help="only the precision table")
+    parser.add_argument("--main_job", action="store_true", help="with --precision: end to end")
+    parser.add_argument("--out", default=None, help="JSON path (default under results/)")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)
+    results = Path(__file__).parent / "results"
+    if args.precision:
+        report = {
+            "machine": machine_info(),
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "rows": precision_table(args.steps, args.rounds),
+        }
+        if args.main_job:
+            report["main_job_seconds"] = main_job_times(1)
+        out = Path(args.out or results / "bench_precision.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        print(f"wrote {out}")
+        return
+    args.out = args.out or str(results / "bench_pipeline.json")
 
     folder = args.folder
     if not os.path.isdir(folder):  # a generated stand-in tree

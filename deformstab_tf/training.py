@@ -250,7 +250,7 @@ def train_run(output_dir, verbose=1, **config):
         with open(os.path.join(output_dir, SUMMARY_FILE)) as file:
             return json.load(file)
     precision = _run_precision(output_dir, config, state, verbose)
-    with _op_determinism(config["deterministic"]):
+    with op_determinism(config["deterministic"]):
         return _train(output_dir, config, state, precision, verbose, started, cpu_started)
 
 
@@ -476,9 +476,15 @@ def _run_precision(output_dir, config, state, verbose):
 
 
 @contextlib.contextmanager
-def _op_determinism(enabled):
+def op_determinism(enabled=True):
     """TensorFlow's op determinism inside the block (deterministic kernels and reductions, so
-    thread timing cannot change a number), restored to what it was on exit."""
+    thread timing cannot change a number), restored to what it was on exit.
+
+    Example:
+
+    >>> with op_determinism(True):
+    ...     model.fit(train, epochs=2)  # the same seed gives the same weights
+    """
     from tensorflow.python.framework import config as tf_config
 
     before = tf_config.is_op_determinism_enabled()
@@ -740,6 +746,7 @@ __all__ = [
     "check_config",
     "cpu_devices",
     "make_optimizer",
+    "op_determinism",
     "probe_deformation",
     "read_config",
     "resolve_precision",
