@@ -7,15 +7,15 @@ content at ``p`` moves to ``A p + t``.
 
 import math
 
-import tensorflow as tf
-
 from deformstab_tf._validation import check_positive_int
+from deformstab_tf.deformations import _backend
 
 
 def affine_matrices(rotation=0.0, scale=1.0, shear=0.0, translation=0.0):
     """Forward ``(B, 2, 3)`` affine matrices from parameters (each a scalar or a ``(B,)`` tensor).
 
-    The map is ``translate . rotate . shear . scale``, about the image centre, on ``(y, x)``:
+    The map is ``translate . rotate . shear . scale``, about the image centre, on ``(y, x)``.
+    Runs on the active Keras backend, or on TensorFlow ops inside a TensorFlow graph.
 
     Args:
         rotation: degrees, positive is counter-clockwise as displayed (row 0 at the top).
@@ -27,7 +27,20 @@ def affine_matrices(rotation=0.0, scale=1.0, shear=0.0, translation=0.0):
 
     Returns:
         float32 matrices ``(B, 2, 3)`` (B = 1 when every parameter is a scalar).
+
+    Example:
+
+    >>> np.asarray(affine_matrices(rotation=90.0, translation=(1.0, 0.0))).round(6) + 0.0
+    array([[[ 0., -1.,  1.],
+            [ 1.,  0.,  0.]]], dtype=float32)
     """
+    parameters = [rotation, scale, shear, translation]
+    flat = [v for p in parameters for v in (p if isinstance(p, (tuple, list)) else [p])]
+    sample = next((v for v in flat if not isinstance(v, (int, float))), None)
+    B = _backend.ops(_backend.backend_name(sample))
+
+    def scalar(value):
+        return B.cast(B.convert_to_tensor(value), "float32")
 
     def pair(argument, value):
         if isinstance(value, (tuple, list)):
@@ -36,33 +49,37 @@ def affine_matrices(rotation=0.0, scale=1.0, shear=0.0, translation=0.0):
                     f"`{argument}` must be a scalar or a pair (y, x). "
                     f"Received: {argument}={value!r}"
                 )
-            return tf.cast(value[0], tf.float32), tf.cast(value[1], tf.float32)
-        value = tf.cast(value, tf.float32)
+            return scalar(value[0]), scalar(value[1])
+        value = scalar(value)
         return value, value
 
-    angle = tf.cast(rotation, tf.float32) * (math.pi / 180.0)
+    angle = scalar(rotation) * (math.pi / 180.0)
     scale_y, scale_x = pair("scale", scale)
     if isinstance(shear, (tuple, list)):
         shear_y, shear_x = pair("shear", shear)
     else:
-        shear_y, shear_x = tf.zeros_like(tf.cast(shear, tf.float32)), tf.cast(shear, tf.float32)
+        shear_x = scalar(shear)
+        shear_y = B.numpy.zeros_like(shear_x)
     shift_y, shift_x = pair("translation", translation)
-    cos, sin = tf.cos(angle), tf.sin(angle)
+    cos, sin = B.numpy.cos(angle), B.numpy.sin(angle)
     # rotate . shear . scale on (y, x):
     #   R = [[cos, -sin], [sin, cos]], Sh = [[1, s_y], [s_x, 1]] (rows: y, x), S = diag(s_y, s_x).
     a00 = (cos - sin * shear_x) * scale_y
     a01 = (cos * shear_y - sin) * scale_x
     a10 = (sin + cos * shear_x) * scale_y
     a11 = (sin * shear_y + cos) * scale_x
-    entries = [a00, a01, shift_y, a10, a11, shift_x]
+    entries = [B.numpy.reshape(e, (-1,)) for e in (a00, a01, shift_y, a10, a11, shift_x)]
     # Scalars and (B,) parameters mix freely: `+` broadcasts them to the batch size.
-    batch = tf.shape(sum(tf.reshape(e, [-1]) for e in entries))[0]
-    entries = [tf.broadcast_to(tf.reshape(e, [-1]), [batch]) for e in entries]
-    return tf.reshape(tf.stack(entries, axis=-1), [-1, 2, 3])
+    batch = B.core.shape(sum(entries))[0]
+    entries = [B.numpy.broadcast_to(e, (batch,)) for e in entries]
+    return B.numpy.reshape(B.numpy.stack(entries, axis=-1), (-1, 2, 3))
 
 
 def affine_displacement(matrices, height, width):
     """Dense displacement field of forward affine maps about the image centre.
+
+    Runs on the active Keras backend (XLA-compiled), or on TensorFlow ops inside a TensorFlow
+    graph (as `warp`).
 
     Args:
         matrices: ``(B, 2, 3)``, ``(B, 3, 3)`` or a single ``(2, 3)`` matrix on ``(y, x, 1)``
@@ -73,33 +90,41 @@ def affine_displacement(matrices, height, width):
     Returns:
         A float32 field ``(B, H, W, 2)`` with ``u(q) = q - A^{-1} (q - t)``, so that
         ``warp(images, u)`` moves the content at ``p`` to ``A p + t``.
+
+    Example:
+
+    >>> field = affine_displacement(affine_matrices(translation=(2.0, -1.0)), 8, 8)
+    >>> np.asarray(field)[0, 3, 3]
+    array([ 2., -1.], dtype=float32)
     """
     check_positive_int("height", height)
     check_positive_int("width", width)
-    matrices = tf.cast(matrices, tf.float32)
-    if matrices.shape.rank == 2:
+    name = _backend.backend_name(matrices)
+    B = _backend.ops(name)
+    matrices = B.cast(B.convert_to_tensor(matrices), "float32")
+    if len(matrices.shape) == 2:
         matrices = matrices[None]
-    if matrices.shape.rank != 3 or matrices.shape[-1] != 3 or matrices.shape[-2] not in (2, 3):
+    if len(matrices.shape) != 3 or matrices.shape[-1] != 3 or matrices.shape[-2] not in (2, 3):
         raise ValueError(
             f"`matrices` must have shape (B, 2, 3), (B, 3, 3) or (2, 3). "
-            f"Received: matrices.shape={matrices.shape}"
+            f"Received: matrices.shape={tuple(matrices.shape)}"
         )
-    return _affine_field(matrices, int(height), int(width))
+    field = _backend.compiled(_affine_field, name, static_argnames=("height", "width"))
+    return field(matrices, height=int(height), width=int(width))
 
 
-# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size TF ops.
-@tf.function(jit_compile=True)
-def _affine_field(matrices, height, width):
+# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size ops.
+def _affine_field(B, matrices, height, width):
     a, b, t_y = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, t_x = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
     determinant = a * d - b * c
     # Closed-form 2x2 inverse: exact for the identity, so zero magnitude is an exact no-op.
-    inv = tf.stack([d, -b, -c, a], axis=-1) / determinant[:, None]
+    inv = B.numpy.stack([d, -b, -c, a], axis=-1) / determinant[:, None]
     inv = inv[:, None, None, :]
-    ys = tf.range(height, dtype=tf.float32)[None, :, None] - (height - 1) / 2.0
-    xs = tf.range(width, dtype=tf.float32)[None, None, :] - (width - 1) / 2.0
+    ys = B.numpy.arange(height, dtype="float32")[None, :, None] - (height - 1) / 2.0
+    xs = B.numpy.arange(width, dtype="float32")[None, None, :] - (width - 1) / 2.0
     qy = ys - t_y[:, None, None]
     qx = xs - t_x[:, None, None]
     source_y = inv[..., 0] * qy + inv[..., 1] * qx
     source_x = inv[..., 2] * qy + inv[..., 3] * qx
-    return tf.stack([ys - source_y, xs - source_x], axis=-1)
+    return B.numpy.stack([ys - source_y, xs - source_x], axis=-1)

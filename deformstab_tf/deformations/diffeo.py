@@ -10,9 +10,9 @@ import functools
 import math
 
 import numpy as np
-import tensorflow as tf
 
 from deformstab_tf._validation import check_non_negative, check_positive_int
+from deformstab_tf.deformations import _backend
 
 
 def _check_cutoff(cutoff):
@@ -74,6 +74,8 @@ def mode_amplitudes(cutoff):
 def diffeo_displacement(coefficients, height, width, temperature=None, displacement=None):
     """Dense displacement field of the sine-series diffeomorphism from given coefficients.
 
+    Runs on the active Keras backend, or on TensorFlow ops inside a TensorFlow graph (as `warp`).
+
     Args:
         coefficients: ``(B, 2, c, c)`` standard-normal draws for the ``(v, u)`` fields (``dy``
             first, then ``dx``); they are multiplied here by the mode amplitudes
@@ -87,12 +89,19 @@ def diffeo_displacement(coefficients, height, width, temperature=None, displacem
 
     Returns:
         A float32 field ``(B, H, W, 2)``, exactly zero on the border.
+
+    Example:
+
+    >>> coefficients = np.random.standard_normal((4, 2, 3, 3))
+    >>> tuple(diffeo_displacement(coefficients, 32, 32, displacement=1.0).shape)
+    (4, 32, 32, 2)
     """
-    coefficients = tf.cast(coefficients, tf.float32)
-    if coefficients.shape.rank != 4 or coefficients.shape[1] != 2:
+    B = _backend.ops(_backend.backend_name(coefficients))
+    coefficients = B.cast(B.convert_to_tensor(coefficients), "float32")
+    if len(coefficients.shape) != 4 or coefficients.shape[1] != 2:
         raise ValueError(
             "`coefficients` must have shape (B, 2, c, c). "
-            f"Received: coefficients.shape={coefficients.shape}"
+            f"Received: coefficients.shape={tuple(coefficients.shape)}"
         )
     if (temperature is None) == (displacement is None):
         raise ValueError(
@@ -103,23 +112,24 @@ def diffeo_displacement(coefficients, height, width, temperature=None, displacem
     _check_cutoff(cutoff)
     check_positive_int("height", height)
     check_positive_int("width", width)
-    weights = coefficients * tf.constant(mode_amplitudes(cutoff))
-    modes_y = tf.constant(_modes(height, cutoff))  # (H, c): sin(j pi y)
-    modes_x = tf.constant(_modes(width, cutoff))  # (W, c): sin(i pi x)
+    weights = coefficients * B.convert_to_tensor(mode_amplitudes(cutoff))
+    modes_y = B.convert_to_tensor(_modes(height, cutoff))  # (H, c): sin(j pi y)
+    # (c, W): sin(i pi x)
+    modes_x = B.convert_to_tensor(np.ascontiguousarray(_modes(width, cutoff).T))
     # fields[b, y, x, f] = sum_ij C[b, f, i, j] sin(i pi x) sin(j pi y), as two plain matmuls
     # per field, (H, c) @ C^T @ (c, W) (XLA handles these far better than the 3-operand einsum).
-    fields = tf.matmul(modes_y, tf.matmul(weights, modes_x, transpose_a=True, transpose_b=True))
-    fields = tf.transpose(fields, [0, 2, 3, 1])
+    fields = B.numpy.matmul(modes_y, B.numpy.matmul(B.numpy.swapaxes(weights, -1, -2), modes_x))
+    fields = B.numpy.transpose(fields, (0, 2, 3, 1))
     if temperature is not None:
         # sqrt(T) * n per axis.
-        scale = tf.sqrt(tf.cast(temperature, tf.float32))[..., None] * tf.constant(
-            [float(height), float(width)]
-        )
+        strength = B.numpy.sqrt(B.cast(B.convert_to_tensor(temperature), "float32"))
+        scale = strength[..., None] * B.convert_to_tensor(np.float32([height, width]))
     else:
         # sqrt(T(delta, c, n)) * n = 2 delta / sqrt(pi ln c), the same on both axes.
+        strength = B.cast(B.convert_to_tensor(displacement), "float32")
         scale = (
-            tf.cast(displacement, tf.float32)[..., None]
+            strength[..., None]
             * (2.0 / math.sqrt(math.pi * math.log(cutoff)))
-            * tf.ones([2])
+            * B.numpy.ones((2,), "float32")
         )
-    return fields * tf.reshape(scale, [-1, 1, 1, 2])
+    return fields * B.numpy.reshape(scale, (-1, 1, 1, 2))

@@ -4,16 +4,17 @@ The layers build on the public ``keras.layers.Layer`` (not Keras's private
 ``BaseImagePreprocessingLayer``) but keep its shape: ``get_random_transformation`` draws the
 parameters and returns the dense displacement field, and ``transform_images`` /
 ``transform_segmentation_masks`` / ``transform_labels`` apply it, so images and masks in one dict
-get the *same* warp. Everything runs on TensorFlow ops: the layers work in ``tf.data`` pipelines
-whatever the Keras backend, and inside models on the TensorFlow backend, including under XLA.
+get the *same* warp. Like Keras's own image preprocessing layers they run on every backend: on
+TensorFlow ops inside a ``tf.data`` pipeline whatever the Keras backend, and on the active
+backend's ops otherwise (eagerly, inside models, under XLA on TensorFlow and JAX).
 """
 
 import math
 
 import keras
-import tensorflow as tf
 
 from deformstab_tf._validation import check_choice, standardize_data_format
+from deformstab_tf.deformations import _backend
 from deformstab_tf.deformations.affine import affine_displacement, affine_matrices
 from deformstab_tf.deformations.diffeo import _check_cutoff, diffeo_displacement
 from deformstab_tf.deformations.tps import tps_displacement
@@ -61,8 +62,10 @@ class BaseRandomDeformation(keras.layers.Layer):
 
     Subclasses implement ``random_displacement(batch_size, height, width, seed)``, returning a
     float32 field ``(batch_size, H, W, 2)`` (``batch_size`` is 1 with ``same_on_batch=True``);
-    ``seed`` is a ``(2,)`` int64 tensor for ``tf.random.stateless_*`` ops, and `_uniform` /
-    `_normal` derive one independent stream per draw from it.
+    ``seed`` is a ``(2,)`` integer tensor, and `_uniform` / `_normal` derive one independent
+    stream per draw from it. Each method runs on the ops of the backend its input belongs to
+    (`_backend.backend_name`): the active backend's, or TensorFlow's inside a ``tf.data``
+    pipeline (or any TensorFlow graph) on another backend.
     """
 
     default_fill_mode = "nearest"
@@ -95,29 +98,61 @@ class BaseRandomDeformation(keras.layers.Layer):
         self.supports_jit = True
         self._allow_non_tensor_positional_args = True
 
+    def __call__(self, inputs, **kwargs):
+        sample = keras.tree.flatten(inputs)[0]
+        if isinstance(sample, keras.KerasTensor) or (
+            _backend.backend_name(sample) == keras.backend.backend()
+        ):
+            return super().__call__(inputs, **kwargs)
+        # Inside a TensorFlow graph (a tf.data pipeline) on another backend: the inputs stay
+        # TensorFlow tensors, and the methods below run on TensorFlow ops (as Keras's DataLayer).
+        convert_input_args = self._convert_input_args
+        self._convert_input_args = False
+        try:
+            return super().__call__(inputs, **kwargs)
+        finally:
+            self._convert_input_args = convert_input_args
+
+    def _seed_generator(self, name):
+        """The layer's seed generator on backend `name` (a TensorFlow twin, created once and not
+        tracked as a weight, in ``tf.data`` on another backend)."""
+        if name == keras.backend.backend():
+            return self.generator
+        twins = self.__dict__.setdefault("_backend_generators", {})
+        if name not in twins:
+            import tensorflow as tf
+
+            with tf.init_scope():  # a variable created once, outside the tf.data trace
+                twins[name] = keras.random.SeedGenerator(self.seed, backend=_backend.ops(name))
+        return twins[name]
+
     @staticmethod
     def _uniform(shape, low, high, seed, stream):
-        seed = tf.random.experimental.stateless_fold_in(seed, stream)
-        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+        name = _backend.backend_name(seed)
+        return _backend.stateless_uniform(name, shape, low, high, seed, stream)
 
     @staticmethod
     def _normal(shape, seed, stream):
-        seed = tf.random.experimental.stateless_fold_in(seed, stream)
-        return tf.random.stateless_normal(shape, seed)
+        return _backend.stateless_normal(_backend.backend_name(seed), shape, seed, stream)
+
+    @staticmethod
+    def _ops(sample):
+        return _backend.ops(_backend.backend_name(sample))
 
     # -- the Keras image-preprocessing shape ---------------------------------------------------
 
     def _image_size(self, images):
-        if images.shape.rank not in (3, 4):
+        shape = tuple(images.shape)
+        if len(shape) not in (3, 4):
             raise ValueError(
                 f"{self.__class__.__name__} expects images of rank 4 (batch) or 3 (single "
-                f"image). Received: images.shape={images.shape}"
+                f"image). Received: images.shape={shape}"
             )
-        spatial = images.shape[-3:-1] if self.data_format == "channels_last" else images.shape[-2:]
+        spatial = shape[-3:-1] if self.data_format == "channels_last" else shape[-2:]
         if None in spatial:
             raise ValueError(
                 f"{self.__class__.__name__} needs a static image height and width. "
-                f"Received: images.shape={images.shape}"
+                f"Received: images.shape={shape}"
             )
         return int(spatial[0]), int(spatial[1])
 
@@ -125,33 +160,50 @@ class BaseRandomDeformation(keras.layers.Layer):
         """Draws this call's deformation: ``{"displacement": (B or 1, H, W, 2)}``, or None when
         not training.
 
-        `seed` (an int or a ``(2,)`` integer tensor) overrides the layer's seed generator for
-        this draw; by default the generator advances once per call.
+        Args:
+            data: the images, or a dict with an ``"images"`` entry.
+            training: when False, nothing is drawn.
+            seed: an int or a ``(2,)`` integer tensor that overrides the layer's seed generator
+                for this draw; by default the generator advances once per call.
+
+        Returns:
+            The transformation dict (a float32 field of the backend that runs), or None.
+
+        Example:
+
+        >>> layer = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
+        >>> field = layer.get_random_transformation(np.zeros((8, 32, 32, 3), "float32"))
+        >>> tuple(field["displacement"].shape)
+        (8, 32, 32, 2)
         """
         if not training:
             return None
         images = data["images"] if isinstance(data, dict) else data
-        images = tf.convert_to_tensor(images)
+        name = _backend.backend_name(images)
+        B = _backend.ops(name)
+        images = B.convert_to_tensor(images)
         height, width = self._image_size(images)
-        if self.same_on_batch or images.shape.rank == 3:
+        if self.same_on_batch or len(images.shape) == 3:
             batch_size = 1
         else:
-            batch_size = tf.shape(images)[0]
+            batch_size = B.core.shape(images)[0]
         if seed is None:
             # One state update per call; every draw of the call derives from this seed (the
             # generator's update is the slow part under XLA, so it is not repeated per draw).
-            seed = self.generator.next()
+            seed = self._seed_generator(name).next()
         elif isinstance(seed, int):
-            seed = [0, seed]
-        seed = tf.cast(seed, tf.int64)
+            seed = B.convert_to_tensor([0, seed], B.random_seed_dtype())
+        else:
+            seed = B.convert_to_tensor(seed)
         return {"displacement": self.random_displacement(batch_size, height, width, seed)}
 
     def _apply(self, images, transformation, interpolation):
-        single = images.shape.rank == 3
+        B = self._ops(images)
+        single = len(images.shape) == 3
         if single:
             images = images[None]
         if self.data_format == "channels_first":
-            images = tf.transpose(images, [0, 2, 3, 1])
+            images = B.numpy.transpose(images, (0, 2, 3, 1))
         images = warp(
             images,
             transformation["displacement"],
@@ -160,18 +212,19 @@ class BaseRandomDeformation(keras.layers.Layer):
             fill_value=self.fill_value,
         )
         if self.data_format == "channels_first":
-            images = tf.transpose(images, [0, 3, 1, 2])
+            images = B.numpy.transpose(images, (0, 3, 1, 2))
         return images[0] if single else images
 
     def transform_images(self, images, transformation, training=True):
-        images = tf.convert_to_tensor(images)
+        B = self._ops(images)
+        images = B.convert_to_tensor(images)
         if training and transformation is not None:
             images = self._apply(images, transformation, self.interpolation)
-        return tf.cast(images, self.compute_dtype)
+        return B.cast(images, self.compute_dtype)
 
     def transform_segmentation_masks(self, segmentation_masks, transformation, training=True):
         """Masks get the images' warp, sampled at the nearest pixel (labels stay labels)."""
-        segmentation_masks = tf.convert_to_tensor(segmentation_masks)
+        segmentation_masks = self._ops(segmentation_masks).convert_to_tensor(segmentation_masks)
         if training and transformation is not None:
             segmentation_masks = self._apply(segmentation_masks, transformation, "nearest")
         return segmentation_masks
@@ -207,11 +260,12 @@ class BaseRandomDeformation(keras.layers.Layer):
         return self.transform_images(images, transformation, training)
 
     def _checked(self, images):
-        images = tf.convert_to_tensor(images)
-        if not (images.dtype.is_floating or images.dtype.is_integer) or images.dtype.is_bool:
+        images = self._ops(images).convert_to_tensor(images)
+        dtype = _backend.dtype_name(images)
+        if not _backend.is_numeric(dtype):
             raise TypeError(
                 f"{self.__class__.__name__} expects numeric images (float or integer). "
-                f"Received: images.dtype={images.dtype.name}"
+                f"Received: images.dtype={dtype}"
             )
         self._image_size(images)
         return images
@@ -269,8 +323,8 @@ class RandomThinPlateSpline(BaseRandomDeformation):
     Example:
 
     >>> layer = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
-    >>> layer(np.zeros((8, 32, 32, 3), "float32")).shape
-    TensorShape([8, 32, 32, 3])
+    >>> tuple(layer(np.zeros((8, 32, 32, 3), "float32")).shape)
+    (8, 32, 32, 3)
     """
 
     def __init__(self, grid_size=3, max_displacement=2.0, **kwargs):
@@ -283,7 +337,7 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         self.max_displacement = _magnitude("max_displacement", max_displacement)
 
     def random_displacement(self, batch_size, height, width, seed):
-        shape = tf.stack([batch_size, self.grid_size * self.grid_size, 2])
+        shape = (batch_size, self.grid_size * self.grid_size, 2)
         c = self.max_displacement
         displacements = self._uniform(shape, -c, c, seed, stream=0)
         return tps_displacement(displacements, height, width, self.grid_size)
@@ -318,8 +372,8 @@ class RandomAffine(BaseRandomDeformation):
     Example:
 
     >>> layer = RandomAffine(rotation=10, scale=0.1, translation=0.05, seed=0)
-    >>> layer(np.zeros((4, 32, 32, 3), "float32")).shape
-    TensorShape([4, 32, 32, 3])
+    >>> tuple(layer(np.zeros((4, 32, 32, 3), "float32")).shape)
+    (4, 32, 32, 3)
     """
 
     default_fill_mode = "reflect"
@@ -349,7 +403,7 @@ class RandomAffine(BaseRandomDeformation):
     def random_displacement(self, batch_size, height, width, seed):
         def draw(value_range, stream):
             low, high = value_range
-            return self._uniform(tf.reshape(batch_size, [1]), low, high, seed, stream)
+            return self._uniform((batch_size,), low, high, seed, stream)
 
         rotation = draw(self.rotation, 0)
         scale_y = draw(self.scale, 1)
@@ -395,8 +449,8 @@ class RandomDiffeomorphism(BaseRandomDeformation):
     Example:
 
     >>> layer = RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
-    >>> layer(np.zeros((4, 32, 32, 3), "float32")).shape
-    TensorShape([4, 32, 32, 3])
+    >>> tuple(layer(np.zeros((4, 32, 32, 3), "float32")).shape)
+    (4, 32, 32, 3)
     """
 
     def __init__(self, cutoff=3, temperature=None, displacement=None, **kwargs):
@@ -423,9 +477,9 @@ class RandomDiffeomorphism(BaseRandomDeformation):
 
     def random_displacement(self, batch_size, height, width, seed):
         c = self.cutoff
-        coefficients = self._normal(tf.stack([batch_size, 2, c, c]), seed, stream=0)
+        coefficients = self._normal((batch_size, 2, c, c), seed, stream=0)
         low, high = self.temperature or self.displacement
-        strength = self._uniform(tf.reshape(batch_size, [1]), low, high, seed, stream=1)
+        strength = self._uniform((batch_size,), low, high, seed, stream=1)
         if self.temperature is not None:
             return diffeo_displacement(coefficients, height, width, temperature=strength)
         return diffeo_displacement(coefficients, height, width, displacement=strength)

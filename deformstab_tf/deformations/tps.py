@@ -9,9 +9,9 @@ float64 and cached, so a batch of random warps is a single matmul with no per-sa
 import functools
 
 import numpy as np
-import tensorflow as tf
 
 from deformstab_tf._validation import check_positive_int
+from deformstab_tf.deformations import _backend
 
 
 def control_grid(height, width, grid_size):
@@ -85,6 +85,8 @@ def tps_interpolation_matrix(height, width, grid_size):
 def tps_displacement(displacements, height, width, grid_size):
     """Dense TPS displacement field from displacements on the fixed control grid.
 
+    Runs on the active Keras backend, or on TensorFlow ops inside a TensorFlow graph (as `warp`).
+
     Args:
         displacements: ``(B, K, 2)`` or ``(B, grid_size, grid_size, 2)`` control displacements in
             pixels, last axis ``(dy, dx)``, in the row-major order of `control_grid`.
@@ -97,26 +99,36 @@ def tps_displacement(displacements, height, width, grid_size):
 
     Example:
 
-    >>> d = tf.random.uniform((4, 9, 2), -2.0, 2.0)
-    >>> tps_displacement(d, 32, 32, grid_size=3).shape
-    TensorShape([4, 32, 32, 2])
+    >>> d = np.random.uniform(-2.0, 2.0, (4, 9, 2))
+    >>> tuple(tps_displacement(d, 32, 32, grid_size=3).shape)
+    (4, 32, 32, 2)
     """
     control_grid(height, width, grid_size)  # validates the sizes, naming the argument
-    matrix = tps_interpolation_matrix(int(height), int(width), int(grid_size))
-    displacements = tf.cast(displacements, tf.float32)
+    B = _backend.ops(_backend.backend_name(displacements))
+    matrix = _transposed_matrix(int(height), int(width), int(grid_size))
+    displacements = B.cast(B.convert_to_tensor(displacements), "float32")
     k = grid_size * grid_size
-    if displacements.shape.rank == 4:
-        displacements = tf.reshape(displacements, [-1, k, 2])
-    if displacements.shape.rank != 3 or displacements.shape[1:] != (k, 2):
+    if len(displacements.shape) == 4:
+        displacements = B.numpy.reshape(displacements, (-1, k, 2))
+    if len(displacements.shape) != 3 or tuple(displacements.shape[1:]) != (k, 2):
         raise ValueError(
             f"`displacements` must have shape (B, {k}, 2) or (B, {grid_size}, {grid_size}, 2) "
-            f"for grid_size={grid_size}. Received: displacements.shape={displacements.shape}"
+            f"for grid_size={grid_size}. Received: displacements.shape="
+            f"{tuple(displacements.shape)}"
         )
     # (B*2, K) @ (K, H*W): one plain matmul. Measured faster than a batched einsum, in graph mode
     # and even more under XLA, where the einsum's layout doubled the cost of the warp after it.
-    rows = tf.reshape(tf.transpose(displacements, [0, 2, 1]), [-1, k])
-    field = tf.matmul(rows, tf.constant(matrix), transpose_b=True)
-    return tf.transpose(tf.reshape(field, [-1, 2, height, width]), [0, 2, 3, 1])
+    rows = B.numpy.reshape(B.numpy.transpose(displacements, (0, 2, 1)), (-1, k))
+    field = B.numpy.matmul(rows, B.convert_to_tensor(matrix))
+    return B.numpy.transpose(B.numpy.reshape(field, (-1, 2, height, width)), (0, 2, 3, 1))
+
+
+@functools.lru_cache(maxsize=32)
+def _transposed_matrix(height, width, grid_size):
+    """``M^T``, ``(K, H*W)``, contiguous: the right operand of the field's matmul."""
+    matrix = np.ascontiguousarray(tps_interpolation_matrix(height, width, grid_size).T)
+    matrix.setflags(write=False)
+    return matrix
 
 
 def tps_displacement_from_points(control_points, displacements, height, width):
@@ -124,7 +136,8 @@ def tps_displacement_from_points(control_points, displacements, height, width):
 
     This is the general form (what ``tfa.image.sparse_image_warp`` computed on every call): it
     solves the ``(K+3) x (K+3)`` TPS system for each sample. For a fixed grid prefer
-    `tps_displacement`, which needs no solve.
+    `tps_displacement`, which needs no solve. Runs on the active Keras backend, or on TensorFlow
+    ops inside a TensorFlow graph (as `warp`).
 
     Args:
         control_points: ``(B, K, 2)`` or ``(K, 2)`` control point ``(y, x)`` pixel coordinates,
@@ -138,59 +151,79 @@ def tps_displacement_from_points(control_points, displacements, height, width):
     Raises:
         ValueError: on bad shapes or sizes; when called eagerly, also on coincident control
             points or a singular system (all points on one line), naming `control_points`.
+
+    Example:
+
+    >>> points = np.float32([[0, 0], [0, 15], [15, 0], [15, 15], [7, 7]])
+    >>> d = np.random.uniform(-1.0, 1.0, (2, 5, 2))
+    >>> tuple(tps_displacement_from_points(points, d, 16, 16).shape)
+    (2, 16, 16, 2)
     """
     check_positive_int("height", height)
     check_positive_int("width", width)
-    displacements = tf.cast(displacements, tf.float32)
-    control_points = tf.cast(control_points, tf.float32)
-    if displacements.shape.rank != 3 or displacements.shape[-1] != 2:
+    B = _backend.ops(_backend.backend_name(displacements))
+    displacements = B.cast(B.convert_to_tensor(displacements), "float32")
+    control_points = B.cast(B.convert_to_tensor(control_points), "float32")
+    if len(displacements.shape) != 3 or displacements.shape[-1] != 2:
         raise ValueError(
-            f"`displacements` must have shape (B, K, 2). Received: shape={displacements.shape}"
+            "`displacements` must have shape (B, K, 2). "
+            f"Received: shape={tuple(displacements.shape)}"
         )
-    if control_points.shape.rank == 2:
-        control_points = tf.broadcast_to(control_points, tf.shape(displacements))
-    if control_points.shape.rank != 3 or control_points.shape[-1] != 2:
+    if len(control_points.shape) == 2:
+        control_points = B.numpy.broadcast_to(control_points, B.core.shape(displacements))
+    if len(control_points.shape) != 3 or control_points.shape[-1] != 2:
         raise ValueError(
             f"`control_points` must have shape (B, K, 2) or (K, 2). "
-            f"Received: shape={control_points.shape}"
+            f"Received: shape={tuple(control_points.shape)}"
         )
-    if tf.executing_eagerly():  # concrete points: name a duplicate before the solve fails
-        _check_distinct_points(control_points.numpy())
+    concrete = _backend.is_concrete(control_points)
+    if concrete:  # name a duplicate before the solve fails
+        _check_distinct_points(B.convert_to_numpy(control_points))
     scale = float(max(height, width) - 1) or 1.0
     points = control_points / scale
-    batch, k = tf.shape(points)[0], tf.shape(points)[1]
+    batch, k = B.core.shape(points)[:2]
 
     def kernel(squared_distance):
-        safe = tf.where(squared_distance > 0.0, squared_distance, 1.0)
-        return 0.5 * squared_distance * tf.math.log(safe)
+        safe = B.numpy.where(squared_distance > 0.0, squared_distance, 1.0)
+        return 0.5 * squared_distance * B.numpy.log(safe)
 
-    pairwise = tf.reduce_sum(tf.square(points[:, :, None] - points[:, None]), -1)
-    affine = tf.concat([tf.ones(tf.stack([batch, k, 1])), points], axis=-1)
-    top = tf.concat([kernel(pairwise), affine], axis=-1)
-    bottom = tf.concat([tf.transpose(affine, [0, 2, 1]), tf.zeros(tf.stack([batch, 3, 3]))], -1)
-    system = tf.concat([top, bottom], axis=1)
-    rhs = tf.concat([displacements, tf.zeros(tf.stack([batch, 3, 2]))], axis=1)
+    def squared_distances(a, b):
+        return B.numpy.sum(B.numpy.square(a[:, :, None] - b[:, None]), axis=-1)
+
+    affine = B.numpy.concatenate([B.numpy.ones((batch, k, 1)), points], axis=-1)
+    top = B.numpy.concatenate([kernel(squared_distances(points, points)), affine], axis=-1)
+    bottom = B.numpy.concatenate(
+        [B.numpy.transpose(affine, (0, 2, 1)), B.numpy.zeros((batch, 3, 3))], axis=-1
+    )
+    system = B.numpy.concatenate([top, bottom], axis=1)
+    rhs = B.numpy.concatenate([displacements, B.numpy.zeros((batch, 3, 2))], axis=1)
     try:
-        coefficients = tf.linalg.solve(system, rhs)  # (B, K+3, 2)
-    except tf.errors.InvalidArgumentError:  # eager only: e.g. all control points on one line
-        raise ValueError(
-            "`control_points` do not determine a thin-plate spline: the TPS system is singular "
-            "(are all points on one line?). Received: "
-            f"control_points={_preview(control_points)}"
-        ) from None
+        coefficients = B.linalg.solve(system, rhs)  # (B, K+3, 2)
+    except Exception as error:  # eager TensorFlow raises on a singular system
+        if not concrete:
+            raise
+        raise _singular(B.convert_to_numpy(control_points)) from error
+    if concrete and not bool(B.numpy.all(B.numpy.isfinite(coefficients))):  # JAX: inf/NaN
+        raise _singular(B.convert_to_numpy(control_points))
 
-    ys, xs = tf.meshgrid(
-        tf.range(height, dtype=tf.float32) / scale,
-        tf.range(width, dtype=tf.float32) / scale,
-        indexing="ij",
+    ys, xs = np.meshgrid(np.arange(height) / scale, np.arange(width) / scale, indexing="ij")
+    pixels = B.convert_to_tensor(np.stack([ys.ravel(), xs.ravel()], -1).astype("float32"))
+    to_points = squared_distances(  # (B, P, K)
+        B.numpy.broadcast_to(pixels, (batch, height * width, 2)), points
     )
-    pixels = tf.stack([tf.reshape(ys, [-1]), tf.reshape(xs, [-1])], axis=-1)  # (P, 2)
-    to_points = tf.reduce_sum(tf.square(pixels[None, :, None] - points[:, None]), -1)  # (B, P, K)
-    field = tf.matmul(kernel(to_points), coefficients[:, :-3])
-    field += coefficients[:, -3:-2] + tf.matmul(
-        tf.broadcast_to(pixels, tf.stack([batch, height * width, 2])), coefficients[:, -2:]
+    field = B.numpy.matmul(kernel(to_points), coefficients[:, :-3])
+    field += coefficients[:, -3:-2] + B.numpy.matmul(
+        B.numpy.broadcast_to(pixels, (batch, height * width, 2)), coefficients[:, -2:]
     )
-    return tf.reshape(field, [-1, height, width, 2])
+    return B.numpy.reshape(field, (-1, height, width, 2))
+
+
+def _singular(control_points):
+    return ValueError(
+        "`control_points` do not determine a thin-plate spline: the TPS system is singular "
+        "(are all points on one line?). Received: "
+        f"control_points={_preview(control_points)}"
+    )
 
 
 def _check_distinct_points(points):

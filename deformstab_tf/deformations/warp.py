@@ -7,42 +7,26 @@ last axis ``(dy, dx)``, in pixels, means *content moves by u*::
 
 Pixel centres are the integer coordinates ``0..H-1`` and ``0..W-1``. This is the convention of the
 old ``tfa.image.dense_image_warp`` and of Petrini et al.'s ``deform``.
+
+The resampler is written once in Keras backend ops (see `_backend`): it runs on TensorFlow ops in
+``tf.data`` and ``tf.function`` whatever the Keras backend, and on the active backend otherwise,
+compiled by XLA on TensorFlow (``tf.function(jit_compile=True)``) and on JAX (``jax.jit``).
 """
 
-import tensorflow as tf
-
 from deformstab_tf._validation import check_choice
+from deformstab_tf.deformations import _backend
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 INTERPOLATIONS = ("bilinear", "nearest")
 
 
 def _check_numeric(argument, tensor):
-    dtype = tf.as_dtype(tensor.dtype)
-    if not (dtype.is_floating or dtype.is_integer) or dtype.is_bool:
+    dtype = _backend.dtype_name(tensor)
+    if not _backend.is_numeric(dtype):
         raise TypeError(
             f"`{argument}` must have a numeric (float or integer) dtype. "
-            f"Received: {argument}.dtype={dtype.name}"
+            f"Received: {argument}.dtype={dtype}"
         )
-
-
-def _fold_index(index, size, fill_mode):
-    """Maps integer sample coordinates into ``[0, size)`` according to `fill_mode`.
-
-    Returns the folded int32 index and, for ``"constant"``, a boolean mask of the coordinates
-    that fell inside the image (None otherwise).
-    """
-    index = tf.cast(index, tf.int32)
-    if fill_mode == "nearest":
-        return tf.clip_by_value(index, 0, size - 1), None
-    if fill_mode == "wrap":
-        return tf.math.floormod(index, size), None
-    if fill_mode == "reflect":
-        # Half-sample symmetric, as Keras and scipy.ndimage: (d c b a | a b c d | d c b a).
-        period = tf.math.floormod(index, 2 * size)
-        return tf.where(period >= size, 2 * size - 1 - period, period), None
-    inside = (index >= 0) & (index < size)
-    return tf.clip_by_value(index, 0, size - 1), inside
 
 
 def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fill_value=0.0):
@@ -55,6 +39,9 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
     (``d c b a | a b c d | d c b a``), ``"wrap"`` tiles the image, ``"constant"`` reads
     `fill_value`.
 
+    Runs on the active Keras backend (TensorFlow, JAX), XLA-compiled, and on TensorFlow ops inside
+    a TensorFlow graph (``tf.data``, ``tf.function``) whatever the backend.
+
     Args:
         images: ``(B, H, W, C)`` or a single ``(H, W, C)`` image, channels last, any numeric dtype.
         displacement: ``(B, H, W, 2)`` (or ``(H, W, 2)`` for a single image; a ``(1, H, W, 2)``
@@ -64,112 +51,149 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
         fill_value: the value read outside the image with ``fill_mode="constant"``.
 
     Returns:
-        The warped images, same shape. Bilinear output keeps a floating input dtype and is
-        float32 for integer input; nearest output keeps the input dtype (so masks stay masks).
+        The warped images, same shape, a tensor of the backend that ran. Bilinear output keeps a
+        floating input dtype and is float32 for integer input; nearest output keeps the input
+        dtype (so masks stay masks).
 
     Raises:
         ValueError: on bad shapes, and, when called eagerly, on a non-finite `displacement`.
-            Traced (in `tf.function`, `tf.data`, a model) the field is not checked: a NaN
-            displacement gives NaN at that pixel (never a plausible value), and `+-inf` gives NaN
-            except with `fill_mode="nearest"`, which clamps it to the edge.
+            Traced (in `tf.function`, `tf.data`, `jax.jit`, a model) the field is not checked: a
+            NaN displacement gives NaN at that pixel (never a plausible value), and `+-inf` gives
+            NaN except with `fill_mode="nearest"`, which clamps it to the edge.
 
     Example:
 
-    >>> images = tf.random.uniform((2, 8, 8, 3))
-    >>> shift_right = tf.tile([[[[0.0, 1.0]]]], [2, 8, 8, 1])
-    >>> warp(images, shift_right, fill_mode="wrap").shape
-    TensorShape([2, 8, 8, 3])
+    >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
+    >>> shift_right = np.tile(np.float32([0.0, 1.0]), (2, 8, 8, 1))
+    >>> tuple(warp(images, shift_right, fill_mode="wrap").shape)
+    (2, 8, 8, 3)
     """
     check_choice("interpolation", interpolation, INTERPOLATIONS)
     check_choice("fill_mode", fill_mode, FILL_MODES)
     if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
         raise TypeError(f"`fill_value` must be a number. Received: fill_value={fill_value!r}")
-    images = tf.convert_to_tensor(images)
-    displacement = tf.convert_to_tensor(displacement)
+    name = _backend.backend_name(images)
+    B = _backend.ops(name)
+    images = B.convert_to_tensor(images)
+    displacement = B.convert_to_tensor(displacement)
     _check_numeric("images", images)
     _check_numeric("displacement", displacement)
-    if images.shape.rank == 3:
-        if displacement.shape.rank == 3:
+    if len(images.shape) == 3:
+        if len(displacement.shape) == 3:
             displacement = displacement[None]
         return warp(images[None], displacement, interpolation, fill_mode, fill_value)[0]
-    if images.shape.rank != 4:
+    if len(images.shape) != 4:
         raise ValueError(
             "`images` must have rank 4 (B, H, W, C) or 3 (H, W, C). "
-            f"Received: images.shape={images.shape}"
+            f"Received: images.shape={tuple(images.shape)}"
         )
-    if displacement.shape.rank != 4 or displacement.shape[-1] not in (2, None):
+    if len(displacement.shape) != 4 or displacement.shape[-1] not in (2, None):
         raise ValueError(
             "`displacement` must have shape (B, H, W, 2) with last axis (dy, dx). "
-            f"Received: displacement.shape={displacement.shape}"
+            f"Received: displacement.shape={tuple(displacement.shape)}"
         )
-    if not displacement.shape[1:3].is_compatible_with(images.shape[1:3]):
+    if any(
+        a is not None and b is not None and a != b
+        for a, b in zip(displacement.shape[1:3], images.shape[1:3], strict=True)
+    ):
         raise ValueError(
             "`displacement` must match the spatial size of `images`. Received: "
-            f"images.shape={images.shape}, displacement.shape={displacement.shape}"
+            f"images.shape={tuple(images.shape)}, "
+            f"displacement.shape={tuple(displacement.shape)}"
         )
+    if _backend.is_concrete(displacement):
+        finite = B.numpy.isfinite(displacement)
+        if not bool(B.numpy.all(finite)):
+            count = int(B.numpy.sum(B.cast(B.numpy.logical_not(finite), "int32")))
+            raise ValueError(
+                f"`displacement` must be finite; it holds NaN or inf at {count} entries."
+            )
+    resample = _backend.compiled(
+        _resample, name, static_argnames=("interpolation", "fill_mode", "fill_value")
+    )
+    return resample(
+        images,
+        displacement,
+        interpolation=interpolation,
+        fill_mode=fill_mode,
+        fill_value=float(fill_value),
+    )
 
-    if tf.executing_eagerly() and not tf.reduce_all(tf.math.is_finite(displacement)):
-        raise ValueError(
-            "`displacement` must be finite; it holds NaN or inf at "
-            f"{int(tf.reduce_sum(tf.cast(~tf.math.is_finite(displacement), tf.int32)))} entries."
-        )
-    return _resample(images, displacement, interpolation, fill_mode, float(fill_value))
 
-
-# Compiled with XLA whatever the caller does (eager, graph, tf.data, or inside an XLA model):
-# the index arithmetic and the gather fuse, which makes the resample ~4x faster on CPU than the
-# same ops run one by one. XLA compiles once per input shape and argument combination.
-@tf.function(jit_compile=True)
-def _resample(images, displacement, interpolation, fill_mode, fill_value):
-    shape = tf.shape(images)
-    batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    displacement = tf.cast(displacement, tf.float32)
-    displacement = tf.broadcast_to(displacement, tf.stack([batch, height, width, 2]))
-    rows = tf.cast(tf.range(height), tf.float32)[None, :, None]
-    cols = tf.cast(tf.range(width), tf.float32)[None, None, :]
+# Compiled whatever the caller does (eager, graph, tf.data, jit, or inside an XLA model): the
+# index arithmetic and the gather fuse, which makes the resample ~4x faster on CPU than the same
+# ops run one by one. XLA compiles once per input shape and argument combination.
+def _resample(B, images, displacement, interpolation, fill_mode, fill_value):
+    batch, height, width, channels = B.core.shape(images)
+    displacement = B.cast(displacement, "float32")
+    displacement = B.numpy.broadcast_to(displacement, (batch, height, width, 2))
+    rows = B.numpy.arange(height, dtype="float32")[None, :, None]
+    cols = B.numpy.arange(width, dtype="float32")[None, None, :]
     source_y = rows - displacement[..., 0]
     source_x = cols - displacement[..., 1]
 
     # One flat gather for all the pixels that are read: (B*H*W, C) rows.
-    flat = tf.reshape(images, tf.stack([-1, channels]))
+    flat = B.numpy.reshape(images, (-1, channels))
+    image_dtype = _backend.dtype_name(images)
 
     if interpolation == "nearest":
-        iy, inside_y = _fold_index(tf.floor(source_y + 0.5), height, fill_mode)
-        ix, inside_x = _fold_index(tf.floor(source_x + 0.5), width, fill_mode)
-        base = tf.reshape(tf.range(batch) * height * width, [-1, 1, 1])
-        values = tf.gather(flat, base + iy * width + ix)
+        iy, inside_y = _fold_index(B, B.numpy.floor(source_y + 0.5), height, fill_mode)
+        ix, inside_x = _fold_index(B, B.numpy.floor(source_x + 0.5), width, fill_mode)
+        base = B.numpy.reshape(B.numpy.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
+        values = B.numpy.take(flat, base + iy * width + ix, axis=0)
         if fill_mode == "constant":
-            inside = (inside_y & inside_x)[..., None]
-            values = tf.where(inside, values, tf.cast(fill_value, values.dtype))
+            inside = B.numpy.logical_and(inside_y, inside_x)[..., None]
+            fill = B.cast(B.convert_to_tensor(fill_value, "float32"), image_dtype)
+            values = B.numpy.where(inside, values, fill)
         return values
 
-    out_dtype = images.dtype if images.dtype.is_floating else tf.float32
-    y0, y1, wy, inside_y = _bilinear_axis(source_y, height, fill_mode)
-    x0, x1, wx, inside_x = _bilinear_axis(source_x, width, fill_mode)
+    out_dtype = image_dtype if "float" in image_dtype else "float32"
+    y0, y1, wy, inside_y = _bilinear_axis(B, source_y, height, fill_mode)
+    x0, x1, wx, inside_x = _bilinear_axis(B, source_x, width, fill_mode)
     # The four neighbours stacked on one axis: (B, H, W, 4) -> one gather -> (B, H, W, 4, C).
-    base = tf.reshape(tf.range(batch) * height * width, [-1, 1, 1, 1])
-    rows = tf.stack([y0, y0, y1, y1], axis=-1) * width
-    index = base + rows + tf.stack([x0, x1, x0, x1], axis=-1)
-    values = tf.cast(tf.gather(flat, index), tf.float32)
+    base = B.numpy.reshape(B.numpy.arange(batch, dtype="int32") * (height * width), (-1, 1, 1, 1))
+    rows = B.numpy.stack([y0, y0, y1, y1], axis=-1) * width
+    index = base + rows + B.numpy.stack([x0, x1, x0, x1], axis=-1)
+    values = B.cast(B.numpy.take(flat, index, axis=0), "float32")
     if fill_mode == "constant":
-        inside = tf.stack(
+        both = B.numpy.logical_and
+        inside = B.numpy.stack(
             [
-                inside_y[0] & inside_x[0],
-                inside_y[0] & inside_x[1],
-                inside_y[1] & inside_x[0],
-                inside_y[1] & inside_x[1],
+                both(inside_y[0], inside_x[0]),
+                both(inside_y[0], inside_x[1]),
+                both(inside_y[1], inside_x[0]),
+                both(inside_y[1], inside_x[1]),
             ],
             axis=-1,
         )
-        values = tf.where(inside[..., None], values, fill_value)
+        values = B.numpy.where(inside[..., None], values, fill_value)
     wy, wx = wy[..., None], wx[..., None]
     top = values[..., 0, :] * (1.0 - wx) + values[..., 1, :] * wx
     bottom = values[..., 2, :] * (1.0 - wx) + values[..., 3, :] * wx
     out = top * (1.0 - wy) + bottom * wy
-    return tf.cast(out, out_dtype)
+    return B.cast(out, out_dtype)
 
 
-def _bilinear_axis(source, size, fill_mode):
+def _fold_index(B, index, size, fill_mode):
+    """Maps integer sample coordinates into ``[0, size)`` according to `fill_mode`.
+
+    Returns the folded int32 index and, for ``"constant"``, a boolean mask of the coordinates
+    that fell inside the image (None otherwise).
+    """
+    index = B.cast(index, "int32")
+    if fill_mode == "nearest":
+        return B.numpy.clip(index, 0, size - 1), None
+    if fill_mode == "wrap":
+        return B.numpy.mod(index, size), None
+    if fill_mode == "reflect":
+        # Half-sample symmetric, as Keras and scipy.ndimage: (d c b a | a b c d | d c b a).
+        period = B.numpy.mod(index, 2 * size)
+        return B.numpy.where(period >= size, 2 * size - 1 - period, period), None
+    inside = B.numpy.logical_and(index >= 0, index < size)
+    return B.numpy.clip(index, 0, size - 1), inside
+
+
+def _bilinear_axis(B, source, size, fill_mode):
     """The two neighbours (int32, inside ``[0, size)``) and the weight of the second along one
     axis, and for ``"constant"`` whether each neighbour lies inside the image.
 
@@ -177,36 +201,39 @@ def _bilinear_axis(source, size, fill_mode):
     mirroring and tiling commute with linear interpolation, so this reads exactly the values that
     per-neighbour folding reads, for half the integer work.
     """
-    size_f = tf.cast(size, tf.float32)
+    size_f = B.cast(size, "float32")
     if fill_mode == "constant":
-        low = tf.floor(source)
+        low = B.numpy.floor(source)
         weight = source - low
-        low = tf.cast(low, tf.int32)
+        low = B.cast(low, "int32")
         high = low + 1
-        inside = ((low >= 0) & (low < size), (high >= 0) & (high < size))
+        inside = (
+            B.numpy.logical_and(low >= 0, low < size),
+            B.numpy.logical_and(high >= 0, high < size),
+        )
         return (
-            tf.clip_by_value(low, 0, size - 1),
-            tf.clip_by_value(high, 0, size - 1),
+            B.numpy.clip(low, 0, size - 1),
+            B.numpy.clip(high, 0, size - 1),
             weight,
             inside,
         )
     if fill_mode == "wrap":
-        source = tf.math.floormod(source, size_f)
-        low = tf.floor(source)
+        source = B.numpy.mod(source, size_f)
+        low = B.numpy.floor(source)
         weight = source - low
-        low = tf.minimum(tf.cast(low, tf.int32), size - 1)  # floormod may round up to `size`
-        high = tf.where(low + 1 >= size, 0, low + 1)
+        low = B.numpy.minimum(B.cast(low, "int32"), size - 1)  # mod may round up to `size`
+        high = B.numpy.where(low + 1 >= size, 0, low + 1)
         return low, high, weight, None
     if fill_mode == "reflect":
         # Mirror about -0.5 and size - 0.5 (d c b a | a b c d | d c b a), period 2 * size.
-        folded = tf.math.floormod(source + 0.5, 2.0 * size_f)
-        source = tf.where(folded < size_f, folded, 2.0 * size_f - folded) - 0.5
+        folded = B.numpy.mod(source + 0.5, 2.0 * size_f)
+        source = B.numpy.where(folded < size_f, folded, 2.0 * size_f - folded) - 0.5
     # "nearest", and "reflect" after folding: clamp to the outermost pixel centres.
-    source = tf.clip_by_value(source, 0.0, size_f - 1.0)
-    low = tf.floor(source)
+    source = B.numpy.clip(source, 0.0, size_f - 1.0)
+    low = B.numpy.floor(source)
     weight = source - low
-    low = tf.cast(low, tf.int32)
-    return low, tf.minimum(low + 1, size - 1), weight, None
+    low = B.cast(low, "int32")
+    return low, B.numpy.minimum(low + 1, size - 1), weight, None
 
 
 def shift(images, dy, dx, fill_mode="wrap", fill_value=0.0):
@@ -221,26 +248,27 @@ def shift(images, dy, dx, fill_mode="wrap", fill_value=0.0):
 
     Returns:
         The shifted images, same shape and dtype (values are copied, never interpolated).
+
+    Example:
+
+    >>> images = np.arange(16, dtype="float32").reshape(1, 4, 4, 1)
+    >>> np.asarray(shift(images, 1, 0))[0, :, 0, 0]
+    array([12.,  0.,  4.,  8.], dtype=float32)
     """
+    B = _backend.ops(_backend.backend_name(images))
+    offsets = []
     for argument, value in (("dy", dy), ("dx", dx)):
-        value = tf.convert_to_tensor(value)
-        if not value.dtype.is_integer:
+        value = B.convert_to_tensor(value)
+        if "int" not in _backend.dtype_name(value):
             raise TypeError(
                 f"`{argument}` must be an integer (whole-pixel shift). "
-                f"Received: {argument}={value!r} of dtype {value.dtype.name}"
+                f"Received: {argument}={value!r} of dtype {_backend.dtype_name(value)}"
             )
-    images = tf.convert_to_tensor(images)
-    if images.shape.rank == 3:
+        offsets.append(B.cast(value, "float32"))
+    images = B.convert_to_tensor(images)
+    if len(images.shape) == 3:
         return shift(images[None], dy, dx, fill_mode, fill_value)[0]
-    shape = tf.shape(images)
-    offsets = tf.stack(
-        [
-            tf.broadcast_to(tf.cast(dy, tf.float32), shape[:1]),
-            tf.broadcast_to(tf.cast(dx, tf.float32), shape[:1]),
-        ],
-        axis=-1,
-    )
-    displacement = tf.broadcast_to(
-        offsets[:, None, None, :], tf.stack([shape[0], shape[1], shape[2], 2])
-    )
+    batch, height, width = B.core.shape(images)[:3]
+    offsets = B.numpy.stack([B.numpy.broadcast_to(o, (batch,)) for o in offsets], axis=-1)
+    displacement = B.numpy.broadcast_to(offsets[:, None, None, :], (batch, height, width, 2))
     return warp(images, displacement, "nearest", fill_mode, fill_value)

@@ -1,0 +1,161 @@
+"""Which backend's ops a deformation runs on, and the few things that differ between backends.
+
+The deformations are written once, against the namespace of a Keras backend's ops (``B.numpy``,
+``B.cast``, ``B.core.shape``, ... — what ``keras.ops`` dispatches to), the way Keras's own image
+preprocessing layers are written against ``self.backend``. The namespace is the active Keras
+backend's, except inside a TensorFlow graph that is not being traced by JAX (a ``tf.data``
+pipeline, a ``tf.function``), where it is TensorFlow's whatever the active backend, so a layer or
+a field function works in ``tf.data`` on every backend (the ``DynamicBackend`` pattern of Keras's
+``DataLayer``).
+
+What cannot be written once lives here: compiling a function (``tf.function(jit_compile=True)``
+on TensorFlow, ``jax.jit`` on JAX), stateless random draws from a ``(2,)`` seed with independent
+streams, and telling a concrete tensor from a traced one.
+"""
+
+import functools
+import inspect
+import zlib
+
+import keras
+import numpy as np
+
+# Keras's own switch between backend namespaces (what its preprocessing layers use); private API.
+from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
+
+
+@functools.cache
+def ops(name):
+    """The ops namespace of backend `name` (``"tensorflow"``, ``"jax"``, ``"torch"``, ...)."""
+    return DynamicBackend(name)
+
+
+def _is_jax_tracer(x):
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
+
+
+def backend_name(sample=None):
+    """The backend whose ops run now: the active one, or TensorFlow inside a TensorFlow graph.
+
+    Args:
+        sample: an input tensor, to tell a JAX trace (inside ``jax.jit``) from a TF graph.
+
+    Returns:
+        A backend name, e.g. ``"tensorflow"`` or ``"jax"``.
+    """
+    active = keras.backend.backend()
+    if active != "tensorflow" and in_tf_graph() and not _is_jax_tracer(sample):
+        return "tensorflow"
+    return active
+
+
+def is_concrete(x):
+    """Whether `x` holds values now (eager), rather than being traced (graph, jit, dynamo)."""
+    if isinstance(x, (int, float, np.ndarray, np.generic)):
+        return True
+    name = type(x).__module__.split(".")[0]
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly() and hasattr(x, "numpy")
+    if name in ("jax", "jaxlib"):
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if name == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling() and x.device.type != "meta"
+    return False
+
+
+_COMPILED = {}
+
+
+def compiled(function, name, static_argnames=()):
+    """`function(B, *args)` bound to backend `name`'s ops and compiled by its compiler.
+
+    TensorFlow: ``tf.function(jit_compile=True)`` (XLA even when called eagerly or in
+    ``tf.data``; Python arguments are static). JAX: ``jax.jit`` with `static_argnames` (inside an
+    outer jit it is inlined). Other backends: the plain function.
+    """
+    key = (function, name)
+    if key not in _COMPILED:
+        backend = ops(name)
+
+        def bound(*args, **kwargs):
+            return function(backend, *args, **kwargs)
+
+        functools.update_wrapper(bound, function)
+        signature = inspect.signature(function)
+        bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+        del bound.__wrapped__
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            bound = tf.function(bound, jit_compile=True, autograph=False)
+        elif name == "jax":
+            import jax
+
+            bound = jax.jit(bound, static_argnames=static_argnames)
+        _COMPILED[key] = bound
+    return _COMPILED[key]
+
+
+def _stream_int(seed, stream):
+    """One 32-bit integer from a concrete ``(2,)`` seed and a stream number."""
+    values = np.asarray(keras.ops.convert_to_numpy(seed) if not isinstance(seed, list) else seed)
+    return zlib.crc32(np.asarray([*values.astype(np.int64).ravel(), stream], np.int64).tobytes())
+
+
+def stateless_uniform(name, shape, low, high, seed, stream):
+    """Uniform float32 draws in ``[low, high)`` from a ``(2,)`` integer `seed`, on backend `name`.
+
+    Each `stream` number gives an independent draw from the same seed; the same seed and stream
+    give the same numbers on the same backend (backends use different generators: TensorFlow's
+    Philox with ``stateless_fold_in``, JAX's threefry with ``fold_in``).
+    """
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), stream)
+        return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        key = jax.random.fold_in(jnp.asarray(seed).astype(jnp.uint32), stream)
+        return jax.random.uniform(key, tuple(shape), jnp.float32, minval=low, maxval=high)
+    return ops(name).random.uniform(
+        tuple(shape), low, high, dtype="float32", seed=_stream_int(seed, stream)
+    )
+
+
+def stateless_normal(name, shape, seed, stream):
+    """Standard-normal float32 draws from a ``(2,)`` integer `seed`; as `stateless_uniform`."""
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), stream)
+        return tf.random.stateless_normal(shape, seed)
+    if name == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        key = jax.random.fold_in(jnp.asarray(seed).astype(jnp.uint32), stream)
+        return jax.random.normal(key, tuple(shape), jnp.float32)
+    return ops(name).random.normal(tuple(shape), dtype="float32", seed=_stream_int(seed, stream))
+
+
+def dtype_name(x):
+    """The standardized dtype name of a tensor, e.g. ``"float32"``, ``"uint8"``, ``"string"``."""
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def is_numeric(dtype):
+    """Float or integer (not bool, string, complex)."""
+    return "float" in dtype or "int" in dtype
