@@ -1,8 +1,8 @@
-"""Throughput of the deformation layers, side by side with the alternatives, in one process.
+"""Throughput of the deformation layers, side by side with the alternatives, on each backend.
 
 For each image size (CIFAR-like 256x32x32x3 with a 3x3 TPS grid, ImageNet-like 32x224x224x3 with
-5x5) and each mode (``tf.function``, ``tf.function(jit_compile=True)``) it times, alternating the
-contenders round by round:
+5x5) and each mode — on TensorFlow ``tf.function`` (``graph``) and ``tf.function(jit_compile=True)``
+(``xla``), on JAX ``jax.jit`` (``jax``) — it times, alternating the contenders round by round:
 
 - ``resample floor``: `warp` with a precomputed field (what any warp must at least pay);
 - ``RandomThinPlateSpline``, ``RandomAffine``, ``RandomDiffeomorphism`` (this package);
@@ -10,35 +10,30 @@ contenders round by round:
   pixel, then the same resample (what ``tfa.image.sparse_image_warp`` did on every call);
 - Keras's ``RandomRotation`` and ``RandomElasticTransform``.
 
+Each backend runs in its own process (``KERAS_BACKEND`` is read once, at import); with
+``--rounds N`` the backends' processes alternate N times and the table shows the median over
+rounds. Under JAX the layers run through ``layer.stateless_call`` inside ``jax.jit``, so their
+seed state is threaded through the compiled function as Keras's JAX trainer does.
+
 Prints a table (median ms per batch and images/s) and writes JSON. Usage::
 
-    python benchmarks/bench_deformations.py [--repeats 7] [--out benchmarks/results/...json]
+    python benchmarks/bench_deformations.py [--backends tensorflow,jax] [--repeats 7] \
+        [--rounds 1] [--out benchmarks/results/bench_deformations.json]
 """
 
 import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np  # noqa: E402
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
-from deformstab_tf.deformations import (  # noqa: E402
-    control_grid,
-    tps_displacement,
-    tps_displacement_from_points,
-    warp,
-)
-from deformstab_tf.layers import (  # noqa: E402
-    RandomAffine,
-    RandomDiffeomorphism,
-    RandomThinPlateSpline,
-)
 
 SETTINGS = {
     "256x32x32x3": dict(shape=(256, 32, 32, 3), grid_size=3, max_displacement=2.0),
@@ -47,57 +42,125 @@ SETTINGS = {
 
 
 def contenders(shape, grid_size, max_displacement):
+    """``(field, {name: fn(images, field, uniform)})``; `uniform(shape, low, high)` draws the
+    random control displacements of the per-sample solve in the backend's own way."""
+    import keras
+
+    from deformstab_tf.deformations import (
+        control_grid,
+        tps_displacement,
+        tps_displacement_from_points,
+        warp,
+    )
+    from deformstab_tf.layers import RandomAffine, RandomDiffeomorphism, RandomThinPlateSpline
+
     batch, height, width, _ = shape
     k = grid_size * grid_size
+    rng = np.random.default_rng(0)
     field = tps_displacement(
-        tf.random.uniform((batch, k, 2), -max_displacement, max_displacement),
+        rng.uniform(-max_displacement, max_displacement, (batch, k, 2)).astype("float32"),
         height,
         width,
         grid_size,
     )
-    points = tf.constant(control_grid(height, width, grid_size), tf.float32)
+    points = control_grid(height, width, grid_size).astype("float32")
     tps = RandomThinPlateSpline(grid_size, max_displacement, seed=0)
     affine = RandomAffine(rotation=10, scale=0.1, shear=0.1, translation=0.1, seed=0)
     diffeo = RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
     rotation = keras.layers.RandomRotation(10 / 360, seed=0)
     elastic = keras.layers.RandomElasticTransform(factor=1.0, scale=0.1, seed=0)
 
-    def per_sample_solve(x, _):
-        d = tf.random.uniform((batch, k, 2), -max_displacement, max_displacement)
+    def per_sample_solve(x, _, uniform):
+        d = uniform((batch, k, 2), -max_displacement, max_displacement)
         u = tps_displacement_from_points(points, d, height, width)
         return warp(x, u)
 
     # Every contender takes (images, field); the field is an input, not a constant, so that XLA
     # cannot fold the floor's index arithmetic away at compile time.
     return field, {
-        "resample floor": lambda x, u: warp(x, u),
-        "RandomThinPlateSpline": lambda x, _: tps(x, training=True),
+        "resample floor": lambda x, u, _: warp(x, u),
+        "RandomThinPlateSpline": tps,
         "per-sample TPS solve": per_sample_solve,
-        "RandomAffine": lambda x, _: affine(x, training=True),
-        "keras RandomRotation": lambda x, _: rotation(x, training=True),
-        "RandomDiffeomorphism": lambda x, _: diffeo(x, training=True),
-        "keras RandomElasticTransform": lambda x, _: elastic(x, training=True),
+        "RandomAffine": affine,
+        "keras RandomRotation": rotation,
+        "RandomDiffeomorphism": diffeo,
+        "keras RandomElasticTransform": elastic,
         # The field alone, without the resample both share: where the fixed grid saves.
-        "field only: fixed-grid TPS": lambda x, _: tps.get_random_transformation(x)[
+        "field only: fixed-grid TPS": lambda x, _, __: tps.get_random_transformation(x)[
             "displacement"
         ],
-        "field only: per-sample solve": lambda x, _: tps_displacement_from_points(
+        "field only: per-sample solve": lambda x, _, uniform: tps_displacement_from_points(
             points,
-            tf.random.uniform((batch, k, 2), -max_displacement, max_displacement),
+            uniform((batch, k, 2), -max_displacement, max_displacement),
             height,
             width,
         ),
     }
 
 
-def compile_all(functions, images, field, jit):
+def compile_tensorflow(functions, images, field, jit):
+    """Each contender as a `tf.function` (XLA with `jit`) of ``(images, field)``."""
+    import keras
+    import tensorflow as tf
+
+    def uniform(shape, low, high):
+        return tf.random.uniform(shape, low, high)
+
     compiled = {}
     for name, fn in functions.items():
-        graph = tf.function(fn, jit_compile=jit)
+        if isinstance(fn, keras.layers.Layer):
+            fn = lambda x, _, __, layer=fn: layer(x, training=True)
+        graph = tf.function(lambda x, u, fn=fn: fn(x, u, uniform), jit_compile=jit)
         try:
             graph(images, field).numpy()
             graph(images, field).numpy()
-            compiled[name] = graph
+            compiled[name] = lambda x, u, graph=graph: graph(x, u).numpy()
+        except Exception as error:  # noqa: BLE001 - a contender that cannot run is reported
+            compiled[name] = f"fails: {type(error).__name__}"
+    return compiled
+
+
+def compile_jax(functions, images, field):
+    """Each contender under `jax.jit`; layers through `stateless_call`, their seed state
+    threaded through (as Keras's JAX trainer runs them), random draws from a threaded key."""
+    import jax
+    import keras
+
+    compiled = {}
+    for name, fn in functions.items():
+        if isinstance(fn, keras.layers.Layer):
+            layer = fn
+            if not layer.built:  # stateless_call needs the seed state to exist
+                layer.build(tuple(images.shape))
+
+            @jax.jit
+            def step(x, u, state, layer=layer):
+                out, state = layer.stateless_call([], state, x, training=True)
+                return out, state
+
+            state = [v.value for v in layer.non_trainable_variables]
+        else:
+
+            @jax.jit
+            def step(x, u, key, fn=fn):
+                with keras.StatelessScope():  # a layer's seed state must not leak out of jit
+                    key, draw = jax.random.split(key)
+                    uniform = lambda shape, low, high: jax.random.uniform(
+                        draw, shape, "float32", low, high
+                    )
+                    return fn(x, u, uniform), key
+
+            state = jax.random.PRNGKey(0)
+        holder = {"state": state}
+
+        def run(x, u, step=step, holder=holder):
+            out, holder["state"] = step(x, u, holder["state"])
+            jax.block_until_ready(out)
+
+        try:
+            run(images, field)
+            run(images, field)
+            compiled[name] = run
         except Exception as error:  # noqa: BLE001 - a contender that cannot run is reported
             compiled[name] = f"fails: {type(error).__name__}"
     return compiled
@@ -108,82 +171,154 @@ def measure(compiled, images, field, repeats):
     for _ in range(repeats):  # alternate so machine noise hits every contender alike
         for name in times:
             start = time.perf_counter()
-            compiled[name](images, field).numpy()
+            compiled[name](images, field)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
+def run_backend(repeats):
+    """This process's backend: rows ``{size, mode, contender, ms_per_batch | error}``."""
+    import keras
+
+    backend = keras.backend.backend()
+    rows = []
+    for setting, params in SETTINGS.items():
+        images = keras.ops.convert_to_tensor(
+            np.random.default_rng(1).random(params["shape"]).astype("float32")
+        )
+        field, functions = contenders(**params)
+        if backend == "tensorflow":
+            modes = [("graph", compile_tensorflow(functions, images, field, jit=False))]
+            modes.append(("xla", compile_tensorflow(functions, images, field, jit=True)))
+        elif backend == "jax":
+            modes = [("jax", compile_jax(functions, images, field))]
+        else:
+            raise SystemExit(f"error: no benchmark mode for backend {backend!r}")
+        for mode, compiled in modes:
+            ms = measure(compiled, images, field, repeats)
+            for name, fn in compiled.items():
+                row = {"size": setting, "mode": mode, "contender": name}
+                if name in ms:
+                    row["ms_per_batch"] = ms[name]
+                else:
+                    row["error"] = fn
+                rows.append(row)
+    return rows
+
+
+def _version(backend):
+    import importlib
+
+    return importlib.import_module(backend).__version__
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "bench_deformations.json")
     )
     args = parser.parse_args()
+    if args.child:  # one backend, in this process: rows as JSON on the last line of stdout
+        import keras
+
+        machine = {**machine_info(), keras.backend.backend(): _version(keras.backend.backend())}
+        print(json.dumps({"rows": run_backend(args.repeats), "machine": machine}))
+        return
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    measured, machine = {}, {}
+    for round_index in range(args.rounds):
+        for backend in backends:
+            print(f"round {round_index + 1}/{args.rounds}: {backend} ...", flush=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
+                env={**os.environ, "KERAS_BACKEND": backend},
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"error: the {backend} run failed:\n{done.stderr[-2000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            machine.update(result["machine"])
+            for row in result["rows"]:
+                key = (row["size"], row["mode"], row["contender"])
+                measured.setdefault(key, []).append(row.get("ms_per_batch", row.get("error")))
 
     rows = []
-    for setting, params in SETTINGS.items():
-        images = tf.random.uniform(params["shape"])
-        field, functions = contenders(**params)
-        for mode, jit in (("graph", False), ("xla", True)):
-            compiled = compile_all(functions, images, field, jit)
-            ms = measure(compiled, images, field, args.repeats)
-            floor = ms["resample floor"]
-            for name, fn in compiled.items():
-                row = {"size": setting, "mode": mode, "contender": name}
-                if name in ms:
-                    row.update(
-                        ms_per_batch=round(ms[name], 2),
-                        images_per_s=round(params["shape"][0] / ms[name] * 1e3),
-                        vs_floor=round(ms[name] / floor, 2),
-                    )
-                else:
-                    row["error"] = fn
-                rows.append(row)
-                print(
-                    f"{setting:>13} {mode:>5} {name:<30} "
-                    + (
-                        f"{row['ms_per_batch']:9.2f} ms {row['images_per_s']:8d} img/s "
-                        f"{row['vs_floor']:6.2f}x floor"
-                        if "ms_per_batch" in row
-                        else row["error"]
-                    ),
-                    flush=True,
-                )
+    for (size, mode, name), values in measured.items():
+        row = {"size": size, "mode": mode, "contender": name}
+        times = [v for v in values if isinstance(v, float)]
+        if times:
+            ms = statistics.median(times)
+            floor = statistics.median(measured[(size, mode, "resample floor")])
+            row.update(
+                ms_per_batch=round(ms, 2),
+                images_per_s=round(SETTINGS[size]["shape"][0] / ms * 1e3),
+                vs_floor=round(ms / floor, 2),
+            )
+        else:
+            row["error"] = values[0]
+        rows.append(row)
+        print(
+            f"{size:>13} {mode:>5} {name:<30} "
+            + (
+                f"{row['ms_per_batch']:9.2f} ms {row['images_per_s']:8d} img/s "
+                f"{row['vs_floor']:6.2f}x floor"
+                if "ms_per_batch" in row
+                else row["error"]
+            ),
+            flush=True,
+        )
 
-    def ratio(size, mode, a, b):
-        found = {r["contender"]: r for r in rows if r["size"] == size and r["mode"] == mode}
-        if "ms_per_batch" in found.get(a, {}) and "ms_per_batch" in found.get(b, {}):
-            return round(found[a]["ms_per_batch"] / found[b]["ms_per_batch"], 2)
+    def ratio(size, mode_a, a, mode_b, b):
+        found = {(r["mode"], r["contender"]): r for r in rows if r["size"] == size}
+        first, second = found.get((mode_a, a), {}), found.get((mode_b, b), {})
+        if "ms_per_batch" in first and "ms_per_batch" in second:
+            return round(first["ms_per_batch"] / second["ms_per_batch"], 2)
         return None
 
     targets = {}
     for size in SETTINGS:
-        for mode in ("graph", "xla"):
+        for mode in ("graph", "xla", "jax"):
             targets[f"{size}/{mode}"] = {
                 "tps_vs_floor (target <= 1.3)": ratio(
-                    size, mode, "RandomThinPlateSpline", "resample floor"
+                    size, mode, "RandomThinPlateSpline", mode, "resample floor"
                 ),
                 "per_sample_solve_vs_tps (target >= 5 under XLA)": ratio(
-                    size, mode, "per-sample TPS solve", "RandomThinPlateSpline"
+                    size, mode, "per-sample TPS solve", mode, "RandomThinPlateSpline"
                 ),
                 "per_sample_solve_vs_tps_field_only": ratio(
-                    size, mode, "field only: per-sample solve", "field only: fixed-grid TPS"
+                    size, mode, "field only: per-sample solve", mode, "field only: fixed-grid TPS"
                 ),
                 "affine_vs_keras_rotation (target <= 1)": ratio(
-                    size, mode, "RandomAffine", "keras RandomRotation"
+                    size, mode, "RandomAffine", mode, "keras RandomRotation"
                 ),
             }
+        targets[f"{size}/jax_vs_xla"] = {
+            "tps (target <= 1.5)": ratio(
+                size, "jax", "RandomThinPlateSpline", "xla", "RandomThinPlateSpline"
+            ),
+            "resample floor": ratio(size, "jax", "resample floor", "xla", "resample floor"),
+            "affine": ratio(size, "jax", "RandomAffine", "xla", "RandomAffine"),
+            "diffeo": ratio(size, "jax", "RandomDiffeomorphism", "xla", "RandomDiffeomorphism"),
+        }
     print("\nTargets:")
     for key, values in targets.items():
-        print(f"  {key}: {values}")
+        if any(v is not None for v in values.values()):
+            print(f"  {key}: {values}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
-                "machine": machine_info(),
+                "machine": machine,
+                "backends": backends,
                 "repeats": args.repeats,
+                "rounds": args.rounds,
                 "rows": rows,
                 "targets": targets,
             },
@@ -194,5 +329,4 @@ def main():
 
 
 if __name__ == "__main__":
-    tf.random.set_seed(0)
     main()

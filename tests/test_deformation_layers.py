@@ -47,6 +47,19 @@ def test_seeded_per_sample_draws_and_training_flag(kind):
     np.testing.assert_array_equal(LAYERS[kind](seed=3)(images, training=False), images)
 
 
+@pytest.mark.parametrize("kind", LAYERS)
+def test_stateless_call_threads_the_seed_state_as_calls_advance_it(kind):
+    images = smooth_images(2)
+    layer = LAYERS[kind](seed=5)  # never called: stateless_call needs nothing built
+    state = [v.value for v in layer.non_trainable_variables]
+    first, state = layer.stateless_call([], state, images, training=True)
+    second, _ = layer.stateless_call([], state, images, training=True)
+    stateful = LAYERS[kind](seed=5)
+    np.testing.assert_array_equal(as_numpy(first), as_numpy(stateful(images)))
+    np.testing.assert_array_equal(as_numpy(second), as_numpy(stateful(images)))
+    assert np.abs(as_numpy(first) - as_numpy(second)).max() > 1e-3
+
+
 @pytest.mark.parametrize("kind", ZERO)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "uint8"])
 def test_zero_magnitude_is_exact_identity(kind, dtype):

@@ -95,6 +95,7 @@ class BaseRandomDeformation(keras.layers.Layer):
         self.data_format = standardize_data_format(data_format)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
+        self.built = True  # no weights to build: `stateless_call` works before a first call
         self.supports_jit = True
         self._allow_non_tensor_positional_args = True
 
