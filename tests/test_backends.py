@@ -24,7 +24,7 @@ from deformstab_tf.deformations import (
 from deformstab_tf.layers import RandomAffine, RandomDiffeomorphism, RandomThinPlateSpline
 from tests.backends import BACKEND, as_numpy, dtype_of, other_backend_only
 
-pytestmark = other_backend_only
+pytestmark = [pytest.mark.backends, other_backend_only]
 
 LAYERS = {
     "tps": lambda **kw: RandomThinPlateSpline(grid_size=3, max_displacement=2.0, **kw),

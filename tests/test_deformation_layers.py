@@ -10,6 +10,9 @@ from deformstab_tf.deformations import control_grid, tps_displacement, warp
 from deformstab_tf.layers import RandomAffine, RandomDiffeomorphism, RandomThinPlateSpline
 from tests.backends import BACKEND, as_numpy, dtype_of
 
+# Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
+pytestmark = pytest.mark.backends
+
 LAYERS = {
     "tps": lambda **kw: RandomThinPlateSpline(grid_size=3, max_displacement=2.0, **kw),
     "affine": lambda **kw: RandomAffine(rotation=15, scale=0.1, shear=0.1, translation=0.1, **kw),

@@ -13,6 +13,9 @@ from deformstab_tf.models import (
     downsampling_layers,
 )
 
+# Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
+pytestmark = pytest.mark.backends
+
 RNG = np.random.default_rng(0)
 
 

@@ -24,6 +24,9 @@ from deformstab_tf.deformations import (
 )
 from tests.backends import as_numpy
 
+# Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
+pytestmark = pytest.mark.backends
+
 
 def pixel_grid(h, w):
     ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")

@@ -14,6 +14,9 @@ from deformstab_tf.models import (
     resnet18,
 )
 
+# Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
+pytestmark = pytest.mark.backends
+
 TINY_BLOCKS = [(4,), (8,)]
 TINY_WIDTHS = (4, 8, 8, 16)
 

@@ -11,6 +11,9 @@ from deformstab_tf.deformations import FILL_MODES, shift, warp
 from tests.backends import as_numpy, dtype_of, traced
 from tests.references import numpy_padded_shift
 
+# Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
+pytestmark = pytest.mark.backends
+
 # scipy.ndimage modes that read each out-of-range neighbour the way ours do.
 SCIPY_MODE = {
     "nearest": "nearest",
