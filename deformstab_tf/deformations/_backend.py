@@ -106,6 +106,31 @@ def compiled(function, name, static_argnames=()):
     return _COMPILED[key]
 
 
+def take_rows(B, table, index):
+    """``table[index]`` for a 2-D `table` and int32 `index` known to lie in ``[0, len(table))``.
+
+    ``B.numpy.take`` on JAX guards every read against out-of-range indices (``mode="fill"``), a
+    compare and select per element that the resampler's indices never need; here the gather is
+    told they are in bounds. Elsewhere it is ``B.numpy.take``.
+    """
+    if B.name == "jax":
+        return table.at[index].get(mode="promise_in_bounds")
+    return B.numpy.take(table, index, axis=0)
+
+
+def host_constant(function):
+    """Caches a function of Python numbers that builds a numpy constant, and keeps compilers that
+    trace Python (``torch.compile``) from tracing into it: they call it as host code."""
+    cached = functools.lru_cache(maxsize=64)(function)
+    if keras.backend.backend() == "torch":  # the backend is fixed when Keras is imported
+        import torch
+
+        disabled = torch.compiler.disable(cached)
+        disabled.cache_info, disabled.cache_clear = cached.cache_info, cached.cache_clear
+        return disabled
+    return cached
+
+
 def _stream_int(seed, stream):
     """One 32-bit integer from a concrete ``(2,)`` seed and a stream number."""
     values = np.asarray(keras.ops.convert_to_numpy(seed) if not isinstance(seed, list) else seed)

@@ -6,7 +6,6 @@ kept where ``sqrt(i^2 + j^2) < c + 0.5`` (cut-off ``c``), gives ``dx = sqrt(T) *
 the same with an independent field and ``H``. Unlike the authors' code, images need not be square.
 """
 
-import functools
 import math
 
 import numpy as np
@@ -55,7 +54,7 @@ def temperature_for_displacement(delta, cutoff, size):
     return 4.0 * delta**2 / (math.pi * size**2 * math.log(cutoff))
 
 
-@functools.lru_cache(maxsize=64)
+@_backend.host_constant
 def _modes(size, cutoff):
     """``sin(k pi x)``, ``x = linspace(0, 1, size)``, ``k = 1..cutoff``: ``(size, cutoff)``."""
     x = np.linspace(0.0, 1.0, size)
@@ -63,7 +62,7 @@ def _modes(size, cutoff):
     return np.sin(np.pi * x[:, None] * k[None, :]).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=64)
+@_backend.host_constant
 def mode_amplitudes(cutoff):
     """Standard deviations ``1/sqrt(i^2 + j^2)`` of ``C_ij``, 0 beyond the cut-off: ``(c, c)``."""
     k = np.arange(1, cutoff + 1)

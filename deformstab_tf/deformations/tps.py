@@ -6,8 +6,6 @@ the control displacements. On a *fixed* control grid it is linear in the displac
 float64 and cached, so a batch of random warps is a single matmul with no per-sample solve.
 """
 
-import functools
-
 import numpy as np
 
 from deformstab_tf._validation import check_positive_int
@@ -45,7 +43,7 @@ def _tps_kernel(squared_distance):
     return 0.5 * squared_distance * np.log(safe)
 
 
-@functools.lru_cache(maxsize=32)
+@_backend.host_constant
 def tps_interpolation_matrix(height, width, grid_size):
     """The cached ``(H*W, K)`` float32 matrix ``M`` with ``u = M d`` on the fixed control grid.
 
@@ -123,7 +121,7 @@ def tps_displacement(displacements, height, width, grid_size):
     return B.numpy.transpose(B.numpy.reshape(field, (-1, 2, height, width)), (0, 2, 3, 1))
 
 
-@functools.lru_cache(maxsize=32)
+@_backend.host_constant
 def _transposed_matrix(height, width, grid_size):
     """``M^T``, ``(K, H*W)``, contiguous: the right operand of the field's matmul."""
     matrix = np.ascontiguousarray(tps_interpolation_matrix(height, width, grid_size).T)

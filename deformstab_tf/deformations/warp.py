@@ -140,7 +140,7 @@ def _resample(B, images, displacement, interpolation, fill_mode, fill_value):
         iy, inside_y = _fold_index(B, B.numpy.floor(source_y + 0.5), height, fill_mode)
         ix, inside_x = _fold_index(B, B.numpy.floor(source_x + 0.5), width, fill_mode)
         base = B.numpy.reshape(B.numpy.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
-        values = B.numpy.take(flat, base + iy * width + ix, axis=0)
+        values = _backend.take_rows(B, flat, base + iy * width + ix)
         if fill_mode == "constant":
             inside = B.numpy.logical_and(inside_y, inside_x)[..., None]
             fill = B.cast(B.convert_to_tensor(fill_value, "float32"), image_dtype)
@@ -154,7 +154,7 @@ def _resample(B, images, displacement, interpolation, fill_mode, fill_value):
     base = B.numpy.reshape(B.numpy.arange(batch, dtype="int32") * (height * width), (-1, 1, 1, 1))
     rows = B.numpy.stack([y0, y0, y1, y1], axis=-1) * width
     index = base + rows + B.numpy.stack([x0, x1, x0, x1], axis=-1)
-    values = B.cast(B.numpy.take(flat, index, axis=0), "float32")
+    values = B.cast(_backend.take_rows(B, flat, index), "float32")
     if fill_mode == "constant":
         both = B.numpy.logical_and
         inside = B.numpy.stack(
