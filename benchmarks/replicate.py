@@ -334,28 +334,32 @@ class Replication:
 
     # -- results and report ---------------------------------------------------------------------
 
+    def _finished(self):
+        """`(name, result)` of every finished experiment, in the table's order."""
+        for name in self.experiments():
+            path = self._result_path(name)
+            if os.path.exists(path):
+                with open(path) as file:
+                    yield name, json.load(file)
+
     def results(self):
         """Every finished experiment gathered into the documented `results.json` layout."""
         sensitivity, smoothness, accuracy, relative, shift = {}, {}, {}, {}, {}
         random_labels, synthetic, smoothing, done = {}, {}, {}, []
-        cpu = 0.0
-        for name in self.experiments():
-            path = self._result_path(name)
-            if not os.path.exists(path):
-                continue
-            with open(path) as file:
-                r = json.load(file)
+        cpu = wall = 0.0
+        for name, r in self._finished():
             done.append(name)
             cpu += r.get("cpu_seconds", 0.0)
+            wall += r.get("wall_seconds", 0.0)
             kind = name.split("/")[0]
-            if kind in ("init", "trained"):
+            if kind in ("init", "trained", "paper"):
                 stage = "init" if kind == "init" else "trained"
                 v = r["variant"]
                 _append(sensitivity, [v, stage], r.get("sensitivity", {}))
                 _append(smoothness, [v, stage], r["smoothness"])
                 for component, values in r.get("relative_stability", {}).items():
                     _append(relative, [v, stage, component], values)
-                if kind == "trained":
+                if stage == "trained":
                     accuracy.setdefault(v, []).append(r["test_accuracy"])
                     shift.setdefault(v, []).append(r["shift_consistency"])
                     _append(sensitivity, [v, "init_of_trained"], r["sensitivity_init"])
@@ -372,6 +376,7 @@ class Replication:
             "finished": done,
             "missing": [n for n in self.experiments() if n not in done],
             "cpu_seconds": cpu,
+            "wall_seconds": wall,
             "sensitivity": sensitivity,
             "smoothness": smoothness,
             "test_accuracy": accuracy,
@@ -388,32 +393,11 @@ class Replication:
         with the initialisation stage of `cpu` (the same networks at init), plus the T1 and Z1
         statistics over seeds."""
         s = self.settings
-        sensitivity, smoothness, accuracy, relative, shift, done = {}, {}, {}, {}, {}, []
-        for tree, key in ((sensitivity, "sensitivity"), (smoothness, "smoothness")):
+        gathered = self.results()
+        for key in ("sensitivity", "smoothness", "relative_stability"):
             for v in s.variants:
                 if "init" in cpu.get(key, {}).get(v, {}):
-                    tree.setdefault(v, {})["init"] = cpu[key][v]["init"]
-        for v in s.variants:
-            if "init" in cpu.get("relative_stability", {}).get(v, {}):
-                relative.setdefault(v, {})["init"] = cpu["relative_stability"][v]["init"]
-        cpu_seconds, wall_seconds = 0.0, 0.0
-        for name in self.experiments():
-            path = self._result_path(name)
-            if not os.path.exists(path):
-                continue
-            with open(path) as file:
-                r = json.load(file)
-            done.append(name)
-            cpu_seconds += r.get("cpu_seconds", 0.0)
-            wall_seconds += r.get("wall_seconds", 0.0)
-            v = r["variant"]
-            _append(sensitivity, [v, "trained"], r["sensitivity"])
-            _append(sensitivity, [v, "init_of_trained"], r["sensitivity_init"])
-            _append(smoothness, [v, "trained"], r["smoothness"])
-            for component, values in r["relative_stability"].items():
-                _append(relative, [v, "trained", component], values)
-            accuracy.setdefault(v, []).append(r["test_accuracy"])
-            shift.setdefault(v, []).append(r["shift_consistency"])
+                    gathered[key].setdefault(v, {})["init"] = cpu[key][v]["init"]
         settings = {
             "train_size": s.paper_train_size or 50000,
             "epochs": s.paper_epochs,
@@ -425,19 +409,15 @@ class Replication:
             "(measurements in float32), op determinism",
             "command": s.command,
         }
+        keys = (
+            "finished", "missing", "cpu_seconds", "wall_seconds", "sensitivity", "smoothness",
+            "test_accuracy", "relative_stability", "shift_consistency",
+        )  # fmt: skip
         return {
             "settings": settings,
-            "finished": done,
-            "missing": [n for n in self.experiments() if n not in done],
-            "cpu_seconds": cpu_seconds,
-            "wall_seconds": wall_seconds,
-            "sensitivity": sensitivity,
-            "smoothness": smoothness,
-            "test_accuracy": accuracy,
-            "relative_stability": relative,
-            "shift_consistency": shift,
-            "T1": t1_statistics(relative),
-            "Z1": z1_statistics(shift),
+            **{key: gathered[key] for key in keys},
+            "T1": t1_statistics(gathered["relative_stability"]),
+            "Z1": z1_statistics(gathered["shift_consistency"]),
         }
 
     def _other_synthetic_settings(self):
