@@ -107,7 +107,7 @@ def load_dataset(
     check_bool("random_labels", random_labels)
     check_seed("seed", seed)
     augment = check_names("augment", augment)
-    augmentation_layers(augment, seed)  # the specs' syntax, before any data is read
+    parse_augmentations(augment)  # the specs' syntax, before any data is read
     _check_fraction(validation_fraction)
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise TypeError(
@@ -678,8 +678,53 @@ def augmentation_layers(specs, seed=0, image_size=None):
 
     >>> augmentation_layers(["standard", "tps:grid_size=3,max_displacement=2"], seed=0)
     """
-    specs = check_names("augment", specs)
     layers = []
+    for spec, name, argument in parse_augmentations(specs):
+        layer_seed = seed * 1000 + len(layers)
+        if name in ("standard", "flip"):
+            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
+        if name in ("standard", "translate"):
+            pixels = 4 if name == "standard" else argument
+            if image_size is not None and pixels > min(image_size):
+                raise ValueError(
+                    f"Bad augmentation in `augment`: {spec!r} translates by up to {pixels:g} "
+                    f"pixels, more than the {image_size[0]}x{image_size[1]} images."
+                )
+            layers.append(_Translate(pixels, seed=layer_seed + 500))
+        if name in DEFORMATION_LAYERS:
+            layer_class, _ = DEFORMATION_LAYERS[name]
+            try:
+                layer = layer_class(seed=layer_seed, dtype="float32", **argument)
+                if image_size is not None:
+                    layer.check_image_size(*image_size)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Bad augmentation in `augment`: {spec!r}: {error}") from None
+            layers.append(layer)
+    return layers
+
+
+def parse_augmentations(specs):
+    """The syntax of augmentation specs (see `augmentation_layers`), checked without building
+    a layer (so without starting TensorFlow).
+
+    Args:
+        specs: a list of spec strings, or one spec string.
+
+    Returns:
+        `[(spec, name, argument)]`: `argument` is the pixels of `"translate"`, the keyword
+        arguments of a deformation layer, None otherwise.
+
+    Raises:
+        ValueError: naming `augment` and the spec for an unknown or malformed spec.
+        TypeError: naming `augment` when it is not a string or a list of strings.
+
+    Example:
+
+    >>> parse_augmentations("translate:2")
+    [('translate:2', 'translate', 2)]
+    """
+    specs = check_names("augment", specs)
+    parsed = []
     for spec in specs:
         if not spec.strip():
             raise ValueError(
@@ -693,28 +738,20 @@ def augmentation_layers(specs, seed=0, image_size=None):
                 "standard, flip, translate:PIXELS, "
                 + ", ".join(f"{n}:key=value,..." for n in DEFORMATION_LAYERS)
             )
+        argument = None
         if name in ("standard", "flip") and arguments.strip():
             raise ValueError(
                 f"Malformed augmentation in `augment`: {spec!r}; {name!r} takes no arguments."
             )
-        layer_seed = seed * 1000 + len(layers)
-        if name in ("standard", "flip"):
-            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
-        if name in ("standard", "translate"):
-            pixels = 4 if name == "standard" else _number(spec, arguments or "4")
-            if isinstance(pixels, (bool, str)) or not 0 <= pixels < np.inf:
+        if name == "translate":
+            argument = _number(spec, arguments or "4")
+            if isinstance(argument, (bool, str)) or not 0 <= argument < np.inf:
                 raise ValueError(
                     f"Malformed augmentation in `augment`: {spec!r}; 'translate' takes a number "
                     "of pixels >= 0, e.g. 'translate:4'."
                 )
-            if image_size is not None and pixels > min(image_size):
-                raise ValueError(
-                    f"Bad augmentation in `augment`: {spec!r} translates by up to {pixels:g} "
-                    f"pixels, more than the {image_size[0]}x{image_size[1]} images."
-                )
-            layers.append(_Translate(pixels, seed=layer_seed + 500))
         if name in DEFORMATION_LAYERS:
-            kwargs = {}
+            argument = {}
             for item in filter(None, arguments.split(",")):
                 key, equals, value = item.partition("=")
                 if not equals:
@@ -722,16 +759,9 @@ def augmentation_layers(specs, seed=0, image_size=None):
                         f"Malformed augmentation in `augment`: {spec!r}; use "
                         f"'{name}:key=value,key=value'."
                     )
-                kwargs[key.strip()] = _number(spec, value)
-            layer_class, _ = DEFORMATION_LAYERS[name]
-            try:
-                layer = layer_class(seed=layer_seed, dtype="float32", **kwargs)
-                if image_size is not None:
-                    layer.check_image_size(*image_size)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"Bad augmentation in `augment`: {spec!r}: {error}") from None
-            layers.append(layer)
-    return layers
+                argument[key.strip()] = _number(spec, value)
+        parsed.append((spec, name, argument))
+    return parsed
 
 
 class _Translate:

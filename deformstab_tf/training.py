@@ -104,8 +104,10 @@ DEFAULTS = {
 def check_config(config):
     """Validates a run configuration; returns it completed with the defaults.
 
-    Every setting is checked here, without reading data; `train_run` checks the settings that
-    depend on the data (`check_config_against_data`) before it writes anything.
+    Every setting is checked here, without reading data or starting TensorFlow (a
+    multi-worker strategy must be created first); `train_run` checks the settings that depend
+    on the data or on a layer's own rules (`check_config_against_data`: the probe deformation's
+    `grid_size`, `cutoff`, the augmentation layers' arguments) before it writes anything.
 
     Args:
         config: `{setting: value}`, a subset of `DEFAULTS`. `augment` and `measures` take a
@@ -129,7 +131,7 @@ def check_config(config):
     config = {**DEFAULTS, **config}
     config["augment"] = check_names("augment", config["augment"] or ())
     config["measures"] = check_names("measures", config["measures"] or ())
-    data_sources.augmentation_layers(config["augment"])  # the specs' syntax
+    data_sources.parse_augmentations(config["augment"])  # the specs' syntax
     check_choice("model", config["model"], MODELS)
     check_choice("downsample", config["downsample"], DOWNSAMPLING)
     check_choice("head", config["head"], HEADS)
@@ -221,7 +223,6 @@ def check_config(config):
     if config["model"] == "resnet18" and config["head"] != "gap":
         raise ValueError(f"resnet18 has a 'gap' head only; received head={config['head']!r}.")
     if config["measures"]:
-        probe_deformation(config)  # grid_size, cutoff, magnitude: the layer's own checks
         if config["measure_every"] > config["epochs"]:
             raise ValueError(
                 f"`measure_every`={config['measure_every']} exceeds `epochs`={config['epochs']}: "
@@ -232,7 +233,8 @@ def check_config(config):
 
 def check_config_against_data(config, info):
     """Checks the settings that depend on the data source: the probe images the test split
-    must hold, and a TPS probe grid no finer than the images.
+    must hold, and the probe deformation (its layer's own checks, and a TPS grid no finer than
+    the images).
 
     Args:
         config: a checked configuration (`check_config`).
@@ -252,7 +254,7 @@ def check_config_against_data(config, info):
                 f"`probe_size`={config['probe_size']} exceeds the {info.test_size} images of the "
                 f"test split of {info.name!r}."
             )
-    if config["measures"]:
+    if config["measures"]:  # grid_size, cutoff, magnitude: the layer's own checks
         probe_deformation(config).check_image_size(*info.image_shape[:2])
 
 
