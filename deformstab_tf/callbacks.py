@@ -21,7 +21,12 @@ from deformstab_tf.measures.consistency import (
     shift_consistency_from_predictor,
     top1_predictor,
 )
-from deformstab_tf.measures.features import DEFAULT_CACHE, ProbeFeatures, check_probe_images
+from deformstab_tf.measures.features import (
+    DEFAULT_CACHE,
+    ProbeFeatures,
+    check_distinct_images,
+    check_probe_images,
+)
 from deformstab_tf.measures.relative_stability import relative_stability_from_probe
 from deformstab_tf.measures.results import MeasureResult
 from deformstab_tf.measures.sensitivity import normalized_sensitivity_from_probe
@@ -159,6 +164,10 @@ class StabilityCallback(keras.callbacks.Callback):
                     "`probe_images` must be finite; it holds NaN or inf in "
                     f"{int((~np.isfinite(self.probe_images)).sum())} entries."
                 )
+            try:
+                check_distinct_images(self.probe_images)
+            except ValueError as error:
+                raise ValueError(str(error).replace("`images`", "`probe_images`")) from None
         self.deformation = deformation
         self.layers = layers
         self.every_n_epochs = every_n_epochs

@@ -24,7 +24,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf._validation import check_choice, check_positive_int
+from deformstab_tf._validation import (
+    check_bool,
+    check_choice,
+    check_names,
+    check_non_negative,
+    check_positive_int,
+    check_seed,
+)
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, RandomThinPlateSpline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -82,7 +89,10 @@ def load_dataset(
         `(train, test, info)`.
 
     Raises:
-        ValueError: naming `source` when it is unknown or cannot be read.
+        ValueError: naming `source` when it is unknown or cannot be read, or naming the argument
+            of any other bad setting (checked before the data is read): a classification task
+            needs at least 2 classes, a held-out test split at least 2 images per class.
+        TypeError: naming the argument of a value of the wrong type.
 
     Example:
 
@@ -91,6 +101,32 @@ def load_dataset(
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f"`source` must be a non-empty string; received source={source!r}.")
+    check_positive_int("batch_size", batch_size)
+    if train_size is not None:
+        check_positive_int("train_size", train_size)
+    check_bool("random_labels", random_labels)
+    check_seed("seed", seed)
+    augment = check_names("augment", augment)
+    parse_augmentations(augment)  # the specs' syntax, before any data is read
+    _check_fraction(validation_fraction)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(
+            "`data_dir` must be a path (str or os.PathLike) or None; received "
+            f"data_dir={data_dir!r}."
+        )
+    if source.startswith("folder:") and not source[len("folder:") :].strip():
+        raise ValueError(f"`source`={source!r} names no directory; use 'folder:PATH'.")
+    if synthetic_options is not None:
+        if not isinstance(synthetic_options, dict):
+            raise TypeError(
+                "`synthetic_options` must be a dict of `synthetic` arguments; received "
+                f"synthetic_options={synthetic_options!r}."
+            )
+        unknown = sorted(set(synthetic_options) - set(SYNTHETIC_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown `synthetic_options` {unknown}; valid: {list(SYNTHETIC_OPTIONS)}."
+            )
     common = {
         "batch_size": batch_size,
         "random_labels": random_labels,
@@ -116,6 +152,18 @@ def load_dataset(
 
 
 PROTOTYPES = ("strokes", "texture")
+# The keyword arguments of `synthetic` that `load_dataset(synthetic_options=...)` passes on.
+SYNTHETIC_OPTIONS = (
+    "num_classes",
+    "max_displacement",
+    "grid_size",
+    "image_size",
+    "channels",
+    "samples_per_epoch",
+    "test_size",
+    "noise",
+    "prototypes",
+)
 
 
 def synthetic_prototypes(num_classes=10, image_size=32, channels=3, seed=0, style="strokes"):
@@ -210,14 +258,34 @@ def synthetic(
     Returns:
         `(train, test, info)`.
 
+    Raises:
+        ValueError: naming the argument of a bad setting: `num_classes < 2` (a classification
+            task needs two classes), `grid_size` outside 2..`image_size`, ...
+
     Example:
 
     >>> train, test, info = synthetic(num_classes=10, max_displacement=2.0)
     """
+    check_positive_int("num_classes", num_classes)
+    if num_classes < 2:
+        raise ValueError(
+            "`num_classes` must be >= 2 (a classification task needs two classes); received "
+            f"num_classes={num_classes}."
+        )
+    check_positive_int("image_size", image_size)
+    check_positive_int("grid_size", grid_size)
+    if not 2 <= grid_size <= image_size:
+        raise ValueError(
+            f"`grid_size` must be in 2..image_size={image_size} (TPS control points per side); "
+            f"received grid_size={grid_size}."
+        )
     check_positive_int("samples_per_epoch", samples_per_epoch)
     check_positive_int("test_size", test_size)
     check_positive_int("batch_size", batch_size)
     check_choice("prototypes", prototypes, PROTOTYPES)
+    check_seed("seed", seed)
+    check_bool("random_labels", random_labels)
+    check_non_negative("noise", noise)
     images = synthetic_prototypes(num_classes, image_size, channels, seed, style=prototypes)
     constant = tf.constant(images)
     noise = float(noise)
@@ -252,7 +320,7 @@ def synthetic(
             batch[1],
         )
     )
-    train = _augment(train, augment, seed).prefetch(AUTOTUNE)
+    train = _augment(train, augment, seed, (image_size, image_size)).prefetch(AUTOTUNE)
     test = _test_pipeline(test_images, test_labels, batch_size)
     info = DatasetInfo(
         "synthetic",
@@ -312,10 +380,12 @@ def image_folder(
         if os.path.isdir(os.path.join(root, "test")):
             test_files, _ = _class_files(os.path.join(root, "test"), class_names)
         else:
-            train_files, test_files = _hold_out(train_files, validation_fraction, seed)
+            train_files, test_files = _hold_out(
+                train_files, validation_fraction, seed, class_names, os.path.join(root, "train")
+            )
     else:
         files, class_names = _class_files(root)
-        train_files, test_files = _hold_out(files, validation_fraction, seed)
+        train_files, test_files = _hold_out(files, validation_fraction, seed, class_names, root)
     x_train, y_train = _decode_cached(train_files)
     x_test, y_test = _decode_cached(test_files)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -356,17 +426,48 @@ def _class_files(directory, class_names=None):
                 files.append((file, label))
     if not files:
         raise ValueError(f"`folder:` path {directory!r} holds no images ({IMAGE_EXTENSIONS}).")
+    if class_names is None:  # the training tree: every class needs examples
+        _check_classes(f"`folder:` path {directory!r}", len(names))
+        found = {label for _, label in files}
+        empty = [name for label, name in enumerate(names) if label not in found]
+        if empty:
+            raise ValueError(
+                f"`folder:` path {directory!r}: the class folders {empty} hold no images "
+                f"({IMAGE_EXTENSIONS})."
+            )
     return files, tuple(names)
 
 
-def _hold_out(files, fraction, seed):
-    """Splits `(file, label)` pairs into train and test, holding out `fraction` of each class."""
-    if not 0 < fraction < 1:
+def _check_fraction(fraction):
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float, np.integer, np.floating))
+        or not 0 < fraction < 1
+    ):
         raise ValueError(
             f"`validation_fraction` must be in (0, 1); received validation_fraction={fraction!r}."
         )
+
+
+def _check_classes(what, count):
+    """A classification task needs two classes: one class makes every accuracy 1."""
+    if count < 2:
+        raise ValueError(f"A classification task needs at least 2 classes; {what} has {count}.")
+
+
+def _hold_out(files, fraction, seed, class_names, directory):
+    """Splits `(file, label)` pairs into train and test, holding out `fraction` of each class
+    (at least one image; a class needs two images, one for each split)."""
+    _check_fraction(fraction)
     rng = np.random.default_rng([seed, 31])
     labels = np.array([label for _, label in files])
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{class_names[k]} ({counts[k]})" for k in range(len(class_names)) if counts[k] < 2]
+    if few:
+        raise ValueError(
+            f"`folder:` path {directory!r} has no test/ tree, so a test split is held out of each "
+            f"class, which needs at least 2 images per class; too few in: {', '.join(few)}."
+        )
     held = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
@@ -502,6 +603,7 @@ def _from_arrays(
     name, train, test, class_names, *, batch_size, train_size, random_labels, augment, seed
 ):
     check_positive_int("batch_size", batch_size)
+    _check_classes(repr(name), len(class_names))
     x_train, y_train = train
     x_test, y_test = test
     if x_train.ndim == 3:
@@ -520,7 +622,7 @@ def _from_arrays(
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     train = train.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
     train = train.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
-    train = _augment(train, augment, seed).prefetch(AUTOTUNE)
+    train = _augment(train, augment, seed, x_train.shape[1:3]).prefetch(AUTOTUNE)
     test = (
         tf.data.Dataset.from_tensor_slices((x_test, y_test))
         .batch(batch_size)
@@ -549,7 +651,7 @@ def _random_labels(count, num_classes, seed):
 # -- augmentation ---------------------------------------------------------------------------
 
 
-def augmentation_layers(specs, seed=0):
+def augmentation_layers(specs, seed=0, image_size=None):
     """Layers from augmentation specs (e.g. from a command-line list).
 
     Specs: `"flip"` (`keras.layers.RandomFlip("horizontal")`), `"translate:4"` (random
@@ -559,22 +661,76 @@ def augmentation_layers(specs, seed=0):
     `"affine:rotation=10,scale=0.1"`, `"diffeo:cutoff=3,displacement=1"`.
 
     Args:
-        specs: a list of spec strings.
+        specs: a list of spec strings, or one spec string.
         seed: the layers' seeds are derived from it (one per layer).
+        image_size: optional `(height, width)` of the images: the specs are then also checked
+            against it (translations of at most the image size, TPS grids no finer than it).
 
     Returns:
         A list of Keras layers, applied in order; they compute in float32 whatever the global
         dtype policy (the pipeline feeds float32 images; the model casts them).
 
     Raises:
-        ValueError: naming `augment` for an unknown or malformed spec; the layers' own errors
-            for bad arguments.
+        ValueError: naming `augment` and the spec for an unknown or malformed spec, or one whose
+            arguments the layer rejects.
+
+    Example:
+
+    >>> augmentation_layers(["standard", "tps:grid_size=3,max_displacement=2"], seed=0)
     """
-    if isinstance(specs, str):
-        specs = [specs]
     layers = []
+    for spec, name, argument in parse_augmentations(specs):
+        layer_seed = seed * 1000 + len(layers)
+        if name in ("standard", "flip"):
+            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
+        if name in ("standard", "translate"):
+            pixels = 4 if name == "standard" else argument
+            if image_size is not None and pixels > min(image_size):
+                raise ValueError(
+                    f"Bad augmentation in `augment`: {spec!r} translates by up to {pixels:g} "
+                    f"pixels, more than the {image_size[0]}x{image_size[1]} images."
+                )
+            layers.append(_Translate(pixels, seed=layer_seed + 500))
+        if name in DEFORMATION_LAYERS:
+            layer_class, _ = DEFORMATION_LAYERS[name]
+            try:
+                layer = layer_class(seed=layer_seed, dtype="float32", **argument)
+                if image_size is not None:
+                    layer.check_image_size(*image_size)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Bad augmentation in `augment`: {spec!r}: {error}") from None
+            layers.append(layer)
+    return layers
+
+
+def parse_augmentations(specs):
+    """The syntax of augmentation specs (see `augmentation_layers`), checked without building
+    a layer (so without starting TensorFlow).
+
+    Args:
+        specs: a list of spec strings, or one spec string.
+
+    Returns:
+        `[(spec, name, argument)]`: `argument` is the pixels of `"translate"`, the keyword
+        arguments of a deformation layer, None otherwise.
+
+    Raises:
+        ValueError: naming `augment` and the spec for an unknown or malformed spec.
+        TypeError: naming `augment` when it is not a string or a list of strings.
+
+    Example:
+
+    >>> parse_augmentations("translate:2")
+    [('translate:2', 'translate', 2)]
+    """
+    specs = check_names("augment", specs)
+    parsed = []
     for spec in specs:
-        name, _, arguments = str(spec).partition(":")
+        if not spec.strip():
+            raise ValueError(
+                f"`augment` holds an empty spec (a stray comma?); received augment={list(specs)}."
+            )
+        name, _, arguments = spec.partition(":")
         name = name.strip()
         if name not in AUGMENTATIONS:
             raise ValueError(
@@ -582,14 +738,20 @@ def augmentation_layers(specs, seed=0):
                 "standard, flip, translate:PIXELS, "
                 + ", ".join(f"{n}:key=value,..." for n in DEFORMATION_LAYERS)
             )
-        layer_seed = seed * 1000 + len(layers)
-        if name in ("standard", "flip"):
-            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
-        if name in ("standard", "translate"):
-            pixels = 4 if name == "standard" else _number(spec, arguments or "4")
-            layers.append(_Translate(pixels, seed=layer_seed + 500))
+        argument = None
+        if name in ("standard", "flip") and arguments.strip():
+            raise ValueError(
+                f"Malformed augmentation in `augment`: {spec!r}; {name!r} takes no arguments."
+            )
+        if name == "translate":
+            argument = _number(spec, arguments or "4")
+            if isinstance(argument, (bool, str)) or not 0 <= argument < np.inf:
+                raise ValueError(
+                    f"Malformed augmentation in `augment`: {spec!r}; 'translate' takes a number "
+                    "of pixels >= 0, e.g. 'translate:4'."
+                )
         if name in DEFORMATION_LAYERS:
-            kwargs = {}
+            argument = {}
             for item in filter(None, arguments.split(",")):
                 key, equals, value = item.partition("=")
                 if not equals:
@@ -597,10 +759,9 @@ def augmentation_layers(specs, seed=0):
                         f"Malformed augmentation in `augment`: {spec!r}; use "
                         f"'{name}:key=value,key=value'."
                     )
-                kwargs[key.strip()] = _number(spec, value)
-            layer_class, _ = DEFORMATION_LAYERS[name]
-            layers.append(layer_class(seed=layer_seed, dtype="float32", **kwargs))
-    return layers
+                argument[key.strip()] = _number(spec, value)
+        parsed.append((spec, name, argument))
+    return parsed
 
 
 class _Translate:
@@ -637,8 +798,8 @@ def _number(spec, text):
     raise ValueError(f"Malformed augmentation in `augment`: {spec!r}.")
 
 
-def _augment(dataset, specs, seed):
-    layers = augmentation_layers(specs, seed)
+def _augment(dataset, specs, seed, image_size=None):
+    layers = augmentation_layers(specs, seed, image_size=image_size)
     if not layers:
         return dataset
 

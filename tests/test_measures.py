@@ -2,6 +2,7 @@
 
 import gc
 import json
+import warnings
 import weakref
 
 import keras
@@ -10,6 +11,8 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
+from deformstab_tf.callbacks import StabilityCallback
+from deformstab_tf.deformations.layers import RandomThinPlateSpline
 from deformstab_tf.measures import (
     MeasureResult,
     ProbeFeatures,
@@ -19,6 +22,7 @@ from deformstab_tf.measures import (
     shift_consistency,
     smooth_kernels,
 )
+from deformstab_tf.measures._common import derive_seed, resolve_seed
 from tests.references import numpy_padded_shift
 
 NAMES = ["input", "block1_conv1", "block1_down", "block2_conv1"]
@@ -98,7 +102,8 @@ def test_sensitivity_precise_for_nearly_parallel_representations(model, images):
     # Probe images share a large common component: cos(r(x), r(y)) = 1 - 1e-7, below float32
     # resolution. Centring before the Gram matrix keeps the distances accurate.
     x = (30.0 + 0.01 * images).astype("float32")
-    result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES, batch_size=3)
+    with pytest.warns(UserWarning, match="look like 0..255 pixels"):  # values far above 1
+        result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES, batch_size=3)
     clean = reference_features(model, NAMES, x)
     deformed = reference_features(model, NAMES, smooth_warp(x))
     for name, f, g in zip(NAMES, clean, deformed, strict=True):
@@ -271,6 +276,115 @@ def test_bad_batch_size_and_feature_cache_bytes(model, images):
         for budget in (-1, "1GB", None, float("nan")):
             with pytest.raises(ValueError, match=r"`feature_cache_bytes`.*received"):
                 measure(model, images, smooth_warp, feature_cache_bytes=budget)
+
+
+# -- odd probe images, arguments and seeds ------------------------------------------------------
+
+
+@pytest.mark.parametrize("measure", [normalized_sensitivity, relative_stability])
+def test_fewer_than_two_distinct_probe_images_is_an_error(model, images, measure):
+    same = np.repeat(images[:1], 8, axis=0)  # S = x / 0 = inf, R = inf / inf = NaN otherwise
+    with pytest.raises(ValueError, match=r"`images`.*2 distinct.*8 images of which 1 distinct"):
+        measure(model, same, smooth_warp)
+    with pytest.raises(ValueError, match=r"`images`.*2 distinct"):
+        shift_consistency(model, same, max_shift=1)
+    with pytest.raises(ValueError, match=r"`probe_images`.*2 distinct"):
+        StabilityCallback(same, smooth_warp)
+
+
+def test_mostly_identical_probe_images_warn_that_the_median_is_zero(model, images):
+    x = np.concatenate([np.repeat(images[:1], 7, axis=0), images[1:2]])  # 21 of 28 pairs equal
+    with pytest.warns(UserWarning, match="21 of the 28 pairs of probe images are identical"):
+        result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES)
+    f = reference_features(model, NAMES, x)[0]  # at the input
+    g = reference_features(model, NAMES, smooth_warp(x))[0]
+    assert np.median([cosine_distance(f[i], f[j]) for i, j in distinct_pairs(8)]) == 0
+    assert np.mean(cosine_distance(f, g)) > 0 and result["input"] == np.inf  # documented x / 0
+    x[2:4] = images[2:4]  # 10 of 28 pairs equal: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized_sensitivity(model, x, smooth_warp, layers=NAMES)
+
+
+def test_probe_images_out_of_the_models_range_warn(model):
+    pixels = np.random.default_rng(1).random((6, *SHAPE)).astype("float32")  # [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized_sensitivity(model, pixels, smooth_warp, layers=NAMES)
+    uint8 = (pixels * 255).astype(np.uint8)
+    for x, kind in [(uint8, "uint8"), (uint8.astype("float32"), "float32")]:
+        with pytest.warns(UserWarning, match=rf"0..255 pixels \({kind}, values up to 25\d"):
+            normalized_sensitivity(model, x, smooth_warp, layers=NAMES)
+    # A model that rescales its input takes 0..255 pixels, and warns about [0, 1] images.
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = keras.layers.Conv2D(2, 3, activation="relu", name="conv")(x)
+    rescaling = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized_sensitivity(rescaling, uint8, smooth_warp)
+    with pytest.warns(UserWarning, match=r"rescales its input by 0.003922.*expects 0..255"):
+        normalized_sensitivity(rescaling, pixels, smooth_warp)
+
+
+@pytest.mark.parametrize("measure", [normalized_sensitivity, relative_stability])
+def test_a_seeded_measurement_repeats_with_a_reused_deformation_layer(model, measure):
+    x = np.random.default_rng(2).random((6, *SHAPE)).astype("float32")
+    layer = RandomThinPlateSpline(3, 1.5, seed=0)
+    first = measure(model, x, layer, layers=NAMES, batch_size=4, seed=5)
+    again = measure(model, x, layer, layers=NAMES, batch_size=4, seed=5)
+    other_layer = measure(model, x, RandomThinPlateSpline(3, 1.5, seed=9), layers=NAMES,
+                          batch_size=4, seed=5)  # fmt: skip
+    assert first == again == other_layer  # the measurement's seed draws the deformations
+    assert measure(model, x, layer, layers=NAMES, batch_size=4, seed=6) != first
+    # The layer's own seed generator was neither used nor advanced.
+    np.testing.assert_array_equal(layer(x), RandomThinPlateSpline(3, 1.5, seed=0)(x))
+    if measure is normalized_sensitivity:  # against NumPy on the layer's draws for that seed
+        root = resolve_seed(5)
+        deformed = np.concatenate(
+            [
+                layer.transform_images(
+                    x[s : s + 4],
+                    layer.get_random_transformation(
+                        x[s : s + 4], seed=derive_seed(root, s // 4, 0)
+                    ),
+                )
+                for s in (0, 4)
+            ]
+        )
+        clean, warped = (
+            reference_features(model, NAMES, x),
+            reference_features(model, NAMES, deformed),
+        )
+        for name, f, g in zip(NAMES, clean, warped, strict=True):
+            expected = np.mean(cosine_distance(f, g)) / np.median(
+                [cosine_distance(f[i], f[j]) for i, j in distinct_pairs(6)]
+            )
+            np.testing.assert_allclose(first[name], expected, rtol=1e-4)
+    # Without a seed the layer draws from its generator: two calls, two random draws.
+    unseeded = [measure(model, x, layer, layers=NAMES) for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
+
+
+def test_wrong_argument_types_name_the_argument(model, images):
+    for deformation, message in [("tps", r"deformation='tps'.*deformation_layer\('tps'"),
+                                 (42, "deformation=42")]:  # fmt: skip
+        for measure in (normalized_sensitivity, relative_stability):
+            with pytest.raises(TypeError, match=rf"`deformation` must be callable.*{message}"):
+                measure(model, images, deformation)
+    for measure in (
+        lambda m: normalized_sensitivity(m, images, smooth_warp),
+        lambda m: shift_consistency(m, images, max_shift=1),
+        kernel_smoothness,
+    ):
+        with pytest.raises(TypeError, match=r"`model` must be a keras.Model.*'run/model.keras'"):
+            measure("run/model.keras")
+    with pytest.raises(TypeError, match=r"`images` must be a numeric array.*str"):
+        normalized_sensitivity(model, "images", smooth_warp)
+    with pytest.raises(TypeError, match=r"`layers` must be None, .*layers=42"):
+        normalized_sensitivity(model, images, smooth_warp, layers=42)
+    with pytest.raises(ValueError, match=r"`seed` must be an integer.*seed=-1"):
+        normalized_sensitivity(model, images, smooth_warp, seed=-1)
 
 
 # -- shift consistency --------------------------------------------------------------------------

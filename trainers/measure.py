@@ -25,7 +25,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 flags.DEFINE_enum("split", "test", ["test", "train"], "Split the probe images come from.")
-flags.DEFINE_integer("num_images", 128, "Probe images.")
+flags.DEFINE_integer("num_images", 128, "Probe images (at least 2).", lower_bound=2)
 flags.DEFINE_string("deformation", "tps", "tps, affine or diffeo.")
 flags.DEFINE_float("magnitude", 2.0, "TPS max displacement px, rotation deg, or diffeo delta px.")
 flags.DEFINE_integer("grid_size", 3, "TPS control grid size.")
@@ -42,8 +42,10 @@ flags.DEFINE_list(
     "Probe points: layer names (paths such as resnet50/conv2_block1_out inside nested models) "
     "or one named selection: units (the default), activations, blocks, all.",
 )
-flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
-flags.DEFINE_integer("seed", 0, "Seed of the deformations and noise.")
+flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1)
+flags.DEFINE_integer(
+    "seed", 0, "Seed of the deformations and noise.", lower_bound=0, upper_bound=2**32 - 1
+)
 flags.DEFINE_string("output_dir", None, "Where the report goes; default reports/<model name>.")
 
 
@@ -54,6 +56,8 @@ def main(argv):
         sweep = [float(m) for m in FLAGS.sweep]
     except ValueError:
         raise app.UsageError(f"--sweep must be numbers; received {FLAGS.sweep}.") from None
+    if not FLAGS.measures:
+        raise app.UsageError("--measures is empty: name at least one measure.")
     sweep_measures = [m for m in FLAGS.measures if m in ("sensitivity", "relative_stability")]
     if sweep and not sweep_measures:
         raise app.UsageError(
@@ -65,37 +69,65 @@ def main(argv):
 
     import deformstab_tf as ds
     from deformstab_tf import data, reports
+    from deformstab_tf._validation import check_non_negative, check_output_directory
     from deformstab_tf.measures import SELECTIONS
     from deformstab_tf.training import read_config, run_dataset_arguments
 
-    # Every setting is checked before the slow part: the deformation at each magnitude, the
-    # measures, the data source, the model and its image size.
+    # Every setting is checked before the slow part and before anything is written: the
+    # output directory, the deformation at each magnitude, the measures, the data source, the
+    # model and its image size, the number of probe images.
+    name = os.path.splitext(os.path.basename(FLAGS.model))[0]
+    if name == "model":  # runs/<run>/model.keras: name the report after the run
+        name = os.path.basename(os.path.dirname(os.path.abspath(FLAGS.model)))
+    output_dir = FLAGS.output_dir or os.path.join("reports", name)
+    check_output_directory("--output_dir", output_dir)
     if FLAGS.deformation not in ds.DEFORMATION_LAYERS:
         raise ValueError(
             f"Unknown --deformation={FLAGS.deformation!r}; valid: {sorted(ds.DEFORMATION_LAYERS)}."
         )
+    check_non_negative("--magnitude", FLAGS.magnitude)
+    for magnitude in sweep:
+        check_non_negative("--sweep", magnitude)
     options = {"grid_size": FLAGS.grid_size} if FLAGS.deformation == "tps" else {}
     if FLAGS.deformation == "diffeo":
         options["cutoff"] = FLAGS.cutoff
     deformation = ds.deformation_layer(
         FLAGS.deformation, FLAGS.magnitude, seed=FLAGS.seed, **options
     )
-    for magnitude in sweep:
-        ds.deformation_layer(FLAGS.deformation, magnitude, seed=FLAGS.seed, **options)
     for measure in FLAGS.measures:
         if measure not in reports.REPORT_MEASURES:
             raise ValueError(
                 f"Unknown measure in --measures: {measure!r}; valid: {reports.REPORT_MEASURES}."
             )
-    run_config = read_config(os.path.dirname(os.path.abspath(FLAGS.model)))
-    if FLAGS.dataset is None and run_config is not None:
+    layers = FLAGS.layers or None
+    if layers and len(layers) == 1 and layers[0] in SELECTIONS:
+        layers = layers[0]  # a named selection, not a layer name
+    elif layers and set(layers) & set(SELECTIONS):
+        raise app.UsageError(
+            f"--layers takes layer names or one named selection alone; received "
+            f"{','.join(layers)!r}."
+        )
+    run_config = None
+    if FLAGS.dataset is None:
+        run_config = read_config(os.path.dirname(os.path.abspath(FLAGS.model)))
+    if run_config is not None:
         # The model's own run: its data, synthetic settings and seed (prototypes, splits).
         source = run_dataset_arguments(run_config)
         if FLAGS.data_dir is not None:
             source["data_dir"] = FLAGS.data_dir
     else:
         source = {"source": FLAGS.dataset or "synthetic", "data_dir": FLAGS.data_dir}
-    train, test, info = data.load_dataset(batch_size=max(FLAGS.batch_size, 256), **source)
+    try:
+        train, test, info = data.load_dataset(batch_size=max(FLAGS.batch_size, 256), **source)
+    except ValueError as error:  # the flag is --dataset, load_dataset's argument `source`
+        raise ValueError(str(error).replace("`source`", "--dataset")) from None
+    split_size = info.test_size if FLAGS.split == "test" else info.train_size
+    if FLAGS.num_images > split_size:
+        raise ValueError(
+            f"--num_images={FLAGS.num_images} exceeds the {split_size} images of the "
+            f"{FLAGS.split} split of {info.name!r}."
+        )
+    deformation.check_image_size(*info.image_shape[:2])
     model = keras.models.load_model(FLAGS.model)
     expected = tuple(model.inputs[0].shape[1:])
     if len(expected) != len(info.image_shape) or any(
@@ -106,9 +138,6 @@ def main(argv):
             f"{info.image_shape}."
         )
     images = data.take_images(test if FLAGS.split == "test" else train, FLAGS.num_images)
-    layers = FLAGS.layers or None
-    if layers and len(layers) == 1 and layers[0] in SELECTIONS:
-        layers = layers[0]  # a named selection, not a layer name
     results = reports.stability_report(
         model, images, deformation, FLAGS.measures, layers, FLAGS.batch_size, FLAGS.seed
     )
@@ -120,10 +149,6 @@ def main(argv):
         )  # fmt: skip
     for result in results.values():
         print(result, end="\n\n")
-    name = os.path.splitext(os.path.basename(FLAGS.model))[0]
-    if name == "model":  # runs/<run>/model.keras: name the report after the run
-        name = os.path.basename(os.path.dirname(os.path.abspath(FLAGS.model)))
-    output_dir = FLAGS.output_dir or os.path.join("reports", name)
     context = {
         "model": FLAGS.model,
         "data": f"{source['source']} ({FLAGS.split} split, {len(images)} images, "

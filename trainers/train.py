@@ -85,7 +85,10 @@ flags.DEFINE_enum(
     "strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy."
 )
 flags.DEFINE_integer(
-    "cpu_devices", 0, "Split the CPU into this many logical devices (for --strategy=mirrored)."
+    "cpu_devices",
+    0,
+    "Split the CPU into this many logical devices (for --strategy=mirrored; 0 = no split).",
+    lower_bound=0,
 )
 flags.DEFINE_enum(
     "mixed_precision", "auto", ["auto", "float32", "bfloat16", "float16"],
@@ -97,7 +100,10 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
 flags.DEFINE_string("output_dir", None, "Run directory; default runs/<model>_<downsample>_s<seed>.")
-flags.DEFINE_integer("verbose", 1, "1: progress bars, 2: one line per epoch, 0: silent.")
+flags.DEFINE_integer(
+    "verbose", 1, "1: progress bars, 2: one line per epoch, 0: silent.", lower_bound=0,
+    upper_bound=2,
+)  # fmt: skip
 
 
 def config_from_flags():

@@ -105,6 +105,16 @@ class BaseRandomDeformation(keras.layers.Layer):
         seed = tf.random.experimental.stateless_fold_in(seed, stream)
         return tf.random.stateless_normal(shape, seed)
 
+    def check_image_size(self, height, width):
+        """Raises a ValueError naming the layer's argument if it cannot warp images of this size
+        (e.g. a TPS grid finer than the image), so a setting can be checked before any data
+        flows; nothing to check by default.
+
+        Example:
+
+        >>> RandomThinPlateSpline(grid_size=5).check_image_size(4, 4)  # ValueError: grid_size
+        """
+
     # -- the Keras image-preprocessing shape ---------------------------------------------------
 
     def _image_size(self, images):
@@ -281,6 +291,13 @@ class RandomThinPlateSpline(BaseRandomDeformation):
             )
         self.grid_size = grid_size
         self.max_displacement = _magnitude("max_displacement", max_displacement)
+
+    def check_image_size(self, height, width):
+        if self.grid_size > min(height, width):
+            raise ValueError(
+                f"`grid_size` must be at most the image size {min(height, width)} "
+                f"(height={height}, width={width}). Received: grid_size={self.grid_size}"
+            )
 
     def random_displacement(self, batch_size, height, width, seed):
         shape = tf.stack([batch_size, self.grid_size * self.grid_size, 2])

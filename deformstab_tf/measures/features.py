@@ -12,16 +12,24 @@ two batches; all N representations are never held at once.
 """
 
 import contextlib
+import collections
 import dataclasses
 import functools
+import hashlib
+import warnings
 import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from deformstab_tf._validation import check_model, check_names
+
 INPUT = "input"  # the probe name of the model's input (the images themselves)
 DEFAULT_CACHE = 2**30  # bytes of clean features kept for the pairwise distances (1 GiB)
+# Probe images whose values exceed this, fed to a model without a rescaling layer, look like
+# 0..255 pixels given to a model trained on [0, 1] (standardised images stay below ~5).
+FAR_ABOVE_ONE = 10.0
 
 # ProbeFeatures per model and probe names. Weak keys, and probes hold the model weakly, so an
 # entry lives exactly as long as its model.
@@ -139,10 +147,13 @@ def resolve_probe_layers(model, layers=None):
             for name, layer in entries
             if layers(layer)
         ]
+    elif isinstance(layers, (str, list, tuple)):
+        names = list(check_names("layers", layers))
     else:
-        if isinstance(layers, str):
-            layers = [layers]
-        names = list(layers)
+        raise TypeError(
+            "`layers` must be None, a named selection, a list of layer names or a predicate on "
+            f"layers; received layers={layers!r}."
+        )
     if not names:
         raise ValueError(f"`layers` selects no probe point. Received: layers={layers!r}")
     available = [INPUT] + [
@@ -295,17 +306,48 @@ def _probe_outputs(model, names):
 def check_probe_images(model, images, min_images=2):
     """Converts `images` to a float tensor and checks it against the model's input.
 
+    Probe images are compared with each other (the measures normalise by distances between
+    distinct probe images), so at least `min_images` of them must differ. Their range should be
+    the one the model was trained on; a `UserWarning` says when it does not look like it: integer
+    (e.g. uint8) images or values far above 1 (> `FAR_ABOVE_ONE`) for a model without a
+    `Rescaling` / `Normalization` layer, or images within `[-1, 1]` for a model whose
+    `Rescaling` layer expects 0..255 pixels.
+
+    Args:
+        model: a single-input Keras model.
+        images: `(N, H, W, C)` numeric probe images.
+        min_images: the fewest distinct images accepted.
+
+    Returns:
+        The images as a tensor of the model input's float dtype.
+
     Raises:
-        ValueError: naming `images` if its shape does not match the model input or it holds
-            fewer than `min_images` images.
+        ValueError: naming `images` if its shape does not match the model input, it holds
+            non-finite values or fewer than `min_images` distinct images.
+        TypeError: naming `images` / `model` if they are not numeric images / a Keras model.
+
+    Example:
+
+    >>> check_probe_images(model, x_test[:128])
     """
+    check_model("model", model)
     if len(model.inputs) != 1:
         raise ValueError(
             f"Stability measures need a single-input model; {model.name!r} has "
             f"{len(model.inputs)} inputs."
         )
     input_spec = model.inputs[0]
-    images = tf.cast(tf.convert_to_tensor(images), _probe_dtype(model))
+    try:
+        raw = tf.convert_to_tensor(images)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or not (raw.dtype.is_floating or raw.dtype.is_integer) or raw.dtype.is_bool:
+        raise TypeError(
+            "`images` must be a numeric array of images (float or integer); received "
+            f"{type(images).__name__}"
+            + (f" of dtype {raw.dtype.name}." if raw is not None else f": {images!r:.80}.")
+        )
+    images = tf.cast(raw, _probe_dtype(model))
     expected = tuple(input_spec.shape)
     received = tuple(images.shape)
     if len(received) != len(expected) or any(
@@ -323,6 +365,8 @@ def check_probe_images(model, images, min_images=2):
             f"`images` must hold at least {min_images} probe images; received {received[0]} "
             f"(shape {received})."
         )
+    check_distinct_images(images, min_images)
+    _check_range(model, raw, images)
     return images
 
 
@@ -356,6 +400,74 @@ def float32_compute(model):
     finally:
         for layer, policy in changed:
             layer.dtype_policy = policy
+
+
+def check_distinct_images(images, min_images=2):
+    """Raises a ValueError naming `images` unless at least `min_images` of them differ; warns
+    when identical pairs are so many that the median distance between probe images is 0."""
+    flat = np.asarray(images).reshape(images.shape[0], -1)
+    counts = collections.Counter(
+        hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat
+    )
+    if len(counts) < min_images:
+        raise ValueError(
+            f"`images` must hold at least {min_images} distinct probe images (the measures "
+            f"normalise by the distances between them); received {len(flat)} images of which "
+            f"{len(counts)} distinct."
+        )
+    identical = sum(c * (c - 1) // 2 for c in counts.values())
+    pairs = len(flat) * (len(flat) - 1) // 2
+    if 2 * identical >= pairs:
+        warnings.warn(
+            f"{identical} of the {pairs} pairs of probe images are identical: the median "
+            "distance between probe images is 0, so the median-normalised measures are inf. "
+            "Use distinct probe images.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _check_range(model, raw, images):
+    """Warns when the images' dtype or range does not look like what the model takes."""
+    high = float(tf.reduce_max(tf.abs(tf.cast(images, tf.float32))))
+    rescalings = [
+        layer
+        for layer in _all_layers(model)
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+    ]
+    pixel_scales = [
+        layer
+        for layer in rescalings
+        if isinstance(layer, keras.layers.Rescaling)
+        and np.ndim(layer.scale) == 0
+        and 0 < float(layer.scale) <= 1 / 64
+    ]
+    message = None
+    if pixel_scales and high <= 1.0:
+        layer = pixel_scales[0]
+        message = (
+            f"model {model.name!r} rescales its input by {float(layer.scale):.4g} (layer "
+            f"{layer.name!r}), so it expects 0..255 pixels, but `images` lie within [-1, 1]"
+        )
+    elif not rescalings and (high > FAR_ABOVE_ONE or (raw.dtype.is_integer and high > 1)):
+        message = (
+            f"`images` look like 0..255 pixels ({raw.dtype.name}, values up to {high:g}) but "
+            f"model {model.name!r} has no Rescaling or Normalization layer: models trained on "
+            "[0, 1] images (as by this package's trainers) give meaningless numbers on them. "
+            "Divide by 255, unless the model was trained on such values"
+        )
+    if message:
+        warnings.warn(
+            message + "; the measures see the images as the model does.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
 
 
 def _probe_dtype(model):

@@ -6,9 +6,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf._validation import check_non_negative, check_positive_int
+from deformstab_tf._validation import check_model, check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
+    check_deformation,
     derive_seed,
     resolve_seed,
     safe_ratio,
@@ -56,15 +57,19 @@ def relative_stability(
 
     Args:
         model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        images: `(N, H, W, C)` probe images matching the model input, at least 2 distinct,
+            in the range the model was trained on; see `normalized_sensitivity`.
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomDiffeomorphism(seed=...)`).
         layers: probe points; see `normalized_sensitivity`.
         batch_size: images per forward pass.
         reduction: `"median"` (default) or `"mean"`.
         seed: seeds the noise `xi` (image `i` draws from `numpy.random.default_rng([seed, i])`,
-            so results do not depend on `batch_size`), and is passed as `seed=` to a
-            `deformation` callable that accepts one. A Keras layer keeps its own seed generator.
+            so the noise does not depend on `batch_size`) and the deformations, as in
+            `normalized_sensitivity`: with an integer, a deformation layer of this package draws
+            from `seed` (a measurement: the same numbers on every call, also with a reused
+            layer); with `None` it draws from its own seed generator (and the noise from fresh
+            entropy).
         feature_cache_bytes: see `normalized_sensitivity`.
 
     Returns:
@@ -77,6 +82,7 @@ def relative_stability(
     >>> result = relative_stability(model, x_probe[:500], diffeo)
     >>> result.details["D"]["block4_down"], result["block4_down"]
     """
+    check_model("model", model)
     probe = ProbeFeatures.for_model(model, layers)
     return relative_stability_from_probe(
         probe,
@@ -105,6 +111,8 @@ def relative_stability_from_probe(
     `deformation` is not called.
     """
     images = probe.check_images(images)
+    if deformed is None:
+        check_deformation(deformation)
     check_positive_int("batch_size", batch_size)
     check_non_negative("feature_cache_bytes", feature_cache_bytes)
     if reduction not in REDUCTIONS:
@@ -119,7 +127,10 @@ def relative_stability_from_probe(
             deformed_batch = deformed[start : start + batch.shape[0]]
         else:
             deformed_batch = call_perturbation(
-                deformation, batch, seed=derive_seed(root_seed, batch_index)
+                deformation,
+                batch,
+                seed=derive_seed(root_seed, batch_index),
+                seed_layers=seed is not None,
             )
         deformed_batch = tf.cast(deformed_batch, batch.dtype)
         noisy = batch + matched_noise(deformed_batch - batch, root_seed, start)

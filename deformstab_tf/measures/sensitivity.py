@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 
-from deformstab_tf._validation import check_non_negative, check_positive_int
+from deformstab_tf._validation import check_model, check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
+    check_deformation,
     derive_seed,
     resolve_seed,
     safe_ratio,
@@ -51,7 +52,10 @@ def normalized_sensitivity(
 
     Args:
         model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        images: `(N, H, W, C)` probe images matching the model input, at least 2 distinct
+            ones (fewer is an error), in the range the model was trained on: float images in
+            `[0, 1]` for the models this package trains (a warning says when they look like
+            0..255 pixels, uint8 or values far above 1, for a model without a rescaling layer).
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomThinPlateSpline(seed=...)`).
         layers: probe points: `None` (the default probe points: `probe_layer_names(model)` for
@@ -61,10 +65,15 @@ def normalized_sensitivity(
             predicate on a layer; see `resolve_probe_layers`.
         batch_size: images per forward pass.
         num_deformations: draws of the deformation per image averaged in the numerator.
-        seed: seeds the measure's own randomness. It is passed as `seed=` to a `deformation`
-            callable that accepts a `seed` parameter (one derived seed per batch and draw), so the
-            same seed gives the same numbers. A Keras layer is not reseeded: it draws from its own
-            seed generator, so repeat a measurement by re-creating the layer with its seed.
+        seed: seeds the deformations: with an integer the result is a measurement — the same
+            seed, model and images give the same numbers on every call. A deformation layer of
+            this package (`RandomThinPlateSpline`, ...) then draws from `seed` (one derived seed
+            per batch and draw; its own seed generator is neither used nor advanced, so a
+            reused layer gives the same numbers), and a `deformation` callable that accepts a
+            `seed` parameter gets the derived seed. With `None` (the default) a layer draws from
+            its own seed generator: a fresh random draw on every call, reproducible only by
+            re-creating the layer with its seed. Other Keras layers always use their own
+            generator.
         feature_cache_bytes: memory for keeping clean features when there are more probe
             images than `batch_size` (default 1 GiB; see `ProbeFeatures.distances`): the cost
             stays one clean pass per batch while they fit. The results do not depend on it.
@@ -80,6 +89,7 @@ def normalized_sensitivity(
     >>> result = normalized_sensitivity(model, x_probe[:128], tps)
     >>> print(result)
     """
+    check_model("model", model)
     probe = ProbeFeatures.for_model(model, layers)
     return normalized_sensitivity_from_probe(
         probe,
@@ -109,6 +119,8 @@ def normalized_sensitivity_from_probe(
     measurement sees the same deformations).
     """
     images = probe.check_images(images)
+    if deformed is None:
+        check_deformation(deformation)
     check_positive_int("batch_size", batch_size)
     check_non_negative("feature_cache_bytes", feature_cache_bytes)
     check_positive_int("num_deformations", num_deformations)
@@ -118,7 +130,12 @@ def normalized_sensitivity_from_probe(
         if deformed is not None:
             return [deformed[start : start + batch.shape[0]]]
         return [
-            call_perturbation(deformation, batch, seed=derive_seed(root_seed, batch_index, draw))
+            call_perturbation(
+                deformation,
+                batch,
+                seed=derive_seed(root_seed, batch_index, draw),
+                seed_layers=seed is not None,
+            )
             for draw in range(num_deformations)
         ]
 

@@ -4,6 +4,7 @@
 import keras
 import numpy as np
 
+from deformstab_tf._validation import check_model
 from deformstab_tf.measures.results import MeasureResult
 
 ONE_BY_ONE = "1x1 kernel: no spatial neighbours"
@@ -33,6 +34,7 @@ def kernel_smoothness(model):
     >>> kernel_smoothness(model)["block1_conv1"]
     1.87
     """
+    check_model("model", model)
     values, skipped = {}, {}
     for layer, kernel in conv_kernels(model):
         weights = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
@@ -71,6 +73,7 @@ def smooth_kernels(model, sigma):
     >>> smooth_kernels(model, sigma=1.0)
     >>> kernel_smoothness(model)  # lower than before
     """
+    check_model("model", model)
     sigma = float(sigma)
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"`sigma` must be a finite number >= 0. Received: sigma={sigma!r}")
