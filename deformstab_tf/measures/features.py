@@ -11,8 +11,8 @@ Pairwise distances between the N probe images come from Gram matrices built bloc
 two batches; all N representations are never held at once.
 """
 
-import contextlib
 import collections
+import contextlib
 import dataclasses
 import functools
 import hashlib
