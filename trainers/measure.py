@@ -12,7 +12,7 @@ import os
 
 from absl import app, flags
 
-from trainers._cli import run_main
+from ._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved .keras model.", required=True)

@@ -6,7 +6,7 @@ stability callback, in about 2 minutes on 2 CPU cores. Watch it with `tensorboar
     python -m trainers.train                                   # the default run
     python -m trainers.train --dataset=folder:../shared/data/cifar10 --train_size=10000 \
         --augment=standard --epochs=12 --learning_rate=0.1 --output_dir=runs/cifar_max
-    python -m trainers.train --flagfile=presets/cifar10.cfg
+    python -m trainers.train --flagfile=trainers/presets/cifar10_cpu.cfg
 
 Rerunning the same command resumes an interrupted run (also after `kill -9`); the same output
 directory with other flags is an error. See `deformstab_tf.training.train_run`.
@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from trainers._cli import run_main
+from ._cli import run_main
 
 FLAGS = flags.FLAGS
 
