@@ -21,6 +21,12 @@ def check_positive_int(argument, value):
         raise ValueError(f"`{argument}` must be a positive integer; received {argument}={value!r}.")
 
 
+def check_bool(argument, value):
+    """Raises a TypeError naming `argument` unless `value` is a bool (or a NumPy bool)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{argument}` must be True or False; received {argument}={value!r}.")
+
+
 def standardize_data_format(data_format):
     """`data_format`, or Keras's configured default when None; anything else is an error."""
     if data_format is None:

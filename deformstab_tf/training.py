@@ -154,12 +154,14 @@ def check_config(config):
     return config
 
 
-def train_run(output_dir, verbose=1, **config):
+def train_run(output_dir, verbose=1, download=True, **config):
     """Trains (or resumes, or leaves alone if finished) the run in `output_dir`.
 
     Args:
         output_dir: the run directory (created; see the module docstring for its contents).
         verbose: Keras progress bars (1), one line per epoch (2) or silent (0).
+        download: a TFDS `dataset` missing from `data_dir` is downloaded (default) or, with
+            False, an error (offline use). Not a setting of the run: the data are the same.
         **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
             synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
@@ -204,6 +206,7 @@ def train_run(output_dir, verbose=1, **config):
         train_size=config["train_size"],
         random_labels=config["random_labels"],
         augment=config["augment"],
+        download=download,
         **source,
     )
     steps_per_epoch = -(-info.train_size // config["batch_size"])

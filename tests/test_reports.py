@@ -130,6 +130,9 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_p
         ([f"--model={model_path}", "--measures=curvature"], "'curvature'"),
         ([f"--model={model_path}", "--dataset=no_such_dataset"], "'no_such_dataset'"),
         ([f"--model={model_path}", "--dataset=folder:/nonexistent"], "/nonexistent"),
+        # offline: a TFDS dataset that is not prepared is not downloaded
+        ([f"--model={model_path}", "--dataset=cifar10", f"--data_dir={tmp_path}/unreadable",
+          "--nodownload"], "download=False (--nodownload)"),
         ([f"--model={model_path}", f"--dataset=folder:{tmp_path}/unreadable"], "unreadable"),
         ([f"--model={model_path}", "--magnitude=-1"], "-1"),
         ([f"--model={model_path}", "--sweep=1,-2"], "-2"),

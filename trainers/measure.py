@@ -23,7 +23,11 @@ flags.DEFINE_string(
     "is <run>/model.keras beside its config.json, with the run's synthetic settings and seed), "
     "else synthetic.",
 )
-flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
+flags.DEFINE_bool(
+    "download", True,
+    "TFDS: download and prepare a dataset missing from --data_dir; --nodownload for offline use.",
+)  # fmt: skip
 flags.DEFINE_enum("split", "test", ["test", "train"], "Split the probe images come from.")
 flags.DEFINE_integer("num_images", 128, "Probe images.")
 flags.DEFINE_string("deformation", "tps", "tps, affine or diffeo.")
@@ -95,7 +99,9 @@ def main(argv):
             source["data_dir"] = FLAGS.data_dir
     else:
         source = {"source": FLAGS.dataset or "synthetic", "data_dir": FLAGS.data_dir}
-    train, test, info = data.load_dataset(batch_size=max(FLAGS.batch_size, 256), **source)
+    train, test, info = data.load_dataset(
+        batch_size=max(FLAGS.batch_size, 256), download=FLAGS.download, **source
+    )
     model = keras.models.load_model(FLAGS.model)
     expected = tuple(model.inputs[0].shape[1:])
     if len(expected) != len(info.image_shape) or any(

@@ -24,7 +24,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "dataset", "synthetic", "synthetic (built in), a TFDS name (cifar10, mnist, ...) or folder:PATH"
 )
-flags.DEFINE_string("data_dir", None, "TFDS data directory (prepared datasets).")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
+flags.DEFINE_bool(
+    "download", True,
+    "TFDS: download and prepare a dataset missing from --data_dir; --nodownload for offline use.",
+)  # fmt: skip
 flags.DEFINE_integer("train_size", None, "Train on the first N examples of a seeded shuffle.")
 flags.DEFINE_bool("random_labels", False, "Labels drawn once per example, fixed across epochs.")
 flags.DEFINE_list(
@@ -132,7 +136,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{config['model']}_{config['downsample']}_s{config['seed']}"
     )
-    summary = train_run(output_dir, verbose=FLAGS.verbose, **config)
+    summary = train_run(output_dir, verbose=FLAGS.verbose, download=FLAGS.download, **config)
     print(
         f"{output_dir}: test accuracy {summary['test_accuracy']:.3f}"
         + "".join(f", {m} {v:.4g}" for m, v in summary.get("stability", {}).items())
