@@ -257,6 +257,7 @@ def train_run(output_dir, verbose=1, download=True, **config):
     model.fit(
         train,
         epochs=config["epochs"],
+        shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
         validation_data=test,
         callbacks=callbacks,
         verbose=verbose,

@@ -35,7 +35,7 @@ def kernel_smoothness(model):
     """
     values, skipped = {}, {}
     for layer, kernel in conv_kernels(model):
-        weights = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+        weights = np.asarray(kernel.numpy(), dtype=np.float64)
         if weights.shape[0] == 1 and weights.shape[1] == 1:
             skipped[layer.name] = ONE_BY_ONE
             continue
@@ -78,7 +78,7 @@ def smooth_kernels(model, sigma):
     if sigma == 0:
         return smoothed
     for layer, kernel in conv_kernels(model):
-        weights = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+        weights = np.asarray(kernel.numpy(), dtype=np.float64)
         height, width = weights.shape[:2]
         if height == 1 and width == 1:
             continue
