@@ -508,7 +508,7 @@ def _write_first_summaries(run_dir, config, train):
 
     with tf.summary.create_file_writer(run_dir).as_default():
         hp.hparams_config(
-            hparams=[hp.HParam(key) for key in sorted(config)],
+            hparams=[hp.HParam(key) for key in _hparam_order(config)],
             metrics=[
                 hp.Metric("epoch_accuracy", group="validation", display_name="val accuracy"),
                 hp.Metric("epoch_loss", group="validation", display_name="val loss"),
@@ -525,10 +525,23 @@ def _write_first_summaries(run_dir, config, train):
                 else []
             ),
         )
-        hp.hparams({key: _hparam_value(value) for key, value in config.items()})
+        hp.hparams({key: _hparam_value(config[key]) for key in _hparam_order(config)})
     images, _ = next(iter(train))
     with tf.summary.create_file_writer(os.path.join(run_dir, "train")).as_default(step=0):
         tf.summary.image("training_examples", tf.clip_by_value(images[:8], 0.0, 1.0), max_outputs=8)
+
+
+# The HParams dashboard's first columns: what tells runs apart. The rest follow by name.
+HPARAMS_FIRST = (
+    "model", "downsample", "dataset", "seed", "learning_rate", "epochs",
+    "precision", "mixed_precision",
+)  # fmt: skip
+
+
+def _hparam_order(config):
+    """The settings in dashboard order: `HPARAMS_FIRST` (those present), then by name."""
+    first = [key for key in HPARAMS_FIRST if key in config]
+    return first + sorted(key for key in config if key not in first)
 
 
 def _write_hparams_metrics(run_dir, config, summary):

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.training import DEFAULTS, check_config, train_run
@@ -123,7 +124,15 @@ def test_a_run_writes_every_artefact(finished_run):
     assert "training_examples" in accumulator.Tags()["tensors"]
     root = EventAccumulator(run_dir)
     root.Reload()
-    assert "hparams" in root.PluginTagToContent("hparams") or root.PluginTagToContent("hparams")
+    hparams = root.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    columns = [info.name for info in experiment.hparam_infos]
+    # The dashboard's first columns tell runs apart; the rest follow by name.
+    first = ["model", "downsample", "dataset", "seed", "learning_rate", "epochs"]
+    assert columns[:6] == first and columns[6] in ("precision", "mixed_precision")
+    assert columns[7:] == sorted(columns[7:]) and sorted(columns) == sorted(DEFAULTS)
+    session = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["downsample"].string_value == "max"
 
 
 def test_a_finished_run_is_left_alone_and_other_flags_are_an_error(finished_run):
