@@ -29,6 +29,7 @@ def relative_stability(
     reduction="median",
     seed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """Stability to a deformation relative to noise of the same norm, per probe point.
 
@@ -55,8 +56,9 @@ def relative_stability(
     `ProbeFeatures.distances`), the deformed and the noisy images.
 
     Args:
-        model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        model: a Keras model; see `normalized_sensitivity` (subclassed models: input and output
+            only; several inputs: `extra_inputs`).
+        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model's (image) input.
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomDiffeomorphism(seed=...)`).
         layers: probe points; see `normalized_sensitivity`.
@@ -66,6 +68,8 @@ def relative_stability(
             so results do not depend on `batch_size`), and is passed as `seed=` to a
             `deformation` callable that accepts one. A Keras layer keeps its own seed generator.
         feature_cache_bytes: see `normalized_sensitivity`.
+        extra_inputs: a model's other inputs, held fixed (the noise too is added to the images
+            only); see `normalized_sensitivity`.
 
     Returns:
         A `MeasureResult` mapping probe name -> `R_l`; `details["D"]` and `details["G"]` map
@@ -86,6 +90,7 @@ def relative_stability(
         reduction,
         seed,
         feature_cache_bytes=feature_cache_bytes,
+        extra_inputs=extra_inputs,
     )
 
 
@@ -98,13 +103,14 @@ def relative_stability_from_probe(
     seed=None,
     deformed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """`relative_stability` on a prebuilt `ProbeFeatures` (reuses its traced functions).
 
     `deformed`: optional precomputed deformed images `tau x`, aligned with `images`; then
     `deformation` is not called.
     """
-    images = probe.check_images(images)
+    images, extras = probe.check_inputs(images, extra_inputs)
     check_positive_int("batch_size", batch_size)
     check_non_negative("feature_cache_bytes", feature_cache_bytes)
     if reduction not in REDUCTIONS:
@@ -126,7 +132,7 @@ def relative_stability_from_probe(
         return [deformed_batch, noisy]
 
     distances, forward_passes = probe.distances(
-        images, deform_and_add_noise, batch_size, "sqeuclidean", feature_cache_bytes
+        images, deform_and_add_noise, batch_size, "sqeuclidean", feature_cache_bytes, extras
     )
     components = {"D": {}, "G": {}}
     ratios = {}

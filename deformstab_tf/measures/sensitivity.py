@@ -25,6 +25,7 @@ def normalized_sensitivity(
     num_deformations=1,
     seed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """Normalised sensitivity of each probe point to a deformation (Ruderman et al., 2018).
 
@@ -50,8 +51,10 @@ def normalized_sensitivity(
     batches) plus `N^2` floats per probe point.
 
     Args:
-        model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        model: a Keras model: functional or `Sequential` (any probe point, nested models
+            included); with several inputs, see `extra_inputs`; subclassed models are measured
+            at `"input"` and `"output"` only (they have no graph to probe), with a warning.
+        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model's (image) input.
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomThinPlateSpline(seed=...)`).
         layers: probe points: `None` (the default probe points: `probe_layer_names(model)` for
@@ -68,6 +71,9 @@ def normalized_sensitivity(
         feature_cache_bytes: memory for keeping clean features when there are more probe
             images than `batch_size` (default 1 GiB; see `ProbeFeatures.distances`): the cost
             stays one clean pass per batch while they fit. The results do not depend on it.
+        extra_inputs: for a model with several inputs, the others (one row per probe image,
+            held fixed while the images, which feed the first input of rank 4, are deformed):
+            a dict by input name or a list in input order; see `check_probe_inputs`.
 
     Returns:
         A `MeasureResult` mapping probe name -> `S_l`, in forward order; `details` holds the
@@ -89,6 +95,7 @@ def normalized_sensitivity(
         num_deformations,
         seed,
         feature_cache_bytes=feature_cache_bytes,
+        extra_inputs=extra_inputs,
     )
 
 
@@ -101,6 +108,7 @@ def normalized_sensitivity_from_probe(
     seed=None,
     deformed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """`normalized_sensitivity` on a prebuilt `ProbeFeatures` (reuses its traced functions).
 
@@ -108,7 +116,7 @@ def normalized_sensitivity_from_probe(
     `deformation` is not called (`StabilityCallback` deforms its probe set once, so every
     measurement sees the same deformations).
     """
-    images = probe.check_images(images)
+    images, extras = probe.check_inputs(images, extra_inputs)
     check_positive_int("batch_size", batch_size)
     check_non_negative("feature_cache_bytes", feature_cache_bytes)
     check_positive_int("num_deformations", num_deformations)
@@ -123,7 +131,7 @@ def normalized_sensitivity_from_probe(
         ]
 
     distances, forward_passes = probe.distances(
-        images, deform, batch_size, "cosine", feature_cache_bytes
+        images, deform, batch_size, "cosine", feature_cache_bytes, extras
     )
     values, numerators, denominators = {}, {}, {}
     for name, d in zip(probe.names, distances, strict=True):
