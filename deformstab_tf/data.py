@@ -748,6 +748,36 @@ def _augment(dataset, specs, seed):
     return dataset.map(apply)
 
 
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3")
+
+
+def resize_images(images, size, method="bilinear"):
+    """Resizes a batch of images in `[0, 1]` (e.g. CIFAR-10's 32 px to a 224-px model input).
+
+    Args:
+        images: `(N, H, W, C)` images.
+        size: `(height, width)` of the output.
+        method: a `tf.image.resize` method: `"bilinear"` (default), `"nearest"`, `"bicubic"`,
+            `"area"` or `"lanczos3"`; the result is clipped to `[0, 1]` (bicubic and Lanczos
+            overshoot).
+
+    Returns:
+        `(N, height, width, C)` float32 images.
+
+    Example:
+
+    >>> resize_images(np.zeros((2, 32, 32, 3), "float32"), (224, 224)).shape
+    TensorShape([2, 224, 224, 3])
+    """
+    check_choice("method", method, RESIZE_METHODS)
+    if len(size) != 2:
+        raise ValueError(f"`size` must be (height, width); received size={size!r}.")
+    for argument, value in zip(("size[0]", "size[1]"), size, strict=True):
+        check_positive_int(argument, value)
+    resized = tf.image.resize(tf.cast(images, tf.float32), tuple(size), method=method)
+    return tf.clip_by_value(resized, 0.0, 1.0)
+
+
 def take_images(dataset, count):
     """The first `count` images of a batched `(images, labels)` dataset, as float32 numpy.
 
