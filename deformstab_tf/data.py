@@ -96,8 +96,15 @@ def load_dataset(
 
     Example:
 
+    >>> train, test, info = load_dataset("synthetic", train_size=256, augment=["flip"])
+    >>> info.image_shape, info.num_classes, info.train_size
+    ((32, 32, 3), 10, 256)
+    >>> images, labels = next(iter(train))
+    >>> tuple(images.shape), images.dtype.name, labels.dtype.name
+    ((128, 32, 32, 3), 'float32', 'int32')
+    >>> # (skipped in the doctest run: it needs CIFAR-10 as an image folder)
     >>> train, test, info = load_dataset("folder:../shared/data/cifar10", train_size=10000,
-    ...                                  augment=["standard"])
+    ...                                  augment=["standard"])  # doctest: +SKIP
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f"`source` must be a non-empty string; received source={source!r}.")
@@ -314,7 +321,10 @@ def image_folder(
 
     Example:
 
-    >>> train, test, info = image_folder("../shared/data/cifar10", augment=["standard"])
+    >>> # (skipped in the doctest run: it needs CIFAR-10 as an image folder)
+    >>> train, test, info = image_folder("../shared/data/cifar10")  # doctest: +SKIP
+    >>> info.num_classes, info.train_size, info.test_size  # doctest: +SKIP
+    (10, 50000, 10000)
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isdir(root):

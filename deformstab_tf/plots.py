@@ -44,7 +44,12 @@ def plot_profile(results, ax=None, details=False, title=None):
 
     Example:
 
-    >>> ax = plot_profile([normalized_sensitivity(model, x, tps), kernel_smoothness(model)])
+    >>> model = ds.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x = np.random.default_rng(0).random((8, 16, 16, 3), dtype="float32")
+    >>> tps = ds.RandomThinPlateSpline(grid_size=3, max_displacement=1.0, seed=0)
+    >>> ax = plot_profile([ds.normalized_sensitivity(model, x, tps), ds.kernel_smoothness(model)])
+    >>> [t.get_text() for t in ax.get_xticklabels()]
+    ['input', 'block1_conv1', 'block1_down', 'block2_conv1', 'block2_down']
     >>> ax.figure.savefig("profile.png")
     """
     series = _series(results, details)
@@ -106,7 +111,11 @@ def plot_profiles(current, initial=None, title=None, figure=None):
 
     Example:
 
+    >>> s_init = ds.MeasureResult("sensitivity", {"input": 0.3, "block1_conv1": 0.5})
+    >>> s_trained = ds.MeasureResult("sensitivity", {"input": 0.3, "block1_conv1": 0.2})
     >>> figure = plot_profiles({"sensitivity": s_trained}, initial={"sensitivity": s_init})
+    >>> [line.get_label() for line in figure.axes[0].get_lines()]
+    ['current', 'initial']
     >>> figure.savefig("profile.png")
     """
     from matplotlib.figure import Figure
@@ -186,7 +195,8 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
 
     Example:
 
-    >>> plot_profile_bands({"max": {"input": [0.3, 0.31], "block1_conv1": [0.5, 0.52]}})
+    >>> figure = plot_profile_bands({"max": {"input": [0.3, 0.31], "block1_conv1": [0.5, 0.52]}})
+    >>> figure.savefig("bands.png")
     """
     if not groups:
         raise ValueError("`groups` is empty: nothing to plot.")
@@ -230,8 +240,10 @@ def plot_stage_bands(stages, title=None, ylabel=None, log=False):
 
     Example:
 
-    >>> plot_stage_bands({"at initialisation": {"max": {"input": [0.3, 0.31]}},
-    ...                   "after training": {"max": {"input": [0.2, 0.25]}}})
+    >>> figure = plot_stage_bands({"at initialisation": {"max": {"input": [0.3, 0.31]}},
+    ...                            "after training": {"max": {"input": [0.2, 0.25]}}})
+    >>> [ax.get_title() for ax in figure.axes]
+    ['at initialisation', 'after training']
     """
     from matplotlib.figure import Figure
 
@@ -278,7 +290,9 @@ def plot_over_epochs(groups, title=None, ylabel=None, log=False, ax=None):
 
     Example:
 
-    >>> plot_over_epochs({"max": {0: [0.3, 0.32], 5: [0.2, 0.22]}}, ylabel="sensitivity")
+    >>> figure = plot_over_epochs({"max": {0: [0.3, 0.32], 5: [0.2, 0.22]}}, ylabel="sensitivity")
+    >>> figure.axes[0].get_lines()[0].get_ydata()
+    array([0.31, 0.21])
     """
     epochs = sorted({int(e) for series in groups.values() for e in series})
     if not epochs:
@@ -311,7 +325,8 @@ def mean_and_band(values, log=False):
 
     Example:
 
-    >>> mean_and_band([0.1, 0.3])   # (0.2, 0.2 - 2 * 0.1414, 0.2 + 2 * 0.1414)
+    >>> [round(v, 4) for v in mean_and_band([0.1, 0.3])]   # 0.2 -+ 2 * 0.1414
+    [0.2, -0.0828, 0.4828]
     """
     values = np.asarray(values, dtype=float).ravel()
     if log:
@@ -411,7 +426,7 @@ def probe_ticks(ax, names, fontsize=None):
 
     Returns:
         The x-axis label: `"probe point"`, with the shared prefix and the thinning if any
-        (e.g. `"probe point in mobilenetv2_1.00_224 (every 2nd of 55 labelled)"`).
+        (e.g. `"probe point in mobilenetv2_1.00_224 (every 3rd of 55 labelled)"`).
 
     Example:
 
@@ -419,7 +434,7 @@ def probe_ticks(ax, names, fontsize=None):
     >>> ax = Figure(figsize=(7, 4)).add_subplot()
     >>> names = ["input"] + [f"net/block_{i}_relu" for i in range(120)]
     >>> probe_ticks(ax, names)
-    'probe point in net (every 4th of 121 labelled)'
+    'probe point in net (every 5th of 121 labelled)'
     """
     from matplotlib.font_manager import FontProperties
 

@@ -52,8 +52,11 @@ def shift_consistency(
 
     Example:
 
-    >>> shift_consistency(model, x_test[:1000], max_shift=4)["output"]
-    0.87
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> images = np.random.default_rng(0).random((32, 16, 16, 3), dtype="float32")
+    >>> result = shift_consistency(model, images, max_shift=4, seed=0)
+    >>> list(result), 0.0 <= result["output"] <= 1.0
+    (['output'], True)
     """
     images, extras = check_probe_inputs(model, images, extra_inputs)
     return shift_consistency_from_predictor(

@@ -545,7 +545,7 @@ class ProbeFeatures:
     >>> probe = ProbeFeatures.for_model(model, ["input", "block1_conv1"])
     >>> features = probe.extractor(np.zeros((2, 32, 32, 3), "float32"))  # one per probe point
     >>> [tuple(f.shape) for f in features]
-    [(2, 32, 32, 3), (2, 32, 32, 64)]
+    [(2, 32, 32, 3), (2, 32, 32, 32)]
     """
 
     @classmethod

@@ -77,9 +77,14 @@ def relative_stability(
 
     Example:
 
-    >>> diffeo = deformstab_tf.deformations.RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
-    >>> result = relative_stability(model, x_probe[:500], diffeo)
-    >>> result.details["D"]["block4_down"], result["block4_down"]
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x_probe = np.random.default_rng(0).random((16, 16, 16, 3), dtype="float32")
+    >>> diffeo = deformstab_tf.RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
+    >>> result = relative_stability(model, x_probe, diffeo, seed=0)   # the paper: 500 images
+    >>> list(result), sorted(result.details)
+    (['input', 'block1_conv1', 'block1_down', 'block2_conv1', 'block2_down'], ['D', 'G'])
+    >>> round(result["input"], 6)   # at the input, D = G by construction
+    1.0
     """
     probe = ProbeFeatures.for_model(model, layers)
     return relative_stability_from_probe(

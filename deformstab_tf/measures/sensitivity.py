@@ -81,10 +81,14 @@ def normalized_sensitivity(
 
     Example:
 
-    >>> model = deformstab_tf.models.cifar_vgg()
-    >>> tps = deformstab_tf.deformations.RandomThinPlateSpline(3, 2.0, seed=0)
-    >>> result = normalized_sensitivity(model, x_probe[:128], tps)
-    >>> print(result)
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x_probe = np.random.default_rng(0).random((16, 16, 16, 3), dtype="float32")
+    >>> tps = deformstab_tf.RandomThinPlateSpline(grid_size=3, max_displacement=1.0, seed=0)
+    >>> result = normalized_sensitivity(model, x_probe, tps)   # the paper: 128 images
+    >>> list(result)   # print(result) shows the table
+    ['input', 'block1_conv1', 'block1_down', 'block2_conv1', 'block2_down']
+    >>> all(value > 0 for value in result.values())
+    True
     """
     probe = ProbeFeatures.for_model(model, layers)
     return normalized_sensitivity_from_probe(
