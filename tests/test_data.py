@@ -264,7 +264,11 @@ def test_tfds_mock_data_and_fast_failure_when_not_prepared(tmp_path, monkeypatch
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert lookups == ["www.cs.toronto.edu"] and downloads == []
     # A name lookup that hangs: the check gives up after its timeout.
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
     monkeypatch.setattr(data_module, "NETWORK_TIMEOUT", 0.5)
     with pytest.raises(ValueError, match=r"no connection to www\.cs\.toronto\.edu:443 within 0\.5"):
         load_dataset("cifar10", data_dir=str(tmp_path))

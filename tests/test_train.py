@@ -320,8 +320,10 @@ def test_mirrored_on_two_logical_cpus_and_bad_flags_exit_with_one_line(tmp_path)
         ("--epochs=0", "epochs=0"),
         ("--dataset=folder:/nonexistent/tree", "/nonexistent/tree"),
         ("--model=alexnet", "model"),
+        # offline: a TFDS dataset missing from --data_dir is not downloaded
+        (f"--dataset=cifar10 --data_dir={tmp_path}/tfds --nodownload", "download=False"),
     ]:
-        process = _train_script([flag, f"--output_dir={bad}"])
+        process = _train_script([*flag.split(), f"--output_dir={bad}"])
         out, err = process.communicate(timeout=120)
         assert process.returncode != 0, flag
         lines = [line for line in err.splitlines() if line.strip() and "tensorflow" not in line]

@@ -457,8 +457,9 @@ def _check_extra_inputs(model, others, extra_inputs, num_images):
             f"{input_name(_model_inputs(model)[image_input_index(model)])!r} (the first input of "
             "rank 4). Pass "
             f"the others, {names}, one row per probe image, as `extra_inputs` (a dict by input "
-            "name or a list in input order); they are held fixed while the images are "
-            "perturbed."
+            "name or a list in input order) to normalized_sensitivity, relative_stability or "
+            "shift_consistency; they are held fixed while the images are perturbed. "
+            "(StabilityCallback measures single-input models.)"
         )
     if isinstance(extra_inputs, dict):
         if sorted(extra_inputs) != sorted(names):
