@@ -113,11 +113,20 @@ class StabilityCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> tps = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
-    >>> stability = StabilityCallback(x_train[:128], tps, log_dir="runs/vgg_max")
-    >>> model.fit(x_train, y_train, epochs=10,
-    ...           callbacks=[stability, keras.callbacks.TensorBoard("runs/vgg_max")])
-    >>> stability.history[-1]["results"]["sensitivity"]
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3), num_classes=3)
+    >>> x_train = np.random.default_rng(0).random((64, 16, 16, 3), dtype="float32")
+    >>> y_train = np.arange(64) % 3
+    >>> tps = deformstab_tf.RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
+    >>> stability = StabilityCallback(x_train[:16], tps, log_dir="runs/vgg_max")  # paper: 128
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = model.fit(x_train, y_train, epochs=2, verbose=0,
+    ...     callbacks=[stability, keras.callbacks.TensorBoard("runs/vgg_max")])
+    >>> [record["epoch"] for record in stability.history]   # initialisation, then each epoch
+    [0, 1, 2]
+    >>> list(stability.history[-1]["results"])
+    ['sensitivity', 'smoothness']
+    >>> sorted(key for key in history.history if key.endswith("/mean"))
+    ['stability/sensitivity/mean', 'stability/smoothness/mean']
     """
 
     def __init__(

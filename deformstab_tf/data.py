@@ -8,8 +8,9 @@ batch; the test split is never shuffled, augmented or relabelled.
 - `synthetic(...)`: SPEC's synthetic task (Ruderman et al. §5): each class is one procedurally
   drawn prototype image, each training sample a fresh random TPS deformation of strength C of its
   prototype, drawn on the fly by `RandomThinPlateSpline`; no download, no file.
-- `tfds_dataset(name, data_dir=...)`: a prepared TensorFlow Datasets dataset; fails in seconds,
-  with instructions, when it is not prepared (this never downloads).
+- `tfds_dataset(name, data_dir=..., download=True)`: a TensorFlow Datasets dataset, downloaded
+  and prepared under `data_dir` when it is not there yet (as `tfds.load` does); offline
+  (`download=False`, or no network) it fails in seconds, with instructions.
 - `image_folder(path)`: `path/<class>/*.png|jpg` or `path/train/<class>/...` +
   `path/test/<class>/...`, decoded once (in parallel) and cached as arrays.
 - `load_dataset(source, ...)` dispatches on `"synthetic"`, `"folder:PATH"` or a TFDS name.
@@ -19,6 +20,10 @@ import dataclasses
 import glob
 import hashlib
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 
 import keras
 import numpy as np
@@ -35,6 +40,8 @@ from deformstab_tf._validation import (
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, RandomThinPlateSpline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Seconds the network check before a TFDS download may take (name lookup + TCP connect).
+NETWORK_TIMEOUT = 5.0
 AUGMENTATIONS = ("standard", "flip", "translate", *DEFORMATION_LAYERS)
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -71,6 +78,7 @@ def load_dataset(
     data_dir=None,
     validation_fraction=0.1,
     synthetic_options=None,
+    download=True,
 ):
     """`(train, test, info)` from `"synthetic"`, `"folder:PATH"` or a TFDS dataset name.
 
@@ -84,6 +92,8 @@ def load_dataset(
         data_dir: TFDS data directory.
         validation_fraction: image folders without a `test/` tree: the held-out fraction.
         synthetic_options: keyword arguments of `synthetic` (`num_classes`, ...).
+        download: TFDS: download and prepare a dataset missing from `data_dir` (the default,
+            as `tfds.load`); `False` for offline use: a missing dataset is then an error.
 
     Returns:
         `(train, test, info)`.
@@ -96,8 +106,15 @@ def load_dataset(
 
     Example:
 
+    >>> train, test, info = load_dataset("synthetic", train_size=256, augment=["flip"])
+    >>> info.image_shape, info.num_classes, info.train_size
+    ((32, 32, 3), 10, 256)
+    >>> images, labels = next(iter(train))
+    >>> tuple(images.shape), images.dtype.name, labels.dtype.name
+    ((128, 32, 32, 3), 'float32', 'int32')
+    >>> # (skipped in the doctest run: it needs CIFAR-10 as an image folder)
     >>> train, test, info = load_dataset("folder:../shared/data/cifar10", train_size=10000,
-    ...                                  augment=["standard"])
+    ...                                  augment=["standard"])  # doctest: +SKIP
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f"`source` must be a non-empty string; received source={source!r}.")
@@ -145,7 +162,9 @@ def load_dataset(
             validation_fraction=validation_fraction,
             **common,
         )
-    return tfds_dataset(source, data_dir=data_dir, train_size=train_size, **common)
+    return tfds_dataset(
+        source, data_dir=data_dir, train_size=train_size, download=download, **common
+    )
 
 
 # -- synthetic task -----------------------------------------------------------------------------
@@ -370,7 +389,10 @@ def image_folder(
 
     Example:
 
-    >>> train, test, info = image_folder("../shared/data/cifar10", augment=["standard"])
+    >>> # (skipped in the doctest run: it needs CIFAR-10 as an image folder)
+    >>> train, test, info = image_folder("../shared/data/cifar10")  # doctest: +SKIP
+    >>> info.num_classes, info.train_size, info.test_size  # doctest: +SKIP
+    (10, 50000, 10000)
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isdir(root):
@@ -532,8 +554,15 @@ def tfds_dataset(
     random_labels=False,
     augment=(),
     seed=0,
+    download=True,
 ):
-    """`(train, test, info)` from a prepared TensorFlow Datasets dataset (never downloads).
+    """`(train, test, info)` from a TensorFlow Datasets dataset, downloaded when missing.
+
+    A dataset prepared under `data_dir` is read. A missing one is downloaded and prepared there
+    first (as `tfds.load` does), unless `download=False`. Before downloading, the hosts it comes
+    from (or the configured HTTPS proxy) are checked with a short timeout (`NETWORK_TIMEOUT`,
+    5 s): without network the call fails in seconds, with instructions, rather than after TFDS's
+    retries (about 3.5 minutes for CIFAR-10).
 
     Splits: `train`, and `test` (or `validation` when there is no test split, e.g.
     `imagenet2012`). Both are read into memory as uint8 arrays, so this suits datasets of
@@ -541,20 +570,28 @@ def tfds_dataset(
 
     Args:
         name: the TFDS name, e.g. `"cifar10"`, `"mnist"`.
-        data_dir: the TFDS data directory holding the prepared dataset (TFDS's default if None).
+        data_dir: the TFDS data directory (TFDS's default, `~/tensorflow_datasets`, if None).
         batch_size, train_size, random_labels, augment, seed: see `load_dataset`.
+        download: download and prepare the dataset when it is not in `data_dir` (default);
+            `False` for offline use (a missing dataset is an error).
 
     Returns:
         `(train, test, info)`; `info.class_names` are the TFDS label names.
 
     Raises:
-        ValueError: naming `source` for an unknown name, and, within seconds, when the dataset is
-            not prepared in `data_dir`, saying how to provide it.
+        ValueError: naming `source` for an unknown name; and, within seconds, when the dataset is
+            not prepared in `data_dir` and cannot be downloaded (`download=False`, or no
+            network), saying how to provide it.
+        TypeError: naming `download` when it is not a bool.
 
     Example:
 
-    >>> train, test, info = tfds_dataset("cifar10", data_dir="~/tensorflow_datasets")
+    >>> # (skipped in the doctest run: it downloads CIFAR-10, 163 MB)
+    >>> train, test, info = tfds_dataset("cifar10", batch_size=256)  # doctest: +SKIP
+    >>> info.image_shape, info.num_classes  # doctest: +SKIP
+    ((32, 32, 3), 10)
     """
+    check_bool("download", download)
     import tensorflow_datasets as tfds
 
     try:
@@ -564,24 +601,30 @@ def tfds_dataset(
             f"Unknown `source`={name!r}: not 'synthetic', not 'folder:PATH' and not a TFDS "
             f"dataset ({type(error).__name__}: {str(error).splitlines()[0]})."
         ) from None
-    not_prepared = ValueError(
-        f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} and "
-        "this machine does not download it. Provide it: run `tfds build "
-        f"{name}` on a machine with internet and copy its data directory here, then pass "
-        "--data_dir; or use an image folder with --dataset=folder:PATH."
-    )
-    # `as_dataset` only reads prepared files (it never downloads): a missing dataset fails at
-    # once. (`tfds.testing.mock_data` replaces it, so mocked datasets need no files.)
+
+    def not_prepared(reason):
+        return ValueError(
+            f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} "
+            f"and {reason}. Provide it: run `tfds build {name}` on a machine with internet and "
+            "copy its data directory here, then pass --data_dir; or use an image folder with "
+            "--dataset=folder:PATH."
+        )
+
     try:
-        splits = builder.info.splits
-        test_split = "test" if "test" in splits else "validation"
-        arrays = {}
-        for split in ("train", test_split):
-            dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
-            images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
-            arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
-    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError, ValueError) as error:
-        raise not_prepared from error
+        arrays, test_split = _read_tfds(builder)
+    except _NotPrepared as error:
+        if not download:
+            raise not_prepared(
+                "download=False (--nodownload): drop it to download the dataset"
+            ) from error.__cause__
+        unreachable = _unreachable(_download_hosts(builder))
+        if unreachable:
+            raise not_prepared(f"cannot be downloaded from this machine ({unreachable})") from None
+        builder.download_and_prepare()
+        try:
+            arrays, test_split = _read_tfds(builder)
+        except _NotPrepared as again:
+            raise not_prepared("downloading did not prepare it") from again.__cause__
     label_feature = builder.info.features["label"]
     return _from_arrays(
         name,
@@ -594,6 +637,70 @@ def tfds_dataset(
         augment=augment,
         seed=seed,
     )
+
+
+class _NotPrepared(Exception):
+    """The dataset's files are not (all) in the data directory."""
+
+
+def _read_tfds(builder):
+    """`({split: (images, labels)}, test split name)` of a prepared dataset.
+
+    `as_dataset` only reads prepared files (it never downloads): a missing dataset fails at
+    once. (`tfds.testing.mock_data` replaces it, so mocked datasets need no files.)
+    """
+    try:
+        splits = builder.info.splits
+        test_split = "test" if "test" in splits else "validation"
+        arrays = {}
+        for split in ("train", test_split):
+            dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
+            images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+            arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError, ValueError) as error:
+        raise _NotPrepared() from error
+    return arrays, test_split
+
+
+def _download_hosts(builder):
+    """`(host, port)` pairs a download of `builder`'s dataset connects to first: the configured
+    HTTPS proxy, else the hosts of its registered URLs (else Google Cloud Storage)."""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy:
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return [(parsed.hostname, parsed.port or 80)]
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # builders without registered checksums
+        urls = []
+    hosts = list(dict.fromkeys(urllib.parse.urlsplit(url).hostname for url in urls))
+    hosts = [host for host in hosts if host] or ["storage.googleapis.com"]
+    return [(host, 443) for host in hosts[:3]]
+
+
+def _unreachable(hosts, timeout=None):
+    """None when a TCP connection to every `(host, port)` opens within `timeout` seconds
+    (`NETWORK_TIMEOUT`), else why not. The name lookup has no timeout of its own, so the checks
+    run in a daemon thread that is abandoned when the time is up."""
+    timeout = NETWORK_TIMEOUT if timeout is None else timeout
+    outcome = {}
+
+    def check():
+        for host, port in hosts:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+            except OSError as error:
+                outcome["error"] = f"{host}:{port}: {error}"
+                return
+        outcome["error"] = None
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" not in outcome:
+        hosts_text = ", ".join(f"{host}:{port}" for host, port in hosts)
+        return f"no connection to {hosts_text} within {timeout:g} s"
+    return outcome["error"]
 
 
 # -- shared pipeline ------------------------------------------------------------------------
@@ -810,6 +917,36 @@ def _augment(dataset, specs, seed, image_size=None):
 
     # Sequential map: seeded layers draw from their seed stream in a fixed order.
     return dataset.map(apply)
+
+
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3")
+
+
+def resize_images(images, size, method="bilinear"):
+    """Resizes a batch of images in `[0, 1]` (e.g. CIFAR-10's 32 px to a 224-px model input).
+
+    Args:
+        images: `(N, H, W, C)` images.
+        size: `(height, width)` of the output.
+        method: a `tf.image.resize` method: `"bilinear"` (default), `"nearest"`, `"bicubic"`,
+            `"area"` or `"lanczos3"`; the result is clipped to `[0, 1]` (bicubic and Lanczos
+            overshoot).
+
+    Returns:
+        `(N, height, width, C)` float32 images.
+
+    Example:
+
+    >>> resize_images(np.zeros((2, 32, 32, 3), "float32"), (224, 224)).shape
+    TensorShape([2, 224, 224, 3])
+    """
+    check_choice("method", method, RESIZE_METHODS)
+    if len(size) != 2:
+        raise ValueError(f"`size` must be (height, width); received size={size!r}.")
+    for argument, value in zip(("size[0]", "size[1]"), size, strict=True):
+        check_positive_int(argument, value)
+    resized = tf.image.resize(tf.cast(images, tf.float32), tuple(size), method=method)
+    return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def take_images(dataset, count):

@@ -80,7 +80,11 @@ def stability_report(
 
     Example:
 
-    >>> stability_report(model, x_test[:128], deformation_layer("tps", 2.0, seed=0))
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x_test = np.random.default_rng(0).random((16, 16, 16, 3), dtype="float32")
+    >>> report = stability_report(model, x_test, deformation_layer("tps", 2.0, seed=0), verbose=0)
+    >>> {measure: len(result) for measure, result in report.items()}   # probe points / layers
+    {'sensitivity': 5, 'relative_stability': 5, 'smoothness': 2}
     """
     if isinstance(model, (str, os.PathLike)):
         if not os.path.isfile(model):
@@ -445,8 +449,10 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
 
     Example:
 
-    >>> runs = [read_run(d) for d in glob.glob("runs/*")]
-    >>> compare_runs(runs, "figures", by="downsample")
+    >>> # (skipped in the doctest run: it needs finished runs, see `training.train_run`)
+    >>> import glob
+    >>> runs = [read_run(d) for d in glob.glob("runs/*")]  # doctest: +SKIP
+    >>> summary = compare_runs(runs, "figures", by="downsample")  # doctest: +SKIP
     """
     from deformstab_tf.plots import mean_and_band, plot_over_epochs, plot_stage_bands
 

@@ -631,3 +631,156 @@ def test_a_mixed_precision_model_is_measured_in_float32(images, policy):
     a, b = shift_consistency(mixed, probe, 2, seed=0), shift_consistency(twin, probe, 2, seed=0)
     assert a["output"] == b["output"]
     assert {layer.dtype_policy.name for layer in mixed.layers[1:]} == {policy}
+
+
+# -- models without a graph, several inputs, many models -----------------------------------------
+
+
+class Subclassed(keras.Model):
+    """A subclassed model (no graph of layers): conv -> pool -> dense."""
+
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+def test_a_subclassed_model_is_measured_at_input_and_output_with_one_warning(images):
+    keras.utils.set_random_seed(5)
+    model = Subclassed()
+    with pytest.raises(ValueError, match=r"'subclassed' \(Subclassed\).*not been built.*model\("):
+        normalized_sensitivity(model, images, smooth_warp)
+    model(images[:1])
+    with pytest.warns(UserWarning, match="inner layers cannot be probed") as caught:
+        result = normalized_sensitivity(model, images, smooth_warp, batch_size=3)
+    assert len(caught) == 1 and list(result) == ["input", "output"]
+    # Reference: the same layers and weights in a functional graph (the advice of the warning).
+    inputs = keras.Input(SHAPE)
+    functional = keras.Model(inputs, model.call(inputs))
+    head = functional.layers[-1].name
+    expected = normalized_sensitivity(functional, images, smooth_warp, layers=["input", head])
+    np.testing.assert_allclose(list(result.values()), list(expected.values()), rtol=1e-5)
+    clean = model.predict(images, verbose=0).astype(np.float64)
+    deformed = model.predict(smooth_warp(images), verbose=0)
+    numerator = np.mean(cosine_distance(clean, deformed))
+    denominator = np.median([cosine_distance(clean[i], clean[j]) for i, j in distinct_pairs(8)])
+    assert result["output"] == pytest.approx(numerator / denominator, rel=1e-4)
+    with pytest.warns(UserWarning, match="only 'input' and 'output' are measured"):
+        r = relative_stability(model, images, smooth_warp, layers=["output"], seed=0)
+    assert list(r) == ["output"] and np.isfinite(r["output"])
+    assert shift_consistency(model, images, max_shift=2, seed=0)["output"] >= 0.0
+    with pytest.raises(ValueError, match=r"only 'input' and 'output'.*layers=\['conv'\].*Model"):
+        normalized_sensitivity(model, images, smooth_warp, layers=["conv"])
+
+
+def image_and_vector_model():
+    keras.utils.set_random_seed(6)
+    image = keras.Input(SHAPE, name="image")
+    vector = keras.Input((5,), name="meta")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(image)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Concatenate(name="joined")([x, vector])
+    outputs = keras.layers.Dense(4, name="head")(x)
+    return keras.Model([vector, image], outputs)  # the image input second
+
+
+def test_a_model_with_an_image_and_a_vector_input_takes_extra_inputs(images):
+    model = image_and_vector_model()
+    vectors = np.random.default_rng(1).normal(size=(8, 5)).astype("float32")
+    names = ["input", "conv", "joined", "head"]
+    with pytest.raises(ValueError, match=r"2 inputs.*'image'.*\['meta'\].*`extra_inputs`"):
+        normalized_sensitivity(model, images, smooth_warp, layers=names)
+    result = normalized_sensitivity(
+        model, images, smooth_warp, layers=names, batch_size=3, extra_inputs={"meta": vectors}
+    )
+    # NumPy reference: the model's features on clean and deformed images, vectors held fixed.
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names[1:]])
+    clean = [images.reshape(8, -1)] + probe.predict([vectors, images], verbose=0)
+    deformed = [smooth_warp(images).reshape(8, -1)] + probe.predict(
+        [vectors, smooth_warp(images)], verbose=0
+    )
+    for name, f, g in zip(names, clean, deformed, strict=True):
+        f, g = np.asarray(f, np.float64).reshape(8, -1), np.asarray(g, np.float64).reshape(8, -1)
+        numerator = np.mean(cosine_distance(f, g))
+        denominator = np.median([cosine_distance(f[i], f[j]) for i, j in distinct_pairs(8)])
+        np.testing.assert_allclose(result[name], numerator / denominator, rtol=1e-5)
+    # A list in input order, or the one array, give the same numbers.
+    for extra in ([vectors], vectors):
+        again = normalized_sensitivity(
+            model, images, smooth_warp, layers=names, batch_size=5, extra_inputs=extra
+        )
+        np.testing.assert_allclose(list(again.values()), list(result.values()), rtol=1e-5)
+    r = relative_stability(model, images, smooth_warp, layers=names, extra_inputs=vectors, seed=0)
+    assert r["input"] == pytest.approx(1.0) and np.isfinite(r["head"])
+    # Shift consistency: the top-1 classes of two shifted copies, vectors held fixed.
+    consistency = shift_consistency(model, images, 2, batch_size=3, seed=4, extra_inputs=vectors)
+    offsets = np.random.default_rng(4).integers(-2, 2, size=(8, 2, 2), endpoint=True)
+    top1 = [
+        model.predict(
+            [vectors, np.stack([numpy_padded_shift(images[i], *offsets[i, k], "wrap")
+                                for i in range(8)])],
+            verbose=0,
+        ).argmax(-1)
+        for k in (0, 1)
+    ]  # fmt: skip
+    assert consistency["output"] == pytest.approx(np.mean(top1[0] == top1[1]))
+    bad = [
+        ({"vector": vectors}, r"must name the model's other inputs, \['meta'\]"),
+        (vectors[:5], r"input 'meta' must have shape \(8, 5\).*received shape \(5, 5\)"),
+        ([vectors, vectors], r"must hold 1 arrays.*received 2"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(ValueError, match=message):
+            normalized_sensitivity(model, images, smooth_warp, layers=names, extra_inputs=extra)
+    with pytest.raises(ValueError, match="single input; `extra_inputs`"):
+        normalized_sensitivity(tiny_model(), images, smooth_warp, extra_inputs=vectors)
+
+
+def test_measuring_many_models_in_one_process_retraces_nothing(monkeypatch):
+    """A model zoo (different sizes, depths, widths) and a sweep print no retracing warning."""
+    import logging
+
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    from deformstab_tf.deformations.layers import RandomAffine, RandomThinPlateSpline
+
+    # Fresh retracing counters: earlier tests may have used up TensorFlow's two warnings per
+    # function, which would hide new ones.
+    monkeypatch.setattr(
+        polymorphic_function,
+        "_frequent_tracing_detector_manager",
+        polymorphic_function._FrequentTracingDetectorManager(),
+    )
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    tf.get_logger().addHandler(handler)
+    try:
+        for i in range(7):
+            size = 8 + 2 * i
+            keras.utils.set_random_seed(i)
+            inputs = keras.Input((size, size, 3))
+            x = inputs
+            for depth in range(1 + i % 3):
+                x = keras.layers.Conv2D(2 + i, 3, activation="relu", name=f"c{depth}")(x)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            model = keras.Model(inputs, keras.layers.Dense(3)(x))
+            x_probe = np.random.default_rng(i).random((5, size, size, 3)).astype("float32")
+            deformation = (RandomThinPlateSpline if i % 2 else RandomAffine)(seed=i)
+            normalized_sensitivity(model, x_probe, deformation, batch_size=3)
+            relative_stability(model, x_probe, deformation, batch_size=3, seed=0)
+            shift_consistency(model, x_probe, max_shift=1, seed=0)
+            for magnitude in (0.5, 1.0, 2.0):  # a sweep on the last model
+                tps = RandomThinPlateSpline(max_displacement=magnitude, seed=0)
+                normalized_sensitivity(model, x_probe, tps, batch_size=3)
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert [m for m in messages if "retracing" in m] == []

@@ -12,6 +12,7 @@ from unittest import mock
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from deformstab_tf import data, reports
@@ -112,6 +113,32 @@ def test_measure_a_users_own_model_at_its_unit_outputs(tmp_path, capsys):
     assert code in (None, 0) and list(got) == list(expected) and "pool" not in got
 
 
+def test_measure_resizes_the_data_to_the_models_input_size(tmp_path, capsys):
+    # A model for 24x24 images (as a 224-px Keras Applications model) on 32x32 synthetic data.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "m24.keras")
+    out = tmp_path / "report"
+    argv = [f"--model={tmp_path}/m24.keras", "--measures=sensitivity", "--num_images=6",
+            f"--output_dir={out}", "--dataset=synthetic"]  # fmt: skip
+    code, lines = _run_script(measure, argv, capsys)
+    assert code == 1 and "pass --image_size=24 to resize them (bilinear)" in lines[0]
+    code, lines = _run_script(measure, [*argv, "--image_size=24", "--resize_method=area"], capsys)
+    assert code in (None, 0), lines
+    with open(out / "report.json") as file:
+        document = json.load(file)
+    assert "resized from 32x32 to 24x24 (area)" in document["context"]["data"]
+    assert "resized from 32x32 to 24x24 (area)" in (out / "report.md").read_text()
+    _, test, _ = data.load_dataset("synthetic", batch_size=256)
+    images = tf.image.resize(data.take_images(test, 6), (24, 24), method="area").numpy()
+    model = keras.models.load_model(tmp_path / "m24.keras")
+    expected = normalized_sensitivity(model, images, deformation_layer("tps", 2.0, seed=0), seed=0)
+    got = document["results"]["sensitivity"]["values"]
+    np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-5)
+
+
 def _run_script(module, argv, capsys):
     """`module.run()` (the console script) in this process: (exit code, stderr lines)."""
     flags.FLAGS.unparse_flags()
@@ -134,6 +161,9 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(
         ([f"--model={model_path}", "--measures=curvature"], "'curvature'"),
         ([f"--model={model_path}", "--dataset=no_such_dataset"], "'no_such_dataset'"),
         ([f"--model={model_path}", "--dataset=folder:/nonexistent"], "/nonexistent"),
+        # offline: a TFDS dataset that is not prepared is not downloaded
+        ([f"--model={model_path}", "--dataset=cifar10", f"--data_dir={tmp_path}/unreadable",
+          "--nodownload"], "download=False (--nodownload)"),
         ([f"--model={model_path}", f"--dataset=folder:{tmp_path}/unreadable"], "unreadable"),
         ([f"--model={model_path}", "--magnitude=-1"], "-1"),
         ([f"--model={model_path}", "--sweep=1,-2"], "-2"),
@@ -143,7 +173,11 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(
         ([f"--model={model_path}", "--split=validation"], "--split=validation"),
         ([], "--model"),
         # the synthetic default is 32x32; the model takes 16x16 images
-        ([f"--model={model_path}", "--dataset=synthetic"], "expects images of shape (16, 16, 3)"),
+        ([f"--model={model_path}", "--dataset=synthetic"],
+         "expects images of shape (16, 16, 3); --dataset='synthetic' gives (32, 32, 3); pass "
+         "--image_size=16 to resize them (bilinear)"),
+        ([f"--model={model_path}", "--image_size=0"], "--image_size must be N or H,W"),
+        ([f"--model={model_path}", "--image_size=16,16,3"], "--image_size must be N or H,W"),
         # flags named, not the internal arguments they become (`count`, `max_displacement`)
         ([f"--model={model_path}", "--num_images=0"], "--num_images=0"),
         ([f"--model={model_path}", "--num_images=5000"],

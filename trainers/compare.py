@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from trainers._cli import run_main
+from ._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run directories or glob patterns of them (comma-separated).")

@@ -84,11 +84,12 @@ def affine_displacement(matrices, height, width):
             f"`matrices` must have shape (B, 2, 3), (B, 3, 3) or (2, 3). "
             f"Received: matrices.shape={matrices.shape}"
         )
-    return _affine_field(matrices, int(height), int(width))
+    return _affine_field(matrices, tf.constant(int(height)), tf.constant(int(width)))
 
 
-# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size TF ops.
-@tf.function(jit_compile=True)
+# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size TF ops. The
+# sizes are tensors, so images of many sizes do not retrace (XLA compiles per size).
+@tf.function(jit_compile=True, reduce_retracing=True)
 def _affine_field(matrices, height, width):
     a, b, t_y = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, t_x = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
@@ -96,8 +97,8 @@ def _affine_field(matrices, height, width):
     # Closed-form 2x2 inverse: exact for the identity, so zero magnitude is an exact no-op.
     inv = tf.stack([d, -b, -c, a], axis=-1) / determinant[:, None]
     inv = inv[:, None, None, :]
-    ys = tf.range(height, dtype=tf.float32)[None, :, None] - (height - 1) / 2.0
-    xs = tf.range(width, dtype=tf.float32)[None, None, :] - (width - 1) / 2.0
+    ys = tf.range(height, dtype=tf.float32)[None, :, None] - tf.cast(height - 1, tf.float32) / 2.0
+    xs = tf.range(width, dtype=tf.float32)[None, None, :] - tf.cast(width - 1, tf.float32) / 2.0
     qy = ys - t_y[:, None, None]
     qx = xs - t_x[:, None, None]
     source_y = inv[..., 0] * qy + inv[..., 1] * qx

@@ -63,6 +63,23 @@ class BaseRandomDeformation(keras.layers.Layer):
     float32 field ``(batch_size, H, W, 2)`` (``batch_size`` is 1 with ``same_on_batch=True``);
     ``seed`` is a ``(2,)`` int64 tensor for ``tf.random.stateless_*`` ops, and `_uniform` /
     `_normal` derive one independent stream per draw from it.
+
+    Where it runs: in `tf.data` pipelines and inside models (also under XLA,
+    `jit_compile=True`); TensorFlow backend only (its ops are TensorFlow ops).
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
+
+    Example:
+
+    >>> issubclass(RandomThinPlateSpline, BaseRandomDeformation)
+    True
     """
 
     default_fill_mode = "nearest"
@@ -255,7 +272,10 @@ class RandomThinPlateSpline(BaseRandomDeformation):
     Paper settings: CIFAR-10 ``grid_size=3, max_displacement=2``; ImageNet ``5, 10``.
 
     Only active when ``training=True`` (the default when called directly, and inside ``fit``);
-    identity in inference. Works in ``tf.data`` and inside models (also under XLA).
+    identity in inference.
+
+    Where it runs: in `tf.data` pipelines and inside models (also under XLA,
+    `jit_compile=True`); TensorFlow backend only (its ops are TensorFlow ops).
 
     Args:
         grid_size: control points per side, >= 2 and at most the image size.
@@ -269,12 +289,13 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         data_format: ``"channels_last"`` (default) or ``"channels_first"``.
 
     Input shape:
-        ``(B, H, W, C)`` or ``(H, W, C)`` (channels last), any numeric dtype; or a dict with
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
         ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
         ``"labels"`` (passed through).
 
     Output shape:
-        The input shape; images in the layer's compute dtype.
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
 
     Example:
 
@@ -317,7 +338,10 @@ class RandomAffine(BaseRandomDeformation):
 
     Each parameter is drawn per image (or once with ``same_on_batch=True``); the map is
     ``translate . rotate . shear . scale``. Unlike Keras's ``RandomRotation`` and friends the
-    layer keeps XLA on (``supports_jit``).
+    layer keeps XLA on (``supports_jit``). Active when ``training=True``, identity in inference.
+
+    Where it runs: in `tf.data` pipelines and inside models (also under XLA,
+    `jit_compile=True`); TensorFlow backend only (its ops are TensorFlow ops).
 
     Args:
         rotation: degrees; ``r`` draws from ``[-r, r]``, a pair ``(low, high)`` from that range.
@@ -331,6 +355,15 @@ class RandomAffine(BaseRandomDeformation):
         anisotropic_scale: draw the y and x zoom independently instead of one factor.
         interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
             `RandomThinPlateSpline`; the default fill mode is ``"reflect"``, as in Keras.
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
 
     Example:
 
@@ -399,7 +432,11 @@ class RandomDiffeomorphism(BaseRandomDeformation):
     the typical central `displacement` ``delta`` in pixels (``T = 4 delta^2 / (pi n^2 ln c)``
     per axis, which makes ``delta`` independent of the image size; Petrini et al.'s probes use
     ``delta = 1``, ``c = 3``). Fields are drawn per image (the authors' code shares one field
-    across the batch: ``same_on_batch=True``).
+    across the batch: ``same_on_batch=True``). Active when ``training=True``, identity in
+    inference.
+
+    Where it runs: in `tf.data` pipelines and inside models (also under XLA,
+    `jit_compile=True`); TensorFlow backend only (its ops are TensorFlow ops).
 
     Args:
         cutoff: integer ``c >= 2``; modes with ``sqrt(i^2 + j^2) < c + 0.5`` are kept.
@@ -408,6 +445,15 @@ class RandomDiffeomorphism(BaseRandomDeformation):
             neither this nor `temperature` is given.
         interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
             `RandomThinPlateSpline`; the default fill mode clamps to the edge, as the authors'.
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
 
     Example:
 
@@ -488,8 +534,12 @@ def deformation_layer(name, magnitude=None, seed=None, **kwargs):
 
     Example:
 
-    >>> deformation_layer("tps", 2.0, seed=0, grid_size=3)   # Ruderman et al.'s CIFAR-10 probe
-    >>> deformation_layer("diffeo", 1.0, seed=0, cutoff=3)   # Petrini et al.'s probe
+    >>> tps = deformation_layer("tps", 2.0, seed=0, grid_size=3)  # Ruderman et al.'s CIFAR-10
+    >>> type(tps).__name__, tps.max_displacement, tps.grid_size
+    ('RandomThinPlateSpline', 2.0, 3)
+    >>> diffeo = deformation_layer("diffeo", 1.0, seed=0, cutoff=3)   # Petrini et al.'s probe
+    >>> type(diffeo).__name__, diffeo.displacement, diffeo.cutoff
+    ('RandomDiffeomorphism', (1.0, 1.0), 3)
     """
     check_choice("name", name, tuple(DEFORMATION_LAYERS))
     layer_class, magnitude_argument = DEFORMATION_LAYERS[name]

@@ -118,8 +118,10 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
 
 # Compiled with XLA whatever the caller does (eager, graph, tf.data, or inside an XLA model):
 # the index arithmetic and the gather fuse, which makes the resample ~4x faster on CPU than the
-# same ops run one by one. XLA compiles once per input shape and argument combination.
-@tf.function(jit_compile=True)
+# same ops run one by one. XLA compiles once per input shape and argument combination;
+# `reduce_retracing` traces one shape-generic function once a second image size is seen, so
+# images of many sizes (a model zoo) do not retrace per size.
+@tf.function(jit_compile=True, reduce_retracing=True)
 def _resample(images, displacement, interpolation, fill_mode, fill_value):
     shape = tf.shape(images)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
