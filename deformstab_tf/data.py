@@ -783,7 +783,9 @@ def augmentation_layers(specs, seed=0, image_size=None):
 
     Example:
 
-    >>> augmentation_layers(["standard", "tps:grid_size=3,max_displacement=2"], seed=0)
+    >>> layers = augmentation_layers(["standard", "tps:grid_size=3,max_displacement=2"], seed=0)
+    >>> len(layers)  # a flip, a translation, a TPS warp
+    3
     """
     layers = []
     for spec, name, argument in parse_augmentations(specs):

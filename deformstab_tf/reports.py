@@ -144,7 +144,11 @@ def magnitude_sweep(
 
     Example:
 
-    >>> magnitude_sweep(model, x_test[:128], "tps", [0.5, 1, 2, 4], grid_size=3)
+    >>> model = ds.build_vgg([[4], [8]], input_shape=(16, 16, 3), num_classes=3)
+    >>> images = np.random.default_rng(0).random((8, 16, 16, 3)).astype("float32")
+    >>> sweep = magnitude_sweep(model, images, "tps", [0.5, 1, 2], verbose=0, grid_size=3)
+    >>> list(sweep), list(sweep[2.0])  # magnitudes, then measures
+    ([0.5, 1.0, 2.0], ['sensitivity'])
     """
     measures = check_names("measures", measures, allow_empty=False)
     for measure in measures:

@@ -300,7 +300,9 @@ def check_config_against_data(config, info):
 
     Example:
 
-    >>> check_config_against_data(check_config({"probe_size": 5000}), info)  # 1000 test images
+    >>> _, _, info = deformstab_tf.data.load_dataset("synthetic")  # 1000 test images
+    >>> check_config_against_data(check_config({"probe_size": 5000}), info)
+    Traceback (most recent call last):
     ValueError: `probe_size`=5000 exceeds the 1000 images of the test split of 'synthetic'.
     """
     if config["measures"] and config["measures"] != ("smoothness",):
@@ -584,8 +586,10 @@ def read_config(run_dir):
 
     Example:
 
-    >>> read_config("runs/cifar_vgg_max_s0")["downsample"]
+    >>> read_config("runs/cifar_vgg_max_s0")["downsample"]  # doctest: +SKIP
     'max'
+    >>> read_config("no_run_here") is None
+    True
     """
     path = os.path.join(os.fspath(run_dir), CONFIG_FILE)
     if not os.path.exists(path):
@@ -632,8 +636,12 @@ def op_determinism(enabled=True):
 
     Example:
 
-    >>> with op_determinism(True):
-    ...     model.fit(train, epochs=2)  # the same seed gives the same weights
+    >>> from tensorflow.python.framework import config
+    >>> with op_determinism(True):  # e.g. around model.fit: the same seed, the same weights
+    ...     config.is_op_determinism_enabled()
+    True
+    >>> config.is_op_determinism_enabled()  # restored
+    False
     """
     from tensorflow.python.framework import config as tf_config
 

@@ -132,8 +132,10 @@ def test_a_run_writes_every_artefact(finished_run):
     columns = [info.name for info in experiment.hparam_infos]
     # The dashboard's first columns tell runs apart; the rest follow by name.
     first = ["model", "downsample", "dataset", "seed", "learning_rate", "epochs"]
-    assert columns[:6] == first and columns[6] in ("precision", "mixed_precision")
-    assert columns[7:] == sorted(columns[7:]) and sorted(columns) == sorted(DEFAULTS)
+    # then the precision used and the setting that chose it
+    assert columns[:8] == [*first, "precision", "mixed_precision"]
+    assert columns[8:] == sorted(columns[8:])
+    assert sorted(columns) == sorted([*DEFAULTS, "precision"])
     session = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
     assert session.session_start_info.hparams["downsample"].string_value == "max"
 

@@ -129,7 +129,9 @@ class BaseRandomDeformation(keras.layers.Layer):
 
         Example:
 
-        >>> RandomThinPlateSpline(grid_size=5).check_image_size(4, 4)  # ValueError: grid_size
+        >>> RandomThinPlateSpline(grid_size=5).check_image_size(4, 4)
+        Traceback (most recent call last):
+        ValueError: `grid_size` must be at most the image size 4 ... Received: grid_size=5
         """
 
     # -- the Keras image-preprocessing shape ---------------------------------------------------

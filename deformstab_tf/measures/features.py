@@ -404,7 +404,10 @@ def check_probe_images(model, images, min_images=2):
 
     Example:
 
-    >>> check_probe_images(model, x_test[:128])
+    >>> model = ds.build_vgg([[4], [8]], input_shape=(16, 16, 3), num_classes=3)
+    >>> check_probe_images(model, np.zeros((8, 16, 16, 3)))
+    Traceback (most recent call last):
+    ValueError: `images` must hold at least 2 distinct probe images ... of which 1 distinct.
     """
     return check_probe_inputs(model, images, None, min_images)[0]
 
@@ -554,8 +557,13 @@ def float32_compute(model):
 
     Example:
 
+    >>> keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    >>> model = ds.build_vgg([[4], [8]], input_shape=(16, 16, 3), num_classes=3)
+    >>> keras.mixed_precision.set_global_policy("float32")
     >>> with float32_compute(model):
-    ...     logits = model(images, training=False)  # float32, also under mixed_bfloat16
+    ...     features = model.get_layer("block1_conv1_conv")(np.ones((1, 16, 16, 3)))
+    >>> features.dtype, model.get_layer("block1_conv1_conv").compute_dtype
+    (tf.float32, 'bfloat16')
     """
     changed = []
     for layer in model._flatten_layers(include_self=True, recursive=True):
