@@ -50,6 +50,11 @@ flags.DEFINE_string("docs_dir", "docs", "Where replication.md and replication/ a
 flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "CPU-sized experiments, or paper scale.")
 flags.DEFINE_integer("paper_seeds", 3, "Paper scale: training seeds per variant.")
 flags.DEFINE_integer("paper_epochs", 30, "Paper scale: training epochs (cosine to 0).")
+flags.DEFINE_float(
+    "paper_weight_decay", 5e-3,
+    "Paper scale: decoupled weight decay (Keras's: w -= lr * wd * w each step); 5e-3 equals the "
+    "papers' L2 5e-4 coupled with momentum 0.9 (amplified 1 / (1 - 0.9) = 10x).",
+)
 flags.DEFINE_integer(
     "paper_train_size", None, "Paper scale: training images (default all; smaller for tests)."
 )
@@ -227,9 +232,11 @@ class Replication:
 
     def _run_paper(self, label, directory):
         s = self.settings
-        return self._run_trained(label, directory, s.paper_train_size, s.paper_epochs)
+        return self._run_trained(
+            label, directory, s.paper_train_size, s.paper_epochs, s.paper_weight_decay
+        )
 
-    def _run_trained(self, label, directory, train_size=None, epochs=None):
+    def _run_trained(self, label, directory, train_size=None, epochs=None, weight_decay=5e-4):
         import keras
 
         variant, seed = _variant_seed(label)
@@ -240,6 +247,7 @@ class Replication:
             train_size=s.train_size if epochs is None else train_size,
             augment=["standard"],
             epochs=epochs or s.epochs,
+            weight_decay=weight_decay,
             downsample=variant,
             seed=seed,
         )
@@ -402,11 +410,13 @@ class Replication:
         settings = {
             "train_size": s.paper_train_size or 50000,
             "epochs": s.paper_epochs,
+            "weight_decay": s.paper_weight_decay,
             "seeds": s.paper_seeds,
             "variants": list(s.variants),
             "batch_size": s.batch_size,
             "recipe": "random flips + 4-px translations, SGD momentum 0.9, cosine decay from "
-            "0.1 to 0, weight decay 5e-4 (not on biases/BN), bfloat16 compute where native "
+            f"0.1 to 0, decoupled weight decay {s.paper_weight_decay:g} (not on biases/BN), "
+            "bfloat16 compute where native "
             "(measurements in float32), op determinism",
             "command": s.command,
         }
@@ -491,6 +501,12 @@ PAPER_PILOTS = [
     "rising at the end (66-75 s per epoch on an idle machine) -> too short; 30 epochs chosen "
     "(about 35 minutes per network), the first paper-scale network (max, seed 0) being the "
     "check that it reaches the 0.87 target.",
+    "30 epochs, the same recipe (decoupled weight decay 5e-4), max pooling, seed 0: test "
+    "accuracy 0.8664 (< 0.87), train 0.949 with a gap of 8 points "
+    "(docs/replication/experiments/paper_pilots/max_s0_30ep_wd5e-4.json). Keras's SGD decays "
+    "weights decoupled (w -= lr * wd * w), so 5e-4 there is 10x weaker than the papers' L2 5e-4 "
+    "coupled with momentum 0.9 -> decoupled weight decay 5e-3 (--paper_weight_decay), the "
+    "papers' regularisation; 30 epochs kept.",
 ]
 
 
@@ -1001,7 +1017,7 @@ def main(argv):
     del argv
     names = [
         "cifar10", "output_dir", "docs_dir", "scale", "paper_seeds", "paper_epochs",
-        "paper_train_size", "variants", "init_seeds", "trained_seeds",
+        "paper_train_size", "paper_weight_decay", "variants", "init_seeds", "trained_seeds",
         "train_size", "epochs", "random_label_size", "random_label_epochs",
         "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "synthetic_seeds",
         "synthetic_prototypes", "synthetic_downsample", "probe_size",
