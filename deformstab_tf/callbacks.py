@@ -21,7 +21,12 @@ from deformstab_tf.measures.consistency import (
     shift_consistency_from_predictor,
     top1_predictor,
 )
-from deformstab_tf.measures.features import DEFAULT_CACHE, ProbeFeatures, check_probe_images
+from deformstab_tf.measures.features import (
+    DEFAULT_CACHE,
+    ProbeFeatures,
+    check_distinct_images,
+    check_probe_images,
+)
 from deformstab_tf.measures.relative_stability import relative_stability_from_probe
 from deformstab_tf.measures.results import MeasureResult
 from deformstab_tf.measures.sensitivity import normalized_sensitivity_from_probe
@@ -108,11 +113,20 @@ class StabilityCallback(keras.callbacks.Callback):
 
     Example:
 
-    >>> tps = RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
-    >>> stability = StabilityCallback(x_train[:128], tps, log_dir="runs/vgg_max")
-    >>> model.fit(x_train, y_train, epochs=10,
-    ...           callbacks=[stability, keras.callbacks.TensorBoard("runs/vgg_max")])
-    >>> stability.history[-1]["results"]["sensitivity"]
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3), num_classes=3)
+    >>> x_train = np.random.default_rng(0).random((64, 16, 16, 3), dtype="float32")
+    >>> y_train = np.arange(64) % 3
+    >>> tps = deformstab_tf.RandomThinPlateSpline(grid_size=3, max_displacement=2.0, seed=0)
+    >>> stability = StabilityCallback(x_train[:16], tps, log_dir="runs/vgg_max")  # paper: 128
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> history = model.fit(x_train, y_train, epochs=2, verbose=0,
+    ...     callbacks=[stability, keras.callbacks.TensorBoard("runs/vgg_max")])
+    >>> [record["epoch"] for record in stability.history]   # initialisation, then each epoch
+    [0, 1, 2]
+    >>> list(stability.history[-1]["results"])
+    ['sensitivity', 'smoothness']
+    >>> sorted(key for key in history.history if key.endswith("/mean"))
+    ['stability/sensitivity/mean', 'stability/smoothness/mean']
     """
 
     def __init__(
@@ -159,6 +173,10 @@ class StabilityCallback(keras.callbacks.Callback):
                     "`probe_images` must be finite; it holds NaN or inf in "
                     f"{int((~np.isfinite(self.probe_images)).sum())} entries."
                 )
+            try:
+                check_distinct_images(self.probe_images)
+            except ValueError as error:
+                raise ValueError(str(error).replace("`images`", "`probe_images`")) from None
         self.deformation = deformation
         self.layers = layers
         self.every_n_epochs = every_n_epochs

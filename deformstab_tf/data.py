@@ -8,8 +8,9 @@ batch; the test split is never shuffled, augmented or relabelled.
 - `synthetic(...)`: SPEC's synthetic task (Ruderman et al. §5): each class is one procedurally
   drawn prototype image, each training sample a fresh random TPS deformation of strength C of its
   prototype, drawn on the fly by `RandomThinPlateSpline`; no download, no file.
-- `tfds_dataset(name, data_dir=...)`: a prepared TensorFlow Datasets dataset; fails in seconds,
-  with instructions, when it is not prepared (this never downloads).
+- `tfds_dataset(name, data_dir=..., download=True)`: a TensorFlow Datasets dataset, downloaded
+  and prepared under `data_dir` when it is not there yet (as `tfds.load` does); offline
+  (`download=False`, or no network) it fails in seconds, with instructions.
 - `image_folder(path)`: `path/<class>/*.png|jpg` or `path/train/<class>/...` +
   `path/test/<class>/...`, decoded once (in parallel) and cached as arrays.
 - `load_dataset(source, ...)` dispatches on `"synthetic"`, `"folder:PATH"` or a TFDS name.
@@ -19,15 +20,28 @@ import dataclasses
 import glob
 import hashlib
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf._validation import check_choice, check_positive_int
+from deformstab_tf._validation import (
+    check_bool,
+    check_choice,
+    check_names,
+    check_non_negative,
+    check_positive_int,
+    check_seed,
+)
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, RandomThinPlateSpline
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Seconds the network check before a TFDS download may take (name lookup + TCP connect).
+NETWORK_TIMEOUT = 5.0
 AUGMENTATIONS = ("standard", "flip", "translate", *DEFORMATION_LAYERS)
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -64,6 +78,7 @@ def load_dataset(
     data_dir=None,
     validation_fraction=0.1,
     synthetic_options=None,
+    download=True,
 ):
     """`(train, test, info)` from `"synthetic"`, `"folder:PATH"` or a TFDS dataset name.
 
@@ -77,20 +92,58 @@ def load_dataset(
         data_dir: TFDS data directory.
         validation_fraction: image folders without a `test/` tree: the held-out fraction.
         synthetic_options: keyword arguments of `synthetic` (`num_classes`, ...).
+        download: TFDS: download and prepare a dataset missing from `data_dir` (the default,
+            as `tfds.load`); `False` for offline use: a missing dataset is then an error.
 
     Returns:
         `(train, test, info)`.
 
     Raises:
-        ValueError: naming `source` when it is unknown or cannot be read.
+        ValueError: naming `source` when it is unknown or cannot be read, or naming the argument
+            of any other bad setting (checked before the data is read): a classification task
+            needs at least 2 classes, a held-out test split at least 2 images per class.
+        TypeError: naming the argument of a value of the wrong type.
 
     Example:
 
+    >>> train, test, info = load_dataset("synthetic", train_size=256, augment=["flip"])
+    >>> info.image_shape, info.num_classes, info.train_size
+    ((32, 32, 3), 10, 256)
+    >>> images, labels = next(iter(train))
+    >>> tuple(images.shape), images.dtype.name, labels.dtype.name
+    ((128, 32, 32, 3), 'float32', 'int32')
+    >>> # (skipped in the doctest run: it needs CIFAR-10 as an image folder)
     >>> train, test, info = load_dataset("folder:../shared/data/cifar10", train_size=10000,
-    ...                                  augment=["standard"])
+    ...                                  augment=["standard"])  # doctest: +SKIP
     """
     if not isinstance(source, str) or not source:
         raise ValueError(f"`source` must be a non-empty string; received source={source!r}.")
+    check_positive_int("batch_size", batch_size)
+    if train_size is not None:
+        check_positive_int("train_size", train_size)
+    check_bool("random_labels", random_labels)
+    check_seed("seed", seed)
+    augment = check_names("augment", augment)
+    parse_augmentations(augment)  # the specs' syntax, before any data is read
+    _check_fraction(validation_fraction)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(
+            "`data_dir` must be a path (str or os.PathLike) or None; received "
+            f"data_dir={data_dir!r}."
+        )
+    if source.startswith("folder:") and not source[len("folder:") :].strip():
+        raise ValueError(f"`source`={source!r} names no directory; use 'folder:PATH'.")
+    if synthetic_options is not None:
+        if not isinstance(synthetic_options, dict):
+            raise TypeError(
+                "`synthetic_options` must be a dict of `synthetic` arguments; received "
+                f"synthetic_options={synthetic_options!r}."
+            )
+        unknown = sorted(set(synthetic_options) - set(SYNTHETIC_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"Unknown `synthetic_options` {unknown}; valid: {list(SYNTHETIC_OPTIONS)}."
+            )
     common = {
         "batch_size": batch_size,
         "random_labels": random_labels,
@@ -109,13 +162,27 @@ def load_dataset(
             validation_fraction=validation_fraction,
             **common,
         )
-    return tfds_dataset(source, data_dir=data_dir, train_size=train_size, **common)
+    return tfds_dataset(
+        source, data_dir=data_dir, train_size=train_size, download=download, **common
+    )
 
 
 # -- synthetic task -----------------------------------------------------------------------------
 
 
 PROTOTYPES = ("strokes", "texture")
+# The keyword arguments of `synthetic` that `load_dataset(synthetic_options=...)` passes on.
+SYNTHETIC_OPTIONS = (
+    "num_classes",
+    "max_displacement",
+    "grid_size",
+    "image_size",
+    "channels",
+    "samples_per_epoch",
+    "test_size",
+    "noise",
+    "prototypes",
+)
 
 
 def synthetic_prototypes(num_classes=10, image_size=32, channels=3, seed=0, style="strokes"):
@@ -210,14 +277,34 @@ def synthetic(
     Returns:
         `(train, test, info)`.
 
+    Raises:
+        ValueError: naming the argument of a bad setting: `num_classes < 2` (a classification
+            task needs two classes), `grid_size` outside 2..`image_size`, ...
+
     Example:
 
     >>> train, test, info = synthetic(num_classes=10, max_displacement=2.0)
     """
+    check_positive_int("num_classes", num_classes)
+    if num_classes < 2:
+        raise ValueError(
+            "`num_classes` must be >= 2 (a classification task needs two classes); received "
+            f"num_classes={num_classes}."
+        )
+    check_positive_int("image_size", image_size)
+    check_positive_int("grid_size", grid_size)
+    if not 2 <= grid_size <= image_size:
+        raise ValueError(
+            f"`grid_size` must be in 2..image_size={image_size} (TPS control points per side); "
+            f"received grid_size={grid_size}."
+        )
     check_positive_int("samples_per_epoch", samples_per_epoch)
     check_positive_int("test_size", test_size)
     check_positive_int("batch_size", batch_size)
     check_choice("prototypes", prototypes, PROTOTYPES)
+    check_seed("seed", seed)
+    check_bool("random_labels", random_labels)
+    check_non_negative("noise", noise)
     images = synthetic_prototypes(num_classes, image_size, channels, seed, style=prototypes)
     constant = tf.constant(images)
     noise = float(noise)
@@ -252,7 +339,7 @@ def synthetic(
             batch[1],
         )
     )
-    train = _augment(train, augment, seed).prefetch(AUTOTUNE)
+    train = _augment(train, augment, seed, (image_size, image_size)).prefetch(AUTOTUNE)
     test = _test_pipeline(test_images, test_labels, batch_size)
     info = DatasetInfo(
         "synthetic",
@@ -302,7 +389,10 @@ def image_folder(
 
     Example:
 
-    >>> train, test, info = image_folder("../shared/data/cifar10", augment=["standard"])
+    >>> # (skipped in the doctest run: it needs CIFAR-10 as an image folder)
+    >>> train, test, info = image_folder("../shared/data/cifar10")  # doctest: +SKIP
+    >>> info.num_classes, info.train_size, info.test_size  # doctest: +SKIP
+    (10, 50000, 10000)
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isdir(root):
@@ -312,10 +402,12 @@ def image_folder(
         if os.path.isdir(os.path.join(root, "test")):
             test_files, _ = _class_files(os.path.join(root, "test"), class_names)
         else:
-            train_files, test_files = _hold_out(train_files, validation_fraction, seed)
+            train_files, test_files = _hold_out(
+                train_files, validation_fraction, seed, class_names, os.path.join(root, "train")
+            )
     else:
         files, class_names = _class_files(root)
-        train_files, test_files = _hold_out(files, validation_fraction, seed)
+        train_files, test_files = _hold_out(files, validation_fraction, seed, class_names, root)
     x_train, y_train = _decode_cached(train_files)
     x_test, y_test = _decode_cached(test_files)
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -356,17 +448,48 @@ def _class_files(directory, class_names=None):
                 files.append((file, label))
     if not files:
         raise ValueError(f"`folder:` path {directory!r} holds no images ({IMAGE_EXTENSIONS}).")
+    if class_names is None:  # the training tree: every class needs examples
+        _check_classes(f"`folder:` path {directory!r}", len(names))
+        found = {label for _, label in files}
+        empty = [name for label, name in enumerate(names) if label not in found]
+        if empty:
+            raise ValueError(
+                f"`folder:` path {directory!r}: the class folders {empty} hold no images "
+                f"({IMAGE_EXTENSIONS})."
+            )
     return files, tuple(names)
 
 
-def _hold_out(files, fraction, seed):
-    """Splits `(file, label)` pairs into train and test, holding out `fraction` of each class."""
-    if not 0 < fraction < 1:
+def _check_fraction(fraction):
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float, np.integer, np.floating))
+        or not 0 < fraction < 1
+    ):
         raise ValueError(
             f"`validation_fraction` must be in (0, 1); received validation_fraction={fraction!r}."
         )
+
+
+def _check_classes(what, count):
+    """A classification task needs two classes: one class makes every accuracy 1."""
+    if count < 2:
+        raise ValueError(f"A classification task needs at least 2 classes; {what} has {count}.")
+
+
+def _hold_out(files, fraction, seed, class_names, directory):
+    """Splits `(file, label)` pairs into train and test, holding out `fraction` of each class
+    (at least one image; a class needs two images, one for each split)."""
+    _check_fraction(fraction)
     rng = np.random.default_rng([seed, 31])
     labels = np.array([label for _, label in files])
+    counts = np.bincount(labels, minlength=len(class_names))
+    few = [f"{class_names[k]} ({counts[k]})" for k in range(len(class_names)) if counts[k] < 2]
+    if few:
+        raise ValueError(
+            f"`folder:` path {directory!r} has no test/ tree, so a test split is held out of each "
+            f"class, which needs at least 2 images per class; too few in: {', '.join(few)}."
+        )
     held = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
@@ -431,8 +554,15 @@ def tfds_dataset(
     random_labels=False,
     augment=(),
     seed=0,
+    download=True,
 ):
-    """`(train, test, info)` from a prepared TensorFlow Datasets dataset (never downloads).
+    """`(train, test, info)` from a TensorFlow Datasets dataset, downloaded when missing.
+
+    A dataset prepared under `data_dir` is read. A missing one is downloaded and prepared there
+    first (as `tfds.load` does), unless `download=False`. Before downloading, the hosts it comes
+    from (or the configured HTTPS proxy) are checked with a short timeout (`NETWORK_TIMEOUT`,
+    5 s): without network the call fails in seconds, with instructions, rather than after TFDS's
+    retries (about 3.5 minutes for CIFAR-10).
 
     Splits: `train`, and `test` (or `validation` when there is no test split, e.g.
     `imagenet2012`). Both are read into memory as uint8 arrays, so this suits datasets of
@@ -440,20 +570,28 @@ def tfds_dataset(
 
     Args:
         name: the TFDS name, e.g. `"cifar10"`, `"mnist"`.
-        data_dir: the TFDS data directory holding the prepared dataset (TFDS's default if None).
+        data_dir: the TFDS data directory (TFDS's default, `~/tensorflow_datasets`, if None).
         batch_size, train_size, random_labels, augment, seed: see `load_dataset`.
+        download: download and prepare the dataset when it is not in `data_dir` (default);
+            `False` for offline use (a missing dataset is an error).
 
     Returns:
         `(train, test, info)`; `info.class_names` are the TFDS label names.
 
     Raises:
-        ValueError: naming `source` for an unknown name, and, within seconds, when the dataset is
-            not prepared in `data_dir`, saying how to provide it.
+        ValueError: naming `source` for an unknown name; and, within seconds, when the dataset is
+            not prepared in `data_dir` and cannot be downloaded (`download=False`, or no
+            network), saying how to provide it.
+        TypeError: naming `download` when it is not a bool.
 
     Example:
 
-    >>> train, test, info = tfds_dataset("cifar10", data_dir="~/tensorflow_datasets")
+    >>> # (skipped in the doctest run: it downloads CIFAR-10, 163 MB)
+    >>> train, test, info = tfds_dataset("cifar10", batch_size=256)  # doctest: +SKIP
+    >>> info.image_shape, info.num_classes  # doctest: +SKIP
+    ((32, 32, 3), 10)
     """
+    check_bool("download", download)
     import tensorflow_datasets as tfds
 
     try:
@@ -463,24 +601,30 @@ def tfds_dataset(
             f"Unknown `source`={name!r}: not 'synthetic', not 'folder:PATH' and not a TFDS "
             f"dataset ({type(error).__name__}: {str(error).splitlines()[0]})."
         ) from None
-    not_prepared = ValueError(
-        f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} and "
-        "this machine does not download it. Provide it: run `tfds build "
-        f"{name}` on a machine with internet and copy its data directory here, then pass "
-        "--data_dir; or use an image folder with --dataset=folder:PATH."
-    )
-    # `as_dataset` only reads prepared files (it never downloads): a missing dataset fails at
-    # once. (`tfds.testing.mock_data` replaces it, so mocked datasets need no files.)
+
+    def not_prepared(reason):
+        return ValueError(
+            f"TFDS dataset {name!r} is not prepared in data_dir={str(builder.data_dir_root)!r} "
+            f"and {reason}. Provide it: run `tfds build {name}` on a machine with internet and "
+            "copy its data directory here, then pass --data_dir; or use an image folder with "
+            "--dataset=folder:PATH."
+        )
+
     try:
-        splits = builder.info.splits
-        test_split = "test" if "test" in splits else "validation"
-        arrays = {}
-        for split in ("train", test_split):
-            dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
-            images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
-            arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
-    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError, ValueError) as error:
-        raise not_prepared from error
+        arrays, test_split = _read_tfds(builder)
+    except _NotPrepared as error:
+        if not download:
+            raise not_prepared(
+                "download=False (--nodownload): drop it to download the dataset"
+            ) from error.__cause__
+        unreachable = _unreachable(_download_hosts(builder))
+        if unreachable:
+            raise not_prepared(f"cannot be downloaded from this machine ({unreachable})") from None
+        builder.download_and_prepare()
+        try:
+            arrays, test_split = _read_tfds(builder)
+        except _NotPrepared as again:
+            raise not_prepared("downloading did not prepare it") from again.__cause__
     label_feature = builder.info.features["label"]
     return _from_arrays(
         name,
@@ -495,6 +639,70 @@ def tfds_dataset(
     )
 
 
+class _NotPrepared(Exception):
+    """The dataset's files are not (all) in the data directory."""
+
+
+def _read_tfds(builder):
+    """`({split: (images, labels)}, test split name)` of a prepared dataset.
+
+    `as_dataset` only reads prepared files (it never downloads): a missing dataset fails at
+    once. (`tfds.testing.mock_data` replaces it, so mocked datasets need no files.)
+    """
+    try:
+        splits = builder.info.splits
+        test_split = "test" if "test" in splits else "validation"
+        arrays = {}
+        for split in ("train", test_split):
+            dataset = builder.as_dataset(split=split, as_supervised=True).batch(1024)
+            images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset], strict=True)
+            arrays[split] = (np.concatenate(images), np.concatenate(labels).astype(np.int32))
+    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError, ValueError) as error:
+        raise _NotPrepared() from error
+    return arrays, test_split
+
+
+def _download_hosts(builder):
+    """`(host, port)` pairs a download of `builder`'s dataset connects to first: the configured
+    HTTPS proxy, else the hosts of its registered URLs (else Google Cloud Storage)."""
+    proxy = urllib.request.getproxies().get("https")
+    if proxy:
+        parsed = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        return [(parsed.hostname, parsed.port or 80)]
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # builders without registered checksums
+        urls = []
+    hosts = list(dict.fromkeys(urllib.parse.urlsplit(url).hostname for url in urls))
+    hosts = [host for host in hosts if host] or ["storage.googleapis.com"]
+    return [(host, 443) for host in hosts[:3]]
+
+
+def _unreachable(hosts, timeout=None):
+    """None when a TCP connection to every `(host, port)` opens within `timeout` seconds
+    (`NETWORK_TIMEOUT`), else why not. The name lookup has no timeout of its own, so the checks
+    run in a daemon thread that is abandoned when the time is up."""
+    timeout = NETWORK_TIMEOUT if timeout is None else timeout
+    outcome = {}
+
+    def check():
+        for host, port in hosts:
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+            except OSError as error:
+                outcome["error"] = f"{host}:{port}: {error}"
+                return
+        outcome["error"] = None
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" not in outcome:
+        hosts_text = ", ".join(f"{host}:{port}" for host, port in hosts)
+        return f"no connection to {hosts_text} within {timeout:g} s"
+    return outcome["error"]
+
+
 # -- shared pipeline ------------------------------------------------------------------------
 
 
@@ -502,6 +710,7 @@ def _from_arrays(
     name, train, test, class_names, *, batch_size, train_size, random_labels, augment, seed
 ):
     check_positive_int("batch_size", batch_size)
+    _check_classes(repr(name), len(class_names))
     x_train, y_train = train
     x_test, y_test = test
     if x_train.ndim == 3:
@@ -520,7 +729,7 @@ def _from_arrays(
     train = tf.data.Dataset.from_tensor_slices((x_train, y_train))
     train = train.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
     train = train.batch(batch_size).map(_to_float, num_parallel_calls=AUTOTUNE)
-    train = _augment(train, augment, seed).prefetch(AUTOTUNE)
+    train = _augment(train, augment, seed, x_train.shape[1:3]).prefetch(AUTOTUNE)
     test = (
         tf.data.Dataset.from_tensor_slices((x_test, y_test))
         .batch(batch_size)
@@ -549,7 +758,7 @@ def _random_labels(count, num_classes, seed):
 # -- augmentation ---------------------------------------------------------------------------
 
 
-def augmentation_layers(specs, seed=0):
+def augmentation_layers(specs, seed=0, image_size=None):
     """Layers from augmentation specs (e.g. from a command-line list).
 
     Specs: `"flip"` (`keras.layers.RandomFlip("horizontal")`), `"translate:4"` (random
@@ -559,22 +768,78 @@ def augmentation_layers(specs, seed=0):
     `"affine:rotation=10,scale=0.1"`, `"diffeo:cutoff=3,displacement=1"`.
 
     Args:
-        specs: a list of spec strings.
+        specs: a list of spec strings, or one spec string.
         seed: the layers' seeds are derived from it (one per layer).
+        image_size: optional `(height, width)` of the images: the specs are then also checked
+            against it (translations of at most the image size, TPS grids no finer than it).
 
     Returns:
         A list of Keras layers, applied in order; they compute in float32 whatever the global
         dtype policy (the pipeline feeds float32 images; the model casts them).
 
     Raises:
-        ValueError: naming `augment` for an unknown or malformed spec; the layers' own errors
-            for bad arguments.
+        ValueError: naming `augment` and the spec for an unknown or malformed spec, or one whose
+            arguments the layer rejects.
+
+    Example:
+
+    >>> layers = augmentation_layers(["standard", "tps:grid_size=3,max_displacement=2"], seed=0)
+    >>> len(layers)  # a flip, a translation, a TPS warp
+    3
     """
-    if isinstance(specs, str):
-        specs = [specs]
     layers = []
+    for spec, name, argument in parse_augmentations(specs):
+        layer_seed = seed * 1000 + len(layers)
+        if name in ("standard", "flip"):
+            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
+        if name in ("standard", "translate"):
+            pixels = 4 if name == "standard" else argument
+            if image_size is not None and pixels > min(image_size):
+                raise ValueError(
+                    f"Bad augmentation in `augment`: {spec!r} translates by up to {pixels:g} "
+                    f"pixels, more than the {image_size[0]}x{image_size[1]} images."
+                )
+            layers.append(_Translate(pixels, seed=layer_seed + 500))
+        if name in DEFORMATION_LAYERS:
+            layer_class, _ = DEFORMATION_LAYERS[name]
+            try:
+                layer = layer_class(seed=layer_seed, dtype="float32", **argument)
+                if image_size is not None:
+                    layer.check_image_size(*image_size)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Bad augmentation in `augment`: {spec!r}: {error}") from None
+            layers.append(layer)
+    return layers
+
+
+def parse_augmentations(specs):
+    """The syntax of augmentation specs (see `augmentation_layers`), checked without building
+    a layer (so without starting TensorFlow).
+
+    Args:
+        specs: a list of spec strings, or one spec string.
+
+    Returns:
+        `[(spec, name, argument)]`: `argument` is the pixels of `"translate"`, the keyword
+        arguments of a deformation layer, None otherwise.
+
+    Raises:
+        ValueError: naming `augment` and the spec for an unknown or malformed spec.
+        TypeError: naming `augment` when it is not a string or a list of strings.
+
+    Example:
+
+    >>> parse_augmentations("translate:2")
+    [('translate:2', 'translate', 2)]
+    """
+    specs = check_names("augment", specs)
+    parsed = []
     for spec in specs:
-        name, _, arguments = str(spec).partition(":")
+        if not spec.strip():
+            raise ValueError(
+                f"`augment` holds an empty spec (a stray comma?); received augment={list(specs)}."
+            )
+        name, _, arguments = spec.partition(":")
         name = name.strip()
         if name not in AUGMENTATIONS:
             raise ValueError(
@@ -582,14 +847,20 @@ def augmentation_layers(specs, seed=0):
                 "standard, flip, translate:PIXELS, "
                 + ", ".join(f"{n}:key=value,..." for n in DEFORMATION_LAYERS)
             )
-        layer_seed = seed * 1000 + len(layers)
-        if name in ("standard", "flip"):
-            layers.append(keras.layers.RandomFlip("horizontal", seed=layer_seed, dtype="float32"))
-        if name in ("standard", "translate"):
-            pixels = 4 if name == "standard" else _number(spec, arguments or "4")
-            layers.append(_Translate(pixels, seed=layer_seed + 500))
+        argument = None
+        if name in ("standard", "flip") and arguments.strip():
+            raise ValueError(
+                f"Malformed augmentation in `augment`: {spec!r}; {name!r} takes no arguments."
+            )
+        if name == "translate":
+            argument = _number(spec, arguments or "4")
+            if isinstance(argument, (bool, str)) or not 0 <= argument < np.inf:
+                raise ValueError(
+                    f"Malformed augmentation in `augment`: {spec!r}; 'translate' takes a number "
+                    "of pixels >= 0, e.g. 'translate:4'."
+                )
         if name in DEFORMATION_LAYERS:
-            kwargs = {}
+            argument = {}
             for item in filter(None, arguments.split(",")):
                 key, equals, value = item.partition("=")
                 if not equals:
@@ -597,10 +868,9 @@ def augmentation_layers(specs, seed=0):
                         f"Malformed augmentation in `augment`: {spec!r}; use "
                         f"'{name}:key=value,key=value'."
                     )
-                kwargs[key.strip()] = _number(spec, value)
-            layer_class, _ = DEFORMATION_LAYERS[name]
-            layers.append(layer_class(seed=layer_seed, dtype="float32", **kwargs))
-    return layers
+                argument[key.strip()] = _number(spec, value)
+        parsed.append((spec, name, argument))
+    return parsed
 
 
 class _Translate:
@@ -637,8 +907,8 @@ def _number(spec, text):
     raise ValueError(f"Malformed augmentation in `augment`: {spec!r}.")
 
 
-def _augment(dataset, specs, seed):
-    layers = augmentation_layers(specs, seed)
+def _augment(dataset, specs, seed, image_size=None):
+    layers = augmentation_layers(specs, seed, image_size=image_size)
     if not layers:
         return dataset
 
@@ -649,6 +919,36 @@ def _augment(dataset, specs, seed):
 
     # Sequential map: seeded layers draw from their seed stream in a fixed order.
     return dataset.map(apply)
+
+
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3")
+
+
+def resize_images(images, size, method="bilinear"):
+    """Resizes a batch of images in `[0, 1]` (e.g. CIFAR-10's 32 px to a 224-px model input).
+
+    Args:
+        images: `(N, H, W, C)` images.
+        size: `(height, width)` of the output.
+        method: a `tf.image.resize` method: `"bilinear"` (default), `"nearest"`, `"bicubic"`,
+            `"area"` or `"lanczos3"`; the result is clipped to `[0, 1]` (bicubic and Lanczos
+            overshoot).
+
+    Returns:
+        `(N, height, width, C)` float32 images.
+
+    Example:
+
+    >>> resize_images(np.zeros((2, 32, 32, 3), "float32"), (224, 224)).shape
+    TensorShape([2, 224, 224, 3])
+    """
+    check_choice("method", method, RESIZE_METHODS)
+    if len(size) != 2:
+        raise ValueError(f"`size` must be (height, width); received size={size!r}.")
+    for argument, value in zip(("size[0]", "size[1]"), size, strict=True):
+        check_positive_int(argument, value)
+    resized = tf.image.resize(tf.cast(images, tf.float32), tuple(size), method=method)
+    return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def take_images(dataset, count):

@@ -1,4 +1,11 @@
-"""Layer-wise profile plots of stability measures (matplotlib)."""
+"""Layer-wise profile plots of stability measures (matplotlib).
+
+Probe-point axes stay readable from a handful of probe points to 200 (MobileNetV2 has 55,
+ResNet50 57): the figures grow wider with the number of probe points (up to a cap), labels are
+thinned to what fits without overlapping (every probe point keeps a tick; the axis label says
+"every k-th labelled"), and a path prefix shared by all nested probe points
+(`"mobilenetv2_1.00_224/"`) is moved into the axis label.
+"""
 
 import collections.abc
 import math
@@ -37,16 +44,24 @@ def plot_profile(results, ax=None, details=False, title=None):
 
     Example:
 
-    >>> ax = plot_profile([normalized_sensitivity(model, x, tps), kernel_smoothness(model)])
+    >>> model = ds.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x = np.random.default_rng(0).random((8, 16, 16, 3), dtype="float32")
+    >>> tps = ds.RandomThinPlateSpline(grid_size=3, max_displacement=1.0, seed=0)
+    >>> ax = plot_profile([ds.normalized_sensitivity(model, x, tps), ds.kernel_smoothness(model)])
+    >>> [t.get_text() for t in ax.get_xticklabels()]
+    ['input', 'block1_conv1', 'block1_down', 'block2_conv1', 'block2_down']
     >>> ax.figure.savefig("profile.png")
     """
     series = _series(results, details)
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     series = _align_to_probe_points(series)
     names = _merged_order([list(values) for _, values, _ in series])
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(profile_width(len(names)), 4), layout="constrained")
     positions = np.arange(len(names))
     finite = []
     for label, values, dashed in series:
@@ -62,8 +77,7 @@ def plot_profile(results, ax=None, details=False, title=None):
             label=label,
         )
         finite.extend(y[np.isfinite(y)])
-    ax.set_xticks(positions, names, rotation=60, ha="right", fontsize="small")
-    ax.set_xlabel("probe point")
+    ax.set_xlabel(probe_ticks(ax, names))
     finite = np.asarray(finite)
     if finite.size and finite.min() > 0 and finite.max() / finite.min() > 50:
         ax.set_yscale("log")  # relative stability spans orders of magnitude
@@ -97,7 +111,11 @@ def plot_profiles(current, initial=None, title=None, figure=None):
 
     Example:
 
+    >>> s_init = ds.MeasureResult("sensitivity", {"input": 0.3, "block1_conv1": 0.5})
+    >>> s_trained = ds.MeasureResult("sensitivity", {"input": 0.3, "block1_conv1": 0.2})
     >>> figure = plot_profiles({"sensitivity": s_trained}, initial={"sensitivity": s_init})
+    >>> [line.get_label() for line in figure.axes[0].get_lines()]
+    ['current', 'initial']
     >>> figure.savefig("profile.png")
     """
     from matplotlib.figure import Figure
@@ -106,7 +124,11 @@ def plot_profiles(current, initial=None, title=None, figure=None):
     if not measures:
         raise ValueError("`current` holds no per-layer measure to plot.")
     if figure is None:
-        figure = Figure(figsize=(4.2 * len(measures), 3.6), layout="constrained")
+        most = max(len(current[m]) for m in measures)
+        figure = Figure(
+            figsize=(profile_width(most, 4.2, panels=len(measures)) * len(measures), 3.6),
+            layout="constrained",
+        )
     axes = figure.subplots(1, len(measures), squeeze=False)[0]
     for ax, measure in zip(axes, measures, strict=True):
         result = current[measure]
@@ -139,7 +161,9 @@ def plot_profiles(current, initial=None, title=None, figure=None):
             ax.set_yscale("log")
         ax.set_ylabel(_AXIS_LABELS.get(measure, measure), fontsize="small")
         ax.set_title(measure.replace("_", " "), fontsize="medium")
-        ax.set_xticks(x, names, rotation=70, ha="right", fontsize="x-small")
+        xlabel = probe_ticks(ax, names, fontsize="x-small")
+        if xlabel != "probe point":
+            ax.set_xlabel(xlabel, fontsize="small")
         ax.grid(alpha=0.3)
         if len(ax.get_lines()) > 1:
             ax.legend(fontsize="x-small")
@@ -171,18 +195,24 @@ def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
 
     Example:
 
-    >>> plot_profile_bands({"max": {"input": [0.3, 0.31], "block1_conv1": [0.5, 0.52]}})
+    >>> figure = plot_profile_bands({"max": {"input": [0.3, 0.31], "block1_conv1": [0.5, 0.52]}})
+    >>> figure.savefig("bands.png")
     """
     if not groups:
         raise ValueError("`groups` is empty: nothing to plot.")
     if ax is None:
         from matplotlib.figure import Figure
 
-        figure = Figure(figsize=(7.5, 4), layout="constrained")
-        ax = figure.add_subplot()
     names = _merged_order([list(profile) for profile in groups.values()])
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(profile_width(len(names), 7.5), 4), layout="constrained")
+        ax = figure.add_subplot()
     _draw_bands(ax, groups, names, np.arange(len(names)), log)
-    ax.set_xticks(np.arange(len(names)), names, rotation=60, ha="right", fontsize="small")
+    xlabel = probe_ticks(ax, names)
+    if xlabel != "probe point":
+        ax.set_xlabel(xlabel)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _label(ax, title, ylabel)
     return ax.figure
@@ -210,8 +240,10 @@ def plot_stage_bands(stages, title=None, ylabel=None, log=False):
 
     Example:
 
-    >>> plot_stage_bands({"at initialisation": {"max": {"input": [0.3, 0.31]}},
-    ...                   "after training": {"max": {"input": [0.2, 0.25]}}})
+    >>> figure = plot_stage_bands({"at initialisation": {"max": {"input": [0.3, 0.31]}},
+    ...                            "after training": {"max": {"input": [0.2, 0.25]}}})
+    >>> [ax.get_title() for ax in figure.axes]
+    ['at initialisation', 'after training']
     """
     from matplotlib.figure import Figure
 
@@ -221,12 +253,15 @@ def plot_stage_bands(stages, title=None, ylabel=None, log=False):
     names = _merged_order([list(p) for groups in stages.values() for p in groups.values()])
     labels = list(dict.fromkeys(label for groups in stages.values() for label in groups))
     colors = {label: f"C{index % 10}" for index, label in enumerate(labels)}
-    figure = Figure(figsize=(1.2 + 4.6 * len(stages), 4), layout="constrained")
+    panel = profile_width(len(names), 4.6, panels=len(stages), margin=1.2)
+    figure = Figure(figsize=(1.2 + panel * len(stages), 4), layout="constrained")
     axes = figure.subplots(1, len(stages), sharey=True, squeeze=False)[0]
     x = np.arange(len(names))
     for ax, (stage, groups) in zip(axes, stages.items(), strict=True):
         _draw_bands(ax, groups, names, x, log, colors)
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize="small")
+        xlabel = probe_ticks(ax, names)
+        if xlabel != "probe point":
+            ax.set_xlabel(xlabel, fontsize="small")
         ax.set_title(stage, fontsize="medium")
     _label(axes[0], None, ylabel)
     handles = {line.get_label(): line for ax in axes for line in ax.get_lines() if line.get_label()}
@@ -255,7 +290,9 @@ def plot_over_epochs(groups, title=None, ylabel=None, log=False, ax=None):
 
     Example:
 
-    >>> plot_over_epochs({"max": {0: [0.3, 0.32], 5: [0.2, 0.22]}}, ylabel="sensitivity")
+    >>> figure = plot_over_epochs({"max": {0: [0.3, 0.32], 5: [0.2, 0.22]}}, ylabel="sensitivity")
+    >>> figure.axes[0].get_lines()[0].get_ydata()
+    array([0.31, 0.21])
     """
     epochs = sorted({int(e) for series in groups.values() for e in series})
     if not epochs:
@@ -288,7 +325,8 @@ def mean_and_band(values, log=False):
 
     Example:
 
-    >>> mean_and_band([0.1, 0.3])   # (0.2, 0.2 - 2 * 0.1414, 0.2 + 2 * 0.1414)
+    >>> [round(v, 4) for v in mean_and_band([0.1, 0.3])]   # 0.2 -+ 2 * 0.1414
+    [0.2, -0.0828, 0.4828]
     """
     values = np.asarray(values, dtype=float).ravel()
     if log:
@@ -349,9 +387,100 @@ def profile_image(results, details=False, title=None, dpi=80, initial=None):
         and not isinstance(results, MeasureResult)
     ):
         return figure_to_array(plot_profiles(results, initial, title=title), dpi)
-    figure = Figure(figsize=(7, 4), layout="constrained")
+    series = _align_to_probe_points(_series(results, details))
+    names = _merged_order([list(values) for _, values, _ in series])
+    figure = Figure(figsize=(profile_width(len(names)), 4), layout="constrained")
     plot_profile(results, ax=figure.add_subplot(), details=details, title=title)
     return figure_to_array(figure, dpi)
+
+
+# Figures up to this many probe points keep their classic size and label every point.
+ALL_LABELS = 30
+LABEL_ROTATION = 60  # degrees
+
+
+def profile_width(num_points, base=7.0, panels=None, margin=0.0):
+    """The width in inches of a profile figure for `num_points` probe points, or with `panels`
+    of one of its panels: `base` up to `ALL_LABELS` points, then growing with the count, the
+    figure (with `margin` inches besides the panels) up to 16 in and a panel up to 8 in."""
+    if num_points <= ALL_LABELS:
+        return base
+    if panels:
+        cap = min(8.0, (16.0 - margin) / panels)
+        return float(max(base, min(cap, 2.0 + 0.06 * num_points)))
+    return float(min(16.0, max(base, 3.0 + 0.12 * num_points)))
+
+
+def probe_ticks(ax, names, fontsize=None):
+    """Ticks and labels of a probe-point axis (positions `0..len(names)-1`) that do not overlap.
+
+    Every probe point gets a tick; labels are thinned to every k-th point when more would not
+    fit side by side at the axes' width (rotated labels need about 1.4 font heights of spacing
+    across their direction). A path prefix that all nested probe names share is left out of
+    the labels and named in the returned axis label.
+
+    Args:
+        ax: the matplotlib `Axes`.
+        names: probe names in forward order.
+        fontsize: label size; default `"small"`, `"x-small"` beyond `ALL_LABELS` points.
+
+    Returns:
+        The x-axis label: `"probe point"`, with the shared prefix and the thinning if any
+        (e.g. `"probe point in mobilenetv2_1.00_224 (every 3rd of 55 labelled)"`).
+
+    Example:
+
+    >>> from matplotlib.figure import Figure
+    >>> ax = Figure(figsize=(7, 4)).add_subplot()
+    >>> names = ["input"] + [f"net/block_{i}_relu" for i in range(120)]
+    >>> probe_ticks(ax, names)
+    'probe point in net (every 5th of 121 labelled)'
+    """
+    from matplotlib.font_manager import FontProperties
+
+    labels, prefix = _short_labels(names)
+    count = len(names)
+    fontsize = fontsize or ("small" if count <= ALL_LABELS else "x-small")
+    size = FontProperties(size=fontsize).get_size_in_points() / 72.0  # inches
+    pitch = 1.4 * size / math.sin(math.radians(LABEL_ROTATION))
+    # Before layout the axes have their grid cell; layout (legend, y label) takes some more.
+    width = 0.8 * ax.get_position().width * ax.figure.get_figwidth()
+    step = max(1, math.ceil(count / max(1, int(width / pitch))))
+    positions = np.arange(count)
+    shown = positions[::step]
+    ax.set_xticks(
+        shown,
+        [labels[i] for i in shown],
+        rotation=LABEL_ROTATION,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=fontsize,
+    )
+    if step > 1:
+        ax.set_xticks(positions, minor=True)
+    ax.set_xlim(-0.5, count - 0.5)
+    label = "probe point" + (f" in {prefix}" if prefix else "")
+    if step > 1:
+        label += f" (every {_ordinal(step)} of {count} labelled)"
+    return label
+
+
+def _ordinal(n):
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _short_labels(names):
+    """Labels without the path prefix every nested name shares (`"net/"`), and that prefix."""
+    nested = [name for name in names if "/" in name]
+    prefix = nested[0].split("/")[0] if nested else ""
+    if (
+        len(nested) < 2
+        or len(nested) < len(names) - 1  # besides "input", every name must be nested
+        or any(not name.startswith(prefix + "/") for name in nested)
+    ):
+        return list(names), ""
+    return [name[len(prefix) + 1 :] if "/" in name else name for name in names], prefix
 
 
 def _series(results, details):

@@ -21,8 +21,14 @@ import tempfile
 
 import keras
 
-from deformstab_tf._validation import check_choice
-from deformstab_tf.deformations.layers import deformation_layer
+from deformstab_tf._validation import (
+    check_choice,
+    check_model,
+    check_names,
+    check_output_directory,
+    check_seed,
+)
+from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
 from deformstab_tf.measures import (
     MeasureResult,
     kernel_smoothness,
@@ -30,6 +36,8 @@ from deformstab_tf.measures import (
     relative_stability,
     shift_consistency,
 )
+from deformstab_tf.measures._common import check_deformation
+from deformstab_tf.training import read_config, read_json
 
 REPORT_MEASURES = ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
 
@@ -47,11 +55,19 @@ def stability_report(
 ):
     """The chosen measures of `model` on `images` (a progress bar over the measures).
 
+    A measurement, not a random draw: with the default `seed=0` the same model, images and
+    deformation give the same numbers on every call, also when one deformation layer of this
+    package is reused (its draws come from `seed`; see `normalized_sensitivity`). `seed=None`
+    draws afresh each call.
+
     Args:
-        model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images.
-        deformation: a deformation layer or callable (for sensitivity and relative stability).
-        measures: any of `REPORT_MEASURES`.
+        model: a single-input Keras model, or the path of a saved `.keras` model (loaded).
+        images: `(N, H, W, C)` probe images, at least 2 distinct, in the range the model was
+            trained on (`[0, 1]` floats for the models this package trains; a warning says so
+            when they look like 0..255 pixels).
+        deformation: a deformation layer or callable on a batch of images (for sensitivity and
+            relative stability), e.g. `deformation_layer("tps", 2.0, seed=0)`.
+        measures: any of `REPORT_MEASURES`: a list, or one name.
         layers: probe points (see `normalized_sensitivity`).
         batch_size, seed, max_shift: as in the measures.
         verbose: 1 shows a `keras.utils.Progbar`.
@@ -59,13 +75,28 @@ def stability_report(
     Returns:
         `{measure: MeasureResult}`.
 
+    Raises:
+        ValueError / TypeError: naming the argument and the value received.
+
     Example:
 
-    >>> stability_report(model, x_test[:128], deformation_layer("tps", 2.0, seed=0))
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x_test = np.random.default_rng(0).random((16, 16, 16, 3), dtype="float32")
+    >>> report = stability_report(model, x_test, deformation_layer("tps", 2.0, seed=0), verbose=0)
+    >>> {measure: len(result) for measure, result in report.items()}   # probe points / layers
+    {'sensitivity': 5, 'relative_stability': 5, 'smoothness': 2}
     """
-    measures = tuple(measures)
+    if isinstance(model, (str, os.PathLike)):
+        if not os.path.isfile(model):
+            raise ValueError(f"`model` is not a saved model file; received model={model!r}.")
+        model = keras.models.load_model(model)
+    check_model("model", model)
+    measures = check_names("measures", measures, allow_empty=False)
     for measure in measures:
         check_choice("measures", measure, REPORT_MEASURES)
+    if any(m in ("sensitivity", "relative_stability") for m in measures):
+        check_deformation(deformation)
+    check_seed("seed", seed, allow_none=True, limit=2**63)
     progress = keras.utils.Progbar(len(measures), verbose=verbose, unit_name="measure")
     results = {}
     for index, measure in enumerate(measures):
@@ -110,9 +141,25 @@ def magnitude_sweep(
 
     Returns:
         `{magnitude: {measure: MeasureResult}}`, magnitudes in the given order.
+
+    Example:
+
+    >>> model = ds.build_vgg([[4], [8]], input_shape=(16, 16, 3), num_classes=3)
+    >>> images = np.random.default_rng(0).random((8, 16, 16, 3)).astype("float32")
+    >>> sweep = magnitude_sweep(model, images, "tps", [0.5, 1, 2], verbose=0, grid_size=3)
+    >>> list(sweep), list(sweep[2.0])  # magnitudes, then measures
+    ([0.5, 1.0, 2.0], ['sensitivity'])
     """
+    measures = check_names("measures", measures, allow_empty=False)
     for measure in measures:
         check_choice("measures", measure, ("sensitivity", "relative_stability"))
+    check_choice("name", name, tuple(DEFORMATION_LAYERS))
+    if not isinstance(magnitudes, (list, tuple)) or not magnitudes:
+        raise TypeError(
+            f"`magnitudes` must be a non-empty list of numbers; received magnitudes={magnitudes!r}."
+        )
+    for magnitude in magnitudes:  # each is a valid strength, before anything is measured
+        deformation_layer(name, magnitude, seed=seed, **options)
     progress = keras.utils.Progbar(len(magnitudes), verbose=verbose, unit_name="magnitude")
     sweep = {}
     for index, magnitude in enumerate(magnitudes):
@@ -143,7 +190,11 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
     """
     from deformstab_tf.plots import plot_profile_bands, plot_profiles
 
-    directory = os.path.abspath(os.fspath(directory))
+    directory = check_output_directory("directory", directory)
+    if not isinstance(results, dict) or not results:
+        raise ValueError(
+            f"`results` must be a non-empty dict {{measure: MeasureResult}}; received {results!r}."
+        )
     with _staged(directory) as staging:
         document = {
             "context": dict(context or {}),
@@ -291,27 +342,35 @@ def read_run(directory):
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise ValueError(f"{directory!r} is not a run directory (no config.json).")
-    with open(config_path) as file:
-        config = json.load(file)["config"]
+    config = read_config(directory)
     path = os.path.join(directory, "stability", "measurements.json")
     if not os.path.isfile(path):
         raise ValueError(f"Run {directory!r} holds no stability measurements ({path}).")
-    with open(path) as file:
-        records = json.load(file)["history"]
+    document = read_json(path)
+    records = document.get("history") if isinstance(document, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f'{path!r} is not a stability record: it holds no "history" list.')
     if not records:
         raise ValueError(f"Run {directory!r} holds no stability measurements yet.")
-    history = [
-        {
-            "epoch": r["epoch"],
-            "step": r.get("step", r["epoch"] - 1),
-            "results": {m: MeasureResult.from_dict(v) for m, v in r["results"].items()},
-        }
-        for r in records
-    ]
+    try:
+        history = [
+            {
+                "epoch": int(r["epoch"]),
+                "step": int(r.get("step", r["epoch"] - 1)),
+                "results": {m: MeasureResult.from_dict(v) for m, v in r["results"].items()},
+            }
+            for r in records
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f'{path!r} holds a malformed measurement (each needs "epoch" and "results" '
+            f"written by StabilityCallback): {type(error).__name__}: {error}."
+        ) from None
     summary = None
     if os.path.isfile(os.path.join(directory, "summary.json")):
-        with open(os.path.join(directory, "summary.json")) as file:
-            summary = json.load(file)
+        summary = read_json(os.path.join(directory, "summary.json"))
+        if not isinstance(summary, dict):
+            raise ValueError(f"{os.path.join(directory, 'summary.json')!r} is not a run summary.")
     return Run(directory, config, history, summary)
 
 
@@ -394,12 +453,15 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
 
     Example:
 
-    >>> runs = [read_run(d) for d in glob.glob("runs/*")]
-    >>> compare_runs(runs, "figures", by="downsample")
+    >>> # (skipped in the doctest run: it needs finished runs, see `training.train_run`)
+    >>> import glob
+    >>> runs = [read_run(d) for d in glob.glob("runs/*")]  # doctest: +SKIP
+    >>> summary = compare_runs(runs, "figures", by="downsample")  # doctest: +SKIP
     """
     from deformstab_tf.plots import mean_and_band, plot_over_epochs, plot_stage_bands
 
     check_choice("measure", measure, REPORT_MEASURES)
+    directory = check_output_directory("directory", directory)
     if not runs:
         raise ValueError("`runs` is empty: nothing to compare.")
     groups = group_runs(runs, by)
@@ -450,7 +512,6 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
         },
         "figures": sorted(figures),
     }
-    directory = os.path.abspath(os.fspath(directory))
     with _staged(directory) as staging:
         for name, figure in figures.items():
             figure.savefig(os.path.join(staging, name), dpi=90)

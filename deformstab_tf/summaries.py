@@ -32,7 +32,11 @@ def purge_events(directory, from_step, tag_prefixes=None):
 
     Example:
 
+    >>> with tf.summary.create_file_writer("runs/vgg/train").as_default():
+    ...     for epoch in range(5):
+    ...         _ = tf.summary.scalar("epoch_loss", 1.0 / (epoch + 1), step=epoch)
     >>> purge_events("runs/vgg/train", from_step=3)   # the run resumes at epoch 3
+    2
     """
     removed = 0
     for path in sorted(glob.glob(os.path.join(os.fspath(directory), EVENT_FILE_PATTERN))):

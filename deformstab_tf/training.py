@@ -31,7 +31,16 @@ import keras
 import tensorflow as tf
 
 from deformstab_tf import data as data_sources
-from deformstab_tf._validation import check_choice, check_non_negative, check_positive_int
+from deformstab_tf._validation import (
+    check_bool,
+    check_choice,
+    check_names,
+    check_non_negative,
+    check_output_directory,
+    check_positive_int,
+    check_range,
+    check_seed,
+)
 from deformstab_tf.callbacks import MEASURES, StabilityCallback
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
 from deformstab_tf.measures.smoothness import smooth_kernels
@@ -100,15 +109,34 @@ DEFAULTS = {
 def check_config(config):
     """Validates a run configuration; returns it completed with the defaults.
 
+    Every setting is checked here, without reading data or starting TensorFlow (a
+    multi-worker strategy must be created first); `train_run` checks the settings that depend
+    on the data or on a layer's own rules (`check_config_against_data`: the probe deformation's
+    `grid_size`, `cutoff`, the augmentation layers' arguments) before it writes anything.
+
+    Args:
+        config: `{setting: value}`, a subset of `DEFAULTS`. `augment` and `measures` take a
+            list of names or one name.
+
+    Returns:
+        The complete configuration.
+
     Raises:
         ValueError: naming the first bad setting and the value received, or unknown settings.
+        TypeError: naming a setting whose value has the wrong type.
+
+    Example:
+
+    >>> check_config({"downsample": "blur", "measures": "sensitivity"})["measures"]
+    ('sensitivity',)
     """
     unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"Unknown training settings {unknown}. Known: {sorted(DEFAULTS)}")
     config = _upgrade({**DEFAULTS, **config})
-    config["augment"] = tuple(config["augment"] or ())
-    config["measures"] = tuple(config["measures"] or ())
+    config["augment"] = check_names("augment", config["augment"] or ())
+    config["measures"] = check_names("measures", config["measures"] or ())
+    data_sources.parse_augmentations(config["augment"])  # the specs' syntax
     check_choice("model", config["model"], MODELS)
     check_choice("downsample", config["downsample"], DOWNSAMPLING)
     check_choice("head", config["head"], HEADS)
@@ -118,7 +146,7 @@ def check_config(config):
     check_choice("deformation", config["deformation"], tuple(DEFORMATION_LAYERS))
     check_choice("jit_compile", config["jit_compile"], ("auto", True, False))
     check_choice("mixed_precision", config["mixed_precision"], PRECISIONS)
-    check_choice("deterministic", config["deterministic"], (True, False))
+    check_bool("deterministic", config["deterministic"])
     check_choice("synthetic_prototypes", config["synthetic_prototypes"], data_sources.PROTOTYPES)
     for name in ("epochs", "batch_size", "measure_every", "pool_size", "strides", "blur_size"):
         check_positive_int(name, config[name])
@@ -130,12 +158,40 @@ def check_config(config):
         "synthetic_channels",
     ):
         check_positive_int(name, config[name])
+    if config["synthetic_classes"] < 2:
+        raise ValueError(
+            "`synthetic_classes` must be >= 2 (a classification task needs two classes); "
+            f"received synthetic_classes={config['synthetic_classes']}."
+        )
+    if not 2 <= config["synthetic_grid_size"] <= config["synthetic_image_size"]:
+        raise ValueError(
+            "`synthetic_grid_size` must be in 2..synthetic_image_size="
+            f"{config['synthetic_image_size']} (TPS control points per side); received "
+            f"synthetic_grid_size={config['synthetic_grid_size']}."
+        )
     if config["train_size"] is not None:
         check_positive_int("train_size", config["train_size"])
-    for name in ("learning_rate", "momentum", "weight_decay", "magnitude", "smooth_init_sigma"):
+    for name in (
+        "learning_rate",
+        "weight_decay",
+        "magnitude",
+        "smooth_init_sigma",
+        "synthetic_displacement",
+    ):
         check_non_negative(name, config[name])
+    check_range("momentum", config["momentum"], 0, 1)
     if config["learning_rate"] == 0:
         raise ValueError("`learning_rate` must be > 0; received learning_rate=0.")
+    check_seed("seed", config["seed"])
+    check_bool("random_labels", config["random_labels"])
+    if not isinstance(config["dataset"], str) or not config["dataset"]:
+        raise ValueError(
+            f"`dataset` must be a non-empty string; received dataset={config['dataset']!r}."
+        )
+    if config["data_dir"] is not None and not isinstance(config["data_dir"], str):
+        raise TypeError(
+            f"`data_dir` must be a path string or None; received data_dir={config['data_dir']!r}."
+        )
     unknown_measures = [m for m in config["measures"] if m not in MEASURES]
     if unknown_measures:
         raise ValueError(
@@ -155,9 +211,30 @@ def check_config(config):
             f"model={config['model']!r}, blocks={config['blocks']!r}."
         )
     if config["blocks"] is not None:
-        config["blocks"] = [list(block) for block in config["blocks"]]
+        blocks = config["blocks"]
+        if (
+            not isinstance(blocks, (list, tuple))
+            or not blocks
+            or not all(isinstance(block, (list, tuple)) and block for block in blocks)
+            or not all(
+                isinstance(width, int) and not isinstance(width, bool) and width >= 1
+                for block in blocks
+                for width in block
+            )
+        ):
+            raise ValueError(
+                "`blocks` must be a non-empty list of non-empty lists of positive conv widths, "
+                f"e.g. [[32, 32], [64, 64]]; received blocks={blocks!r}."
+            )
+        config["blocks"] = [list(block) for block in blocks]
     if config["model"] == "resnet18" and config["head"] != "gap":
         raise ValueError(f"resnet18 has a 'gap' head only; received head={config['head']!r}.")
+    if config["measures"]:
+        if config["measure_every"] > config["epochs"]:
+            raise ValueError(
+                f"`measure_every`={config['measure_every']} exceeds `epochs`={config['epochs']}: "
+                "nothing would be measured after initialisation."
+            )
     return config
 
 
@@ -209,12 +286,43 @@ def cpu_has_native_bfloat16():
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def train_run(output_dir, verbose=1, **config):
+def check_config_against_data(config, info):
+    """Checks the settings that depend on the data source: the probe images the test split
+    must hold, and the probe deformation (its layer's own checks, and a TPS grid no finer than
+    the images).
+
+    Args:
+        config: a checked configuration (`check_config`).
+        info: the source's `DatasetInfo`.
+
+    Raises:
+        ValueError: naming the setting, its value and the data's limit.
+
+    Example:
+
+    >>> _, _, info = deformstab_tf.data.load_dataset("synthetic")  # 1000 test images
+    >>> check_config_against_data(check_config({"probe_size": 5000}), info)
+    Traceback (most recent call last):
+    ValueError: `probe_size`=5000 exceeds the 1000 images of the test split of 'synthetic'.
+    """
+    if config["measures"] and config["measures"] != ("smoothness",):
+        if config["probe_size"] > info.test_size:
+            raise ValueError(
+                f"`probe_size`={config['probe_size']} exceeds the {info.test_size} images of the "
+                f"test split of {info.name!r}."
+            )
+    if config["measures"]:  # grid_size, cutoff, magnitude: the layer's own checks
+        probe_deformation(config).check_image_size(*info.image_shape[:2])
+
+
+def train_run(output_dir, verbose=1, download=True, **config):
     """Trains (or resumes, or leaves alone if finished) the run in `output_dir`.
 
     Args:
         output_dir: the run directory (created; see the module docstring for its contents).
         verbose: Keras progress bars (1), one line per epoch (2) or silent (0).
+        download: a TFDS `dataset` missing from `data_dir` is downloaded (default) or, with
+            False, an error (offline use). Not a setting of the run: the data are the same.
         **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
             synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
@@ -233,16 +341,29 @@ def train_run(output_dir, verbose=1, **config):
         The run summary (`summary.json`'s content).
 
     Raises:
-        ValueError: a bad setting, data that cannot be read, or a run directory made with another
-            configuration (nothing is written then).
+        ValueError: a bad setting (also one the data rules out, e.g. more probe images than the
+            test split holds), data that cannot be read, an `output_dir` that cannot be written,
+            or a run directory made with another configuration: always before anything is
+            written.
+        TypeError: a setting of the wrong type.
 
     Example:
 
-    >>> train_run("runs/vgg_max", dataset="synthetic", downsample="max", epochs=3)
+    >>> # The default run (cifar_vgg, 10 epochs): about 2 minutes on 2 CPU cores.
+    >>> summary = train_run("runs/vgg_max", downsample="max")  # doctest: +SKIP
+    >>> # A tiny one: 3 synthetic classes of 16x16 images, a two-block VGG, one epoch.
+    >>> summary = train_run("runs/tiny", verbose=0, model="vgg", blocks=[[4], [8]], epochs=1,
+    ...                     synthetic_classes=3, synthetic_image_size=16, synthetic_samples=64,
+    ...                     batch_size=32, probe_size=8)
+    >>> summary["epochs_completed"], sorted(summary["stability"])
+    (1, ['sensitivity', 'smoothness'])
+    >>> sorted(name for name in os.listdir("runs/tiny") if "." in name and "events" not in name)
+    ['config.json', 'metrics.csv', 'model.keras', 'summary.json']
     """
     started, cpu_started = time.time(), time.process_time()
+    check_choice("verbose", verbose, (0, 1, 2))
     config = check_config(config)
-    output_dir = os.path.abspath(os.fspath(output_dir))
+    output_dir = check_output_directory("output_dir", output_dir)
     state = _check_run_directory(output_dir, config)
     if state == "complete":
         if verbose:
@@ -251,24 +372,29 @@ def train_run(output_dir, verbose=1, **config):
             return json.load(file)
     precision = _run_precision(output_dir, config, state, verbose)
     with op_determinism(config["deterministic"]):
-        return _train(output_dir, config, state, precision, verbose, started, cpu_started)
+        return _train(output_dir, config, state, precision, verbose, download, started, cpu_started)
 
 
-def _train(output_dir, config, state, precision, verbose, started, cpu_started):
+def _train(output_dir, config, state, precision, verbose, download, started, cpu_started):
     keras.utils.set_random_seed(config["seed"])
     strategy = _strategy(config["strategy"])
     is_chief = _is_chief(strategy)
     # Only the chief writes the run directory; other workers write a scratch copy.
     run_dir = output_dir if is_chief else tempfile.mkdtemp(prefix="deformstab_worker_")
     source = run_dataset_arguments(config)
-    train, test, info = data_sources.load_dataset(
-        source.pop("source"),
-        batch_size=config["batch_size"],
-        train_size=config["train_size"],
-        random_labels=config["random_labels"],
-        augment=config["augment"],
-        **source,
-    )
+    try:
+        train, test, info = data_sources.load_dataset(
+            source.pop("source"),
+            batch_size=config["batch_size"],
+            train_size=config["train_size"],
+            random_labels=config["random_labels"],
+            augment=config["augment"],
+            download=download,
+            **source,
+        )
+    except ValueError as error:  # the setting is `dataset`, load_dataset's argument `source`
+        raise ValueError(str(error).replace("`source`", "`dataset`")) from None
+    check_config_against_data(config, info)
     steps_per_epoch = -(-info.train_size // config["batch_size"])
     policy = _POLICIES[precision]
     with strategy.scope():
@@ -280,6 +406,20 @@ def _train(output_dir, config, state, precision, verbose, started, cpu_started):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             jit_compile=config["jit_compile"],
+        )
+
+    stability = None
+    if config["measures"]:  # built (and its probe images checked) before anything is written
+        probe_images = None
+        if config["measures"] != ("smoothness",):
+            probe_images = data_sources.take_images(test, config["probe_size"])
+        stability = StabilityCallback(
+            probe_images,
+            probe_deformation(config),
+            measures=config["measures"],
+            every_n_epochs=config["measure_every"],
+            log_dir=run_dir,
+            seed=config["seed"],
         )
 
     os.makedirs(run_dir, exist_ok=True)
@@ -294,19 +434,7 @@ def _train(output_dir, config, state, precision, verbose, started, cpu_started):
         _DropRedoneEpochs(run_dir),
         keras.callbacks.TensorBoard(run_dir, write_graph=False),
     ]
-    stability = None
-    if config["measures"]:
-        probe_images = None
-        if config["measures"] != ("smoothness",):
-            probe_images = data_sources.take_images(test, config["probe_size"])
-        stability = StabilityCallback(
-            probe_images,
-            probe_deformation(config),
-            measures=config["measures"],
-            every_n_epochs=config["measure_every"],
-            log_dir=run_dir,
-            seed=config["seed"],
-        )
+    if stability is not None:
         callbacks.append(stability)
     callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, METRICS_FILE), append=True))
     if verbose:
@@ -320,6 +448,7 @@ def _train(output_dir, config, state, precision, verbose, started, cpu_started):
     model.fit(
         train,
         epochs=config["epochs"],
+        shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
         validation_data=test,
         callbacks=callbacks,
         verbose=verbose,
@@ -449,12 +578,38 @@ def probe_deformation(config):
 
 
 def read_config(run_dir):
-    """The configuration recorded in a run directory (`config.json`), or None."""
+    """The configuration recorded in a run directory (`config.json`), or None without one.
+
+    Raises:
+        ValueError: naming the file when it is not JSON or not a run's configuration (a
+            `{"config": {...}}` object).
+
+    Example:
+
+    >>> read_config("runs/cifar_vgg_max_s0")["downsample"]  # doctest: +SKIP
+    'max'
+    >>> read_config("no_run_here") is None
+    True
+    """
     path = os.path.join(os.fspath(run_dir), CONFIG_FILE)
     if not os.path.exists(path):
         return None
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
+        raise ValueError(
+            f'{path!r} is not a run\'s configuration: it holds no "config" object (a run '
+            "directory written by train_run has one)."
+        )
+    return _upgrade(document["config"])
+
+
+def read_json(path):
+    """The JSON document in `path`; a ValueError naming the file if it is not JSON."""
     with open(path) as file:
-        return _upgrade(json.load(file)["config"])
+        try:
+            return json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path!r} is not valid JSON: {error}.") from None
 
 
 def _run_precision(output_dir, config, state, verbose):
@@ -462,8 +617,7 @@ def _run_precision(output_dir, config, state, verbose):
     here = resolve_precision(config["mixed_precision"])
     if state == "new":
         return here
-    with open(os.path.join(output_dir, CONFIG_FILE)) as file:
-        recorded = json.load(file)
+    recorded = read_json(os.path.join(output_dir, CONFIG_FILE))
     # Runs recorded before the precision was: a bool setting, bf16 on CPUs if True.
     legacy = "bfloat16" if recorded["config"].get("mixed_precision") is True else "float32"
     precision = recorded.get("precision", legacy)
@@ -482,8 +636,12 @@ def op_determinism(enabled=True):
 
     Example:
 
-    >>> with op_determinism(True):
-    ...     model.fit(train, epochs=2)  # the same seed gives the same weights
+    >>> from tensorflow.python.framework import config
+    >>> with op_determinism(True):  # e.g. around model.fit: the same seed, the same weights
+    ...     config.is_op_determinism_enabled()
+    True
+    >>> config.is_op_determinism_enabled()  # restored
+    False
     """
     from tensorflow.python.framework import config as tf_config
 
@@ -611,7 +769,7 @@ def _write_first_summaries(run_dir, config, precision, train):
 
     with tf.summary.create_file_writer(run_dir).as_default():
         hp.hparams_config(
-            hparams=[hp.HParam(key) for key in sorted([*config, "precision"])],
+            hparams=[hp.HParam(key) for key in _hparam_order([*config, "precision"])],
             metrics=[
                 hp.Metric("epoch_accuracy", group="validation", display_name="val accuracy"),
                 hp.Metric("epoch_loss", group="validation", display_name="val loss"),
@@ -628,11 +786,24 @@ def _write_first_summaries(run_dir, config, precision, train):
                 else []
             ),
         )
-        hparams = {key: _hparam_value(value) for key, value in config.items()}
-        hp.hparams({**hparams, "precision": precision})
+        hparams = {**config, "precision": precision}
+        hp.hparams({key: _hparam_value(hparams[key]) for key in _hparam_order(hparams)})
     images, _ = next(iter(train))
     with tf.summary.create_file_writer(os.path.join(run_dir, "train")).as_default(step=0):
         tf.summary.image("training_examples", tf.clip_by_value(images[:8], 0.0, 1.0), max_outputs=8)
+
+
+# The HParams dashboard's first columns: what tells runs apart. The rest follow by name.
+HPARAMS_FIRST = (
+    "model", "downsample", "dataset", "seed", "learning_rate", "epochs",
+    "precision", "mixed_precision",
+)  # fmt: skip
+
+
+def _hparam_order(config):
+    """The settings in dashboard order: `HPARAMS_FIRST` (those present), then by name."""
+    first = [key for key in HPARAMS_FIRST if key in config]
+    return first + sorted(key for key in config if key not in first)
 
 
 def _write_hparams_metrics(run_dir, config, summary):
@@ -744,6 +915,7 @@ __all__ = [
     "PRECISIONS",
     "build_model",
     "check_config",
+    "check_config_against_data",
     "cpu_devices",
     "make_optimizer",
     "op_determinism",

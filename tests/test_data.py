@@ -2,6 +2,7 @@
 augmentation."""
 
 import os
+import socket
 import time
 
 import keras
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deformstab_tf import data as data_module
 from deformstab_tf.data import (
     augmentation_layers,
     load_dataset,
@@ -226,7 +228,7 @@ def test_take_images_and_errors(tmp_path):
         load_dataset("imagenet_typo")
 
 
-def test_tfds_mock_data_and_fast_failure_when_not_prepared(tmp_path):
+def test_tfds_mock_data_and_fast_failure_when_not_prepared(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=20):
@@ -235,7 +237,118 @@ def test_tfds_mock_data_and_fast_failure_when_not_prepared(tmp_path):
     assert info.train_size == 12
     images, labels = _all(train)
     assert images.shape == (12, 28, 28, 1) and images.max() <= 1.0
+
+    downloads, lookups = [], []
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder, "download_and_prepare", lambda self, **_: downloads.append(1)
+    )
+    real_lookup = socket.getaddrinfo
+
+    def no_network(host, *args, **kwargs):
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    # Offline by request: no network check, no download, today's instructions.
     started = time.time()
-    with pytest.raises(ValueError, match=r"'cifar10' is not prepared.*tfds build.*folder:PATH"):
+    with pytest.raises(ValueError, match=r"'cifar10' is not prepared.*download=False.*tfds build"):
+        load_dataset("cifar10", data_dir=str(tmp_path), download=False)
+    assert lookups == [] and downloads == []
+    # Downloads by default; without network it fails at the check, in seconds, naming the
+    # host CIFAR-10 comes from (TFDS itself retries for about 3.5 minutes here).
+    with pytest.raises(
+        ValueError,
+        match=r"'cifar10' is not prepared.*cannot be downloaded from this machine "
+        r"\(www\.cs\.toronto\.edu:443.*tfds build cifar10.*folder:PATH",
+    ):
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert lookups == ["www.cs.toronto.edu"] and downloads == []
+    # A name lookup that hangs: the check gives up after its timeout.
+    def hanging_lookup(*args, **kwargs):
+        time.sleep(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    monkeypatch.setattr(data_module, "NETWORK_TIMEOUT", 0.5)
+    with pytest.raises(ValueError, match=r"no connection to www\.cs\.toronto\.edu:443 within 0\.5"):
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert time.time() - started < 10
+    with pytest.raises(TypeError, match="`download` must be True or False; received download='no'"):
+        load_dataset("cifar10", data_dir=str(tmp_path), download="no")
+
+    # With network (connections succeed), a missing dataset is downloaded and then read.
+    monkeypatch.setattr(socket, "getaddrinfo", real_lookup)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: _Closable())
+    with tfds.testing.mock_data(num_examples=10):
+        reads = []
+        read = data_module._read_tfds
+
+        def first_read_fails(builder):
+            reads.append(builder.name)
+            if len(reads) == 1:
+                raise data_module._NotPrepared() from FileNotFoundError("no files")
+            return read(builder)
+
+        monkeypatch.setattr(data_module, "_read_tfds", first_read_fails)
+        monkeypatch.setattr(
+            tfds.core.DatasetBuilder,
+            "download_and_prepare",
+            lambda self, **_: downloads.append(self.name),
+        )
+        train, test, info = load_dataset("mnist", batch_size=5)
+    assert downloads == ["mnist"] and reads == ["mnist", "mnist"]
+    assert info.train_size == 10
+
+
+class _Closable:
+    def close(self):
+        pass
+
+
+def test_bad_arguments_name_the_argument_before_any_data_is_read(tmp_path):
+    tiny = {"synthetic_options": {**SMALL, "num_classes": 2}}
+    cases = [
+        ({"seed": -1}, ValueError, r"`seed` must be an integer.*seed=-1"),
+        ({"seed": 1.5}, ValueError, r"seed=1\.5"),
+        ({"batch_size": 0}, ValueError, r"batch_size=0"),
+        ({"train_size": 0}, ValueError, r"train_size=0"),
+        ({"random_labels": "no"}, TypeError, r"`random_labels`.*'no'"),  # "no" is truthy
+        ({"augment": 42}, TypeError, r"`augment`.*augment=42"),
+        ({"augment": ["translate:abc"]}, ValueError, r"`augment`: 'translate:abc'.*pixels"),
+        ({"augment": ["translate:-2"]}, ValueError, r"`augment`: 'translate:-2'"),
+        ({"augment": ["translate:100"]}, ValueError, r"'translate:100'.*100 pixels.*16x16"),
+        ({"augment": ["tps:grid_size=40"]}, ValueError, r"'tps:grid_size=40'.*grid_size"),
+        ({"augment": ["tps:foo=1"]}, ValueError, r"`augment`: 'tps:foo=1'.*foo"),
+        ({"augment": ["flip:vertical"]}, ValueError, r"'flip' takes no arguments"),
+        ({"augment": ["flip", ""]}, ValueError, r"empty spec"),
+        ({"validation_fraction": "0.1"}, ValueError, r"validation_fraction='0.1'"),
+        ({"data_dir": 5}, TypeError, r"`data_dir`.*data_dir=5"),
+        ({"synthetic_options": {"foo": 1}}, ValueError, r"`synthetic_options` \['foo'\]"),
+        ({"synthetic_options": {"num_classes": 1}}, ValueError, r"`num_classes` must be >= 2"),
+        ({"synthetic_options": {"image_size": 2}}, ValueError, r"`grid_size`.*image_size=2"),
+        ({"synthetic_options": {"noise": -1}}, ValueError, r"noise=-1"),
+        ({"source": "folder:"}, ValueError, r"`source`='folder:' names no directory"),
+    ]
+    for settings, error, message in cases:
+        with pytest.raises(error, match=message):
+            load_dataset(**{"source": "synthetic", **tiny, **settings})
+    # One spec as a string is one spec, not a list of characters: the same augmented batches.
+    as_string = load_dataset("synthetic", augment="flip", seed=3, **tiny)[0]
+    as_list = load_dataset("synthetic", augment=["flip"], seed=3, **tiny)[0]
+    np.testing.assert_array_equal(_all(as_string.take(1))[0], _all(as_list.take(1))[0])
+
+
+def test_folders_that_cannot_make_a_classification_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
+    # One image per class and no test/ tree: nothing would be left to train on.
+    _write_tree(tmp_path / "single", "flat", per_class=1)
+    with pytest.raises(ValueError, match=r"at least 2 images per class.*ant \(1\), bee \(1\)"):
+        load_dataset(f"folder:{tmp_path / 'single'}")
+    _write_tree(tmp_path / "one_class", "split", classes=("cat",))
+    with pytest.raises(ValueError, match=r"needs at least 2 classes.*one_class.*has 1"):
+        load_dataset(f"folder:{tmp_path / 'one_class'}")
+    _write_tree(tmp_path / "hollow", "flat")
+    (tmp_path / "hollow" / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"class folders \['dog'\] hold no images"):
+        load_dataset(f"folder:{tmp_path / 'hollow'}")
+    assert not os.path.exists(tmp_path / "cache")  # rejected before any image was decoded

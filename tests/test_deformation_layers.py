@@ -257,3 +257,14 @@ def test_bad_inputs_raise_clear_errors():
 def test_non_finite_magnitudes_are_rejected(make, argument, value):
     with pytest.raises(ValueError, match=f"`{argument}` must be a finite number"):
         make(value)
+
+
+def test_every_layer_documents_its_shapes_where_it_runs_and_an_example():
+    import inspect
+
+    import deformstab_tf.layers
+
+    for name in deformstab_tf.layers.__all__:
+        doc = inspect.getdoc(getattr(deformstab_tf.layers, name))
+        for section in ("Input shape:", "Output shape:", "Where it runs:", "Example:", ">>> "):
+            assert section in doc, (name, section)

@@ -2,6 +2,7 @@
 
 import gc
 import json
+import warnings
 import weakref
 
 import keras
@@ -10,6 +11,8 @@ import pytest
 import scipy.ndimage
 import tensorflow as tf
 
+from deformstab_tf.callbacks import StabilityCallback
+from deformstab_tf.deformations.layers import RandomThinPlateSpline
 from deformstab_tf.measures import (
     MeasureResult,
     ProbeFeatures,
@@ -19,6 +22,7 @@ from deformstab_tf.measures import (
     shift_consistency,
     smooth_kernels,
 )
+from deformstab_tf.measures._common import derive_seed, resolve_seed
 from tests.references import numpy_padded_shift
 
 NAMES = ["input", "block1_conv1", "block1_down", "block2_conv1"]
@@ -98,7 +102,8 @@ def test_sensitivity_precise_for_nearly_parallel_representations(model, images):
     # Probe images share a large common component: cos(r(x), r(y)) = 1 - 1e-7, below float32
     # resolution. Centring before the Gram matrix keeps the distances accurate.
     x = (30.0 + 0.01 * images).astype("float32")
-    result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES, batch_size=3)
+    with pytest.warns(UserWarning, match="look like 0..255 pixels"):  # values far above 1
+        result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES, batch_size=3)
     clean = reference_features(model, NAMES, x)
     deformed = reference_features(model, NAMES, smooth_warp(x))
     for name, f, g in zip(NAMES, clean, deformed, strict=True):
@@ -271,6 +276,115 @@ def test_bad_batch_size_and_feature_cache_bytes(model, images):
         for budget in (-1, "1GB", None, float("nan")):
             with pytest.raises(ValueError, match=r"`feature_cache_bytes`.*received"):
                 measure(model, images, smooth_warp, feature_cache_bytes=budget)
+
+
+# -- odd probe images, arguments and seeds ------------------------------------------------------
+
+
+@pytest.mark.parametrize("measure", [normalized_sensitivity, relative_stability])
+def test_fewer_than_two_distinct_probe_images_is_an_error(model, images, measure):
+    same = np.repeat(images[:1], 8, axis=0)  # S = x / 0 = inf, R = inf / inf = NaN otherwise
+    with pytest.raises(ValueError, match=r"`images`.*2 distinct.*8 images of which 1 distinct"):
+        measure(model, same, smooth_warp)
+    with pytest.raises(ValueError, match=r"`images`.*2 distinct"):
+        shift_consistency(model, same, max_shift=1)
+    with pytest.raises(ValueError, match=r"`probe_images`.*2 distinct"):
+        StabilityCallback(same, smooth_warp)
+
+
+def test_mostly_identical_probe_images_warn_that_the_median_is_zero(model, images):
+    x = np.concatenate([np.repeat(images[:1], 7, axis=0), images[1:2]])  # 21 of 28 pairs equal
+    with pytest.warns(UserWarning, match="21 of the 28 pairs of probe images are identical"):
+        result = normalized_sensitivity(model, x, smooth_warp, layers=NAMES)
+    f = reference_features(model, NAMES, x)[0]  # at the input
+    g = reference_features(model, NAMES, smooth_warp(x))[0]
+    assert np.median([cosine_distance(f[i], f[j]) for i, j in distinct_pairs(8)]) == 0
+    assert np.mean(cosine_distance(f, g)) > 0 and result["input"] == np.inf  # documented x / 0
+    x[2:4] = images[2:4]  # 10 of 28 pairs equal: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized_sensitivity(model, x, smooth_warp, layers=NAMES)
+
+
+def test_probe_images_out_of_the_models_range_warn(model):
+    pixels = np.random.default_rng(1).random((6, *SHAPE)).astype("float32")  # [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized_sensitivity(model, pixels, smooth_warp, layers=NAMES)
+    uint8 = (pixels * 255).astype(np.uint8)
+    for x, kind in [(uint8, "uint8"), (uint8.astype("float32"), "float32")]:
+        with pytest.warns(UserWarning, match=rf"0..255 pixels \({kind}, values up to 25\d"):
+            normalized_sensitivity(model, x, smooth_warp, layers=NAMES)
+    # A model that rescales its input takes 0..255 pixels, and warns about [0, 1] images.
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    x = keras.layers.Conv2D(2, 3, activation="relu", name="conv")(x)
+    rescaling = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalized_sensitivity(rescaling, uint8, smooth_warp)
+    with pytest.warns(UserWarning, match=r"rescales its input by 0.003922.*expects 0..255"):
+        normalized_sensitivity(rescaling, pixels, smooth_warp)
+
+
+@pytest.mark.parametrize("measure", [normalized_sensitivity, relative_stability])
+def test_a_seeded_measurement_repeats_with_a_reused_deformation_layer(model, measure):
+    x = np.random.default_rng(2).random((6, *SHAPE)).astype("float32")
+    layer = RandomThinPlateSpline(3, 1.5, seed=0)
+    first = measure(model, x, layer, layers=NAMES, batch_size=4, seed=5)
+    again = measure(model, x, layer, layers=NAMES, batch_size=4, seed=5)
+    other_layer = measure(model, x, RandomThinPlateSpline(3, 1.5, seed=9), layers=NAMES,
+                          batch_size=4, seed=5)  # fmt: skip
+    assert first == again == other_layer  # the measurement's seed draws the deformations
+    assert measure(model, x, layer, layers=NAMES, batch_size=4, seed=6) != first
+    # The layer's own seed generator was neither used nor advanced.
+    np.testing.assert_array_equal(layer(x), RandomThinPlateSpline(3, 1.5, seed=0)(x))
+    if measure is normalized_sensitivity:  # against NumPy on the layer's draws for that seed
+        root = resolve_seed(5)
+        deformed = np.concatenate(
+            [
+                layer.transform_images(
+                    x[s : s + 4],
+                    layer.get_random_transformation(
+                        x[s : s + 4], seed=derive_seed(root, s // 4, 0)
+                    ),
+                )
+                for s in (0, 4)
+            ]
+        )
+        clean, warped = (
+            reference_features(model, NAMES, x),
+            reference_features(model, NAMES, deformed),
+        )
+        for name, f, g in zip(NAMES, clean, warped, strict=True):
+            expected = np.mean(cosine_distance(f, g)) / np.median(
+                [cosine_distance(f[i], f[j]) for i, j in distinct_pairs(6)]
+            )
+            np.testing.assert_allclose(first[name], expected, rtol=1e-4)
+    # Without a seed the layer draws from its generator: two calls, two random draws.
+    unseeded = [measure(model, x, layer, layers=NAMES) for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
+
+
+def test_wrong_argument_types_name_the_argument(model, images):
+    for deformation, message in [("tps", r"deformation='tps'.*deformation_layer\('tps'"),
+                                 (42, "deformation=42")]:  # fmt: skip
+        for measure in (normalized_sensitivity, relative_stability):
+            with pytest.raises(TypeError, match=rf"`deformation` must be callable.*{message}"):
+                measure(model, images, deformation)
+    for measure in (
+        lambda m: normalized_sensitivity(m, images, smooth_warp),
+        lambda m: shift_consistency(m, images, max_shift=1),
+        kernel_smoothness,
+    ):
+        with pytest.raises(TypeError, match=r"`model` must be a keras.Model.*'run/model.keras'"):
+            measure("run/model.keras")
+    with pytest.raises(TypeError, match=r"`images` must be a numeric array.*str"):
+        normalized_sensitivity(model, "images", smooth_warp)
+    with pytest.raises(TypeError, match=r"`layers` must be None, .*layers=42"):
+        normalized_sensitivity(model, images, smooth_warp, layers=42)
+    with pytest.raises(ValueError, match=r"`seed` must be an integer.*seed=-1"):
+        normalized_sensitivity(model, images, smooth_warp, seed=-1)
 
 
 # -- shift consistency --------------------------------------------------------------------------
@@ -517,3 +631,156 @@ def test_a_mixed_precision_model_is_measured_in_float32(images, policy):
     a, b = shift_consistency(mixed, probe, 2, seed=0), shift_consistency(twin, probe, 2, seed=0)
     assert a["output"] == b["output"]
     assert {layer.dtype_policy.name for layer in mixed.layers[1:]} == {policy}
+
+
+# -- models without a graph, several inputs, many models -----------------------------------------
+
+
+class Subclassed(keras.Model):
+    """A subclassed model (no graph of layers): conv -> pool -> dense."""
+
+    def __init__(self):
+        super().__init__(name="subclassed")
+        self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+def test_a_subclassed_model_is_measured_at_input_and_output_with_one_warning(images):
+    keras.utils.set_random_seed(5)
+    model = Subclassed()
+    with pytest.raises(ValueError, match=r"'subclassed' \(Subclassed\).*not been built.*model\("):
+        normalized_sensitivity(model, images, smooth_warp)
+    model(images[:1])
+    with pytest.warns(UserWarning, match="inner layers cannot be probed") as caught:
+        result = normalized_sensitivity(model, images, smooth_warp, batch_size=3)
+    assert len(caught) == 1 and list(result) == ["input", "output"]
+    # Reference: the same layers and weights in a functional graph (the advice of the warning).
+    inputs = keras.Input(SHAPE)
+    functional = keras.Model(inputs, model.call(inputs))
+    head = functional.layers[-1].name
+    expected = normalized_sensitivity(functional, images, smooth_warp, layers=["input", head])
+    np.testing.assert_allclose(list(result.values()), list(expected.values()), rtol=1e-5)
+    clean = model.predict(images, verbose=0).astype(np.float64)
+    deformed = model.predict(smooth_warp(images), verbose=0)
+    numerator = np.mean(cosine_distance(clean, deformed))
+    denominator = np.median([cosine_distance(clean[i], clean[j]) for i, j in distinct_pairs(8)])
+    assert result["output"] == pytest.approx(numerator / denominator, rel=1e-4)
+    with pytest.warns(UserWarning, match="only 'input' and 'output' are measured"):
+        r = relative_stability(model, images, smooth_warp, layers=["output"], seed=0)
+    assert list(r) == ["output"] and np.isfinite(r["output"])
+    assert shift_consistency(model, images, max_shift=2, seed=0)["output"] >= 0.0
+    with pytest.raises(ValueError, match=r"only 'input' and 'output'.*layers=\['conv'\].*Model"):
+        normalized_sensitivity(model, images, smooth_warp, layers=["conv"])
+
+
+def image_and_vector_model():
+    keras.utils.set_random_seed(6)
+    image = keras.Input(SHAPE, name="image")
+    vector = keras.Input((5,), name="meta")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(image)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Concatenate(name="joined")([x, vector])
+    outputs = keras.layers.Dense(4, name="head")(x)
+    return keras.Model([vector, image], outputs)  # the image input second
+
+
+def test_a_model_with_an_image_and_a_vector_input_takes_extra_inputs(images):
+    model = image_and_vector_model()
+    vectors = np.random.default_rng(1).normal(size=(8, 5)).astype("float32")
+    names = ["input", "conv", "joined", "head"]
+    with pytest.raises(ValueError, match=r"2 inputs.*'image'.*\['meta'\].*`extra_inputs`"):
+        normalized_sensitivity(model, images, smooth_warp, layers=names)
+    result = normalized_sensitivity(
+        model, images, smooth_warp, layers=names, batch_size=3, extra_inputs={"meta": vectors}
+    )
+    # NumPy reference: the model's features on clean and deformed images, vectors held fixed.
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names[1:]])
+    clean = [images.reshape(8, -1)] + probe.predict([vectors, images], verbose=0)
+    deformed = [smooth_warp(images).reshape(8, -1)] + probe.predict(
+        [vectors, smooth_warp(images)], verbose=0
+    )
+    for name, f, g in zip(names, clean, deformed, strict=True):
+        f, g = np.asarray(f, np.float64).reshape(8, -1), np.asarray(g, np.float64).reshape(8, -1)
+        numerator = np.mean(cosine_distance(f, g))
+        denominator = np.median([cosine_distance(f[i], f[j]) for i, j in distinct_pairs(8)])
+        np.testing.assert_allclose(result[name], numerator / denominator, rtol=1e-5)
+    # A list in input order, or the one array, give the same numbers.
+    for extra in ([vectors], vectors):
+        again = normalized_sensitivity(
+            model, images, smooth_warp, layers=names, batch_size=5, extra_inputs=extra
+        )
+        np.testing.assert_allclose(list(again.values()), list(result.values()), rtol=1e-5)
+    r = relative_stability(model, images, smooth_warp, layers=names, extra_inputs=vectors, seed=0)
+    assert r["input"] == pytest.approx(1.0) and np.isfinite(r["head"])
+    # Shift consistency: the top-1 classes of two shifted copies, vectors held fixed.
+    consistency = shift_consistency(model, images, 2, batch_size=3, seed=4, extra_inputs=vectors)
+    offsets = np.random.default_rng(4).integers(-2, 2, size=(8, 2, 2), endpoint=True)
+    top1 = [
+        model.predict(
+            [vectors, np.stack([numpy_padded_shift(images[i], *offsets[i, k], "wrap")
+                                for i in range(8)])],
+            verbose=0,
+        ).argmax(-1)
+        for k in (0, 1)
+    ]  # fmt: skip
+    assert consistency["output"] == pytest.approx(np.mean(top1[0] == top1[1]))
+    bad = [
+        ({"vector": vectors}, r"must name the model's other inputs, \['meta'\]"),
+        (vectors[:5], r"input 'meta' must have shape \(8, 5\).*received shape \(5, 5\)"),
+        ([vectors, vectors], r"must hold 1 arrays.*received 2"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(ValueError, match=message):
+            normalized_sensitivity(model, images, smooth_warp, layers=names, extra_inputs=extra)
+    with pytest.raises(ValueError, match="single input; `extra_inputs`"):
+        normalized_sensitivity(tiny_model(), images, smooth_warp, extra_inputs=vectors)
+
+
+def test_measuring_many_models_in_one_process_retraces_nothing(monkeypatch):
+    """A model zoo (different sizes, depths, widths) and a sweep print no retracing warning."""
+    import logging
+
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    from deformstab_tf.deformations.layers import RandomAffine, RandomThinPlateSpline
+
+    # Fresh retracing counters: earlier tests may have used up TensorFlow's two warnings per
+    # function, which would hide new ones.
+    monkeypatch.setattr(
+        polymorphic_function,
+        "_frequent_tracing_detector_manager",
+        polymorphic_function._FrequentTracingDetectorManager(),
+    )
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    tf.get_logger().addHandler(handler)
+    try:
+        for i in range(7):
+            size = 8 + 2 * i
+            keras.utils.set_random_seed(i)
+            inputs = keras.Input((size, size, 3))
+            x = inputs
+            for depth in range(1 + i % 3):
+                x = keras.layers.Conv2D(2 + i, 3, activation="relu", name=f"c{depth}")(x)
+            x = keras.layers.GlobalAveragePooling2D()(x)
+            model = keras.Model(inputs, keras.layers.Dense(3)(x))
+            x_probe = np.random.default_rng(i).random((5, size, size, 3)).astype("float32")
+            deformation = (RandomThinPlateSpline if i % 2 else RandomAffine)(seed=i)
+            normalized_sensitivity(model, x_probe, deformation, batch_size=3)
+            relative_stability(model, x_probe, deformation, batch_size=3, seed=0)
+            shift_consistency(model, x_probe, max_shift=1, seed=0)
+            for magnitude in (0.5, 1.0, 2.0):  # a sweep on the last model
+                tps = RandomThinPlateSpline(max_displacement=magnitude, seed=0)
+                normalized_sensitivity(model, x_probe, tps, batch_size=3)
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert [m for m in messages if "retracing" in m] == []

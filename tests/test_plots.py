@@ -7,6 +7,7 @@ import pytest
 
 from deformstab_tf.measures import MeasureResult
 from deformstab_tf.plots import (
+    figure_to_array,
     mean_and_band,
     plot_over_epochs,
     plot_profile,
@@ -129,3 +130,59 @@ def test_mean_and_band_leave_out_nan_runs_and_are_geometric_on_log_axes():
     np.testing.assert_allclose(mean_and_band([0.01, 1.0], log=True), expected)
     assert mean_and_band([0.3]) == (0.3, 0.3, 0.3)
     assert all(math.isnan(v) for v in mean_and_band([math.nan, math.nan]))
+
+
+@pytest.mark.parametrize("count", [55, 120, 200])
+def test_profile_axes_stay_readable_for_many_probe_points(count):
+    # MobileNetV2 has 55 probe points, nested in its backbone: "mobilenetv2_1.00_224/...".
+    names = ["input"] + [f"mobilenetv2_1.00_224/block_{i}_expand_relu" for i in range(count - 1)]
+    values = dict(zip(names, np.linspace(0.1, 1.0, count), strict=True))
+    results = {
+        "sensitivity": MeasureResult("sensitivity", values),
+        "relative_stability": MeasureResult(
+            "relative_stability", values, details={"D": values, "G": values}
+        ),
+    }
+    bands = {"max": {name: [v, v + 0.1] for name, v in values.items()}}
+    figures = [
+        plot_profiles(results, initial=results, title="epoch 3"),
+        plot_profile(results["sensitivity"]).figure,
+        plot_profile_bands(bands),
+        plot_stage_bands({"at initialisation": bands, "after training": bands}),
+    ]
+    for figure in figures:
+        assert figure.get_figwidth() <= 16.0
+        dpi = 80
+        profile_image_array = figure_to_array(figure, dpi)  # lays out and draws
+        assert profile_image_array.shape[1] <= 16 * dpi
+        for ax in figure.axes:
+            shown = ax.get_xticks()
+            labels = [t for t in ax.get_xticklabels() if t.get_text()]
+            assert labels, ax.get_title()
+            # every probe point keeps a tick; the labels are the names without the prefix
+            ticks = set(np.round(shown).astype(int)) | set(
+                np.round(ax.get_xticks(minor=True)).astype(int)
+            )
+            assert ticks == set(range(count))
+            for tick, label in zip(shown, ax.get_xticklabels(), strict=True):
+                assert names[int(round(tick))].endswith(label.get_text())
+            assert "in mobilenetv2_1.00_224" in ax.get_xlabel()
+            # Rotated labels do not overlap: neighbouring (parallel) labels lie further apart,
+            # across their direction, than the text is high.
+            x = ax.transData.transform(np.stack([shown, np.zeros_like(shown)], axis=1))[:, 0]
+            rotation = labels[0].get_rotation()
+            height = labels[0].get_size() * dpi / 72.0
+            across = np.diff(x).min() * math.sin(math.radians(rotation))
+            assert across >= 1.15 * height, (count, ax.get_title(), across, height)
+            assert len(labels) >= 15  # still many landmarks
+
+
+def test_probe_ticks_label_every_point_when_they_fit():
+    from matplotlib.figure import Figure
+
+    from deformstab_tf.plots import probe_ticks
+
+    ax = Figure(figsize=(7, 4)).add_subplot()
+    assert probe_ticks(ax, PROBES) == "probe point"
+    assert [t.get_text() for t in ax.get_xticklabels()] == PROBES
+    assert len(ax.get_xticks(minor=True)) == 0

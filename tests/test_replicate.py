@@ -16,9 +16,9 @@ import tensorflow as tf
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _replicate_module():
+def _stats_module():
     spec = importlib.util.spec_from_file_location(
-        "replicate", os.path.join(ROOT, "benchmarks", "replicate.py")
+        "replication_stats", os.path.join(ROOT, "benchmarks", "_stats.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -26,7 +26,7 @@ def _replicate_module():
 
 
 def test_paper_scale_statistics_against_closed_forms():
-    replicate = _replicate_module()
+    replicate = _stats_module()
     # mean 2, sample SD 1, n 3: half-width t(0.975, 2) / sqrt(3), t(0.975, 2) = 4.302653 (tables)
     lo, hi = replicate.t_interval([1.0, 2.0, 3.0])
     assert lo == pytest.approx(2 - 4.302653 / math.sqrt(3), abs=1e-5)

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from unittest import mock
@@ -11,12 +12,14 @@ from unittest import mock
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from deformstab_tf import data, reports
 from deformstab_tf.deformations.layers import deformation_layer
 from deformstab_tf.measures import MeasureResult, normalized_sensitivity
 from deformstab_tf.training import train_run
+from tests.cli_cases import run_cases
 from tests.references import TINY_RUN
 from trainers import measure
 
@@ -110,6 +113,32 @@ def test_measure_a_users_own_model_at_its_unit_outputs(tmp_path, capsys):
     assert code in (None, 0) and list(got) == list(expected) and "pool" not in got
 
 
+def test_measure_resizes_the_data_to_the_models_input_size(tmp_path, capsys):
+    # A model for 24x24 images (as a 224-px Keras Applications model) on 32x32 synthetic data.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(tmp_path / "m24.keras")
+    out = tmp_path / "report"
+    argv = [f"--model={tmp_path}/m24.keras", "--measures=sensitivity", "--num_images=6",
+            f"--output_dir={out}", "--dataset=synthetic"]  # fmt: skip
+    code, lines = _run_script(measure, argv, capsys)
+    assert code == 1 and "pass --image_size=24 to resize them (bilinear)" in lines[0]
+    code, lines = _run_script(measure, [*argv, "--image_size=24", "--resize_method=area"], capsys)
+    assert code in (None, 0), lines
+    with open(out / "report.json") as file:
+        document = json.load(file)
+    assert "resized from 32x32 to 24x24 (area)" in document["context"]["data"]
+    assert "resized from 32x32 to 24x24 (area)" in (out / "report.md").read_text()
+    _, test, _ = data.load_dataset("synthetic", batch_size=256)
+    images = tf.image.resize(data.take_images(test, 6), (24, 24), method="area").numpy()
+    model = keras.models.load_model(tmp_path / "m24.keras")
+    expected = normalized_sensitivity(model, images, deformation_layer("tps", 2.0, seed=0), seed=0)
+    got = document["results"]["sensitivity"]["values"]
+    np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=1e-5)
+
+
 def _run_script(module, argv, capsys):
     """`module.run()` (the console script) in this process: (exit code, stderr lines)."""
     flags.FLAGS.unparse_flags()
@@ -120,7 +149,9 @@ def _run_script(module, argv, capsys):
     return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
 
 
-def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_path, capsys):
+def test_measure_bad_flags_exit_with_one_line_and_write_nothing(
+    tiny_runs, tmp_path, tmp_path_factory, capsys
+):
     out = tmp_path / "report"
     model_path = str(tiny_runs / "max_0" / "model.keras")
     (tmp_path / "unreadable").mkdir(mode=0)
@@ -130,6 +161,9 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_p
         ([f"--model={model_path}", "--measures=curvature"], "'curvature'"),
         ([f"--model={model_path}", "--dataset=no_such_dataset"], "'no_such_dataset'"),
         ([f"--model={model_path}", "--dataset=folder:/nonexistent"], "/nonexistent"),
+        # offline: a TFDS dataset that is not prepared is not downloaded
+        ([f"--model={model_path}", "--dataset=cifar10", f"--data_dir={tmp_path}/unreadable",
+          "--nodownload"], "download=False (--nodownload)"),
         ([f"--model={model_path}", f"--dataset=folder:{tmp_path}/unreadable"], "unreadable"),
         ([f"--model={model_path}", "--magnitude=-1"], "-1"),
         ([f"--model={model_path}", "--sweep=1,-2"], "-2"),
@@ -139,8 +173,27 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_p
         ([f"--model={model_path}", "--split=validation"], "--split=validation"),
         ([], "--model"),
         # the synthetic default is 32x32; the model takes 16x16 images
-        ([f"--model={model_path}", "--dataset=synthetic"], "expects images of shape (16, 16, 3)"),
-    ]
+        ([f"--model={model_path}", "--dataset=synthetic"],
+         "expects images of shape (16, 16, 3); --dataset='synthetic' gives (32, 32, 3); pass "
+         "--image_size=16 to resize them (bilinear)"),
+        ([f"--model={model_path}", "--image_size=0"], "--image_size must be N or H,W"),
+        ([f"--model={model_path}", "--image_size=16,16,3"], "--image_size must be N or H,W"),
+        # flags named, not the internal arguments they become (`count`, `max_displacement`)
+        ([f"--model={model_path}", "--num_images=0"], "--num_images=0"),
+        ([f"--model={model_path}", "--num_images=5000"],
+         "--num_images=5000 exceeds the 1000 images of the test split of 'synthetic'"),
+        ([f"--model={model_path}", "--split=train", "--num_images=97"],
+         "--num_images=97 exceeds the 96 images of the train split"),
+        ([f"--model={model_path}", "--magnitude=-1"], "--magnitude=-1.0"),
+        ([f"--model={model_path}", "--sweep=1,nan"], "--sweep=nan"),
+        ([f"--model={model_path}", "--grid_size=17"], "at most the image size 16"),
+        ([f"--model={model_path}", "--deformation=diffeo", "--cutoff=1"], "cutoff=1"),
+        ([f"--model={model_path}", "--measures="], "--measures is empty"),
+        ([f"--model={model_path}", "--batch_size=0"], "--batch_size=0"),
+        ([f"--model={model_path}", "--seed=-1"], "--seed=-1"),
+        ([f"--model={model_path}", "--dataset=no_such"], "--dataset='no_such'"),
+        ([f"--model={model_path}", "--layers=units,all"], "one named selection alone"),
+    ]  # fmt: skip
     for argv, message in cases:
         code, lines = _run_script(measure, [*argv, f"--output_dir={out}"], capsys)
         assert code == 1, argv
@@ -150,6 +203,20 @@ def test_measure_bad_flags_exit_with_one_line_and_write_nothing(tiny_runs, tmp_p
         )
         assert not out.exists(), argv
     assert os.listdir(tmp_path) == ["unreadable"]  # no staging directory left either
+    # An --output_dir that cannot be written is reported first, naming the flag (not a staging
+    # directory after the whole measurement).
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "a_file").write_text("")
+    for directory, message in [
+        (elsewhere / "a_file", "`--output_dir` is an existing file"),
+        (elsewhere / "a_file" / "report", "`--output_dir` cannot be created"),
+        ("/proc/deformstab_report", "`--output_dir` is not writable"),
+    ]:
+        code, lines = _run_script(
+            measure, [f"--model={model_path}", f"--output_dir={directory}"], capsys
+        )
+        assert code == 1 and len(lines) == 1 and message in lines[0], lines
+    assert os.listdir(elsewhere) == ["a_file"]
 
 
 def test_a_diverged_result_is_reported_as_nan_not_as_a_number(tmp_path):
@@ -228,15 +295,96 @@ def test_compare_script_writes_figures_and_rejects_bad_flags(tiny_runs, tmp_path
     no_measurements = tmp_path / "unmeasured"
     no_measurements.mkdir()
     (no_measurements / "config.json").write_text('{"config": {"downsample": "max"}}')
-    for args, message in [
+    # Run directories damaged in the ways a copy or a hand edit can damage them.
+    damaged = {}
+    for name, path, edit in [
+        ("no_config_key", "config.json", lambda d: {"version": d["version"]}),
+        ("not_json", "config.json", None),
+        ("no_results", "stability/measurements.json",
+         lambda d: {**d, "history": [{"epoch": r["epoch"]} for r in d["history"]]}),
+        ("no_history", "stability/measurements.json", lambda d: {"seed": 0}),
+    ]:  # fmt: skip
+        damaged[name] = tmp_path / name
+        shutil.copytree(tiny_runs / "max_0", damaged[name])
+        if edit is None:
+            (damaged[name] / path).write_text("{not json")
+        else:
+            with open(damaged[name] / path) as file:
+                document = json.load(file)
+            with open(damaged[name] / path, "w") as file:
+                json.dump(edit(document), file)
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "bad"
+    cases = [
         ([], "--runs is required"),
         ([f"--runs={tmp_path}/nothing*"], "matches no run directory"),
         ([f"--runs={tmp_path}/figures"], "not a run directory"),
         ([f"--runs={tiny_runs}/max_0,{no_measurements}"], "holds no stability measurements"),
-    ]:
-        bad = tmp_path / "bad"
-        result = _compare([*args, f"--output_dir={bad}"])
-        assert result.returncode == 1
-        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and message in lines[0], result.stderr[-1500:]
+        ([f"--runs={damaged['no_config_key']}"], "config.json' is not a run's configuration"),
+        ([f"--runs={damaged['not_json']}"], "not_json/config.json' is not valid JSON"),
+        ([f"--runs={damaged['no_results']}"], "measurements.json' holds a malformed measurement"),
+        ([f"--runs={damaged['no_history']}"], "holds no \"history\" list"),
+        ([f"--runs={tiny_runs}/max_0", "--measure=curvature"], "measure='curvature'"),
+        ([f"--runs={tiny_runs}/max_0", f"--output_dir={tmp_path}/a_file"],
+         "`--output_dir` is an existing file"),
+        ([f"--runs={tiny_runs}/max_0", "--output_dir=/proc/deformstab_figures"],
+         "`--output_dir` is not writable"),
+    ]  # fmt: skip
+    results = run_cases("trainers.compare", [[f"--output_dir={bad}", *a] for a, _ in cases])
+    for (args, message), (code, lines) in zip(cases, results, strict=True):
+        assert code == 1, (args, lines)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+            args,
+            lines,
+        )
         assert not bad.exists()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no staging
+
+
+def test_stability_report_arguments(tiny_runs):
+    model_path = str(tiny_runs / "max_0" / "model.keras")
+    model = keras.models.load_model(model_path)
+    _, test, _ = data.synthetic(**SYNTHETIC, batch_size=256)
+    images = data.take_images(test, 8)
+    tps = deformation_layer("tps", 2.0, seed=0)
+    # A measurement: the same numbers from a reused layer, a fresh one, and the model's path,
+    # with one measure named by a string; equal to the measure function with the same seed.
+    first = reports.stability_report(model, images, tps, ["sensitivity"], verbose=0)
+    again = reports.stability_report(model_path, images, tps, "sensitivity", verbose=0)
+    expected = normalized_sensitivity(model, images, deformation_layer("tps", 2.0), seed=0)
+    assert first == again and list(first) == ["sensitivity"]
+    np.testing.assert_allclose(
+        list(first["sensitivity"].values()), list(expected.values()), rtol=1e-6
+    )
+    for kwargs, error, message in [
+        ({"deformation": "tps"}, TypeError, r"`deformation`.*'tps'.*deformation_layer\('tps'"),
+        ({"deformation": 42}, TypeError, "deformation=42"),
+        ({"measures": []}, ValueError, "`measures` must name at least one"),
+        ({"measures": 42}, TypeError, "measures=42"),
+        ({"measures": "curvature"}, ValueError, "measures='curvature'"),
+        ({"model": "no/such/model.keras"}, ValueError, "`model` is not a saved model file"),
+        ({"model": 42}, TypeError, "`model` must be a keras.Model"),
+        ({"seed": -1}, ValueError, "seed=-1"),
+    ]:
+        arguments = {"model": model, "images": images, "deformation": tps, **kwargs}
+        with pytest.raises(error, match=message):
+            reports.stability_report(**arguments, verbose=0)
+    # smoothness alone needs no deformation
+    assert list(reports.stability_report(model, images, None, "smoothness", verbose=0)) == [
+        "smoothness"
+    ]
+    with pytest.raises(TypeError, match="`magnitudes` must be a non-empty list.*'1,2'"):
+        reports.magnitude_sweep(model, images, "tps", "1,2", verbose=0)
+
+
+def test_one_line_errors_drop_colour_codes_and_kerass_call_wrapper():
+    from trainers._cli import one_line
+
+    wrapped = (
+        "Exception encountered when calling RandomThinPlateSpline.call().\n\n"
+        "\x1b[1m`grid_size` must be at most the image size 2\x1b[0m\n\n"
+        "Arguments received by RandomThinPlateSpline.call():\n  • data=tf.Tensor(shape=(1, 2))"
+    )
+    expected = "RandomThinPlateSpline: `grid_size` must be at most the image size 2"
+    assert one_line(wrapped) == expected
+    assert one_line("two\nlines \x1b[31mred\x1b[0m") == "two lines red"

@@ -11,17 +11,20 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from tensorflow.python.framework import config as tf_config
 
 from deformstab_tf import training
 from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.training import DEFAULTS, check_config, train_run
+from tests.cli_cases import run_cases
 from tests.references import TINY_RUN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,11 +80,25 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+# Warnings the fixture's run raised (with every warning shown, as `-W always` would).
+RUN_WARNINGS = []
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
-    summary = train_run(run_dir, verbose=0, **TINY)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train_run(run_dir, verbose=0, **TINY)
+    RUN_WARNINGS.extend(caught)
     return run_dir, summary
+
+
+def test_a_default_run_raises_no_warning(finished_run):
+    # e.g. Keras's "`shuffle=True` was passed, but will be ignored" for our own fit() call.
+    # (Keras's saving raises a DeprecationWarning of its own under NumPy 2: not ours.)
+    shown = [w for w in RUN_WARNINGS if not issubclass(w.category, DeprecationWarning)]
+    assert [f"{w.category.__name__}: {w.message}" for w in shown] == []
 
 
 def test_a_run_writes_every_artefact(finished_run):
@@ -110,7 +127,17 @@ def test_a_run_writes_every_artefact(finished_run):
     assert "training_examples" in accumulator.Tags()["tensors"]
     root = EventAccumulator(run_dir)
     root.Reload()
-    assert "hparams" in root.PluginTagToContent("hparams") or root.PluginTagToContent("hparams")
+    hparams = root.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
+    columns = [info.name for info in experiment.hparam_infos]
+    # The dashboard's first columns tell runs apart; the rest follow by name.
+    first = ["model", "downsample", "dataset", "seed", "learning_rate", "epochs"]
+    # then the precision used and the setting that chose it
+    assert columns[:8] == [*first, "precision", "mixed_precision"]
+    assert columns[8:] == sorted(columns[8:])
+    assert sorted(columns) == sorted([*DEFAULTS, "precision"])
+    session = HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["downsample"].string_value == "max"
 
 
 def test_a_finished_run_is_left_alone_and_other_flags_are_an_error(finished_run):
@@ -151,12 +178,46 @@ def test_bad_settings_name_the_setting_and_write_nothing(tmp_path):
         "folder": ({"dataset": f"folder:{tmp_path}/missing"}, "missing"),
         "unknown": ({"epochz": 3}, "epochz"),
         "prototypes": ({"synthetic_prototypes": "noise"}, "synthetic_prototypes='noise'"),
+        # Settings that only the data rules out: checked before the run directory is made.
+        "probe_size": (
+            {"probe_size": 5000},
+            r"`probe_size`=5000 exceeds the 1000 images of the test split of 'synthetic'",
+        ),
+        "grid_size": ({"grid_size": 1}, "grid_size=1"),
+        "grid_size_image": ({"grid_size": 17}, r"at most the image size 16.*grid_size=17"),
+        "cutoff": ({"deformation": "diffeo", "cutoff": 0}, "cutoff=0"),
+        "classes": ({"synthetic_classes": 1}, "synthetic_classes=1"),
+        "synthetic_grid": ({"synthetic_image_size": 2}, r"`synthetic_grid_size`.*image_size=2"),
+        "translate": ({"augment": ["translate:100"]}, r"'translate:100'.*16x16"),
+        "seed": ({"seed": -1}, "seed=-1"),
+        "momentum": ({"momentum": 2.0}, r"`momentum` must be a number in \[0, 1\]"),
+        "blocks_flat": ({"blocks": [4, 8]}, r"`blocks` must be.*blocks=\[4, 8\]"),
+        "dataset": ({"dataset": "no_such"}, "`dataset`='no_such'"),
+        "measure_every": ({"measure_every": 3}, r"`measure_every`=3 exceeds `epochs`=2"),
+        "output_dir": ({}, None),
     }
     for name, (settings, message) in cases.items():
+        directory = run_dir
+        if name == "output_dir":  # a path no one can create
+            directory, message = tmp_path / "file" / "run", r"`output_dir` cannot be created"
+            (tmp_path / "file").write_text("")
         with pytest.raises(ValueError, match=message):
-            train_run(str(run_dir), verbose=0, **{**TINY, **settings})
+            train_run(str(directory), verbose=0, **{**TINY, **settings})
         assert not run_dir.exists(), name
+    for settings, error, message in [
+        ({"random_labels": "no"}, TypeError, "random_labels='no'"),  # "no" would be true
+        ({"measures": 42}, TypeError, "measures=42"),
+    ]:
+        with pytest.raises(error, match=message):
+            train_run(str(run_dir), verbose=0, **{**TINY, **settings})
+    with pytest.raises(ValueError, match="verbose=5"):
+        train_run(str(run_dir), verbose=5, **TINY)
+    assert not run_dir.exists()
     assert set(DEFAULTS) >= set(TINY)
+    # One augmentation or measure as a string is that one, not a list of characters.
+    for key, value in [("augment", "tps:grid_size=3,max_displacement=1"),
+                       ("measures", "sensitivity")]:  # fmt: skip
+        assert check_config({key: value})[key] == check_config({key: [value]})[key] == (value,)
 
 
 def test_kill_9_mid_epoch_then_resume_loses_and_repeats_no_epoch(tmp_path):
@@ -276,7 +337,7 @@ def test_tensorboard_server_shows_one_clean_picture(finished_run, tmp_path):
         server.wait(timeout=10)
 
 
-def test_mirrored_on_two_logical_cpus_and_bad_flags_exit_with_one_line(tmp_path):
+def test_mirrored_on_two_logical_cpus(tmp_path):
     run_dir = str(tmp_path / "mirrored")
     process = _train_script(
         [
@@ -292,18 +353,49 @@ def test_mirrored_on_two_logical_cpus_and_bad_flags_exit_with_one_line(tmp_path)
     assert process.returncode == 0, err
     assert "2 replicas" in err or "CPU:1" in err or os.path.exists(run_dir)
     assert _csv_epochs(run_dir) == [0]
+
+
+def test_bad_flags_exit_with_one_line_naming_the_flag_and_write_nothing(tmp_path):
+    """Every flag is checked before the run directory is made (issue: a mistyped flag at the end
+    of a long command left a half-written run that the corrected command then refused)."""
     bad = str(tmp_path / "bad")
-    for flag, message in [
+    (tmp_path / "a_file").write_text("")
+    cases = [
         ("--downsample=maxx", "downsample='maxx'"),
         ("--epochs=0", "epochs=0"),
         ("--dataset=folder:/nonexistent/tree", "/nonexistent/tree"),
-        ("--model=alexnet", "model"),
-    ]:
-        process = _train_script([flag, f"--output_dir={bad}"])
-        out, err = process.communicate(timeout=120)
-        assert process.returncode != 0, flag
-        lines = [line for line in err.splitlines() if line.strip() and "tensorflow" not in line]
-        assert any(message in line for line in lines), (flag, err)
+        ("--model=alexnet", "--model=alexnet"),
+        ("--probe_size=5000", "`probe_size`=5000 exceeds the 1000 images of the test split"),
+        ("--grid_size=1", "grid_size=1"),
+        ("--grid_size=17", "at most the image size 16"),
+        ("--deformation=diffeo --cutoff=0", "cutoff=0"),
+        ("--cpu_devices=-1", "--cpu_devices=-1"),
+        ("--synthetic_image_size=2", "`synthetic_grid_size` must be in 2..synthetic_image_size=2"),
+        ("--synthetic_grid_size=1", "synthetic_grid_size=1"),
+        ("--synthetic_classes=1", "synthetic_classes=1"),
+        ("--synthetic_displacement=-1", "synthetic_displacement=-1"),
+        ("--seed=-1", "seed=-1"),
+        ("--momentum=2", "momentum=2"),
+        ("--verbose=7", "--verbose=7"),
+        ("--augment=translate:abc", "'translate:abc'"),
+        ("--augment=translate:100", "'translate:100' translates by up to 100 pixels"),
+        ("--augment=tps:grid_size=40", "'tps:grid_size=40'"),
+        ("--dataset=no_such", "`dataset`='no_such'"),
+        (f"--output_dir={tmp_path}/a_file/run", "`output_dir` cannot be created"),
+        # offline: a TFDS dataset missing from --data_dir is not downloaded
+        (f"--dataset=cifar10 --data_dir={tmp_path}/tfds --nodownload", "download=False"),
+    ]
+    results = run_cases(
+        "trainers.train",
+        [[*TINY_FLAGS, f"--output_dir={bad}", *flag.split()] for flag, _ in cases],
+    )
+    for (flag, message), (code, lines) in zip(cases, results, strict=True):
+        assert code == 1, (flag, lines)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (
+            flag,
+            lines,
+        )
+        assert "\x1b[" not in lines[0], lines  # no terminal colour codes from Keras
         assert not os.path.exists(bad), flag
 
 

@@ -9,6 +9,7 @@ traceback of a package error instead.
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -45,6 +46,31 @@ def _parse_flags(argv):
         _exit_with_one_line(f"{error} (see --help)")
 
 
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+# Keras's call wrapper around a layer's error: the layer, the message, then the arguments.
+_KERAS_CALL = re.compile(
+    r"\s*Exception encountered when calling (?P<layer>\S+?)\.call\(\)\.\s*(?P<message>.*?)"
+    r"\s*Arguments received by .*",
+    re.DOTALL,
+)
+
+
+def one_line(message):
+    """`message` as one plain line: no terminal colour codes, Keras's call wrapper reduced to
+    the layer and its message.
+
+    Example:
+
+    >>> one_line("Exception encountered when calling Foo.call(). bad Arguments received by ...")
+    'Foo: bad'
+    """
+    text = _ANSI_CODES.sub("", str(message))
+    match = _KERAS_CALL.fullmatch(text)
+    if match:
+        text = f"{match['layer']}: {match['message']}"
+    return " ".join(text.split())
+
+
 def _exit_with_one_line(message, code=1):
-    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    print("error: " + one_line(message), file=sys.stderr)
     sys.exit(code)

@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from trainers._cli import run_main
+from ._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run directories or glob patterns of them (comma-separated).")
@@ -33,6 +33,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.runs:
         raise app.UsageError("--runs is required: run directories or glob patterns.")
+    from deformstab_tf._validation import check_output_directory
+
+    check_output_directory("--output_dir", FLAGS.output_dir)
     directories = sorted(
         {path for pattern in FLAGS.runs for path in (glob.glob(pattern) or [pattern])}
     )

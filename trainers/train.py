@@ -6,7 +6,7 @@ stability callback, in about 2 minutes on 2 CPU cores. Watch it with `tensorboar
     python -m trainers.train                                   # the default run
     python -m trainers.train --dataset=folder:../shared/data/cifar10 --train_size=10000 \
         --augment=standard --epochs=12 --learning_rate=0.1 --output_dir=runs/cifar_max
-    python -m trainers.train --flagfile=presets/cifar10.cfg
+    python -m trainers.train --flagfile=trainers/presets/cifar10_cpu.cfg
 
 Rerunning the same command resumes an interrupted run (also after `kill -9`); the same output
 directory with other flags is an error. See `deformstab_tf.training.train_run`.
@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags
 
-from trainers._cli import run_main
+from ._cli import run_main
 
 FLAGS = flags.FLAGS
 
@@ -24,7 +24,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "dataset", "synthetic", "synthetic (built in), a TFDS name (cifar10, mnist, ...) or folder:PATH"
 )
-flags.DEFINE_string("data_dir", None, "TFDS data directory (prepared datasets).")
+flags.DEFINE_string("data_dir", None, "TFDS data directory (default ~/tensorflow_datasets).")
+flags.DEFINE_bool(
+    "download", True,
+    "TFDS: download and prepare a dataset missing from --data_dir; --nodownload for offline use.",
+)  # fmt: skip
 flags.DEFINE_integer("train_size", None, "Train on the first N examples of a seeded shuffle.")
 flags.DEFINE_bool("random_labels", False, "Labels drawn once per example, fixed across epochs.")
 flags.DEFINE_list(
@@ -85,7 +89,10 @@ flags.DEFINE_enum(
     "strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy."
 )
 flags.DEFINE_integer(
-    "cpu_devices", 0, "Split the CPU into this many logical devices (for --strategy=mirrored)."
+    "cpu_devices",
+    0,
+    "Split the CPU into this many logical devices (for --strategy=mirrored; 0 = no split).",
+    lower_bound=0,
 )
 flags.DEFINE_enum(
     "mixed_precision", "auto", ["auto", "float32", "bfloat16", "float16"],
@@ -97,7 +104,10 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step.")
 flags.DEFINE_string("output_dir", None, "Run directory; default runs/<model>_<downsample>_s<seed>.")
-flags.DEFINE_integer("verbose", 1, "1: progress bars, 2: one line per epoch, 0: silent.")
+flags.DEFINE_integer(
+    "verbose", 1, "1: progress bars, 2: one line per epoch, 0: silent.", lower_bound=0,
+    upper_bound=2,
+)  # fmt: skip
 
 
 def config_from_flags():
@@ -139,7 +149,7 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{config['model']}_{config['downsample']}_s{config['seed']}"
     )
-    summary = train_run(output_dir, verbose=FLAGS.verbose, **config)
+    summary = train_run(output_dir, verbose=FLAGS.verbose, download=FLAGS.download, **config)
     print(
         f"{output_dir}: test accuracy {summary['test_accuracy']:.3f}"
         + "".join(f", {m} {v:.4g}" for m, v in summary.get("stability", {}).items())

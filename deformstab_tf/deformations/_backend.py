@@ -97,7 +97,8 @@ def compiled(function, name, static_argnames=()):
         if name == "tensorflow":
             import tensorflow as tf
 
-            bound = tf.function(bound, jit_compile=True, autograph=False)
+            # reduce_retracing: images of many sizes (a model zoo) share one shape-generic trace
+            bound = tf.function(bound, jit_compile=True, autograph=False, reduce_retracing=True)
         elif name == "jax":
             import jax
 

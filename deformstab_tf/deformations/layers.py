@@ -66,6 +66,23 @@ class BaseRandomDeformation(keras.layers.Layer):
     stream per draw from it. Each method runs on the ops of the backend its input belongs to
     (`_backend.backend_name`): the active backend's, or TensorFlow's inside a ``tf.data``
     pipeline (or any TensorFlow graph) on another backend.
+
+    Where it runs: in `tf.data` pipelines (on TensorFlow ops, whatever the Keras backend) and
+    inside models on the active backend (TensorFlow or JAX; also under XLA / `jax.jit`).
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
+
+    Example:
+
+    >>> issubclass(RandomThinPlateSpline, BaseRandomDeformation)
+    True
     """
 
     default_fill_mode = "nearest"
@@ -139,6 +156,18 @@ class BaseRandomDeformation(keras.layers.Layer):
     @staticmethod
     def _ops(sample):
         return _backend.ops(_backend.backend_name(sample))
+
+    def check_image_size(self, height, width):
+        """Raises a ValueError naming the layer's argument if it cannot warp images of this size
+        (e.g. a TPS grid finer than the image), so a setting can be checked before any data
+        flows; nothing to check by default.
+
+        Example:
+
+        >>> RandomThinPlateSpline(grid_size=5).check_image_size(4, 4)
+        Traceback (most recent call last):
+        ValueError: `grid_size` must be at most the image size 4 ... Received: grid_size=5
+        """
 
     # -- the Keras image-preprocessing shape ---------------------------------------------------
 
@@ -300,7 +329,10 @@ class RandomThinPlateSpline(BaseRandomDeformation):
     Paper settings: CIFAR-10 ``grid_size=3, max_displacement=2``; ImageNet ``5, 10``.
 
     Only active when ``training=True`` (the default when called directly, and inside ``fit``);
-    identity in inference. Works in ``tf.data`` and inside models (also under XLA).
+    identity in inference.
+
+    Where it runs: in `tf.data` pipelines (on TensorFlow ops, whatever the Keras backend) and
+    inside models on the active backend (TensorFlow or JAX; also under XLA / `jax.jit`).
 
     Args:
         grid_size: control points per side, >= 2 and at most the image size.
@@ -314,12 +346,13 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         data_format: ``"channels_last"`` (default) or ``"channels_first"``.
 
     Input shape:
-        ``(B, H, W, C)`` or ``(H, W, C)`` (channels last), any numeric dtype; or a dict with
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
         ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
         ``"labels"`` (passed through).
 
     Output shape:
-        The input shape; images in the layer's compute dtype.
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
 
     Example:
 
@@ -336,6 +369,13 @@ class RandomThinPlateSpline(BaseRandomDeformation):
             )
         self.grid_size = grid_size
         self.max_displacement = _magnitude("max_displacement", max_displacement)
+
+    def check_image_size(self, height, width):
+        if self.grid_size > min(height, width):
+            raise ValueError(
+                f"`grid_size` must be at most the image size {min(height, width)} "
+                f"(height={height}, width={width}). Received: grid_size={self.grid_size}"
+            )
 
     def random_displacement(self, batch_size, height, width, seed):
         shape = (batch_size, self.grid_size * self.grid_size, 2)
@@ -355,7 +395,10 @@ class RandomAffine(BaseRandomDeformation):
 
     Each parameter is drawn per image (or once with ``same_on_batch=True``); the map is
     ``translate . rotate . shear . scale``. Unlike Keras's ``RandomRotation`` and friends the
-    layer keeps XLA on (``supports_jit``).
+    layer keeps XLA on (``supports_jit``). Active when ``training=True``, identity in inference.
+
+    Where it runs: in `tf.data` pipelines (on TensorFlow ops, whatever the Keras backend) and
+    inside models on the active backend (TensorFlow or JAX; also under XLA / `jax.jit`).
 
     Args:
         rotation: degrees; ``r`` draws from ``[-r, r]``, a pair ``(low, high)`` from that range.
@@ -369,6 +412,15 @@ class RandomAffine(BaseRandomDeformation):
         anisotropic_scale: draw the y and x zoom independently instead of one factor.
         interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
             `RandomThinPlateSpline`; the default fill mode is ``"reflect"``, as in Keras.
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
 
     Example:
 
@@ -437,7 +489,11 @@ class RandomDiffeomorphism(BaseRandomDeformation):
     the typical central `displacement` ``delta`` in pixels (``T = 4 delta^2 / (pi n^2 ln c)``
     per axis, which makes ``delta`` independent of the image size; Petrini et al.'s probes use
     ``delta = 1``, ``c = 3``). Fields are drawn per image (the authors' code shares one field
-    across the batch: ``same_on_batch=True``).
+    across the batch: ``same_on_batch=True``). Active when ``training=True``, identity in
+    inference.
+
+    Where it runs: in `tf.data` pipelines (on TensorFlow ops, whatever the Keras backend) and
+    inside models on the active backend (TensorFlow or JAX; also under XLA / `jax.jit`).
 
     Args:
         cutoff: integer ``c >= 2``; modes with ``sqrt(i^2 + j^2) < c + 0.5`` are kept.
@@ -446,6 +502,15 @@ class RandomDiffeomorphism(BaseRandomDeformation):
             neither this nor `temperature` is given.
         interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
             `RandomThinPlateSpline`; the default fill mode clamps to the edge, as the authors'.
+
+    Input shape:
+        ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
+        ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
+        ``"labels"`` (passed through).
+
+    Output shape:
+        The input shape (a dict stays a dict); images in the layer's compute dtype.
 
     Example:
 
@@ -526,8 +591,12 @@ def deformation_layer(name, magnitude=None, seed=None, **kwargs):
 
     Example:
 
-    >>> deformation_layer("tps", 2.0, seed=0, grid_size=3)   # Ruderman et al.'s CIFAR-10 probe
-    >>> deformation_layer("diffeo", 1.0, seed=0, cutoff=3)   # Petrini et al.'s probe
+    >>> tps = deformation_layer("tps", 2.0, seed=0, grid_size=3)  # Ruderman et al.'s CIFAR-10
+    >>> type(tps).__name__, tps.max_displacement, tps.grid_size
+    ('RandomThinPlateSpline', 2.0, 3)
+    >>> diffeo = deformation_layer("diffeo", 1.0, seed=0, cutoff=3)   # Petrini et al.'s probe
+    >>> type(diffeo).__name__, diffeo.displacement, diffeo.cutoff
+    ('RandomDiffeomorphism', (1.0, 1.0), 3)
     """
     check_choice("name", name, tuple(DEFORMATION_LAYERS))
     layer_class, magnitude_argument = DEFORMATION_LAYERS[name]

@@ -1,5 +1,6 @@
 """Shift consistency of the top-1 prediction (Zhang, 2019)."""
 
+import functools
 import math
 import weakref
 
@@ -10,13 +11,19 @@ import tensorflow as tf
 from deformstab_tf._validation import check_choice, check_positive_int
 from deformstab_tf.deformations.warp import FILL_MODES, shift
 from deformstab_tf.measures._common import resolve_seed, warn_non_finite
-from deformstab_tf.measures.features import check_probe_images, float32_compute
+from deformstab_tf.measures.features import (
+    check_probe_inputs,
+    float32_compute,
+    image_input_index,
+)
 from deformstab_tf.measures.results import MeasureResult
 
 _PREDICTORS = weakref.WeakKeyDictionary()  # traced top-1 function per model, dies with it
 
 
-def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap", seed=None):
+def shift_consistency(
+    model, images, max_shift, batch_size=64, fill_mode="wrap", seed=None, extra_inputs=None
+):
     """Probability that the top-1 prediction agrees for two random shifts of the same image.
 
     Each image is translated twice by whole pixels, by independent offsets `(dy, dx)` drawn
@@ -29,14 +36,17 @@ def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap",
     moves down by `dy` and right by `dx`.
 
     Args:
-        model: a single-input classifier (top-1 = argmax of its flattened output).
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        model: a classifier (top-1 = argmax of its flattened output): functional, `Sequential`
+            or subclassed; with several inputs, see `extra_inputs`.
+        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model's (image) input.
         max_shift: largest shift in pixels per axis, a non-negative integer.
         batch_size: images per forward pass.
         fill_mode: what enters at the border: `"wrap"` (circular shift, the default),
             `"constant"` (zeros), `"nearest"` (edge pixel repeated) or `"reflect"`
             (`d c b a | a b c d | d c b a`).
         seed: seeds the offsets; the same seed gives the same number.
+        extra_inputs: for a model with several inputs, the others, one row per image, held
+            fixed while the images are shifted; see `normalized_sensitivity`.
 
     Returns:
         A `MeasureResult` with one entry, `"output"`, the fraction of images whose two shifted
@@ -46,26 +56,36 @@ def shift_consistency(model, images, max_shift, batch_size=64, fill_mode="wrap",
 
     Example:
 
-    >>> shift_consistency(model, x_test[:1000], max_shift=4)["output"]
-    0.87
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> images = np.random.default_rng(0).random((32, 16, 16, 3), dtype="float32")
+    >>> result = shift_consistency(model, images, max_shift=4, seed=0)
+    >>> list(result), 0.0 <= result["output"] <= 1.0
+    (['output'], True)
     """
-    images = check_probe_images(model, images)
+    images, extras = check_probe_inputs(model, images, extra_inputs)
     return shift_consistency_from_predictor(
-        top1_predictor(model), images, max_shift, batch_size, fill_mode, seed
+        top1_predictor(model), images, max_shift, batch_size, fill_mode, seed, extras
     )
 
 
 def top1_predictor(model):
-    """A traced function `images -> top-1 class` of `model` with `training=False` (cached per
-    model, so repeated measurements do not retrace)."""
+    """A traced function `(images, extras) -> top-1 class` of `model` with `training=False`
+    (cached per model, so repeated measurements do not retrace; a function of its own per
+    model, so measuring many models retraces nothing either)."""
     if model not in _PREDICTORS:
         model_ref = weakref.ref(model)  # the cache must not keep the model alive
+        image_index = image_input_index(model)
 
-        @tf.function(reduce_retracing=True)
-        def predict_top1(images):
+        def predict_top1(images, extras=()):
             model = model_ref()
+            if extras:
+                inputs = list(extras)
+                inputs.insert(image_index, images)
+                inputs = keras.tree.pack_sequence_as(model._inputs_struct, inputs)
+            else:
+                inputs = images
             with float32_compute(model):  # traced once: the graph stays float32
-                outputs = model(images, training=False)
+                outputs = model(inputs, training=False)
             flat = tf.reshape(outputs, [tf.shape(outputs)[0], -1])
             weights_finite = [
                 tf.reduce_all(tf.math.is_finite(w.value))
@@ -78,14 +98,17 @@ def top1_predictor(model):
             # -1 marks a non-finite output or model (a diverged network): no class to agree on.
             return tf.where(finite, tf.argmax(flat, axis=-1), tf.constant(-1, tf.int64))
 
-        _PREDICTORS[model] = predict_top1
+        # A partial: TensorFlow counts traces per code object, and every model's predictor
+        # shares this code; each model's own trace is no retracing.
+        _PREDICTORS[model] = tf.function(functools.partial(predict_top1), reduce_retracing=True)
     return _PREDICTORS[model]
 
 
 def shift_consistency_from_predictor(
-    predict_top1, images, max_shift, batch_size=64, fill_mode="wrap", seed=None
+    predict_top1, images, max_shift, batch_size=64, fill_mode="wrap", seed=None, extras=()
 ):
-    """`shift_consistency` given `top1_predictor(model)` and checked `images` (for reuse)."""
+    """`shift_consistency` given `top1_predictor(model)`, checked `images` and the model's other
+    inputs `extras` (checked tensors, see `check_probe_inputs`), for reuse."""
     if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
         raise ValueError(
             f"`max_shift` must be a non-negative integer. Received: max_shift={max_shift!r}"
@@ -100,9 +123,11 @@ def shift_consistency_from_predictor(
     for start in range(0, num_images, batch_size):
         batch = images[start : start + batch_size]
         batch_offsets = offsets[start : start + batch_size]
+        batch_extras = [e[start : start + batch_size] for e in extras]
         first, second = (
             predict_top1(
-                shift(batch, batch_offsets[:, k, 0], batch_offsets[:, k, 1], fill_mode=fill_mode)
+                shift(batch, batch_offsets[:, k, 0], batch_offsets[:, k, 1], fill_mode=fill_mode),
+                batch_extras,
             )
             for k in (0, 1)
         )

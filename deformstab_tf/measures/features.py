@@ -9,19 +9,37 @@ per-image and per-pair numbers reach the host.
 Pairwise distances between the N probe images come from Gram matrices built block by block
 (`ProbeFeatures.distances`), so the memory is O(N^2) numbers per probe point plus the features of
 two batches; all N representations are never held at once.
+
+Which models: functional and `Sequential` models are probed anywhere (nested models too). A
+model with several inputs is measured at its image input (the first input of rank 4), with the
+other inputs given as `extra_inputs` and held fixed. A model without a graph (a subclassed
+`keras.Model`) can only be probed at its input and output: that is what is measured, with a
+warning.
+
+Tracing: each `ProbeFeatures` traces its functions once (they contain the model); they are
+distinct functions per model, so measuring a model zoo in one process retraces nothing.
 """
 
+import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import warnings
 import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from deformstab_tf._validation import check_model, check_names
+
 INPUT = "input"  # the probe name of the model's input (the images themselves)
+OUTPUT = "output"  # the probe name of a subclassed model's output
 DEFAULT_CACHE = 2**30  # bytes of clean features kept for the pairwise distances (1 GiB)
+# Probe images whose values exceed this, fed to a model without a rescaling layer, look like
+# 0..255 pixels given to a model trained on [0, 1] (standardised images stay below ~5).
+FAR_ABOVE_ONE = 10.0
 
 # ProbeFeatures per model and probe names. Weak keys, and probes hold the model weakly, so an
 # entry lives exactly as long as its model.
@@ -121,6 +139,9 @@ def resolve_probe_layers(model, layers=None):
             Each selection starts with `"input"`. (To probe a layer named like a selection,
             pass it in a list.)
 
+    A model without a graph (a subclassed `keras.Model`) has two probe points, `"input"` and
+    `"output"`: `layers` may be `None`, a named selection or a list of those two names.
+
     Returns:
         A list of probe names.
 
@@ -128,21 +149,28 @@ def resolve_probe_layers(model, layers=None):
         ValueError: if a name is unknown (the message lists the available names) or nothing is
             selected.
     """
+    if not _has_graph(model):
+        return _subclassed_probe_names(model, layers)
     if layers is None:
         return default_probe_layer_names(model)
     entries = _graph(model)["entries"]
     if isinstance(layers, str) and layers in SELECTIONS:
         names = _select(model, layers)
     elif callable(layers):
-        names = [
-            INPUT if isinstance(layer, keras.layers.InputLayer) else name
-            for name, layer in entries
-            if layers(layer)
-        ]
+        names = list(
+            dict.fromkeys(
+                INPUT if isinstance(layer, keras.layers.InputLayer) else name
+                for name, layer in entries
+                if layers(layer)
+            )
+        )
+    elif isinstance(layers, (str, list, tuple)):
+        names = list(check_names("layers", layers))
     else:
-        if isinstance(layers, str):
-            layers = [layers]
-        names = list(layers)
+        raise TypeError(
+            "`layers` must be None, a named selection, a list of layer names or a predicate on "
+            f"layers; received layers={layers!r}."
+        )
     if not names:
         raise ValueError(f"`layers` selects no probe point. Received: layers={layers!r}")
     available = [INPUT] + [
@@ -155,6 +183,56 @@ def resolve_probe_layers(model, layers=None):
             f"Available: {available}"
         )
     return names
+
+
+def _has_graph(model):
+    """Whether `model` has a functional graph to probe (functional, or a built `Sequential`)."""
+    return _functional_of(model) is not None
+
+
+NO_GRAPH_ADVICE = (
+    "To probe its inner layers, give it a graph: build it with the functional API, or wrap it "
+    "if its `call` is made of Keras layers and ops: `inputs = keras.Input(shape); "
+    "functional = keras.Model(inputs, model.call(inputs))` (the same layers and weights)."
+)
+
+
+def _subclassed_probe_names(model, layers):
+    """`["input", "output"]` (or the requested subset) of a model without a graph."""
+    if layers is None or (isinstance(layers, str) and layers in SELECTIONS):
+        return [INPUT, OUTPUT]
+    if callable(layers) and not isinstance(layers, str):
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) has no graph of layers to select "
+            f"from with a predicate; received layers={layers!r}. Only 'input' and 'output' can "
+            f"be probed. {NO_GRAPH_ADVICE}"
+        )
+    names = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [name for name in names if name not in (INPUT, OUTPUT)]
+    if unknown or not names:
+        raise ValueError(
+            f"Model {model.name!r} ({type(model).__name__}) has no graph of layers (a subclassed "
+            f"model): only 'input' and 'output' can be probed; received layers={layers!r}. "
+            f"{NO_GRAPH_ADVICE}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def image_input_index(model):
+    """The position in `model.inputs` of the input the probe images feed: the first input of
+    rank 4 (`(batch, H, W, C)`), else the first input. 0 for a model without a graph."""
+    inputs = _model_inputs(model)
+    if not inputs:
+        return 0
+    ranks = [len(tensor.shape) for tensor in inputs]
+    return ranks.index(4) if 4 in ranks else 0
+
+
+def _model_inputs(model):
+    """`model.inputs` (a flat list of symbolic tensors), or None for a model without a graph."""
+    if not _has_graph(model):
+        return None
+    return list(keras.tree.flatten(model.inputs))
 
 
 def _select(model, selection):
@@ -253,10 +331,11 @@ def _probe_outputs(model, names):
     models inlined (the layers, and so the weights, are shared); a layer called several times
     is probed at its first call.
     """
-    model_input = model.inputs[0]
+    model_inputs = _model_inputs(model)
+    image = model_inputs[image_input_index(model)]
     if not any("/" in name for name in names):
-        return model_input, [
-            model_input if name == INPUT else model.get_layer(name).output for name in names
+        return model_inputs, [
+            image if name == INPUT else model.get_layer(name).output for name in names
         ]
     graph = _graph(model)
     if "inlined" not in graph:
@@ -281,35 +360,109 @@ def _probe_outputs(model, names):
 
             return wrap
 
-        new_input = keras.Input(
-            batch_shape=model_input.shape, dtype=model_input.dtype, name=f"{model.name}_input"
-        )
+        new_inputs = [
+            keras.Input(
+                batch_shape=tensor.shape,
+                dtype=tensor.dtype,
+                name=f"{model.name}_input" if len(model_inputs) == 1 else f"{model.name}_input{i}",
+            )
+            for i, tensor in enumerate(model_inputs)
+        ]
         root = _functional_of(model) or model
-        root._run_through_graph(new_input, operation_fn=operation_fn(""))
-        recorded[INPUT] = new_input
-        graph["inlined"] = (new_input, recorded)
-    new_input, recorded = graph["inlined"]
-    return new_input, [recorded[name] for name in names]
+        structure = keras.tree.pack_sequence_as(root._inputs_struct, new_inputs)
+        root._run_through_graph(structure, operation_fn=operation_fn(""))
+        recorded[INPUT] = new_inputs[image_input_index(model)]
+        graph["inlined"] = (new_inputs, recorded)
+    new_inputs, recorded = graph["inlined"]
+    return new_inputs, [recorded[name] for name in names]
 
 
 def check_probe_images(model, images, min_images=2):
-    """Converts `images` to a float tensor and checks it against the model's input.
+    """Converts `images` to a float tensor and checks it against the model's (image) input.
+
+    Probe images are compared with each other (the measures normalise by distances between
+    distinct probe images), so at least `min_images` of them must differ. Their range should be
+    the one the model was trained on; a `UserWarning` says when it does not look like it: integer
+    (e.g. uint8) images or values far above 1 (> `FAR_ABOVE_ONE`) for a model without a
+    `Rescaling` / `Normalization` layer, or images within `[-1, 1]` for a model whose
+    `Rescaling` layer expects 0..255 pixels.
+
+    Args:
+        model: a single-input Keras model.
+        images: `(N, H, W, C)` numeric probe images.
+        min_images: the fewest distinct images accepted.
+
+    Returns:
+        The images as a tensor of the model input's float dtype.
 
     Raises:
-        ValueError: naming `images` if its shape does not match the model input or it holds
-            fewer than `min_images` images.
+        ValueError: naming `images` if its shape does not match the model input, it holds
+            non-finite values or fewer than `min_images` distinct images, and for a model
+            with several inputs (their other inputs are given to the measures as
+            `extra_inputs`).
+        TypeError: naming `images` / `model` if they are not numeric images / a Keras model.
+
+    Example:
+
+    >>> model = ds.build_vgg([[4], [8]], input_shape=(16, 16, 3), num_classes=3)
+    >>> check_probe_images(model, np.zeros((8, 16, 16, 3)))
+    Traceback (most recent call last):
+    ValueError: `images` must hold at least 2 distinct probe images ... of which 1 distinct.
     """
-    if len(model.inputs) != 1:
-        raise ValueError(
-            f"Stability measures need a single-input model; {model.name!r} has "
-            f"{len(model.inputs)} inputs."
+    return check_probe_inputs(model, images, None, min_images)[0]
+
+
+def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
+    """`check_probe_images`, and the model's other inputs for a model with several.
+
+    Args:
+        model: the measured Keras model.
+        images: `(N, H, W, C)` probe images for the model's image input (see
+            `image_input_index`).
+        extra_inputs: `None` for a single-input model; for a model with several inputs, the
+            others, one row per probe image, held fixed while the images are perturbed: a dict
+            `{input name: array}`, a list of arrays in the order of `model.inputs` (the image
+            input left out), or one array when there is one other input.
+        min_images: the fewest distinct probe images accepted.
+
+    Returns:
+        `(images, extras)`: the images as a float tensor, and the other inputs as tensors in the
+        order of `model.inputs` (an empty list for a single-input model).
+
+    Raises:
+        ValueError: naming `images` or `extra_inputs` and what was received.
+        TypeError: naming `images` / `model` if they are not numeric images / a Keras model.
+    """
+    check_model("model", model)
+    try:
+        raw = tf.convert_to_tensor(images)
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or not (raw.dtype.is_floating or raw.dtype.is_integer) or raw.dtype.is_bool:
+        raise TypeError(
+            "`images` must be a numeric array of images (float or integer); received "
+            f"{type(images).__name__}"
+            + (f" of dtype {raw.dtype.name}." if raw is not None else f": {images!r:.80}.")
         )
-    input_spec = model.inputs[0]
-    images = tf.cast(tf.convert_to_tensor(images), _probe_dtype(model))
-    expected = tuple(input_spec.shape)
+    inputs = _model_inputs(model)
+    if inputs is None:  # no graph: the model's own call checks the shape
+        if extra_inputs is not None:
+            raise ValueError(
+                f"`extra_inputs` is for functional models with several inputs; model "
+                f"{model.name!r} ({type(model).__name__}) has no graph of inputs. Received "
+                f"extra_inputs of type {type(extra_inputs).__name__}."
+            )
+        images = tf.cast(raw, "float32")
+        expected = None
+    else:
+        image_index = image_input_index(model)
+        input_spec = inputs[image_index]
+        images = tf.cast(raw, _probe_dtype(model))
+        expected = tuple(input_spec.shape)
     received = tuple(images.shape)
-    if len(received) != len(expected) or any(
-        e is not None and e != r for e, r in zip(expected[1:], received[1:], strict=True)
+    if expected is not None and (
+        len(received) != len(expected)
+        or any(e is not None and e != r for e, r in zip(expected[1:], received[1:], strict=True))
     ):
         raise ValueError(
             f"`images` has shape {received} but model {model.name!r} expects {expected} "
@@ -323,7 +476,73 @@ def check_probe_images(model, images, min_images=2):
             f"`images` must hold at least {min_images} probe images; received {received[0]} "
             f"(shape {received})."
         )
-    return images
+    check_distinct_images(images, min_images)
+    _check_range(model, raw, images)
+    if inputs is None:
+        return images, []
+    others = [tensor for i, tensor in enumerate(inputs) if i != image_index]
+    return images, _check_extra_inputs(model, others, extra_inputs, received[0])
+
+
+def input_name(tensor):
+    """The name of a model input: its `InputLayer`'s (`keras.Input(..., name=...)`)."""
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation.name if history is not None else tensor.name
+
+
+def _check_extra_inputs(model, others, extra_inputs, num_images):
+    """The other inputs of `model` (symbolic `others`) as tensors, from `extra_inputs`."""
+    names = [input_name(tensor) for tensor in others]
+    if not others:
+        if extra_inputs is not None:
+            raise ValueError(
+                f"Model {model.name!r} has a single input; `extra_inputs` is for models with "
+                f"several. Received extra_inputs of type {type(extra_inputs).__name__}."
+            )
+        return []
+    if extra_inputs is None:
+        raise ValueError(
+            f"Model {model.name!r} has {len(others) + 1} inputs; the probe images feed "
+            f"{input_name(_model_inputs(model)[image_input_index(model)])!r} (the first input of "
+            "rank 4). Pass "
+            f"the others, {names}, one row per probe image, as `extra_inputs` (a dict by input "
+            "name or a list in input order) to normalized_sensitivity, relative_stability or "
+            "shift_consistency; they are held fixed while the images are perturbed. "
+            "(StabilityCallback measures single-input models.)"
+        )
+    if isinstance(extra_inputs, dict):
+        if sorted(extra_inputs) != sorted(names):
+            raise ValueError(
+                f"`extra_inputs` must name the model's other inputs, {names}; received the "
+                f"keys {sorted(extra_inputs)}."
+            )
+        values = [extra_inputs[name] for name in names]
+    elif isinstance(extra_inputs, (list, tuple)):
+        values = list(extra_inputs)
+    else:
+        values = [extra_inputs]
+    if len(values) != len(others):
+        raise ValueError(
+            f"`extra_inputs` must hold {len(others)} arrays, for the inputs {names}; received "
+            f"{len(values)}."
+        )
+    checked = []
+    for name, tensor, value in zip(names, others, values, strict=True):
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        value = tf.convert_to_tensor(value, dtype=dtype)
+        expected = tuple(tensor.shape)
+        shape = tuple(value.shape)
+        if (
+            len(shape) != len(expected)
+            or shape[0] != num_images
+            or any(e is not None and e != r for e, r in zip(expected[1:], shape[1:], strict=True))
+        ):
+            raise ValueError(
+                f"`extra_inputs` for input {name!r} must have shape {(num_images, *expected[1:])} "
+                f"(one row per probe image); received shape {shape}."
+            )
+        checked.append(value)
+    return checked
 
 
 @contextlib.contextmanager
@@ -338,8 +557,13 @@ def float32_compute(model):
 
     Example:
 
+    >>> keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    >>> model = ds.build_vgg([[4], [8]], input_shape=(16, 16, 3), num_classes=3)
+    >>> keras.mixed_precision.set_global_policy("float32")
     >>> with float32_compute(model):
-    ...     logits = model(images, training=False)  # float32, also under mixed_bfloat16
+    ...     features = model.get_layer("block1_conv1_conv")(np.ones((1, 16, 16, 3)))
+    >>> features.dtype, model.get_layer("block1_conv1_conv").compute_dtype
+    (tf.float32, 'bfloat16')
     """
     changed = []
     for layer in model._flatten_layers(include_self=True, recursive=True):
@@ -358,9 +582,80 @@ def float32_compute(model):
             layer.dtype_policy = policy
 
 
+def check_distinct_images(images, min_images=2):
+    """Raises a ValueError naming `images` unless at least `min_images` of them differ; warns
+    when identical pairs are so many that the median distance between probe images is 0."""
+    flat = np.asarray(images).reshape(images.shape[0], -1)
+    counts = collections.Counter(
+        hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat
+    )
+    if len(counts) < min_images:
+        raise ValueError(
+            f"`images` must hold at least {min_images} distinct probe images (the measures "
+            f"normalise by the distances between them); received {len(flat)} images of which "
+            f"{len(counts)} distinct."
+        )
+    identical = sum(c * (c - 1) // 2 for c in counts.values())
+    pairs = len(flat) * (len(flat) - 1) // 2
+    if 2 * identical >= pairs:
+        warnings.warn(
+            f"{identical} of the {pairs} pairs of probe images are identical: the median "
+            "distance between probe images is 0, so the median-normalised measures are inf. "
+            "Use distinct probe images.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _check_range(model, raw, images):
+    """Warns when the images' dtype or range does not look like what the model takes."""
+    high = float(tf.reduce_max(tf.abs(tf.cast(images, tf.float32))))
+    rescalings = [
+        layer
+        for layer in _all_layers(model)
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+    ]
+    pixel_scales = [
+        layer
+        for layer in rescalings
+        if isinstance(layer, keras.layers.Rescaling)
+        and np.ndim(layer.scale) == 0
+        and 0 < float(layer.scale) <= 1 / 64
+    ]
+    message = None
+    if pixel_scales and high <= 1.0:
+        layer = pixel_scales[0]
+        message = (
+            f"model {model.name!r} rescales its input by {float(layer.scale):.4g} (layer "
+            f"{layer.name!r}), so it expects 0..255 pixels, but `images` lie within [-1, 1]"
+        )
+    elif not rescalings and (high > FAR_ABOVE_ONE or (raw.dtype.is_integer and high > 1)):
+        message = (
+            f"`images` look like 0..255 pixels ({raw.dtype.name}, values up to {high:g}) but "
+            f"model {model.name!r} has no Rescaling or Normalization layer: models trained on "
+            "[0, 1] images (as by this package's trainers) give meaningless numbers on them. "
+            "Divide by 255, unless the model was trained on such values"
+        )
+    if message:
+        warnings.warn(
+            message + "; the measures see the images as the model does.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
 def _probe_dtype(model):
-    """Probe images are fed in the model input's float dtype (float32 for non-float inputs)."""
-    dtype = keras.backend.standardize_dtype(model.inputs[0].dtype)
+    """Probe images are fed in the image input's float dtype (float32 for non-float inputs)."""
+    inputs = _model_inputs(model)
+    if inputs is None:
+        return "float32"
+    dtype = keras.backend.standardize_dtype(inputs[image_input_index(model)].dtype)
     return dtype if keras.backend.is_float_dtype(dtype) else "float32"
 
 
@@ -390,16 +685,22 @@ class ProbeFeatures:
 
     Get one with `ProbeFeatures.for_model(model, layers)`: it is built once per model and set of
     probe points and reused, so its `tf.function`s trace once (repeated measurements, e.g. by
-    `StabilityCallback` across epochs, pay no retracing).
+    `StabilityCallback` across epochs, pay no retracing). Its functions are its own, so many
+    models measured in one process (a sweep, a model zoo) trace each once and retrace nothing.
 
     Args:
-        model: a single-input Keras model.
+        model: a Keras model: functional or `Sequential` (probed anywhere; with several inputs,
+            at its image input, see `check_probe_inputs`), or subclassed (probed at `"input"`
+            and `"output"` only, with a warning).
         layers: probe points; see `resolve_probe_layers`.
 
     Example:
 
-    >>> probe = ProbeFeatures(model, ["input", "block1_conv1"])
-    >>> features = probe.extractor(images)  # one tensor per probe point
+    >>> model = deformstab_tf.cifar_vgg("max")
+    >>> probe = ProbeFeatures.for_model(model, ["input", "block1_conv1"])
+    >>> features = probe.extractor(np.zeros((2, 32, 32, 3), "float32"))  # one per probe point
+    >>> [tuple(f.shape) for f in features]
+    [(2, 32, 32, 3), (2, 32, 32, 32)]
     """
 
     @classmethod
@@ -414,31 +715,75 @@ class ProbeFeatures:
     def __init__(self, model, layers=None):
         self._model = weakref.ref(model)
         self.names = resolve_probe_layers(model, layers)
-        model_input = model.inputs[0]
-        extractor_input, outputs = _probe_outputs(model, self.names)
-        self.extractor = keras.Model(extractor_input, outputs, name=f"{model.name}_probe")
-        # A probe point is reported as diverged when anything it is computed from is: TensorFlow
-        # turns NaN into finite numbers in places (a conv with a fused ReLU gives 0 for a NaN
-        # kernel, max pooling drops NaN), so its own finite output proves nothing.
-        self._upstream_probes, upstream_weights = _upstream(outputs)
-        self._weights_finite = _weights_finite_function(upstream_weights)
-        # Fixed signatures: each function traces once whatever the batch size.
-        images_spec = tf.TensorSpec([None, *model_input.shape[1:]], _probe_dtype(model))
         vectors_spec = [tf.TensorSpec([None, None], tf.float32)] * len(self.names)
         centers_spec = [tf.TensorSpec([None], tf.float32)] * len(self.names)
+        model_inputs = _model_inputs(model)
+        if model_inputs is not None:
+            extractor_inputs, outputs = _probe_outputs(model, self.names)
+            if len(extractor_inputs) == 1:
+                extractor_inputs = extractor_inputs[0]
+            self.extractor = keras.Model(extractor_inputs, outputs, name=f"{model.name}_probe")
+            self._image_index = image_input_index(model)
+            # A probe point is reported as diverged when anything it is computed from is:
+            # TensorFlow turns NaN into finite numbers in places (a conv with a fused ReLU gives
+            # 0 for a NaN kernel, max pooling drops NaN), so its own finite output proves nothing.
+            self._upstream_probes, upstream_weights = _upstream(outputs)
+            # Fixed signatures: each function traces once whatever the batch size.
+            images_spec = tf.TensorSpec(
+                [None, *model_inputs[self._image_index].shape[1:]], _probe_dtype(model)
+            )
+            extras_spec = [
+                tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype)
+                for i, tensor in enumerate(model_inputs)
+                if i != self._image_index
+            ]
+            signature = {"input_signature": [images_spec, extras_spec, centers_spec]}
+        else:
+            if not model.built:
+                raise ValueError(
+                    f"Model {model.name!r} ({type(model).__name__}) is a subclassed model that "
+                    "has not been built: it has no weights to measure yet. Call it once on a "
+                    "batch of images (`model(images[:1])`) or train it, then measure it."
+                )
+            warnings.warn(
+                f"Model {model.name!r} ({type(model).__name__}) has no graph of layers (a "
+                "subclassed model): its inner layers cannot be probed, so only 'input' and "
+                f"'output' are measured. {NO_GRAPH_ADVICE}",
+                UserWarning,
+                stacklevel=4,
+            )
+            self.extractor = _OutputProbe(model, self.names)
+            self._image_index = 0
+            # The output is computed from the input and every weight of the model.
+            upstream_weights = [
+                [] if name == INPUT else _float_weights(model.weights) for name in self.names
+            ]
+            self._upstream_probes = [
+                {self.names.index(INPUT)} if name == OUTPUT and INPUT in self.names else set()
+                for name in self.names
+            ]
+            # The image shape is the model's business: traced per shape, generalised after two.
+            signature = {"reduce_retracing": True}
+        self._weights_finite = _weights_finite_function(upstream_weights)
+        # Every function wraps a callable of its own (a partial, a closure): TensorFlow counts
+        # traces per underlying code object, and the traces of different models are no
+        # retracing of one function.
         self._vectors = {
             normalize: tf.function(
-                functools.partial(self._vectors_impl, normalize=normalize),
-                input_signature=[images_spec, centers_spec],
+                functools.partial(self._vectors_impl, normalize=normalize), **signature
             )
             for normalize in (False, True)
         }
         # XLA runs the (batch x D) (D x batch) Gram products 2-3x faster than the default kernels
         # on CPU; they recompile only per distinct pair of block sizes.
         self._gram = tf.function(
-            self._gram_impl, input_signature=[vectors_spec, vectors_spec], jit_compile=True
+            functools.partial(self._gram_impl),
+            input_signature=[vectors_spec, vectors_spec],
+            jit_compile=True,
         )
-        self._paired = tf.function(self._paired_impl, input_signature=[vectors_spec, vectors_spec])
+        self._paired = tf.function(
+            functools.partial(self._paired_impl), input_signature=[vectors_spec, vectors_spec]
+        )
 
     @property
     def model(self):
@@ -449,7 +794,19 @@ class ProbeFeatures:
         """`check_probe_images` for this probe's model."""
         return check_probe_images(self.model, images, min_images=min_images)
 
-    def distances(self, images, perturb, batch_size, metric, feature_cache_bytes=DEFAULT_CACHE):
+    def check_inputs(self, images, extra_inputs=None, min_images=2):
+        """`check_probe_inputs` for this probe's model: `(images, extras)`."""
+        return check_probe_inputs(self.model, images, extra_inputs, min_images=min_images)
+
+    def distances(
+        self,
+        images,
+        perturb,
+        batch_size,
+        metric,
+        feature_cache_bytes=DEFAULT_CACHE,
+        extra_inputs=(),
+    ):
         """Streams the probe images in batches and returns the distances the measures reduce.
 
         For each probe point: the distances between all pairs of clean probe images, and between
@@ -472,6 +829,8 @@ class ProbeFeatures:
             metric: `"cosine"` (`1 - cos`, with the zero-vector rule below) or `"sqeuclidean"`.
             feature_cache_bytes: memory budget for keeping clean features (default 1 GiB);
                 0 always recomputes. The results are the same either way.
+            extra_inputs: the model's other inputs as checked tensors (`check_inputs`), one
+                row per probe image; each batch and its perturbed copies get the same rows.
 
         Returns:
             A list of `ProbeDistances`, one per probe point, and the number of forward passes.
@@ -499,7 +858,10 @@ class ProbeFeatures:
         # Vectors are centred on the mean of the first batch: squared distances are
         # shift-invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b free of cancellation when the
         # representations share a large common component.
-        first = vectors(images[blocks[0]], [tf.zeros([0])] * len(self.names))
+        extras = list(extra_inputs)
+        first = vectors(
+            images[blocks[0]], [e[blocks[0]] for e in extras], [tf.zeros([0])] * len(self.names)
+        )
         forward_passes += 1
         centers = [c for _, _, c, _ in first]
         row = [(u, z) for u, z, _, _ in first]
@@ -512,7 +874,7 @@ class ProbeFeatures:
             nonlocal forward_passes
             if cached is not None and j in cached:
                 return cached[j]
-            outputs = vectors(images[blocks[j]], centers)
+            outputs = vectors(images[blocks[j]], [e[blocks[j]] for e in extras], centers)
             forward_passes += 1
             for layer, (_, _, _, f) in enumerate(outputs):
                 finite[layer] = finite[layer] and bool(f)
@@ -539,7 +901,7 @@ class ProbeFeatures:
                         f"The perturbation returned shape {tuple(perturbed_batch.shape)} for a "
                         f"batch of shape {tuple(batch.shape)}; it must keep the shape."
                     )
-                perturbed_vectors = vectors(perturbed_batch, centers)
+                perturbed_vectors = vectors(perturbed_batch, [e[rows] for e in extras], centers)
                 forward_passes += 1
                 distances = self._paired(
                     [u for u, _ in row], [u for u, _, _, _ in perturbed_vectors]
@@ -585,12 +947,17 @@ class ProbeFeatures:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _vectors_impl(self, images, centers, normalize):
+    def _vectors_impl(self, images, extras, centers, normalize):
         """Per probe point: flattened (optionally unit-normalised) features minus a centre,
         whether each representation is exactly zero, and the centre (an empty `centers[l]`
         means: centre on this batch's mean)."""
+        if extras:
+            inputs = list(extras)
+            inputs.insert(self._image_index, images)
+        else:
+            inputs = images
         with float32_compute(self.model):  # traced once: the graph stays float32
-            outputs = self.extractor(images, training=False)
+            outputs = self.extractor(inputs, training=False)
         if len(self.names) == 1:
             outputs = [outputs]
         vectors = []
@@ -624,6 +991,25 @@ class ProbeFeatures:
             g = g.numpy().astype(np.float64)
             gram[layer][rows, columns] = g
             gram[layer][columns, rows] = g.T
+
+
+class _OutputProbe:
+    """The extractor of a model without a graph: `[images, model(images)]` (its probe points)."""
+
+    def __init__(self, model, names):
+        self._model = weakref.ref(model)
+        self._names = names
+
+    def __call__(self, images, training=False):
+        outputs = {INPUT: images}
+        if OUTPUT in self._names:
+            outputs[OUTPUT] = self._model()(images, training=training)
+        outputs = [outputs[name] for name in self._names]
+        return outputs[0] if len(outputs) == 1 else outputs  # as a Keras model's outputs
+
+
+def _float_weights(variables):
+    return [v for v in variables if keras.backend.is_float_dtype(v.dtype)]
 
 
 def _upstream(outputs):
@@ -660,13 +1046,13 @@ def _weights_finite_function(upstream_weights):
     unique = list({id(v): v for variables in upstream_weights for v in variables}.values())
     position = {id(v): i for i, v in enumerate(unique)}
     indices = [[position[id(v)] for v in variables] for variables in upstream_weights]
+    # A partial: a function of its own per probe (see `ProbeFeatures.__init__`).
+    return tf.function(functools.partial(_all_finite, unique, indices), autograph=False)
 
-    @tf.function(autograph=False)
-    def weights_finite():
-        flags = [tf.reduce_all(tf.math.is_finite(v.value)) for v in unique] + [tf.constant(True)]
-        return [tf.reduce_all(tf.stack([flags[i] for i in idx] + [flags[-1]])) for idx in indices]
 
-    return weights_finite
+def _all_finite(variables, indices):
+    flags = [tf.reduce_all(tf.math.is_finite(v.value)) for v in variables] + [tf.constant(True)]
+    return [tf.reduce_all(tf.stack([flags[i] for i in idx] + [flags[-1]])) for idx in indices]
 
 
 def _cosine_with_zero_rule(d_cos, zero_a, zero_b):

@@ -6,9 +6,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from deformstab_tf._validation import check_non_negative, check_positive_int
+from deformstab_tf._validation import check_model, check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
+    check_deformation,
     derive_seed,
     resolve_seed,
     safe_ratio,
@@ -29,6 +30,7 @@ def relative_stability(
     reduction="median",
     seed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """Stability to a deformation relative to noise of the same norm, per probe point.
 
@@ -55,17 +57,24 @@ def relative_stability(
     `ProbeFeatures.distances`), the deformed and the noisy images.
 
     Args:
-        model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        model: a Keras model; see `normalized_sensitivity` (subclassed models: input and output
+            only; several inputs: `extra_inputs`).
+        images: `(N, H, W, C)` probe images matching the model's (image) input, at least 2
+            distinct, in the range the model was trained on; see `normalized_sensitivity`.
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomDiffeomorphism(seed=...)`).
         layers: probe points; see `normalized_sensitivity`.
         batch_size: images per forward pass.
         reduction: `"median"` (default) or `"mean"`.
         seed: seeds the noise `xi` (image `i` draws from `numpy.random.default_rng([seed, i])`,
-            so results do not depend on `batch_size`), and is passed as `seed=` to a
-            `deformation` callable that accepts one. A Keras layer keeps its own seed generator.
+            so the noise does not depend on `batch_size`) and the deformations, as in
+            `normalized_sensitivity`: with an integer, a deformation layer of this package draws
+            from `seed` (a measurement: the same numbers on every call, also with a reused
+            layer); with `None` it draws from its own seed generator (and the noise from fresh
+            entropy).
         feature_cache_bytes: see `normalized_sensitivity`.
+        extra_inputs: a model's other inputs, held fixed (the noise too is added to the images
+            only); see `normalized_sensitivity`.
 
     Returns:
         A `MeasureResult` mapping probe name -> `R_l`; `details["D"]` and `details["G"]` map
@@ -73,10 +82,16 @@ def relative_stability(
 
     Example:
 
-    >>> diffeo = deformstab_tf.deformations.RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
-    >>> result = relative_stability(model, x_probe[:500], diffeo)
-    >>> result.details["D"]["block4_down"], result["block4_down"]
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x_probe = np.random.default_rng(0).random((16, 16, 16, 3), dtype="float32")
+    >>> diffeo = deformstab_tf.RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0)
+    >>> result = relative_stability(model, x_probe, diffeo, seed=0)   # the paper: 500 images
+    >>> list(result), sorted(result.details)
+    (['input', 'block1_conv1', 'block1_down', 'block2_conv1', 'block2_down'], ['D', 'G'])
+    >>> round(result["input"], 6)   # at the input, D = G by construction
+    1.0
     """
+    check_model("model", model)
     probe = ProbeFeatures.for_model(model, layers)
     return relative_stability_from_probe(
         probe,
@@ -86,6 +101,7 @@ def relative_stability(
         reduction,
         seed,
         feature_cache_bytes=feature_cache_bytes,
+        extra_inputs=extra_inputs,
     )
 
 
@@ -98,13 +114,16 @@ def relative_stability_from_probe(
     seed=None,
     deformed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """`relative_stability` on a prebuilt `ProbeFeatures` (reuses its traced functions).
 
     `deformed`: optional precomputed deformed images `tau x`, aligned with `images`; then
     `deformation` is not called.
     """
-    images = probe.check_images(images)
+    images, extras = probe.check_inputs(images, extra_inputs)
+    if deformed is None:
+        check_deformation(deformation)
     check_positive_int("batch_size", batch_size)
     check_non_negative("feature_cache_bytes", feature_cache_bytes)
     if reduction not in REDUCTIONS:
@@ -119,14 +138,17 @@ def relative_stability_from_probe(
             deformed_batch = deformed[start : start + batch.shape[0]]
         else:
             deformed_batch = call_perturbation(
-                deformation, batch, seed=derive_seed(root_seed, batch_index)
+                deformation,
+                batch,
+                seed=derive_seed(root_seed, batch_index),
+                seed_layers=seed is not None,
             )
         deformed_batch = tf.cast(deformed_batch, batch.dtype)
         noisy = batch + matched_noise(deformed_batch - batch, root_seed, start)
         return [deformed_batch, noisy]
 
     distances, forward_passes = probe.distances(
-        images, deform_and_add_noise, batch_size, "sqeuclidean", feature_cache_bytes
+        images, deform_and_add_noise, batch_size, "sqeuclidean", feature_cache_bytes, extras
     )
     components = {"D": {}, "G": {}}
     ratios = {}

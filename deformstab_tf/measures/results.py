@@ -26,7 +26,13 @@ class MeasureResult(collections.abc.Mapping):
     >>> result["block1_conv1"]
     0.42
     >>> print(result)  # an aligned table
-    >>> result.to_json()
+    probe         sensitivity
+    ------------  -----------
+    input                0.31
+    block1_conv1         0.42
+    >>> import json
+    >>> json.loads(result.to_json())["values"]
+    {'input': 0.31, 'block1_conv1': 0.42}
     """
 
     def __init__(self, measure, values, details=None, metadata=None):

@@ -4,9 +4,10 @@ import math
 
 import numpy as np
 
-from deformstab_tf._validation import check_non_negative, check_positive_int
+from deformstab_tf._validation import check_model, check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
     call_perturbation,
+    check_deformation,
     derive_seed,
     resolve_seed,
     safe_ratio,
@@ -25,6 +26,7 @@ def normalized_sensitivity(
     num_deformations=1,
     seed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """Normalised sensitivity of each probe point to a deformation (Ruderman et al., 2018).
 
@@ -50,8 +52,14 @@ def normalized_sensitivity(
     batches) plus `N^2` floats per probe point.
 
     Args:
-        model: a single-input Keras model.
-        images: `(N, H, W, C)` probe images, `N >= 2`, matching the model input.
+        model: a Keras model: functional or `Sequential` (any probe point, nested models
+            included); with several inputs, see `extra_inputs`; subclassed models are measured
+            at `"input"` and `"output"` only (they have no graph to probe), with a warning.
+        images: `(N, H, W, C)` probe images matching the model's (image) input, at least 2
+            distinct ones (fewer is an error), in the range the model was trained on: float
+            images in `[0, 1]` for the models this package trains (a warning says when they
+            look like 0..255 pixels, uint8 or values far above 1, for a model without a
+            rescaling layer).
         deformation: any callable on a batch of images returning the same shape; a Keras layer is
             called with `training=True` (e.g. `RandomThinPlateSpline(seed=...)`).
         layers: probe points: `None` (the default probe points: `probe_layer_names(model)` for
@@ -61,13 +69,21 @@ def normalized_sensitivity(
             predicate on a layer; see `resolve_probe_layers`.
         batch_size: images per forward pass.
         num_deformations: draws of the deformation per image averaged in the numerator.
-        seed: seeds the measure's own randomness. It is passed as `seed=` to a `deformation`
-            callable that accepts a `seed` parameter (one derived seed per batch and draw), so the
-            same seed gives the same numbers. A Keras layer is not reseeded: it draws from its own
-            seed generator, so repeat a measurement by re-creating the layer with its seed.
+        seed: seeds the deformations: with an integer the result is a measurement — the same
+            seed, model and images give the same numbers on every call. A deformation layer of
+            this package (`RandomThinPlateSpline`, ...) then draws from `seed` (one derived seed
+            per batch and draw; its own seed generator is neither used nor advanced, so a
+            reused layer gives the same numbers), and a `deformation` callable that accepts a
+            `seed` parameter gets the derived seed. With `None` (the default) a layer draws from
+            its own seed generator: a fresh random draw on every call, reproducible only by
+            re-creating the layer with its seed. Other Keras layers always use their own
+            generator.
         feature_cache_bytes: memory for keeping clean features when there are more probe
             images than `batch_size` (default 1 GiB; see `ProbeFeatures.distances`): the cost
             stays one clean pass per batch while they fit. The results do not depend on it.
+        extra_inputs: for a model with several inputs, the others (one row per probe image,
+            held fixed while the images, which feed the first input of rank 4, are deformed):
+            a dict by input name or a list in input order; see `check_probe_inputs`.
 
     Returns:
         A `MeasureResult` mapping probe name -> `S_l`, in forward order; `details` holds the
@@ -75,11 +91,16 @@ def normalized_sensitivity(
 
     Example:
 
-    >>> model = deformstab_tf.models.cifar_vgg()
-    >>> tps = deformstab_tf.deformations.RandomThinPlateSpline(3, 2.0, seed=0)
-    >>> result = normalized_sensitivity(model, x_probe[:128], tps)
-    >>> print(result)
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> x_probe = np.random.default_rng(0).random((16, 16, 16, 3), dtype="float32")
+    >>> tps = deformstab_tf.RandomThinPlateSpline(grid_size=3, max_displacement=1.0, seed=0)
+    >>> result = normalized_sensitivity(model, x_probe, tps)   # the paper: 128 images
+    >>> list(result)   # print(result) shows the table
+    ['input', 'block1_conv1', 'block1_down', 'block2_conv1', 'block2_down']
+    >>> all(value > 0 for value in result.values())
+    True
     """
+    check_model("model", model)
     probe = ProbeFeatures.for_model(model, layers)
     return normalized_sensitivity_from_probe(
         probe,
@@ -89,6 +110,7 @@ def normalized_sensitivity(
         num_deformations,
         seed,
         feature_cache_bytes=feature_cache_bytes,
+        extra_inputs=extra_inputs,
     )
 
 
@@ -101,6 +123,7 @@ def normalized_sensitivity_from_probe(
     seed=None,
     deformed=None,
     feature_cache_bytes=DEFAULT_CACHE,
+    extra_inputs=None,
 ):
     """`normalized_sensitivity` on a prebuilt `ProbeFeatures` (reuses its traced functions).
 
@@ -108,7 +131,9 @@ def normalized_sensitivity_from_probe(
     `deformation` is not called (`StabilityCallback` deforms its probe set once, so every
     measurement sees the same deformations).
     """
-    images = probe.check_images(images)
+    images, extras = probe.check_inputs(images, extra_inputs)
+    if deformed is None:
+        check_deformation(deformation)
     check_positive_int("batch_size", batch_size)
     check_non_negative("feature_cache_bytes", feature_cache_bytes)
     check_positive_int("num_deformations", num_deformations)
@@ -118,12 +143,17 @@ def normalized_sensitivity_from_probe(
         if deformed is not None:
             return [deformed[start : start + batch.shape[0]]]
         return [
-            call_perturbation(deformation, batch, seed=derive_seed(root_seed, batch_index, draw))
+            call_perturbation(
+                deformation,
+                batch,
+                seed=derive_seed(root_seed, batch_index, draw),
+                seed_layers=seed is not None,
+            )
             for draw in range(num_deformations)
         ]
 
     distances, forward_passes = probe.distances(
-        images, deform, batch_size, "cosine", feature_cache_bytes
+        images, deform, batch_size, "cosine", feature_cache_bytes, extras
     )
     values, numerators, denominators = {}, {}, {}
     for name, d in zip(probe.names, distances, strict=True):

@@ -4,6 +4,7 @@
 import keras
 import numpy as np
 
+from deformstab_tf._validation import check_model
 from deformstab_tf.measures.results import MeasureResult
 
 ONE_BY_ONE = "1x1 kernel: no spatial neighbours"
@@ -30,12 +31,15 @@ def kernel_smoothness(model):
 
     Example:
 
-    >>> kernel_smoothness(model)["block1_conv1"]
-    1.87
+    >>> model = deformstab_tf.cifar_vgg("max")
+    >>> result = kernel_smoothness(model)   # per conv layer: block1_conv1_conv, ...
+    >>> round(result.mean(), 1)   # about 1.87 at initialisation
+    1.9
     """
+    check_model("model", model)
     values, skipped = {}, {}
     for layer, kernel in conv_kernels(model):
-        weights = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+        weights = np.asarray(kernel.numpy(), dtype=np.float64)
         if weights.shape[0] == 1 and weights.shape[1] == 1:
             skipped[layer.name] = ONE_BY_ONE
             continue
@@ -68,9 +72,14 @@ def smooth_kernels(model, sigma):
 
     Example:
 
+    >>> model = deformstab_tf.build_vgg([(8,), (16,)], input_shape=(16, 16, 3))
+    >>> before = kernel_smoothness(model)
     >>> smooth_kernels(model, sigma=1.0)
-    >>> kernel_smoothness(model)  # lower than before
+    ['block1_conv1_conv', 'block2_conv1_conv']
+    >>> all(kernel_smoothness(model)[name] < before[name] for name in before)
+    True
     """
+    check_model("model", model)
     sigma = float(sigma)
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"`sigma` must be a finite number >= 0. Received: sigma={sigma!r}")
@@ -78,7 +87,7 @@ def smooth_kernels(model, sigma):
     if sigma == 0:
         return smoothed
     for layer, kernel in conv_kernels(model):
-        weights = np.asarray(keras.ops.convert_to_numpy(kernel), dtype=np.float64)
+        weights = np.asarray(kernel.numpy(), dtype=np.float64)
         height, width = weights.shape[:2]
         if height == 1 and width == 1:
             continue

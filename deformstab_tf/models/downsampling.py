@@ -84,6 +84,9 @@ class Subsample2D(layers.Layer):
     Plain subsampling without any low-pass, the "subsample" variant of Ruderman et al. (2018).
     The output spatial size is `ceil(input_size / strides)`.
 
+    Where it runs: inside models (also under XLA, `jit_compile=True`) and in `tf.data` on the
+    TensorFlow backend; it is built from `keras.ops` only (tested on TensorFlow and JAX).
+
     Args:
         strides: int or pair of ints, the subsampling factor along rows and columns.
         data_format: `"channels_last"` (default from the Keras config) or `"channels_first"`.
@@ -134,6 +137,9 @@ class BlurPool2D(layers.Layer):
     Shift-Invariant Again" (ICML 2019). The input is padded by `(filter_size - 1) // 2` pixels
     before and `ceil((filter_size - 1) / 2)` after each spatial axis, so the output spatial size
     is `ceil(input_size / strides)`. The filter has no trainable weights.
+
+    Where it runs: inside models (also under XLA, `jit_compile=True`) and in `tf.data` on the
+    TensorFlow backend; it is built from `keras.ops` only (tested on TensorFlow and JAX).
 
     Args:
         filter_size: int >= 1, the number of binomial taps per axis (1 = plain subsampling,
@@ -433,7 +439,7 @@ def probe_layer_names(model):
 
     Example:
 
-    >>> probe_layer_names(cifar_vgg())[:4]
+    >>> probe_layer_names(deformstab_tf.cifar_vgg())[:4]
     ['input', 'block1_conv1', 'block1_conv2', 'block1_down']
     """
     # Functional models list layers in topological order; all probes lie on one chain,

@@ -188,7 +188,7 @@ def cifar_vgg(downsample="max", num_classes=10, input_shape=None, **kwargs):
     Example:
 
     >>> model = cifar_vgg("avg")
-    >>> len(probe_layer_names(model))
+    >>> len(deformstab_tf.probe_layer_names(model))
     13
     """
     kwargs.setdefault("name", f"cifar_vgg_{downsample}")
