@@ -871,10 +871,7 @@ def report_markdown(results, findings, figures, settings):
         ]
         for v, acc in results["test_accuracy"].items():
             lines.append(f"| {v} | {len(acc)} | {', '.join(f'{a:.3f}' for a in acc)} |")
-    if figures:
-        lines += ["", "## Figures", ""]
-        for title, name in figures.items():
-            lines += [f"### {title}", "", f"![{title}](replication/{name})", ""]
+    lines += _figure_lines(figures, "## Figures", "", "replication")
     return "\n".join(lines) + "\n"
 
 
@@ -958,11 +955,18 @@ def paper_markdown(paper, cpu_findings, figures):
         lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
         for v, acc in paper["test_accuracy"].items():
             lines.append(f"| {v} | {', '.join(f'{a:.4f}' for a in acc)} | {np.mean(acc):.4f} |")
-    if figures:
-        lines += ["", "## Paper-scale figures", ""]
-        for title, name in figures.items():
-            lines += [f"### {title} (paper scale)", "", f"![{title}](replication/paper/{name})", ""]
+    lines += _figure_lines(figures, "## Paper-scale figures", " (paper scale)", "replication/paper")
     return "\n".join(lines) + "\n"
+
+
+def _figure_lines(figures, heading, suffix, directory):
+    """Markdown for `{title: file name}` figures under `heading`, each titled `title + suffix`."""
+    if not figures:
+        return []
+    lines = ["", heading, ""]
+    for title, name in figures.items():
+        lines += [f"### {title}{suffix}", "", f"![{title}]({directory}/{name})", ""]
+    return lines
 
 
 def _strength(item):
