@@ -446,7 +446,10 @@ def _train(output_dir, config, state, precision, verbose, download, started, cpu
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         _work_around_keras_multi_worker(model, strategy, train)
     model.fit(
-        train,
+        # One iterator for the whole fit: per epoch, Keras would destroy the prefetching
+        # iterator and make a new one, which blocked for 6-10 s on some epochs here.
+        train.repeat(),
+        steps_per_epoch=steps_per_epoch,
         epochs=config["epochs"],
         shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
         validation_data=test,
