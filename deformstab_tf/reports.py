@@ -315,12 +315,15 @@ class Run:
         history: the stability measurements, `[{"epoch", "step", "results": {measure:
             MeasureResult}}]` (`stability/measurements.json`).
         summary: `summary.json` (None while the run is unfinished).
+        metrics: `metrics.csv` by column, one float per finished epoch (`{"accuracy": [...],
+            "val_accuracy": [...], ...}`; NaN where a cell is empty).
     """
 
     directory: str
     config: dict
     history: list
     summary: dict = None
+    metrics: dict = dataclasses.field(default_factory=dict)
 
     def at(self, which):
         """`{measure: MeasureResult}` at `"init"` (epoch 0) or `"final"` (the last record)."""
@@ -371,7 +374,20 @@ def read_run(directory):
         summary = read_json(os.path.join(directory, "summary.json"))
         if not isinstance(summary, dict):
             raise ValueError(f"{os.path.join(directory, 'summary.json')!r} is not a run summary.")
-    return Run(directory, config, history, summary)
+    return Run(directory, config, history, summary, _read_metrics(directory))
+
+
+def _read_metrics(directory):
+    path = os.path.join(directory, "metrics.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    columns = rows[0].keys() if rows else ()
+    return {
+        c: [float(row[c]) if row[c] not in ("", None) else math.nan for row in rows]
+        for c in columns
+    }
 
 
 def group_runs(runs, by="downsample"):

@@ -237,6 +237,14 @@ def test_read_and_group_runs(tiny_runs):
     profile = reports.profile_groups(groups, "sensitivity", "final")
     assert len(profile["max"]["block1_conv1"]) == 2
     assert runs[0].at("init") == runs[0].history[0]["results"]
+    with open(tiny_runs / sorted(os.listdir(tiny_runs))[0] / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert runs[0].metrics["accuracy"] == [float(row["accuracy"]) for row in rows]
+    assert (
+        runs[0].metrics["epoch"]
+        == list(range(len(rows)))
+        == [r["epoch"] - 1 for r in runs[0].history[1:]]
+    )
     with pytest.raises(ValueError, match="not a run directory"):
         reports.read_run(tiny_runs.parent)
     with pytest.raises(ValueError, match="`by`='depth'"):

@@ -1,0 +1,310 @@
+"""replication.md and its figures, drawn with the package's `plots` (the band panels that
+`reports.compare_runs` draws for training runs)."""
+
+import json
+import os
+
+import numpy as np
+
+from .experiments import PAPER_PILOTS
+from .findings import WHY_IT_MAY_DIFFER, evaluate_findings
+
+
+def draw_figures(results, directory):
+    """PNG figures of the report (the package's init-vs-trained band panels, as
+    `trainers/compare.py` draws them); returns `{title: file name}`."""
+    from deformstab_tf.plots import plot_profile_bands, plot_stage_bands
+
+    figures = {}
+
+    def save(figure, name, title):
+        figure.savefig(os.path.join(directory, name), dpi=90)
+        figures[title] = name
+
+    def stages(tree, component=None):
+        out = {}
+        for stage, label in (("init", "at initialisation"), ("trained", "after training")):
+            groups = {
+                v: (tree[v][stage] if component is None else tree[v][stage][component])
+                for v in tree
+                if stage in tree[v]
+            }
+            out[label] = groups
+        return out
+
+    if results["sensitivity"]:
+        save(
+            plot_stage_bands(
+                stages(results["sensitivity"]),
+                title="TPS sensitivity (3x3 grid, C=2), mean +- 2 SD over seeds",
+                ylabel="normalised sensitivity",
+            ),
+            "sensitivity_profiles.png",
+            "Sensitivity per layer, at initialisation and after training",
+        )
+    if results["smoothness"]:
+        save(
+            plot_stage_bands(stages(results["smoothness"]), title="Kernel TV/L1", ylabel="TV / L1"),
+            "smoothness_profiles.png",
+            "Kernel smoothness per layer, at initialisation and after training",
+        )
+    for component in ("D", "G", "R"):
+        if results["relative_stability"]:
+            save(
+                plot_stage_bands(
+                    stages(results["relative_stability"], component),
+                    title=f"{component} per layer (diffeomorphisms delta=1 px, c=3)",
+                    ylabel=component,
+                    log=True,
+                ),
+                f"relative_stability_{component}.png",
+                f"{component} per layer, at initialisation and after training",
+            )
+    smoothing = results.get("smoothing_intervention", {})
+    if smoothing:
+        groups = {f"sigma {k}": v["sensitivity"] for k, v in sorted(smoothing.items())}
+        if "max" in results["sensitivity"] and "init" in results["sensitivity"]["max"]:
+            groups = {"sigma 0": results["sensitivity"]["max"]["init"], **groups}
+        save(
+            plot_profile_bands(
+                groups,
+                title="Gaussian-smoothed initial filters (max pooling): sensitivity",
+                ylabel="normalised sensitivity",
+            ),
+            "smoothing_intervention.png",
+            "Smoothing intervention at initialisation",
+        )
+    random = results.get("random_labels", {})
+    if random:
+        groups = {v: {k: [x] for k, x in r["sensitivity"].items()} for v, r in random.items()}
+        initial = {v: {k: [x] for k, x in r["sensitivity_init"].items()} for v, r in random.items()}
+        save(
+            plot_stage_bands(
+                {"at initialisation": initial, "after training on random labels": groups},
+                title="Sensitivity with random labels",
+                ylabel="normalised sensitivity",
+            ),
+            "sensitivity_random_labels.png",
+            "Sensitivity per layer, random labels",
+        )
+    synthetic = results.get("synthetic", {})
+    if synthetic:
+        for measure in ("sensitivity", "smoothness"):
+            groups = {f"C={c}": r[measure] for c, r in sorted(synthetic.items(), key=_strength)}
+            save(
+                plot_profile_bands(
+                    groups, title=f"Synthetic task: {measure} per layer", ylabel=measure
+                ),
+                f"synthetic_{measure}.png",
+                f"Synthetic task, {measure}",
+            )
+    return figures
+
+
+def report_markdown(results, findings, figures):
+    s = results["settings"]
+    lines = [
+        "# Replication of the papers' findings with deformstab_tf",
+        "",
+        "Written by `benchmarks/replicate.py` from `docs/replication/results.json` (every number).",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        s.get("command") or f"python benchmarks/replicate.py --cifar10={s['cifar10']}",
+        "```",
+        "",
+        f"CPU time of the finished experiments: {results['cpu_seconds'] / 3600:.2f} h "
+        f"(2 CPU cores). Finished {len(results['finished'])} of "
+        f"{len(results['finished']) + len(results['missing'])} experiments.",
+        "",
+    ]
+    if results["missing"]:
+        lines += [
+            "**This run is partial**: rerun the command to continue it. Missing: "
+            + ", ".join(f"`{m}`" for m in results["missing"])
+            + ".",
+            "",
+        ]
+    lines += [
+        "Settings: CIFAR-10 subset of "
+        f"{s['train_size'] or 50000} training images, {s['epochs']} epochs, random flips and "
+        "4-pixel translations, SGD momentum 0.9, cosine decay from 0.1, weight decay 5e-4; "
+        f"probe: 3x3 TPS grid, C=2, {s['probe_size']} test images; D/G/R: diffeomorphisms "
+        f"delta=1 px, c=3, {s['stability_probe_size']} test images, medians; "
+        f"{s['init_seeds']} seeds at initialisation; training seeds {s['trained_seeds']}; "
+        f"random labels on {s['random_label_size']} images for {s['random_label_epochs']} epochs; "
+        f"synthetic task ({s.get('synthetic_prototypes', 'strokes')} prototypes, "
+        f"{s.get('synthetic_downsample', 'max')} downsampling) C in {s['synthetic_strengths']} "
+        f"for {s['synthetic_epochs']} epochs, {s.get('synthetic_seeds', 1)} seeds each.",
+        "",
+        "## Findings",
+        "",
+        "| finding | paper's claim | measured here | holds here |",
+        "|---|---|---|---|",
+    ]
+    for f in findings:
+        verdict = {True: "yes", False: "**no**", None: "n/a"}[f["holds"]]
+        lines.append(f"| {f['finding']} | {f['claim']} | {f['measured']} | {verdict} |")
+    differing = [f for f in findings if f["holds"] is False]
+    if differing:
+        lines += ["", "### Findings that do not hold here", ""]
+        for f in differing:
+            note = WHY_IT_MAY_DIFFER.get(f["finding"], "")
+            lines.append(f"- **{f['finding']}**: {note} Measured: {f['measured']}.")
+    if results["test_accuracy"]:
+        lines += [
+            "",
+            "## Test accuracy after training",
+            "",
+            "| variant | seeds | accuracy |",
+            "|---|---|---|",
+        ]
+        for v, acc in results["test_accuracy"].items():
+            lines.append(f"| {v} | {len(acc)} | {', '.join(f'{a:.3f}' for a in acc)} |")
+    lines += _figure_lines(figures, "## Figures", "", "replication")
+    return "\n".join(lines) + "\n"
+
+
+def paper_markdown(paper, cpu_findings, figures):
+    """The paper-scale section: settings, budget, findings beside the CPU-sized ones, the T1
+    and Z1 statistics, accuracies and figures."""
+    s = paper["settings"]
+    total = len(paper["finished"]) + len(paper["missing"])
+    findings = evaluate_findings(paper)
+    t1, z1 = paper["T1"], paper["Z1"]
+    verdict = {True: "yes", False: "**no**", None: "n/a"}
+    lines = [
+        "",
+        "# Paper scale: converged networks",
+        "",
+        "Command:",
+        "",
+        "```bash",
+        s["command"],
+        "```",
+        "",
+        f"Settings: all {s['train_size']:,} CIFAR-10 training images, {s['epochs']} epochs, "
+        f"batch {s['batch_size']}, {s['recipe']}; {s['seeds']} training seeds per variant; "
+        "probes as above (init-stage numbers are the CPU-sized run's initialisations: the same "
+        "networks). Budget: about 35 minutes of wall time per network on 2 cores "
+        f"(bfloat16), {total} networks, about {total * 35 / 60:.1f} hours; so far "
+        f"{paper['wall_seconds'] / 3600:.2f} h wall, {paper['cpu_seconds'] / 3600:.2f} CPU-h.",
+        "",
+    ]
+    if paper["missing"]:
+        lines += [
+            f"**partial: {len(paper['finished'])} of {total}** networks finished; rerun the "
+            "command to continue. Missing: " + ", ".join(f"`{m}`" for m in paper["missing"]) + ".",
+            "",
+        ]
+    lines += ["How the recipe was chosen (pilot runs):", ""]
+    lines += [f"- {pilot}" for pilot in PAPER_PILOTS] + [""]
+    cpu = {f["finding"]: f for f in cpu_findings}
+    lines += [
+        "| finding | CPU-sized (10,000 images, 12 epochs) | holds | paper scale | holds |",
+        "|---|---|---|---|---|",
+    ]
+    for f in findings:
+        c = cpu.get(f["finding"], {"measured": "", "holds": None})
+        measured = f["measured"]
+        holds = f["holds"]
+        if f["finding"] == "T1" and t1.get("variants"):
+            measured = "; ".join(
+                f"{v}: D {e['D']['mean']:+.2f} [{e['D']['ci'][0]:+.2f}, {e['D']['ci'][1]:+.2f}], "
+                f"G {e['G']['mean']:+.2f} [{e['G']['ci'][0]:+.2f}, {e['G']['ci'][1]:+.2f}]"
+                for v, e in t1["variants"].items()
+            )
+            measured = f"holds in {t1['holds_in']} of {t1['decided']} variants: {measured}"
+            holds = None if not t1["decided"] else t1["holds_in"] == t1["decided"]
+        if f["finding"] == "Z1" and z1:
+            measured = (
+                f"blur - max {z1['mean_difference']:+.4f}, 95% CI "
+                f"[{z1['ci'][0]:+.4f}, {z1['ci'][1]:+.4f}], Welch p = {z1['p_value']:.3g}; "
+                + f["measured"]
+            )
+            holds = z1["holds"]
+        lines.append(
+            f"| {f['finding']} | {c['measured']} | {verdict[c['holds']]} | {measured} | "
+            f"{verdict[holds]} |"
+        )
+    changed = [
+        f["finding"]
+        for f in findings
+        if f["finding"] in cpu
+        and f["holds"] is not None
+        and cpu[f["finding"]]["holds"] is not None
+        and f["holds"] != cpu[f["finding"]]["holds"]
+    ]
+    lines += [
+        "",
+        "Findings whose verdict differs between the scales: "
+        + (", ".join(changed) if changed else "none so far")
+        + ". With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
+    ]
+    if paper["test_accuracy"]:
+        lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
+        for v, acc in paper["test_accuracy"].items():
+            lines.append(f"| {v} | {', '.join(f'{a:.4f}' for a in acc)} | {np.mean(acc):.4f} |")
+    lines += _figure_lines(figures, "## Paper-scale figures", " (paper scale)", "replication/paper")
+    return "\n".join(lines) + "\n"
+
+
+def _figure_lines(figures, heading, suffix, directory):
+    """Markdown for `{title: file name}` figures under `heading`, each titled `title + suffix`."""
+    if not figures:
+        return []
+    lines = ["", heading, ""]
+    for title, name in figures.items():
+        lines += [f"### {title}{suffix}", "", f"![{title}]({directory}/{name})", ""]
+    return lines
+
+
+def _strength(item):
+    return float(item[0])
+
+
+def write_report(docs_dir, results):
+    """The CPU-sized report: results.json, its figures and replication.md (replaced whole)."""
+    directory = os.path.join(docs_dir, "replication")
+    os.makedirs(directory, exist_ok=True)
+    _write(os.path.join(directory, "results.json"), json.dumps(results, indent=1))
+    figures = draw_figures(results, directory)
+    findings = evaluate_findings(results)
+    _write(os.path.join(docs_dir, "replication.md"), report_markdown(results, findings, figures))
+
+
+def read_cpu_results(docs_dir):
+    """The CPU-sized results.json without its `"paper"` object ({} before the first run)."""
+    path = os.path.join(docs_dir, "replication", "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as file:
+        cpu = json.load(file)
+    cpu.pop("paper", None)
+    return cpu
+
+
+def write_paper_report(docs_dir, cpu, paper):
+    """results.json: the CPU-sized keys as they are plus `"paper"`; replication.md: the
+    CPU-sized report with the paper-scale section beside it."""
+    directory = os.path.join(docs_dir, "replication")
+    os.makedirs(directory, exist_ok=True)
+    _write(os.path.join(directory, "results.json"), json.dumps({**cpu, "paper": paper}, indent=1))
+    paper_dir = os.path.join(directory, "paper")
+    os.makedirs(paper_dir, exist_ok=True)
+    paper_figures = draw_figures(paper, paper_dir)
+    lines, cpu_findings = [], []
+    if cpu.get("settings"):
+        cpu_findings = evaluate_findings(cpu)
+        lines.append(report_markdown(cpu, cpu_findings, draw_figures(cpu, directory)))
+    lines.append(paper_markdown(paper, cpu_findings, paper_figures))
+    _write(os.path.join(docs_dir, "replication.md"), "\n".join(lines))
+
+
+def _write(path, text):
+    """Written beside and moved into place: a cut-off write leaves the old file whole."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as file:
+        file.write(text)
+    os.replace(temporary, path)
