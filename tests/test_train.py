@@ -504,3 +504,19 @@ def test_the_same_seed_gives_the_same_numbers_on_a_busy_machine(tmp_path):
     a, b = (_json_history(tmp_path / name) for name in ("a", "b"))
     assert a == b and len(a) == 3
     assert not tf_config.is_op_determinism_enabled()  # restored after the run
+
+
+def test_the_train_flags_default_to_the_defaults_of_train_run():
+    from absl import flags
+
+    from trainers import train  # noqa: F401  (defines the flags)
+
+    def plain(value):
+        return tuple(value) if isinstance(value, list | tuple) else value
+
+    names = [name for name in DEFAULTS if name in flags.FLAGS]
+    assert len(names) >= len(DEFAULTS) - 1  # every setting is a flag (jit_compile's is a string)
+    for name in names:
+        if name == "jit_compile":
+            continue
+        assert plain(flags.FLAGS[name].default) == plain(DEFAULTS[name]), name
