@@ -393,8 +393,9 @@ def test_wrong_argument_types_name_the_argument(model, images):
 def test_shift_consistency_is_one_for_a_circularly_invariant_model(images):
     keras.utils.set_random_seed(1)
     inputs = keras.Input(SHAPE)
-    wrap = keras.layers.Lambda(lambda t: tf.concat([t[:, :, -1:], t, t[:, :, :1]], axis=2))(
-        keras.layers.Lambda(lambda t: tf.concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs)
+    concat = keras.ops.concatenate
+    wrap = keras.layers.Lambda(lambda t: concat([t[:, :, -1:], t, t[:, :, :1]], axis=2))(
+        keras.layers.Lambda(lambda t: concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs)
     )
     x = keras.layers.Conv2D(6, 3, activation="relu")(wrap)  # a circular convolution
     outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
