@@ -42,6 +42,8 @@ DEFAULT_CACHE = 2**30  # bytes of clean features kept for the pairwise distances
 # Probe images whose values exceed this, fed to a model without a rescaling layer, look like
 # 0..255 pixels given to a model trained on [0, 1] (standardised images stay below ~5).
 FAR_ABOVE_ONE = 10.0
+# Representations at least this large (floats per image) are normalised in one compiled pass.
+FUSED_WIDTH = 2**16
 
 # ProbeFeatures per model and probe names. Weak keys, and probes hold the model weakly, so an
 # entry lives exactly as long as its model.
@@ -783,15 +785,19 @@ class ProbeFeatures:
             )
             for normalize in (False, True)
         }
-        # Per probe point, inside `_vectors`: normalise and centre in one fused pass (XLA on
-        # TensorFlow; TensorFlow's graph ops make a temporary per step, 3x slower on the large
-        # representations of an ImageNet network).
-        self._center = {
-            normalize: compiled_reading(
-                functools.partial(_normalize_and_center, normalize=normalize), (), jit_compile=True
+        # Per probe point, inside `_vectors`: normalise and centre a large representation in
+        # one fused pass (XLA on TensorFlow, whose graph ops make a temporary per step: 1.5x
+        # slower on ResNet50's at 224 px); small ones inline, where compiling costs more.
+        self._center = {}
+        for normalize in (False, True):
+            inline = functools.partial(_normalize_and_center, normalize=normalize)
+            self._center[normalize, False] = inline
+            self._center[normalize, True] = compiled_reading(
+                inline,
+                (),
+                input_signature=[vectors_spec[0], centers_spec[0], centers_spec[0], flag_spec],
+                jit_compile=True,
             )
-            for normalize in (False, True)
-        }
         # The Gram blocks and paired distances read large operands once: TensorFlow's own
         # kernels run them faster than XLA does on CPU (ResNet50 at 224 px: 1.4-2.3x).
         self._gram = compiled_reading(
@@ -997,7 +1003,9 @@ class ProbeFeatures:
                 lambda v=v, norms=norms: (v, norms, ops.convert_to_tensor(True)),
                 lambda v=v: _finite_part(v),
             )
-            v, center = self._center[normalize](v, norms, center, first)
+            width = output.shape[1:]
+            fuse = None in width or math.prod(width) >= FUSED_WIDTH
+            v, center = self._center[normalize, fuse](v, norms, center, first)
             vectors.append((v, ops.equal(norms, 0.0), center, finite))
         return vectors
 
