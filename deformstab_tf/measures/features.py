@@ -3,8 +3,9 @@
 Every representation-based measure reads the network through `ProbeFeatures`: a single
 `keras.Model(model.input, [outputs of all probe layers])`, run with `training=False`, so one forward
 pass per batch yields every probe point. Reductions (norms, normalisation, Gram blocks, distances
-between an image and its perturbed copy) happen on the device inside `tf.function`s; only small
-per-image and per-pair numbers reach the host.
+between an image and its perturbed copy) happen on the device inside compiled functions written
+in `keras.ops` (`tf.function`s on TensorFlow, `jax.jit` on JAX: the measures run on the active
+Keras backend); only small per-image and per-pair numbers reach the host.
 
 Pairwise distances between the N probe images come from Gram matrices built block by block
 (`ProbeFeatures.distances`), so the memory is O(N^2) numbers per probe point plus the features of
@@ -16,8 +17,9 @@ other inputs given as `extra_inputs` and held fixed. A model without a graph (a 
 `keras.Model`) can only be probed at its input and output: that is what is measured, with a
 warning.
 
-Tracing: each `ProbeFeatures` traces its functions once (they contain the model); they are
-distinct functions per model, so measuring a model zoo in one process retraces nothing.
+Tracing: each `ProbeFeatures` traces its functions once (they contain the model; on JAX once
+per batch shape); they are distinct functions per model, so measuring a model zoo in one process
+retraces nothing.
 """
 
 import collections
@@ -691,7 +693,7 @@ class ProbeFeatures:
     """The representations of a model at its probe points, from one multi-output extractor.
 
     Get one with `ProbeFeatures.for_model(model, layers)`: it is built once per model and set of
-    probe points and reused, so its `tf.function`s trace once (repeated measurements, e.g. by
+    probe points and reused, so its compiled functions trace once (repeated measurements, e.g. by
     `StabilityCallback` across epochs, pay no retracing). Its functions are its own, so many
     models measured in one process (a sweep, a model zoo) trace each once and retrace nothing.
 
@@ -996,7 +998,7 @@ class ProbeFeatures:
         vectors = []
         for output, center in zip(outputs, centers, strict=True):
             v = ops.cast(ops.reshape(output, (ops.shape(output)[0], -1)), "float32")
-            norms = row_norms(v)
+            norms = _row_norms(v)
             # NaN or inf anywhere in a row makes its norm NaN or inf: only then is `v` cleaned.
             v, norms, finite = ops.cond(
                 ops.all(ops.isfinite(norms)),
@@ -1031,7 +1033,7 @@ class ProbeFeatures:
 
     @staticmethod
     def _paired_impl(clean, perturbed):
-        return [keras.ops.square(row_norms(a - b)) for a, b in zip(clean, perturbed, strict=True)]
+        return [keras.ops.square(_row_norms(a - b)) for a, b in zip(clean, perturbed, strict=True)]
 
     @staticmethod
     def _store_gram(block, rows, columns, gram):
@@ -1063,7 +1065,7 @@ class _OutputProbe:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def row_norms(x):
+def _row_norms(x):
     """The Euclidean norm of each row of a 2-D float tensor, on the active backend.
 
     On TensorFlow its fused kernel reads `x` once (`keras.ops.norm` squares into a temporary
@@ -1079,7 +1081,7 @@ def _finite_part(v):
     and whether it was finite."""
     is_finite = keras.ops.isfinite(v)
     v = keras.ops.where(is_finite, v, 0.0)
-    return v, row_norms(v), keras.ops.all(is_finite)
+    return v, _row_norms(v), keras.ops.all(is_finite)
 
 
 def _normalize_and_center(v, norms, center, first, normalize):
