@@ -225,6 +225,10 @@ def test_measures_give_the_reference_numbers_also_after_the_weights_change(probe
     assert_same_numbers(
         measure_all(model, probe_images), numpy_measures(weights, probe_images, numpy_sine_warp, 3)
     )
+    # One probe point (the extractor then has a single output).
+    single = normalized_sensitivity(model, probe_images, numpy_sine_warp, layers=["conv2"])
+    expected = numpy_measures(weights, probe_images, numpy_sine_warp, 3)["S"]["conv2"]
+    np.testing.assert_allclose(single["conv2"], expected, **TOLERANCE)
     # New weights, the same model (and compiled functions): the new numbers, not stale ones.
     changed = tiny_cnn_weights(seed=1, scale=2.0)
     for name, values in changed.items():

@@ -1021,7 +1021,7 @@ class ProbeFeatures:
             ]
             specs.insert(self._image_index, keras.KerasTensor((1, *images.shape[1:]), "float32"))
             outputs = self.extractor.compute_output_spec(specs if extras else specs[0])
-            outputs = [outputs] if len(self.names) == 1 else outputs
+            outputs = keras.tree.flatten(outputs)
             self._widths[key] = [math.prod(output.shape[1:]) for output in outputs]
         return self._widths[key]
 
