@@ -280,6 +280,76 @@ def bench_many_probes(model, count, repeats):
     return {"probe_images": f"{count} ({source})", "rows": rows}
 
 
+def bench_resnet50(num_images, batch_size, image_size, repeats):
+    """One `normalized_sensitivity` of Keras's ResNet50 (`weights=None`, its 57 default probe
+    points) in forward passes of the `num_images` probe images: its time over the time of one
+    forward pass of the clean images (the median over rounds of the ratio, a round timing the
+    plain forward passes of the clean and of the deformed images, then the measurement). The
+    floor is 2: one pass of the clean images, one of the deformed images."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(image_size, image_size, 3))
+    images = np.random.default_rng(0).uniform(size=(num_images, image_size, image_size, 3))
+    images = images.astype("float32")
+    tps, deformation_name = deformation()
+    forward = tf.function(lambda x: model(x, training=False))
+    deformed = tf.concat(
+        [tps(images[s : s + batch_size], training=True) for s in range(0, num_images, batch_size)],
+        0,
+    )
+    batches = [
+        x[s : s + batch_size]
+        for x in (tf.constant(images), deformed)
+        for s in range(0, num_images, batch_size)
+    ]
+
+    def run_forward():
+        for batch in batches:
+            forward(batch).numpy()
+
+    result = {}
+
+    def run_sensitivity():
+        result["value"] = normalized_sensitivity(model, images, tps, batch_size=batch_size, seed=0)
+
+    cold = {"forward": timed(run_forward), "sensitivity": timed(run_sensitivity)}
+    times = {"forward": [], "sensitivity": []}
+    for _ in range(repeats):  # alternate, so drifts of the shared machine hit both alike
+        times["forward"].append(timed(run_forward))
+        times["sensitivity"].append(timed(run_sensitivity))
+    passes = [2 * s / f for s, f in zip(times["sensitivity"], times["forward"], strict=True)]
+    return {
+        "model": "keras.applications.ResNet50(weights=None)",
+        "probe_points": len(result["value"]),
+        "image_size": image_size,
+        "num_images": num_images,
+        "batch_size": batch_size,
+        "deformation": deformation_name,
+        "repeats": repeats,
+        "median_s": {name: statistics.median(t) for name, t in times.items()},
+        "cold_first_call_s": cold,
+        "forward_passes_of_the_probe_images": statistics.median(passes),
+        "forward_passes_per_round": passes,
+        "batch_forward_passes": result["value"].metadata["forward_passes"],
+    }
+
+
+def print_resnet50(row):
+    print(
+        f"normalized_sensitivity of ResNet50 ({row['probe_points']} probe points), "
+        f"{row['num_images']} images of {row['image_size']} px, batch {row['batch_size']}, "
+        f"{row['deformation']}, median of {row['repeats']} rounds"
+    )
+    print(f"{'':<34} {'median s':>9} {'cold s':>7}")
+    for name in ("forward", "sensitivity"):
+        label = "forward (clean + deformed)" if name == "forward" else name
+        print(f"{label:<34} {row['median_s'][name]:>9.2f} {row['cold_first_call_s'][name]:>7.2f}")
+    print(
+        f"cost in forward passes of the {row['num_images']} images (floor 2): "
+        f"{row['forward_passes_of_the_probe_images']:.2f} "
+        f"(rounds: {', '.join(f'{p:.2f}' for p in row['forward_passes_per_round'])})"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -291,12 +361,34 @@ def main():
     parser.add_argument(
         "--many-probes-only", action="store_true", help="only the 500-probe-image comparison"
     )
+    parser.add_argument(
+        "--resnet50",
+        action="store_true",
+        help="only the cost of one normalized_sensitivity of ResNet50 in forward passes",
+    )
+    parser.add_argument("--resnet50-images", type=int, default=64)
+    parser.add_argument("--resnet50-batch-size", type=int, default=32)
+    parser.add_argument("--resnet50-image-size", type=int, default=224)
     parser.add_argument("--memory-stage", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_stage:
         return memory_stage(args.memory_stage, args.batch_size)
 
+    if args.resnet50:
+        row = bench_resnet50(
+            args.resnet50_images,
+            args.resnet50_batch_size,
+            args.resnet50_image_size,
+            max(1, args.repeats),
+        )
+        row["machine"] = machine_info()
+        print_resnet50(row)
+        out = Path(args.out).with_name("bench_callback_resnet50.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(row, indent=1))
+        print(f"wrote {out}")
+        return None
     keras.utils.set_random_seed(0)
     model = cifar_vgg()
     many = bench_many_probes(model, 500, max(1, args.repeats // 2))

@@ -249,13 +249,15 @@ class StabilityCallback(keras.callbacks.Callback):
                 raise ValueError(str(error).replace("`images`", "`probe_images`")) from None
         if any(m in _NEEDS_DEFORMATION for m in self.measures):
             self._probe = ProbeFeatures.for_model(model, self.layers)
-            self._deformed = tf.concat(
+            self._deformed = keras.ops.concatenate(
                 [
-                    tf.cast(
-                        call_perturbation(
-                            self.deformation,
-                            self._images[start : start + self.batch_size],
-                            seed=derive_seed(self._measurement_seed, index),
+                    keras.ops.cast(
+                        keras.ops.convert_to_tensor(
+                            call_perturbation(
+                                self.deformation,
+                                self._images[start : start + self.batch_size],
+                                seed=derive_seed(self._measurement_seed, index),
+                            )
                         ),
                         self._images.dtype,
                     )
@@ -263,7 +265,7 @@ class StabilityCallback(keras.callbacks.Callback):
                 ],
                 axis=0,
             )
-            if self._deformed.shape != self._images.shape:
+            if tuple(self._deformed.shape) != tuple(self._images.shape):
                 raise ValueError(
                     f"`deformation` returned shape {tuple(self._deformed.shape)} for probe images "
                     f"of shape {tuple(self._images.shape)}."
@@ -339,7 +341,9 @@ class StabilityCallback(keras.callbacks.Callback):
         probe_names = None if self._probe is None else list(self._probe.names)
         digest = None
         if self._images is not None:
-            digest = hashlib.sha1(np.ascontiguousarray(self._images.numpy())).hexdigest()
+            digest = hashlib.sha1(
+                np.ascontiguousarray(keras.ops.convert_to_numpy(self._images))
+            ).hexdigest()
         return {
             "measures": list(self.measures),
             "num_probe_images": None if self._images is None else int(self._images.shape[0]),

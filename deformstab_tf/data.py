@@ -315,14 +315,17 @@ def synthetic(
             images += noise * tf.random.stateless_normal(tf.shape(images), noise_seed)
         return tf.clip_by_value(images, 0.0, 1.0)
 
+    # The test split is drawn in a tf.data pipeline too: TensorFlow ops and seed streams on every
+    # Keras backend (as Keras's own preprocessing layers in tf.data), so it is the same split.
     test_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed + 1, dtype="float32")
     test_labels = np.arange(test_size, dtype=np.int32) % num_classes
-    test_images = np.concatenate(
-        [
-            sample(test_labels[s : s + 256], test_layer, [seed, 10_000 + s]).numpy()
-            for s in range(0, test_size, 256)
-        ]
+    draws = tf.data.Dataset.from_tensor_slices(test_labels).batch(256).enumerate()
+    draws = draws.map(
+        lambda i, batch: sample(
+            batch, test_layer, tf.stack([tf.constant(seed, tf.int64), 10_000 + 256 * i])
+        )
     )
+    test_images = np.concatenate([batch.numpy() for batch in draws])
 
     train_layer = RandomThinPlateSpline(grid_size, max_displacement, seed=seed, dtype="float32")
     labels = np.arange(samples_per_epoch, dtype=np.int32) % num_classes

@@ -143,6 +143,12 @@ def check_config(config):
     check_choice("optimizer", config["optimizer"], OPTIMIZERS)
     check_choice("schedule", config["schedule"], SCHEDULES)
     check_choice("strategy", config["strategy"], STRATEGIES)
+    if config["strategy"] != "default" and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"`strategy`={config['strategy']!r} is a TensorFlow distribution strategy; the Keras "
+            f"backend here is {keras.backend.backend()!r} (KERAS_BACKEND), where only "
+            "strategy='default' runs. Use KERAS_BACKEND=tensorflow for multi-device training."
+        )
     check_choice("deformation", config["deformation"], tuple(DEFORMATION_LAYERS))
     check_choice("jit_compile", config["jit_compile"], ("auto", True, False))
     check_choice("mixed_precision", config["mixed_precision"], PRECISIONS)

@@ -1,16 +1,25 @@
-"""The same numbers on every backend: the active backend's ops against TensorFlow's.
+"""The same numbers on every backend: the active backend's ops against TensorFlow's, and the
+measures against a float64 NumPy reference.
 
 Inside a TensorFlow graph (``tf.function``, ``tf.data``) the deformations run on TensorFlow ops
 whatever the Keras backend, so one process on another backend (CI: ``KERAS_BACKEND=jax``) holds
 both implementations: the same field gives the same image on each to 1e-5. On the TensorFlow
-backend both paths are the same ops, so these tests are skipped there.
+backend both paths are the same ops, so those tests are skipped there.
+
+The measures run models on the active backend; for the same weights and deformed images they give
+the NumPy reference's numbers (`tests/references.py`) on every backend, so the backends agree to
+1e-5 (S, D, G, R, TV / L1, shift consistency; also through `StabilityCallback`).
 """
+
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from deformstab_tf.callbacks import StabilityCallback
+from deformstab_tf.data import synthetic
 from deformstab_tf.deformations import (
     FILL_MODES,
     INTERPOLATIONS,
@@ -22,9 +31,23 @@ from deformstab_tf.deformations import (
     warp,
 )
 from deformstab_tf.layers import RandomAffine, RandomDiffeomorphism, RandomThinPlateSpline
+from deformstab_tf.measures import (
+    kernel_smoothness,
+    normalized_sensitivity,
+    relative_stability,
+    shift_consistency,
+)
+from deformstab_tf.training import check_config
 from tests.backends import BACKEND, as_numpy, dtype_of, other_backend_only
+from tests.references import (
+    TINY_CNN_PROBES,
+    numpy_measures,
+    numpy_sine_warp,
+    tiny_cnn,
+    tiny_cnn_weights,
+)
 
-pytestmark = [pytest.mark.backends, other_backend_only]
+pytestmark = pytest.mark.backends
 
 LAYERS = {
     "tps": lambda **kw: RandomThinPlateSpline(grid_size=3, max_displacement=2.0, **kw),
@@ -46,6 +69,7 @@ def on_active(function, *arrays):
     return as_numpy(out)
 
 
+@other_backend_only
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 @pytest.mark.parametrize("fill_mode", FILL_MODES)
 def test_warp_gives_the_same_image_on_both_backends(interpolation, fill_mode):
@@ -61,6 +85,7 @@ def test_warp_gives_the_same_image_on_both_backends(interpolation, fill_mode):
     )
 
 
+@other_backend_only
 def test_integer_and_16_bit_images_keep_their_dtype_on_both_backends():
     rng = np.random.default_rng(1)
     field = rng.uniform(-3, 3, (2, 8, 8, 2)).astype("float32")
@@ -73,6 +98,7 @@ def test_integer_and_16_bit_images_keep_their_dtype_on_both_backends():
     assert dtype_of(warp(halves, field)) == "bfloat16"
 
 
+@other_backend_only
 def test_displacement_fields_agree_on_both_backends():
     rng = np.random.default_rng(2)
     d = rng.uniform(-2, 2, (4, 16, 2)).astype("float32")
@@ -107,6 +133,7 @@ def test_displacement_fields_agree_on_both_backends():
     )
 
 
+@other_backend_only
 @pytest.mark.parametrize("kind", LAYERS)
 def test_a_layer_gives_the_same_image_for_the_same_drawn_transformation(kind):
     layer = LAYERS[kind](seed=4, fill_mode="reflect")
@@ -121,6 +148,7 @@ def test_a_layer_gives_the_same_image_for_the_same_drawn_transformation(kind):
     assert np.abs(ours - images).max() > 1e-2
 
 
+@other_backend_only
 @pytest.mark.parametrize("kind", LAYERS)
 def test_tf_data_runs_on_tensorflow_ops_reproducibly_and_adds_no_weights(kind, tmp_path):
     images = np.random.default_rng(4).random((6, 16, 20, 3)).astype("float32")
@@ -144,3 +172,141 @@ def test_tf_data_runs_on_tensorflow_ops_reproducibly_and_adds_no_weights(kind, t
     restored = keras.models.load_model(tmp_path / "model.keras")
     np.testing.assert_array_equal(as_numpy(restored.predict(images, verbose=0)), images)
     assert restored.layers[1].get_config() == layer.get_config()
+
+
+# -- measures and the callback on every backend --------------------------------------------------
+
+PROBE_SHAPE = (8, 8, 8, 3)
+TEST_SPLIT_SUM = 239.22652425331762  # of a tiny synthetic task's test split, on TensorFlow
+TOLERANCE = {"rtol": 5e-6, "atol": 1e-9}  # to the float64 reference: backends agree to 1e-5
+
+
+@pytest.fixture(scope="module")
+def probe_images():
+    return np.random.default_rng(0).normal(0.5, 0.25, PROBE_SHAPE).astype("float32")
+
+
+def measure_all(model, images, seed=3, batch_size=4):
+    """S (with its numerator and denominator), R / D / G, TV / L1 and shift consistency."""
+    s = normalized_sensitivity(
+        model, images, numpy_sine_warp, layers=TINY_CNN_PROBES, batch_size=batch_size
+    )
+    r = relative_stability(
+        model, images, numpy_sine_warp, layers=TINY_CNN_PROBES, batch_size=batch_size, seed=seed
+    )
+    return {
+        "S": dict(s),
+        "deformation": s.details["deformation"],
+        "pairs": s.details["pairs"],
+        "R": dict(r),
+        "D": r.details["D"],
+        "G": r.details["G"],
+        "smoothness": dict(kernel_smoothness(model)),
+        "shift_consistency": shift_consistency(
+            model, images, max_shift=2, batch_size=batch_size, seed=seed
+        )["output"],
+    }
+
+
+def assert_same_numbers(measured, expected):
+    assert measured["shift_consistency"] == expected["shift_consistency"]
+    for key, values in expected.items():
+        if key == "shift_consistency":
+            continue
+        assert list(measured[key]) == list(values), key
+        np.testing.assert_allclose(
+            list(measured[key].values()), list(values.values()), **TOLERANCE, err_msg=key
+        )
+
+
+def test_measures_give_the_reference_numbers_also_after_the_weights_change(probe_images):
+    weights = tiny_cnn_weights(seed=0)
+    model = tiny_cnn(weights)
+    assert_same_numbers(
+        measure_all(model, probe_images), numpy_measures(weights, probe_images, numpy_sine_warp, 3)
+    )
+    # One probe point (the extractor then has a single output).
+    single = normalized_sensitivity(model, probe_images, numpy_sine_warp, layers=["conv2"])
+    expected = numpy_measures(weights, probe_images, numpy_sine_warp, 3)["S"]["conv2"]
+    np.testing.assert_allclose(single["conv2"], expected, **TOLERANCE)
+    # New weights, the same model (and compiled functions): the new numbers, not stale ones.
+    changed = tiny_cnn_weights(seed=1, scale=2.0)
+    for name, values in changed.items():
+        model.get_layer(name).set_weights(values)
+    assert_same_numbers(
+        measure_all(model, probe_images), numpy_measures(changed, probe_images, numpy_sine_warp, 3)
+    )
+
+
+def test_a_mixed_precision_model_is_measured_in_float32_on_every_backend(probe_images):
+    weights = tiny_cnn_weights(seed=2)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny_cnn(weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    measured = measure_all(model, probe_images)
+    assert_same_numbers(measured, numpy_measures(weights, probe_images, numpy_sine_warp, 3))
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"  # the policy is restored
+
+
+def test_the_callback_measures_the_reference_numbers_during_fit(probe_images, tmp_path):
+    weights = tiny_cnn_weights(seed=0)
+    model = tiny_cnn(weights)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(1)
+    x, y = rng.random((32, 8, 8, 3)).astype("float32"), rng.integers(0, 3, 32)
+    stability = StabilityCallback(
+        probe_images,
+        numpy_sine_warp,
+        layers=TINY_CNN_PROBES,
+        measures=("sensitivity", "relative_stability", "shift_consistency", "smoothness"),
+        log_dir=tmp_path,
+        batch_size=3,
+        seed=3,
+        max_shift=2,
+    )
+    history = model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[stability])
+    assert [record["epoch"] for record in stability.history] == [0, 1, 2]
+    initial = stability.history[0]["results"]
+    measured = {
+        "S": dict(initial["sensitivity"]),
+        "deformation": initial["sensitivity"].details["deformation"],
+        "pairs": initial["sensitivity"].details["pairs"],
+        "R": dict(initial["relative_stability"]),
+        "D": initial["relative_stability"].details["D"],
+        "G": initial["relative_stability"].details["G"],
+        "smoothness": dict(initial["smoothness"]),
+        "shift_consistency": initial["shift_consistency"]["output"],
+    }
+    assert_same_numbers(measured, numpy_measures(weights, probe_images, numpy_sine_warp, 3))
+    # After training: the trained weights' numbers (what a direct measurement gives now).
+    trained = {k: model.get_layer(k).get_weights() for k in weights}
+    last = stability.history[-1]["results"]["sensitivity"]
+    expected = numpy_measures(trained, probe_images, numpy_sine_warp, 3)["S"]
+    np.testing.assert_allclose(list(last.values()), list(expected.values()), **TOLERANCE)
+    assert last["conv2"] != initial["sensitivity"]["conv2"]
+    for key in ("stability/sensitivity/mean", "stability/relative_stability/R/conv2",
+                "stability/shift_consistency", "stability/smoothness/conv1"):  # fmt: skip
+        assert len(history.history[key]) == 2 and np.isfinite(history.history[key]).all(), key
+    written = os.listdir(tmp_path / "stability")
+    assert "measurements.json" in written and any("tfevents" in name for name in written)
+
+
+def test_the_synthetic_task_is_the_same_data_on_every_backend():
+    train, test, info = synthetic(
+        num_classes=3, image_size=8, samples_per_epoch=6, test_size=6, batch_size=6, seed=0
+    )
+    images, labels = next(iter(test))
+    # Drawn with TensorFlow ops and seed streams whatever the backend (computed on TensorFlow).
+    np.testing.assert_array_equal(labels.numpy(), [0, 1, 2, 0, 1, 2])
+    np.testing.assert_allclose(np.sum(images.numpy(), dtype=np.float64), TEST_SPLIT_SUM, rtol=1e-6)
+    assert next(iter(train))[0].shape == (6, 8, 8, 3)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="every strategy runs on TensorFlow")
+def test_a_tensorflow_strategy_on_another_backend_is_an_error_naming_the_setting():
+    with pytest.raises(ValueError, match="`strategy`='mirrored'.*'jax'"):
+        check_config({"strategy": "mirrored"})
+    check_config({"strategy": "default"})

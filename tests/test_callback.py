@@ -174,6 +174,7 @@ def test_initial_measurement_equals_the_measure_function(data):
     assert initial["smoothness"] == expected_smoothness
 
 
+@pytest.mark.backends  # also with KERAS_BACKEND=jax
 def test_callback_does_not_perturb_training(data):
     x, y = data
 

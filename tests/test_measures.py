@@ -227,6 +227,7 @@ def test_bad_reduction_names_argument(model, images):
 # -- probe points and input validation ----------------------------------------------------------
 
 
+@pytest.mark.backends  # also with KERAS_BACKEND=jax
 def test_probe_cache_reuses_and_does_not_keep_models_alive(images):
     model = tiny_model(seed=3)
     assert ProbeFeatures.for_model(model, NAMES) is ProbeFeatures.for_model(model, NAMES)
@@ -393,8 +394,9 @@ def test_wrong_argument_types_name_the_argument(model, images):
 def test_shift_consistency_is_one_for_a_circularly_invariant_model(images):
     keras.utils.set_random_seed(1)
     inputs = keras.Input(SHAPE)
-    wrap = keras.layers.Lambda(lambda t: tf.concat([t[:, :, -1:], t, t[:, :, :1]], axis=2))(
-        keras.layers.Lambda(lambda t: tf.concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs)
+    concat = keras.ops.concatenate
+    wrap = keras.layers.Lambda(lambda t: concat([t[:, :, -1:], t, t[:, :, :1]], axis=2))(
+        keras.layers.Lambda(lambda t: concat([t[:, -1:], t, t[:, :1]], axis=1))(inputs)
     )
     x = keras.layers.Conv2D(6, 3, activation="relu")(wrap)  # a circular convolution
     outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x))
@@ -531,6 +533,7 @@ def test_measure_result_mapping_json_and_table():
     assert result.mean() == pytest.approx(0.625)
 
 
+@pytest.mark.backends  # also with KERAS_BACKEND=jax
 def test_a_diverged_model_gives_nan_with_one_warning_never_a_result(images):
     model = tiny_model()
     # NaN weights in the classifier (a NaN before a ReLU that TensorFlow fuses into the conv
@@ -649,6 +652,7 @@ class Subclassed(keras.Model):
         return self.head(self.pool(self.conv(x)))
 
 
+@pytest.mark.backends  # also with KERAS_BACKEND=jax
 def test_a_subclassed_model_is_measured_at_input_and_output_with_one_warning(images):
     keras.utils.set_random_seed(5)
     model = Subclassed()
@@ -688,6 +692,7 @@ def image_and_vector_model():
     return keras.Model([vector, image], outputs)  # the image input second
 
 
+@pytest.mark.backends  # also with KERAS_BACKEND=jax
 def test_a_model_with_an_image_and_a_vector_input_takes_extra_inputs(images):
     model = image_and_vector_model()
     vectors = np.random.default_rng(1).normal(size=(8, 5)).astype("float32")

@@ -9,7 +9,8 @@ a field function works in ``tf.data`` on every backend (the ``DynamicBackend`` p
 ``DataLayer``).
 
 What cannot be written once lives here: compiling a function (``tf.function(jit_compile=True)``
-on TensorFlow, ``jax.jit`` on JAX), stateless random draws from a ``(2,)`` seed with independent
+on TensorFlow, ``jax.jit`` on JAX; with Keras variables read at run time for the measures, which
+run models on the active backend), stateless random draws from a ``(2,)`` seed with independent
 streams, and telling a concrete tensor from a traced one.
 """
 
@@ -105,6 +106,49 @@ def compiled(function, name, static_argnames=()):
             bound = jax.jit(bound, static_argnames=static_argnames)
         _COMPILED[key] = bound
     return _COMPILED[key]
+
+
+def compiled_reading(function, variables, **tf_function_options):
+    """`function` compiled the active backend's way, reading Keras `variables` as they are now.
+
+    For code on the active backend's ops (``keras.ops``, a Keras model call) that reads Keras
+    variables, such as a model's weights that training changes between calls. TensorFlow:
+    ``tf.function(function, **tf_function_options)`` (it reads the variables at run time). JAX:
+    ``jax.jit`` of `function` run in a ``keras.StatelessScope`` that maps `variables` to their
+    current values, passed as arguments on every call (a jitted function would otherwise bake
+    the values it saw when traced in as constants); it traces once per input shape. Other
+    backends: the plain function, run eagerly.
+
+    Args:
+        function: a function of tensors (pytrees of them on JAX).
+        variables: every Keras variable `function` reads (e.g. ``model.variables``).
+        **tf_function_options: ``tf.function`` options on TensorFlow (``input_signature``,
+            ``jit_compile``, ...); ignored elsewhere.
+
+    Returns:
+        A callable with `function`'s arguments.
+    """
+    name = keras.backend.backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, **tf_function_options)
+    if name != "jax":
+        return function
+    import jax
+
+    variables = list(variables)
+
+    def stateless(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return function(*args)
+
+    jitted = jax.jit(stateless)
+
+    def call(*args):
+        return jitted([variable.value for variable in variables], *args)
+
+    return call
 
 
 def take_rows(B, table, index):

@@ -6,9 +6,9 @@ import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from deformstab_tf._validation import check_choice, check_positive_int
+from deformstab_tf.deformations._backend import compiled_reading
 from deformstab_tf.deformations.warp import FILL_MODES, shift
 from deformstab_tf.measures._common import resolve_seed, warn_non_finite
 from deformstab_tf.measures.features import (
@@ -69,14 +69,15 @@ def shift_consistency(
 
 
 def top1_predictor(model):
-    """A traced function `(images, extras) -> top-1 class` of `model` with `training=False`
-    (cached per model, so repeated measurements do not retrace; a function of its own per
-    model, so measuring many models retraces nothing either)."""
+    """A compiled function `(images, extras) -> top-1 class` of `model` with `training=False`, on
+    the active backend (cached per model, so repeated measurements do not retrace; a function of
+    its own per model, so measuring many models retraces nothing either)."""
     if model not in _PREDICTORS:
         model_ref = weakref.ref(model)  # the cache must not keep the model alive
         image_index = image_input_index(model)
 
         def predict_top1(images, extras=()):
+            ops = keras.ops
             model = model_ref()
             if extras:
                 inputs = list(extras)
@@ -86,21 +87,23 @@ def top1_predictor(model):
                 inputs = images
             with float32_compute(model):  # traced once: the graph stays float32
                 outputs = model(inputs, training=False)
-            flat = tf.reshape(outputs, [tf.shape(outputs)[0], -1])
+            flat = ops.reshape(outputs, (ops.shape(outputs)[0], -1))
             weights_finite = [
-                tf.reduce_all(tf.math.is_finite(w.value))
+                ops.all(ops.isfinite(w.value))
                 for w in model.weights
                 if keras.backend.is_float_dtype(w.dtype)
             ]
-            finite = tf.reduce_all(tf.math.is_finite(flat), axis=-1) & tf.reduce_all(
-                tf.stack([tf.constant(True), *weights_finite])
+            finite = ops.all(ops.isfinite(flat), axis=-1) & ops.all(
+                ops.stack([ops.convert_to_tensor(True), *weights_finite])
             )
             # -1 marks a non-finite output or model (a diverged network): no class to agree on.
-            return tf.where(finite, tf.argmax(flat, axis=-1), tf.constant(-1, tf.int64))
+            return ops.where(finite, ops.cast(ops.argmax(flat, axis=-1), "int32"), -1)
 
         # A partial: TensorFlow counts traces per code object, and every model's predictor
         # shares this code; each model's own trace is no retracing.
-        _PREDICTORS[model] = tf.function(functools.partial(predict_top1), reduce_retracing=True)
+        _PREDICTORS[model] = compiled_reading(
+            functools.partial(predict_top1), model.variables, reduce_retracing=True
+        )
     return _PREDICTORS[model]
 
 
@@ -131,7 +134,7 @@ def shift_consistency_from_predictor(
             )
             for k in (0, 1)
         )
-        first, second = first.numpy(), second.numpy()
+        first, second = np.asarray(first), np.asarray(second)
         diverged = diverged or bool((first < 0).any() or (second < 0).any())
         agree.append(first == second)
     consistency = math.nan if diverged else float(np.mean(np.concatenate(agree)))

@@ -3,8 +3,9 @@
 Every representation-based measure reads the network through `ProbeFeatures`: a single
 `keras.Model(model.input, [outputs of all probe layers])`, run with `training=False`, so one forward
 pass per batch yields every probe point. Reductions (norms, normalisation, Gram blocks, distances
-between an image and its perturbed copy) happen on the device inside `tf.function`s; only small
-per-image and per-pair numbers reach the host.
+between an image and its perturbed copy) happen on the device inside compiled functions written
+in `keras.ops` (`tf.function`s on TensorFlow, `jax.jit` on JAX: the measures run on the active
+Keras backend); only small per-image and per-pair numbers reach the host.
 
 Pairwise distances between the N probe images come from Gram matrices built block by block
 (`ProbeFeatures.distances`), so the memory is O(N^2) numbers per probe point plus the features of
@@ -16,8 +17,9 @@ other inputs given as `extra_inputs` and held fixed. A model without a graph (a 
 `keras.Model`) can only be probed at its input and output: that is what is measured, with a
 warning.
 
-Tracing: each `ProbeFeatures` traces its functions once (they contain the model); they are
-distinct functions per model, so measuring a model zoo in one process retraces nothing.
+Tracing: each `ProbeFeatures` traces its functions once (they contain the model; on JAX once
+per batch shape); they are distinct functions per model, so measuring a model zoo in one process
+retraces nothing.
 """
 
 import collections
@@ -25,6 +27,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 import warnings
 import weakref
 
@@ -33,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from deformstab_tf._validation import check_model, check_names
+from deformstab_tf.deformations._backend import compiled_reading, is_numeric
 
 INPUT = "input"  # the probe name of the model's input (the images themselves)
 OUTPUT = "output"  # the probe name of a subclassed model's output
@@ -40,6 +44,8 @@ DEFAULT_CACHE = 2**30  # bytes of clean features kept for the pairwise distances
 # Probe images whose values exceed this, fed to a model without a rescaling layer, look like
 # 0..255 pixels given to a model trained on [0, 1] (standardised images stay below ~5).
 FAR_ABOVE_ONE = 10.0
+# Representations at least this large (floats per image) are normalised in one compiled pass.
+FUSED_WIDTH = 2**16
 
 # ProbeFeatures per model and probe names. Weak keys, and probes hold the model weakly, so an
 # entry lives exactly as long as its model.
@@ -435,14 +441,15 @@ def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
     """
     check_model("model", model)
     try:
-        raw = tf.convert_to_tensor(images)
+        raw = np.asarray(keras.ops.convert_to_numpy(images))
+        raw_dtype = keras.backend.standardize_dtype(raw.dtype)
     except (TypeError, ValueError):
-        raw = None
-    if raw is None or not (raw.dtype.is_floating or raw.dtype.is_integer) or raw.dtype.is_bool:
+        raw, raw_dtype = None, None
+    if raw is None or not is_numeric(raw_dtype):
         raise TypeError(
             "`images` must be a numeric array of images (float or integer); received "
             f"{type(images).__name__}"
-            + (f" of dtype {raw.dtype.name}." if raw is not None else f": {images!r:.80}.")
+            + (f" of dtype {raw_dtype}." if raw is not None else f": {images!r:.80}.")
         )
     inputs = _model_inputs(model)
     if inputs is None:  # no graph: the model's own call checks the shape
@@ -452,12 +459,12 @@ def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
                 f"{model.name!r} ({type(model).__name__}) has no graph of inputs. Received "
                 f"extra_inputs of type {type(extra_inputs).__name__}."
             )
-        images = tf.cast(raw, "float32")
+        images = keras.ops.cast(raw, "float32")
         expected = None
     else:
         image_index = image_input_index(model)
         input_spec = inputs[image_index]
-        images = tf.cast(raw, _probe_dtype(model))
+        images = keras.ops.cast(raw, _probe_dtype(model))
         expected = tuple(input_spec.shape)
     received = tuple(images.shape)
     if expected is not None and (
@@ -468,16 +475,17 @@ def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
             f"`images` has shape {received} but model {model.name!r} expects {expected} "
             "(a batch of images)."
         )
-    if not bool(tf.reduce_all(tf.math.is_finite(images))):
-        count = int(tf.reduce_sum(tf.cast(~tf.math.is_finite(images), tf.int32)))
+    values = np.asarray(keras.ops.convert_to_numpy(images), np.float32)  # as the model sees them
+    if not np.isfinite(values).all():
+        count = int((~np.isfinite(values)).sum())
         raise ValueError(f"`images` must be finite; they hold NaN or inf in {count} entries.")
     if received[0] < min_images:
         raise ValueError(
             f"`images` must hold at least {min_images} probe images; received {received[0]} "
             f"(shape {received})."
         )
-    check_distinct_images(images, min_images)
-    _check_range(model, raw, images)
+    check_distinct_images(values, min_images)
+    _check_range(model, raw_dtype, values)
     if inputs is None:
         return images, []
     others = [tensor for i, tensor in enumerate(inputs) if i != image_index]
@@ -529,7 +537,7 @@ def _check_extra_inputs(model, others, extra_inputs, num_images):
     checked = []
     for name, tensor, value in zip(names, others, values, strict=True):
         dtype = keras.backend.standardize_dtype(tensor.dtype)
-        value = tf.convert_to_tensor(value, dtype=dtype)
+        value = keras.ops.convert_to_tensor(value, dtype=dtype)
         expected = tuple(tensor.shape)
         shape = tuple(value.shape)
         if (
@@ -607,9 +615,10 @@ def check_distinct_images(images, min_images=2):
         )
 
 
-def _check_range(model, raw, images):
-    """Warns when the images' dtype or range does not look like what the model takes."""
-    high = float(tf.reduce_max(tf.abs(tf.cast(images, tf.float32))))
+def _check_range(model, raw_dtype, images):
+    """Warns when the images' dtype (`raw_dtype`, as given) or range (`images`, as the model sees
+    them, a numpy array) does not look like what the model takes."""
+    high = float(np.abs(images).max())
     rescalings = [
         layer
         for layer in _all_layers(model)
@@ -629,9 +638,9 @@ def _check_range(model, raw, images):
             f"model {model.name!r} rescales its input by {float(layer.scale):.4g} (layer "
             f"{layer.name!r}), so it expects 0..255 pixels, but `images` lie within [-1, 1]"
         )
-    elif not rescalings and (high > FAR_ABOVE_ONE or (raw.dtype.is_integer and high > 1)):
+    elif not rescalings and (high > FAR_ABOVE_ONE or ("int" in raw_dtype and high > 1)):
         message = (
-            f"`images` look like 0..255 pixels ({raw.dtype.name}, values up to {high:g}) but "
+            f"`images` look like 0..255 pixels ({raw_dtype}, values up to {high:g}) but "
             f"model {model.name!r} has no Rescaling or Normalization layer: models trained on "
             "[0, 1] images (as by this package's trainers) give meaningless numbers on them. "
             "Divide by 255, unless the model was trained on such values"
@@ -684,7 +693,7 @@ class ProbeFeatures:
     """The representations of a model at its probe points, from one multi-output extractor.
 
     Get one with `ProbeFeatures.for_model(model, layers)`: it is built once per model and set of
-    probe points and reused, so its `tf.function`s trace once (repeated measurements, e.g. by
+    probe points and reused, so its compiled functions trace once (repeated measurements, e.g. by
     `StabilityCallback` across epochs, pay no retracing). Its functions are its own, so many
     models measured in one process (a sweep, a model zoo) trace each once and retrace nothing.
 
@@ -717,6 +726,7 @@ class ProbeFeatures:
         self.names = resolve_probe_layers(model, layers)
         vectors_spec = [tf.TensorSpec([None, None], tf.float32)] * len(self.names)
         centers_spec = [tf.TensorSpec([None], tf.float32)] * len(self.names)
+        flag_spec = tf.TensorSpec([], tf.bool)
         model_inputs = _model_inputs(model)
         if model_inputs is not None:
             extractor_inputs, outputs = _probe_outputs(model, self.names)
@@ -737,7 +747,7 @@ class ProbeFeatures:
                 for i, tensor in enumerate(model_inputs)
                 if i != self._image_index
             ]
-            signature = {"input_signature": [images_spec, extras_spec, centers_spec]}
+            signature = {"input_signature": [images_spec, extras_spec, centers_spec, flag_spec]}
         else:
             if not model.built:
                 raise ValueError(
@@ -765,24 +775,38 @@ class ProbeFeatures:
             # The image shape is the model's business: traced per shape, generalised after two.
             signature = {"reduce_retracing": True}
         self._weights_finite = _weights_finite_function(upstream_weights)
+        self._widths = {}  # image shape -> flattened size of each probe point's representation
         # Every function wraps a callable of its own (a partial, a closure): TensorFlow counts
         # traces per underlying code object, and the traces of different models are no
-        # retracing of one function.
+        # retracing of one function. On JAX each is jitted with the model's variables passed in
+        # (`compiled_reading`), so training between measurements is seen.
+        variables = model.variables
         self._vectors = {
-            normalize: tf.function(
-                functools.partial(self._vectors_impl, normalize=normalize), **signature
+            normalize: compiled_reading(
+                functools.partial(self._vectors_impl, normalize=normalize), variables, **signature
             )
             for normalize in (False, True)
         }
-        # XLA runs the (batch x D) (D x batch) Gram products 2-3x faster than the default kernels
-        # on CPU; they recompile only per distinct pair of block sizes.
-        self._gram = tf.function(
-            functools.partial(self._gram_impl),
-            input_signature=[vectors_spec, vectors_spec],
-            jit_compile=True,
+        # Per probe point, inside `_vectors`: normalise and centre a large representation in
+        # one fused pass (XLA on TensorFlow, whose graph ops make a temporary per step: 1.5x
+        # slower on ResNet50's at 224 px); small ones inline, where compiling costs more.
+        self._center = {}
+        for normalize in (False, True):
+            inline = functools.partial(_normalize_and_center, normalize=normalize)
+            self._center[normalize, False] = inline
+            self._center[normalize, True] = compiled_reading(
+                inline,
+                (),
+                input_signature=[vectors_spec[0], centers_spec[0], centers_spec[0], flag_spec],
+                jit_compile=True,
+            )
+        # The Gram blocks and paired distances read large operands once: TensorFlow's own
+        # kernels run them faster than XLA does on CPU (ResNet50 at 224 px: 1.4-2.3x).
+        self._gram = compiled_reading(
+            functools.partial(self._gram_impl), (), input_signature=[vectors_spec, vectors_spec]
         )
-        self._paired = tf.function(
-            functools.partial(self._paired_impl), input_signature=[vectors_spec, vectors_spec]
+        self._paired = compiled_reading(
+            functools.partial(self._paired_impl), (), input_signature=[vectors_spec, vectors_spec]
         )
 
     @property
@@ -855,26 +879,31 @@ class ProbeFeatures:
         paired, paired_zero = None, None
         forward_passes = 0
 
-        # Vectors are centred on the mean of the first batch: squared distances are
-        # shift-invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b free of cancellation when the
-        # representations share a large common component.
+        # Distances come from Gram matrices of vectors centred on the mean of the first batch:
+        # squared distances are shift-invariant, and centring keeps |a|^2 + |b|^2 - 2 a.b free of
+        # cancellation when the representations share a large common component.
         extras = list(extra_inputs)
+        zeros = [keras.ops.zeros((width,)) for width in self._feature_widths(images, extras)]
         first = vectors(
-            images[blocks[0]], [e[blocks[0]] for e in extras], [tf.zeros([0])] * len(self.names)
+            images[blocks[0]],
+            [e[blocks[0]] for e in extras],
+            zeros,
+            keras.ops.convert_to_tensor(True),
         )
         forward_passes += 1
-        centers = [c for _, _, c, _ in first]
         row = [(u, z) for u, z, _, _ in first]
         finite = [bool(f) for _, _, _, f in first]
+        centers = [c for _, _, c, _ in first]
+        later = keras.ops.convert_to_tensor(False)
         feature_bytes = 4 * num_images * sum(int(u.shape[1]) for u, _ in row)
         cached = {} if feature_bytes <= feature_cache_bytes else None
 
         def clean(j):
-            """The centred clean vectors of block j: from the cache, or a forward pass."""
+            """The clean vectors of block j: from the cache, or a forward pass."""
             nonlocal forward_passes
             if cached is not None and j in cached:
                 return cached[j]
-            outputs = vectors(images[blocks[j]], [e[blocks[j]] for e in extras], centers)
+            outputs = vectors(images[blocks[j]], [e[blocks[j]] for e in extras], centers, later)
             forward_passes += 1
             for layer, (_, _, _, f) in enumerate(outputs):
                 finite[layer] = finite[layer] and bool(f)
@@ -886,39 +915,43 @@ class ProbeFeatures:
         for i, rows in enumerate(blocks):
             batch = images[rows]
             for layer, (_, z) in enumerate(row):
-                is_zero[layer][rows] = z.numpy()
-            self._store_gram(self._gram([u for u, _ in row], [u for u, _ in row]), rows, rows, gram)
+                is_zero[layer][rows] = np.asarray(z)
+            row_vectors = [u for u, _ in row]
+            self._store_gram(self._gram(row_vectors, row_vectors), rows, rows, gram)
 
-            perturbed = [tf.cast(p, batch.dtype) for p in perturb(batch, i, rows.start)]
+            perturbed = [
+                keras.ops.cast(keras.ops.convert_to_tensor(p), batch.dtype)
+                for p in perturb(batch, i, rows.start)
+            ]
             if paired is None:
                 paired = [np.zeros((len(perturbed), num_images)) for _ in range(num_layers)]
                 paired_zero = [
                     np.zeros((len(perturbed), num_images), bool) for _ in range(num_layers)
                 ]
             for p, perturbed_batch in enumerate(perturbed):
-                if perturbed_batch.shape != batch.shape:
+                if tuple(perturbed_batch.shape) != tuple(batch.shape):
                     raise ValueError(
                         f"The perturbation returned shape {tuple(perturbed_batch.shape)} for a "
                         f"batch of shape {tuple(batch.shape)}; it must keep the shape."
                     )
-                perturbed_vectors = vectors(perturbed_batch, [e[rows] for e in extras], centers)
-                forward_passes += 1
-                distances = self._paired(
-                    [u for u, _ in row], [u for u, _, _, _ in perturbed_vectors]
+                perturbed_vectors = vectors(
+                    perturbed_batch, [e[rows] for e in extras], centers, later
                 )
+                forward_passes += 1
+                distances = self._paired(row_vectors, [u for u, _, _, _ in perturbed_vectors])
                 for layer, (_, _, _, f) in enumerate(perturbed_vectors):
                     finite[layer] = finite[layer] and bool(f)
                 for layer, (d, (_, z, _, _)) in enumerate(
                     zip(distances, perturbed_vectors, strict=True)
                 ):
-                    paired[layer][p, rows] = d.numpy()
-                    paired_zero[layer][p, rows] = z.numpy()
+                    paired[layer][p, rows] = np.asarray(d)
+                    paired_zero[layer][p, rows] = np.asarray(z)
 
             # Later blocks in reverse order, so block i + 1 comes last and becomes the next row.
             next_row = None
             for j in reversed(range(i + 1, len(blocks))):
                 column = clean(j)
-                block = self._gram([u for u, _ in row], [u for u, _ in column])
+                block = self._gram(row_vectors, [u for u, _ in column])
                 self._store_gram(block, rows, blocks[j], gram)
                 next_row = column
             row = next_row
@@ -946,11 +979,13 @@ class ProbeFeatures:
         return results, forward_passes
 
     # -- internals ---------------------------------------------------------------------------
+    # Written in Keras ops: they run on the active backend, compiled by `compiled_reading`.
 
-    def _vectors_impl(self, images, extras, centers, normalize):
-        """Per probe point: flattened (optionally unit-normalised) features minus a centre,
-        whether each representation is exactly zero, and the centre (an empty `centers[l]`
-        means: centre on this batch's mean)."""
+    def _vectors_impl(self, images, extras, centers, first, normalize):
+        """Per probe point: the flattened (optionally unit-normalised) features minus a centre,
+        whether each representation is exactly zero, the centre (with `first`, the mean of this
+        batch's vectors; else `centers[l]`) and whether all representations are finite."""
+        ops = keras.ops
         if extras:
             inputs = list(extras)
             inputs.insert(self._image_index, images)
@@ -962,33 +997,48 @@ class ProbeFeatures:
             outputs = [outputs]
         vectors = []
         for output, center in zip(outputs, centers, strict=True):
-            v = tf.cast(tf.reshape(output, [tf.shape(output)[0], -1]), tf.float32)
-            finite = tf.reduce_all(tf.math.is_finite(v))
-            v = tf.where(tf.math.is_finite(v), v, 0.0)  # keeps the Gram blocks finite
-            norm_sq = tf.reduce_sum(tf.square(v), axis=1)
-            zero = tf.equal(norm_sq, 0.0)
-            if normalize:
-                v = tf.math.divide_no_nan(v, tf.sqrt(norm_sq)[:, None])
-            center = tf.cond(
-                tf.size(center) > 0, lambda c=center: c, lambda v=v: tf.reduce_mean(v, axis=0)
+            v = ops.cast(ops.reshape(output, (ops.shape(output)[0], -1)), "float32")
+            norms = _row_norms(v)
+            # NaN or inf anywhere in a row makes its norm NaN or inf: only then is `v` cleaned.
+            v, norms, finite = ops.cond(
+                ops.all(ops.isfinite(norms)),
+                lambda v=v, norms=norms: (v, norms, ops.convert_to_tensor(True)),
+                lambda v=v: _finite_part(v),
             )
-            vectors.append((v - center, zero, center, finite))
+            width = output.shape[1:]
+            fuse = None in width or math.prod(width) >= FUSED_WIDTH
+            v, center = self._center[normalize, fuse](v, norms, center, first)
+            vectors.append((v, ops.equal(norms, 0.0), center, finite))
         return vectors
+
+    def _feature_widths(self, images, extras):
+        """The flattened size of each probe point's representation of images of this shape."""
+        key = (tuple(images.shape[1:]), *(tuple(e.shape[1:]) for e in extras))
+        if key not in self._widths:
+            specs = [
+                keras.KerasTensor((1, *x.shape[1:]), keras.backend.standardize_dtype(x.dtype))
+                for x in extras
+            ]
+            specs.insert(self._image_index, keras.KerasTensor((1, *images.shape[1:]), "float32"))
+            outputs = self.extractor.compute_output_spec(specs if extras else specs[0])
+            outputs = keras.tree.flatten(outputs)
+            self._widths[key] = [math.prod(output.shape[1:]) for output in outputs]
+        return self._widths[key]
 
     @staticmethod
     def _gram_impl(rows, columns):
-        return [tf.matmul(a, b, transpose_b=True) for a, b in zip(rows, columns, strict=True)]
+        return [
+            keras.ops.matmul(a, keras.ops.transpose(b)) for a, b in zip(rows, columns, strict=True)
+        ]
 
     @staticmethod
     def _paired_impl(clean, perturbed):
-        return [
-            tf.reduce_sum(tf.square(a - b), axis=1) for a, b in zip(clean, perturbed, strict=True)
-        ]
+        return [keras.ops.square(_row_norms(a - b)) for a, b in zip(clean, perturbed, strict=True)]
 
     @staticmethod
     def _store_gram(block, rows, columns, gram):
         for layer, g in enumerate(block):
-            g = g.numpy().astype(np.float64)
+            g = np.asarray(g, dtype=np.float64)
             gram[layer][rows, columns] = g
             gram[layer][columns, rows] = g.T
 
@@ -1006,6 +1056,41 @@ class _OutputProbe:
             outputs[OUTPUT] = self._model()(images, training=training)
         outputs = [outputs[name] for name in self._names]
         return outputs[0] if len(outputs) == 1 else outputs  # as a Keras model's outputs
+
+    def compute_output_spec(self, images):
+        outputs = {INPUT: images}
+        if OUTPUT in self._names:
+            outputs[OUTPUT] = self._model().compute_output_spec(images)
+        outputs = [outputs[name] for name in self._names]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _row_norms(x):
+    """The Euclidean norm of each row of a 2-D float tensor, on the active backend.
+
+    On TensorFlow its fused kernel reads `x` once (`keras.ops.norm` squares into a temporary
+    first there, 2x slower on large representations); elsewhere `keras.ops.norm`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        return tf.math.reduce_euclidean_norm(x, axis=1)
+    return keras.ops.norm(x, axis=1)
+
+
+def _finite_part(v):
+    """`v` with its non-finite entries set to 0 (keeps the Gram blocks finite), its row norms,
+    and whether it was finite."""
+    is_finite = keras.ops.isfinite(v)
+    v = keras.ops.where(is_finite, v, 0.0)
+    return v, _row_norms(v), keras.ops.all(is_finite)
+
+
+def _normalize_and_center(v, norms, center, first, normalize):
+    """`v` (rows divided by `norms` if `normalize`; a zero row stays zero) minus the centre, and
+    the centre: the mean of those rows when `first` is true, else `center`."""
+    if normalize:
+        v = v * keras.ops.divide_no_nan(1.0, norms)[:, None]
+    center = keras.ops.cond(first, lambda: keras.ops.mean(v, axis=0), lambda: center)
+    return v - center, center
 
 
 def _float_weights(variables):
@@ -1041,18 +1126,21 @@ def _upstream(outputs):
 
 
 def _weights_finite_function(upstream_weights):
-    """A `tf.function` returning, per probe point, whether every weight it is computed from is
-    finite (the variables are captured, not passed: one trace, reduced on the device)."""
+    """A compiled function returning, per probe point, whether every weight it is computed from
+    is finite (the variables are read, not passed: one trace, reduced on the device)."""
     unique = list({id(v): v for variables in upstream_weights for v in variables}.values())
     position = {id(v): i for i, v in enumerate(unique)}
     indices = [[position[id(v)] for v in variables] for variables in upstream_weights]
     # A partial: a function of its own per probe (see `ProbeFeatures.__init__`).
-    return tf.function(functools.partial(_all_finite, unique, indices), autograph=False)
+    return compiled_reading(
+        functools.partial(_all_finite, unique, indices), unique, autograph=False
+    )
 
 
 def _all_finite(variables, indices):
-    flags = [tf.reduce_all(tf.math.is_finite(v.value)) for v in variables] + [tf.constant(True)]
-    return [tf.reduce_all(tf.stack([flags[i] for i in idx] + [flags[-1]])) for idx in indices]
+    ops = keras.ops
+    flags = [ops.all(ops.isfinite(v.value)) for v in variables] + [ops.convert_to_tensor(True)]
+    return [ops.all(ops.stack([flags[i] for i in idx] + [flags[-1]])) for idx in indices]
 
 
 def _cosine_with_zero_rule(d_cos, zero_a, zero_b):

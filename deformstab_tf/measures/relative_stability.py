@@ -3,8 +3,8 @@ Tomasini et al. 2022)."""
 
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from deformstab_tf._validation import check_model, check_non_negative, check_positive_int
 from deformstab_tf.measures._common import (
@@ -143,7 +143,7 @@ def relative_stability_from_probe(
                 seed=derive_seed(root_seed, batch_index),
                 seed_layers=seed is not None,
             )
-        deformed_batch = tf.cast(deformed_batch, batch.dtype)
+        deformed_batch = keras.ops.cast(keras.ops.convert_to_tensor(deformed_batch), batch.dtype)
         noisy = batch + matched_noise(deformed_batch - batch, root_seed, start)
         return [deformed_batch, noisy]
 
@@ -184,7 +184,8 @@ def matched_noise(change, seed, start):
 
     Probe image `i = start + k` draws `xi` from `numpy.random.default_rng([seed, i])`.
     """
-    change = tf.convert_to_tensor(change)
+    ops = keras.ops
+    change = ops.convert_to_tensor(change)
     count = change.shape[0]
     xi = np.stack(
         [
@@ -194,5 +195,5 @@ def matched_noise(change, seed, start):
     )
     flat = xi.reshape(count, -1)
     direction = (flat / np.linalg.norm(flat, axis=1, keepdims=True)).reshape(xi.shape)
-    norms = tf.norm(tf.reshape(change, [count, -1]), axis=1)
-    return tf.cast(direction, change.dtype) * tf.reshape(norms, [-1] + [1] * (xi.ndim - 1))
+    norms = ops.sqrt(ops.sum(ops.square(ops.reshape(change, (count, -1))), axis=1))
+    return ops.cast(direction, change.dtype) * ops.reshape(norms, (-1,) + (1,) * (xi.ndim - 1))
