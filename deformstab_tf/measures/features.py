@@ -748,6 +748,9 @@ class ProbeFeatures:
                 if i != self._image_index
             ]
             signature = {"input_signature": [images_spec, extras_spec, centers_spec, flag_spec]}
+            perturbed_signature = {
+                "input_signature": [images_spec, extras_spec, vectors_spec, centers_spec]
+            }
         else:
             if not model.built:
                 raise ValueError(
@@ -773,7 +776,7 @@ class ProbeFeatures:
                 for name in self.names
             ]
             # The image shape is the model's business: traced per shape, generalised after two.
-            signature = {"reduce_retracing": True}
+            signature = perturbed_signature = {"reduce_retracing": True}
         self._weights_finite = _weights_finite_function(upstream_weights)
         self._widths = {}  # image shape -> flattened size of each probe point's representation
         # Every function wraps a callable of its own (a partial, a closure): TensorFlow counts
@@ -787,10 +790,21 @@ class ProbeFeatures:
             )
             for normalize in (False, True)
         }
-        # Per probe point, inside `_vectors`: normalise and centre a large representation in
+        # A perturbed batch goes straight from its representations to its distances from the
+        # clean ones: its normalised vectors are never stored (ResNet50 at 224 px: 1.4 GB per
+        # batch of 32 neither written nor read back).
+        self._perturbed = {
+            normalize: compiled_reading(
+                functools.partial(self._perturbed_impl, normalize=normalize),
+                variables,
+                **perturbed_signature,
+            )
+            for normalize in (False, True)
+        }
+        # Per probe point, inside those: the elementwise steps on a large representation in
         # one fused pass (XLA on TensorFlow, whose graph ops make a temporary per step: 1.5x
         # slower on ResNet50's at 224 px); small ones inline, where compiling costs more.
-        self._center = {}
+        self._center, self._difference = {}, {}
         for normalize in (False, True):
             inline = functools.partial(_normalize_and_center, normalize=normalize)
             self._center[normalize, False] = inline
@@ -800,13 +814,23 @@ class ProbeFeatures:
                 input_signature=[vectors_spec[0], centers_spec[0], centers_spec[0], flag_spec],
                 jit_compile=True,
             )
-        # The Gram blocks and paired distances read large operands once: TensorFlow's own
-        # kernels run them faster than XLA does on CPU (ResNet50 at 224 px: 1.4-2.3x).
+            inline = functools.partial(_difference_from_clean, normalize=normalize)
+            self._difference[normalize, False] = inline
+            self._difference[normalize, True] = compiled_reading(
+                inline,
+                (),
+                input_signature=[
+                    vectors_spec[0],
+                    vectors_spec[0],
+                    centers_spec[0],
+                    centers_spec[0],
+                ],
+                jit_compile=True,
+            )
+        # The Gram blocks read large operands once: TensorFlow's own kernels run them faster
+        # than XLA does on CPU (ResNet50 at 224 px: 1.4x).
         self._gram = compiled_reading(
             functools.partial(self._gram_impl), (), input_signature=[vectors_spec, vectors_spec]
-        )
-        self._paired = compiled_reading(
-            functools.partial(self._paired_impl), (), input_signature=[vectors_spec, vectors_spec]
         )
 
     @property
@@ -870,6 +894,7 @@ class ProbeFeatures:
         if metric not in ("cosine", "sqeuclidean"):
             raise ValueError(f"Unknown metric {metric!r}.")
         vectors = self._vectors[metric == "cosine"]
+        perturbed_distances = self._perturbed[metric == "cosine"]
         num_images = int(images.shape[0])
         starts = list(range(0, num_images, batch_size))
         blocks = [slice(s, min(s + batch_size, num_images)) for s in starts]
@@ -934,16 +959,12 @@ class ProbeFeatures:
                         f"The perturbation returned shape {tuple(perturbed_batch.shape)} for a "
                         f"batch of shape {tuple(batch.shape)}; it must keep the shape."
                     )
-                perturbed_vectors = vectors(
-                    perturbed_batch, [e[rows] for e in extras], centers, later
+                outputs = perturbed_distances(
+                    perturbed_batch, [e[rows] for e in extras], row_vectors, centers
                 )
                 forward_passes += 1
-                distances = self._paired(row_vectors, [u for u, _, _, _ in perturbed_vectors])
-                for layer, (_, _, _, f) in enumerate(perturbed_vectors):
+                for layer, (d, z, f) in enumerate(outputs):
                     finite[layer] = finite[layer] and bool(f)
-                for layer, (d, (_, z, _, _)) in enumerate(
-                    zip(distances, perturbed_vectors, strict=True)
-                ):
                     paired[layer][p, rows] = np.asarray(d)
                     paired_zero[layer][p, rows] = np.asarray(z)
 
@@ -985,6 +1006,32 @@ class ProbeFeatures:
         """Per probe point: the flattened (optionally unit-normalised) features minus a centre,
         whether each representation is exactly zero, the centre (with `first`, the mean of this
         batch's vectors; else `centers[l]`) and whether all representations are finite."""
+        vectors = []
+        for (v, norms, finite, fuse), center in zip(
+            self._representations(images, extras), centers, strict=True
+        ):
+            v, center = self._center[normalize, fuse](v, norms, center, first)
+            vectors.append((v, keras.ops.equal(norms, 0.0), center, finite))
+        return vectors
+
+    def _perturbed_impl(self, images, extras, clean, centers, normalize):
+        """Per probe point, for perturbed copies of the images whose vectors are `clean` (from
+        `_vectors_impl` with these `centers`): the squared distance of each copy's vector from
+        its image's, whether each representation is exactly zero and whether all are finite."""
+        distances = []
+        for (v, norms, finite, fuse), u, center in zip(
+            self._representations(images, extras), clean, centers, strict=True
+        ):
+            difference = self._difference[normalize, fuse](u, v, norms, center)
+            distances.append(
+                (keras.ops.square(_row_norms(difference)), keras.ops.equal(norms, 0.0), finite)
+            )
+        return distances
+
+    def _representations(self, images, extras):
+        """Per probe point: the flattened float32 representations (non-finite entries zeroed),
+        their row norms, whether all were finite, and whether the elementwise steps on them
+        run fused (large ones)."""
         ops = keras.ops
         if extras:
             inputs = list(extras)
@@ -995,8 +1042,8 @@ class ProbeFeatures:
             outputs = self.extractor(inputs, training=False)
         if len(self.names) == 1:
             outputs = [outputs]
-        vectors = []
-        for output, center in zip(outputs, centers, strict=True):
+        representations = []
+        for output in outputs:
             v = ops.cast(ops.reshape(output, (ops.shape(output)[0], -1)), "float32")
             norms = _row_norms(v)
             # NaN or inf anywhere in a row makes its norm NaN or inf: only then is `v` cleaned.
@@ -1007,9 +1054,8 @@ class ProbeFeatures:
             )
             width = output.shape[1:]
             fuse = None in width or math.prod(width) >= FUSED_WIDTH
-            v, center = self._center[normalize, fuse](v, norms, center, first)
-            vectors.append((v, ops.equal(norms, 0.0), center, finite))
-        return vectors
+            representations.append((v, norms, finite, fuse))
+        return representations
 
     def _feature_widths(self, images, extras):
         """The flattened size of each probe point's representation of images of this shape."""
@@ -1030,10 +1076,6 @@ class ProbeFeatures:
         return [
             keras.ops.matmul(a, keras.ops.transpose(b)) for a, b in zip(rows, columns, strict=True)
         ]
-
-    @staticmethod
-    def _paired_impl(clean, perturbed):
-        return [keras.ops.square(_row_norms(a - b)) for a, b in zip(clean, perturbed, strict=True)]
 
     @staticmethod
     def _store_gram(block, rows, columns, gram):
@@ -1091,6 +1133,14 @@ def _normalize_and_center(v, norms, center, first, normalize):
         v = v * keras.ops.divide_no_nan(1.0, norms)[:, None]
     center = keras.ops.cond(first, lambda: keras.ops.mean(v, axis=0), lambda: center)
     return v - center, center
+
+
+def _difference_from_clean(clean, v, norms, center, normalize):
+    """`clean` minus what `_normalize_and_center` makes of `v`: its rows' differences from
+    their images' vectors."""
+    if normalize:
+        v = v * keras.ops.divide_no_nan(1.0, norms)[:, None]
+    return clean - (v - center)
 
 
 def _float_weights(variables):
