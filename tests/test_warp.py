@@ -77,6 +77,30 @@ def test_bilinear_matches_numpy_and_scipy(fill_mode, magnitude):
 
 
 @pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_bilinear_on_images_one_or_two_pixels_wide(fill_mode):
+    # Where every neighbour is an edge pixel, and sources lie several periods outside.
+    rng = np.random.default_rng(7)
+    for height, width in ((5, 1), (1, 5), (4, 2), (3, 3)):
+        images = rng.random((2, height, width, 2))
+        displacement = rng.uniform(-2.5 * width, 2.5 * width, (2, height, width, 2))
+        out = as_numpy(warp(images.astype("float32"), displacement, fill_mode=fill_mode))
+        expected = numpy_bilinear(images, displacement, fill_mode)
+        np.testing.assert_allclose(out, expected, atol=2e-5, err_msg=f"{height}x{width}")
+
+
+def test_bilinear_in_a_trace_over_images_of_several_widths():
+    # A trace generalised over image sizes (TensorFlow's reduce_retracing) has no static size.
+    rng = np.random.default_rng(8)
+    resample = traced(lambda images, field: warp(images, field, fill_mode="reflect"))
+    for width in (4, 6, 9, 1):
+        images = rng.random((1, 3, width, 2))
+        displacement = rng.uniform(-3, 3, (1, 3, width, 2))
+        out = as_numpy(resample(images.astype("float32"), displacement.astype("float32")))
+        expected = numpy_bilinear(images, displacement, "reflect")
+        np.testing.assert_allclose(out, expected, atol=2e-5, err_msg=f"width {width}")
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
 def test_nearest_interpolation_keeps_dtype_and_matches_scipy(fill_mode):
     rng = np.random.default_rng(1)
     masks = rng.integers(0, 5, (1, 6, 8, 1)).astype("int32")
