@@ -36,7 +36,7 @@ class NoiseDeformation(keras.layers.Layer):
     def call(self, images, training=False):
         if not training:
             return images
-        return images + 0.1 * keras.random.normal(tf.shape(images), seed=self.seed_generator)
+        return images + 0.1 * keras.random.normal(keras.ops.shape(images), seed=self.seed_generator)
 
 
 def small_model(seed=0):

@@ -263,6 +263,7 @@ def test_tfds_mock_data_and_fast_failure_when_not_prepared(tmp_path, monkeypatch
     ):
         load_dataset("cifar10", data_dir=str(tmp_path))
     assert lookups == ["www.cs.toronto.edu"] and downloads == []
+
     # A name lookup that hangs: the check gives up after its timeout.
     def hanging_lookup(*args, **kwargs):
         time.sleep(30)

@@ -12,6 +12,7 @@ from deformstab_tf.models import (
     binomial_filter,
     downsampling_layers,
 )
+from tests.backends import as_numpy
 
 # Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
 pytestmark = pytest.mark.backends
@@ -50,14 +51,14 @@ def test_subsample_keeps_top_left_pixels(size, strides):
     x = random_images((2, *size, 3))
     rows, cols = (strides, strides) if isinstance(strides, int) else strides
     y = Subsample2D(strides)(x)
-    np.testing.assert_array_equal(np.asarray(y), x[:, ::rows, ::cols, :])
+    np.testing.assert_array_equal(as_numpy(y), x[:, ::rows, ::cols, :])
 
 
 def test_subsample_channels_first_matches_channels_last():
     x = random_images((2, 9, 8, 3))
     y_last = Subsample2D(2)(x)
     y_first = Subsample2D(2, data_format="channels_first")(to_channels_first(x))
-    np.testing.assert_array_equal(np.asarray(y_first), to_channels_first(np.asarray(y_last)))
+    np.testing.assert_array_equal(as_numpy(y_first), to_channels_first(as_numpy(y_last)))
 
 
 def test_subsample_output_shape_is_ceil():
@@ -86,7 +87,7 @@ def test_blurpool_impulse_response_is_the_filter(filter_size):
     size = 9
     x = np.zeros((1, size, size, 2), dtype="float32")
     x[0, size // 2, size // 2, :] = 1.0
-    y = np.asarray(BlurPool2D(filter_size, strides=1, padding="constant")(x))
+    y = as_numpy(BlurPool2D(filter_size, strides=1, padding="constant")(x))
     taps = np.array([binom(filter_size - 1, k) for k in range(filter_size)])
     expected = np.outer(taps, taps) / taps.sum() ** 2
     # With pad_before = (k-1)//2, the impulse at c lands on rows c-(k-1)+pad_before .. c+pad_before.
@@ -101,7 +102,7 @@ def test_blurpool_impulse_response_is_the_filter(filter_size):
 @pytest.mark.parametrize("filter_size", range(1, 8))
 def test_blurpool_keeps_a_constant_image_constant(filter_size, padding):
     x = np.full((2, 12, 10, 3), 0.7, dtype="float32")
-    y = np.asarray(BlurPool2D(filter_size, strides=2, padding=padding)(x))
+    y = as_numpy(BlurPool2D(filter_size, strides=2, padding=padding)(x))
     assert y.shape == (2, 6, 5, 3)
     np.testing.assert_allclose(y, 0.7, atol=1e-6)
 
@@ -121,7 +122,7 @@ def test_blurpool_keeps_a_constant_image_constant(filter_size, padding):
 def test_blurpool_matches_numpy_reference(filter_size, strides, padding, size):
     x = random_images((2, *size, 5))
     pair = (strides, strides) if isinstance(strides, int) else strides
-    y = np.asarray(BlurPool2D(filter_size, strides, padding=padding)(x))
+    y = as_numpy(BlurPool2D(filter_size, strides, padding=padding)(x))
     expected = reference_blur(x.astype("float64"), filter_size, pair, padding)
     assert y.shape == (2, -(-size[0] // pair[0]), -(-size[1] // pair[1]), 5)
     np.testing.assert_allclose(y, expected, atol=1e-5)
@@ -131,9 +132,7 @@ def test_blurpool_channels_first_matches_channels_last():
     x = random_images((2, 10, 9, 4))
     y_last = BlurPool2D(4, 2)(x)
     y_first = BlurPool2D(4, 2, data_format="channels_first")(to_channels_first(x))
-    np.testing.assert_allclose(
-        np.asarray(y_first), to_channels_first(np.asarray(y_last)), atol=1e-6
-    )
+    np.testing.assert_allclose(as_numpy(y_first), to_channels_first(as_numpy(y_last)), atol=1e-6)
 
 
 def test_blurpool_mixed_precision_computes_in_float16():
@@ -142,7 +141,7 @@ def test_blurpool_mixed_precision_computes_in_float16():
     y = layer(x)
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
     np.testing.assert_allclose(
-        np.asarray(y, dtype="float64"), reference_blur(x, 3, (2, 2), "reflect"), atol=5e-3
+        as_numpy(y).astype("float64"), reference_blur(x, 3, (2, 2), "reflect"), atol=5e-3
     )
 
 
@@ -178,7 +177,7 @@ def test_layers_save_and_load_in_a_model(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     x = random_images((2, 8, 8, 3))
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    np.testing.assert_allclose(as_numpy(loaded(x)), as_numpy(model(x)), atol=1e-6)
     assert isinstance(loaded.layers[-1], BlurPool2D)
 
 

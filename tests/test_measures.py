@@ -661,7 +661,9 @@ def test_a_subclassed_model_is_measured_at_input_and_output_with_one_warning(ima
     model(images[:1])
     with pytest.warns(UserWarning, match="inner layers cannot be probed") as caught:
         result = normalized_sensitivity(model, images, smooth_warp, batch_size=3)
-    assert len(caught) == 1 and list(result) == ["input", "output"]
+    # One of ours (Keras's PyTorch backend adds a NumPy DeprecationWarning of its own).
+    ours = [w for w in caught if issubclass(w.category, UserWarning)]
+    assert len(ours) == 1 and list(result) == ["input", "output"]
     # Reference: the same layers and weights in a functional graph (the advice of the warning).
     inputs = keras.Input(SHAPE)
     functional = keras.Model(inputs, model.call(inputs))

@@ -13,6 +13,7 @@ from deformstab_tf.models import (
     probe_layer_names,
     resnet18,
 )
+from tests.backends import as_numpy
 
 # Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
 pytestmark = pytest.mark.backends
@@ -42,7 +43,7 @@ def assert_save_load_round_trip(model, x, path):
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(
-        np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)), atol=1e-5
+        as_numpy(loaded(x, training=False)), as_numpy(model(x, training=False)), atol=1e-5
     )
     assert probe_layer_names(loaded) == probe_layer_names(model)
 
@@ -159,17 +160,17 @@ def probe_model(model, names):
 def test_subsample_unit_keeps_top_left_pixels_of_the_block_output():
     model = build_vgg(TINY_BLOCKS, "subsample", input_shape=(16, 16, 3))
     conv, down = probe_model(model, ["block1_conv1", "block1_down"])(images(), training=False)
-    np.testing.assert_array_equal(np.asarray(down), np.asarray(conv)[:, ::2, ::2, :])
+    np.testing.assert_array_equal(as_numpy(down), as_numpy(conv)[:, ::2, ::2, :])
 
 
 def test_max_unit_with_pool_3_stride_2_matches_numpy():
     model = build_vgg(TINY_BLOCKS, "max", input_shape=(16, 16, 3), pool_size=3, strides=2)
     conv, down = probe_model(model, ["block1_conv1", "block1_down"])(images(), training=False)
-    conv = np.asarray(conv)
+    conv = as_numpy(conv)
     # "same" padding for a 3-window at stride 2 on 16 pixels pads 0 before and 1 after.
     padded = np.pad(conv, [(0, 0), (0, 1), (0, 1), (0, 0)], constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
-    np.testing.assert_allclose(np.asarray(down), windows.max(axis=(-2, -1))[:, ::2, ::2], atol=0)
+    np.testing.assert_allclose(as_numpy(down), windows.max(axis=(-2, -1))[:, ::2, ::2], atol=0)
 
 
 def test_pool_size_and_stride_grid_sizes():
@@ -204,8 +205,8 @@ def test_resnet_switch_downsamples_main_path_and_shortcut():
     block1_out, shortcut_down = probe_model(model, ["block1_out", "block2_shortcut_down"])(
         images(), training=False
     )
-    pooled = np.asarray(block1_out).reshape(2, 8, 2, 8, 2, 4).max(axis=(2, 4))
-    np.testing.assert_allclose(np.asarray(shortcut_down), pooled)
+    pooled = as_numpy(block1_out).reshape(2, 8, 2, 8, 2, 4).max(axis=(2, 4))
+    np.testing.assert_allclose(as_numpy(shortcut_down), pooled)
 
 
 def test_resnet_imagenet_stem_reduces_by_four():
@@ -230,8 +231,8 @@ def test_vgg_channels_first_matches_channels_last(downsample):
     copy_weights(last, first)
     x = images()
     np.testing.assert_allclose(
-        np.asarray(first(np.transpose(x, (0, 3, 1, 2)), training=False)),
-        np.asarray(last(x, training=False)),
+        as_numpy(first(np.transpose(x, (0, 3, 1, 2)), training=False)),
+        as_numpy(last(x, training=False)),
         atol=1e-5,
     )
 
@@ -245,8 +246,8 @@ def test_resnet_channels_first_matches_channels_last(downsample):
     copy_weights(last, first)
     x = images()
     np.testing.assert_allclose(
-        np.asarray(first(np.transpose(x, (0, 3, 1, 2)), training=False)),
-        np.asarray(last(x, training=False)),
+        as_numpy(first(np.transpose(x, (0, 3, 1, 2)), training=False)),
+        as_numpy(last(x, training=False)),
         atol=1e-5,
     )
 
@@ -358,11 +359,14 @@ def test_fresh_3x3_kernels_have_tv_over_l1_near_1_87():
 def test_kernel_initializer_is_lecun_normal_by_default():
     keras.utils.set_random_seed(2)
     model = cifar_vgg("max")
-    kernel = model.get_layer("block4_conv2_conv").kernel.numpy()
+    kernel = as_numpy(model.get_layer("block4_conv2_conv").kernel)
     fan_in = 3 * 3 * 256
     # Keras draws N(0, s^2) truncated at 2 s with s = 1/sqrt(fan_in) / 0.8796 (so std = 1/sqrt).
     assert abs(kernel.std() * np.sqrt(fan_in) - 1.0) < 0.02
-    assert np.abs(kernel).max() <= 2 / np.sqrt(fan_in) / 0.87962566
+    # None beyond 2 s; Keras's PyTorch backend keeps a draw outside when 4 tries in a row fall
+    # there (p = 4e-6 per weight), so a few in a million may.
+    beyond = np.mean(np.abs(kernel) > 2 / np.sqrt(fan_in) / 0.87962566)
+    assert beyond <= (1e-5 if keras.backend.backend() == "torch" else 0.0)
 
 
 # --- bad arguments ------------------------------------------------------------------------

@@ -116,8 +116,9 @@ def compiled_reading(function, variables, **tf_function_options):
     ``tf.function(function, **tf_function_options)`` (it reads the variables at run time). JAX:
     ``jax.jit`` of `function` run in a ``keras.StatelessScope`` that maps `variables` to their
     current values, passed as arguments on every call (a jitted function would otherwise bake
-    the values it saw when traced in as constants); it traces once per input shape. Other
-    backends: the plain function, run eagerly.
+    the values it saw when traced in as constants); it traces once per input shape. PyTorch:
+    the plain function, run eagerly under ``torch.no_grad()``. Other backends: the plain
+    function.
 
     Args:
         function: a function of tensors (pytrees of them on JAX).
@@ -133,6 +134,16 @@ def compiled_reading(function, variables, **tf_function_options):
         import tensorflow as tf
 
         return tf.function(function, **tf_function_options)
+    if name == "torch":
+        import torch
+
+        @functools.wraps(function)
+        def without_gradients(*args, **kwargs):
+            # A reading is no training step: no autograd graph (and results numpy can read).
+            with torch.no_grad():
+                return function(*args, **kwargs)
+
+        return without_gradients
     if name != "jax":
         return function
     import jax

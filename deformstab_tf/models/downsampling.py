@@ -216,7 +216,18 @@ class BlurPool2D(layers.Layer):
             pad_width = [[0, 0], *spatial_pad, [0, 0]]
         else:
             pad_width = [[0, 0], [0, 0], *spatial_pad]
-        padded = ops.pad(inputs, pad_width, mode=self.padding)
+        spatial_axes = (1, 2) if self.data_format == "channels_last" else (2, 3)
+        if not (before or after):  # a 1-tap filter (PyTorch's padding rejects zero widths)
+            padded = inputs
+        elif self.padding == "symmetric" and all(
+            inputs.shape[axis] is not None and inputs.shape[axis] >= after for axis in spatial_axes
+        ):
+            # Mirrored edge slices: `ops.pad`'s "symmetric" is "replicate" on PyTorch.
+            padded = inputs
+            for axis in spatial_axes:
+                padded = _symmetric_pad(padded, before, after, axis)
+        else:
+            padded = ops.pad(inputs, pad_width, mode=self.padding)
         kernel = ops.cast(self._depthwise_kernel, inputs.dtype)
         return ops.depthwise_conv(
             padded, kernel, strides=self.strides, padding="valid", data_format=self.data_format
@@ -236,6 +247,22 @@ class BlurPool2D(layers.Layer):
             }
         )
         return config
+
+
+def _symmetric_pad(x, before, after, axis):
+    """`x` padded along `axis` with its edge slices mirrored (``d c b a | a b c d | d c b a``),
+    for pads no wider than the axis."""
+
+    def edge(start, stop):
+        index = [slice(None)] * len(x.shape)
+        index[axis] = slice(start, stop)
+        return ops.flip(x[tuple(index)], axis=axis)
+
+    parts = [edge(0, before)] if before else []
+    parts.append(x)
+    if after:
+        parts.append(edge(-after, None))
+    return ops.concatenate(parts, axis=axis)
 
 
 def _strided_output_shape(input_shape, strides, data_format):
