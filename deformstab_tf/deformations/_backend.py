@@ -24,11 +24,15 @@ import numpy as np
 # Keras's own switch between backend namespaces (what its preprocessing layers use); private API.
 from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
 
+_OPS = {}
 
-@functools.cache
+
 def ops(name):
     """The ops namespace of backend `name` (``"tensorflow"``, ``"jax"``, ``"torch"``, ...)."""
-    return DynamicBackend(name)
+    # A dict, not functools.cache: torch.compile warns on every cache wrapper it traces through.
+    if name not in _OPS:
+        _OPS[name] = DynamicBackend(name)
+    return _OPS[name]
 
 
 def _is_jax_tracer(x):
@@ -174,19 +178,27 @@ def take_rows(B, table, index):
     return B.numpy.take(table, index, axis=0)
 
 
-def host_constant(function):
-    """Caches a function of Python numbers that builds a numpy constant, and keeps compilers that
-    trace Python (``torch.compile``) from tracing into it: they call it as host code."""
-    cached = functools.lru_cache(maxsize=64)(function)
+def host_code(function):
+    """`function`, which compilers that trace Python (``torch.compile``) call as host code
+    instead of tracing into it."""
     if keras.backend.backend() == "torch":  # the backend is fixed when Keras is imported
         import torch
 
-        disabled = torch.compiler.disable(cached)
+        return torch.compiler.disable(function)
+    return function
+
+
+def host_constant(function):
+    """Caches a function of Python numbers that builds a numpy constant, as host code (see
+    `host_code`)."""
+    cached = functools.lru_cache(maxsize=64)(function)
+    disabled = host_code(cached)
+    if disabled is not cached:
         disabled.cache_info, disabled.cache_clear = cached.cache_info, cached.cache_clear
-        return disabled
-    return cached
+    return disabled
 
 
+@host_code  # zlib is opaque to torch.compile
 def _stream_int(seed, stream):
     """One 32-bit integer from a concrete ``(2,)`` seed and a stream number."""
     values = np.asarray(keras.ops.convert_to_numpy(seed) if not isinstance(seed, list) else seed)
