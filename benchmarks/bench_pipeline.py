@@ -7,8 +7,9 @@ and cached) with the standard recipe — the CIFAR-10 training configuration. Al
 decode of the image folder, cold and from the cache.
 
 Training precision (`--precision`): float32 vs bfloat16 (`mixed_bfloat16`) steps per second of
-`cifar_vgg` and `resnet18` at batch 128, each with and without TensorFlow's op determinism, side
-by side in one process. The main job (`--main_job`): `python -m trainers.train` end to end, as
+`cifar_vgg` and `resnet18` at batch 128, with the builders' fused BatchNormalization and with
+Keras's own (the same networks, cloned), and with TensorFlow's op determinism, side by side in
+one process. The main job (`--main_job`): `python -m trainers.train` end to end, as
 README gives it, against the same command with `--mixed_precision=float32`.
 
     python benchmarks/bench_pipeline.py [--steps 40] [--rounds 3] [--folder ../shared/data/cifar10]
@@ -33,7 +34,7 @@ from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path whe
 
 from deformstab_tf import data  # noqa: E402
 from deformstab_tf.deformations import RandomThinPlateSpline  # noqa: E402
-from deformstab_tf.models import cifar_vgg, resnet18  # noqa: E402
+from deformstab_tf.models import BatchNormalization, cifar_vgg, resnet18  # noqa: E402
 from deformstab_tf.training import op_determinism  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,9 +74,21 @@ def steps_per_second(model, dataset, steps):
     return steps / (time.perf_counter() - start)
 
 
+def with_keras_batch_norm(model):
+    """The same network with Keras's own `BatchNormalization` (unfused ops) in place of the
+    builders' fused one: the alternative the builders' layer is measured against."""
+
+    def clone(layer):
+        cls = keras.layers.BatchNormalization if type(layer) is BatchNormalization else type(layer)
+        return cls.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 def precision_table(steps, rounds):
-    """Steps/s of cifar_vgg and resnet18 (batch 128, SGD) in float32 and bfloat16, with op
-    determinism off and on; alternating rounds, medians."""
+    """Steps/s of cifar_vgg and resnet18 (batch 128, SGD) in float32 and bfloat16, with the
+    builders' fused BatchNormalization and with Keras's, and with op determinism on (fused
+    only); alternating rounds, medians."""
     x = np.random.default_rng(0).integers(0, 255, (4096, 32, 32, 3), dtype=np.uint8)
     y = np.random.default_rng(1).integers(0, 10, 4096).astype(np.int32)
     dataset = in_memory(x, y)
@@ -83,41 +96,57 @@ def precision_table(steps, rounds):
     for name, build in (("cifar_vgg", lambda: cifar_vgg("max")), ("resnet18", resnet18)):
         for precision, policy in (("float32", "float32"), ("bfloat16", "mixed_bfloat16")):
             keras.mixed_precision.set_global_policy(policy)
-            model = compiled(build())
+            fused = compiled(build())
+            configurations[(name, precision, "fused", False)] = fused
+            configurations[(name, precision, "fused", True)] = fused
+            configurations[(name, precision, "keras", False)] = compiled(
+                with_keras_batch_norm(fused)
+            )
             keras.mixed_precision.set_global_policy("float32")
-            for deterministic in (False, True):
-                configurations[(name, precision, deterministic)] = model
-    for (_, _, deterministic), model in configurations.items():  # warm-up
+    for (_, _, _, deterministic), model in configurations.items():  # warm-up
         with op_determinism(deterministic):
             steps_per_second(model, dataset, 3)
     rates = {key: [] for key in configurations}
     for _ in range(rounds):
         for key, model in configurations.items():
             model_steps = steps if key[0] == "cifar_vgg" else max(steps // 8, 3)
-            with op_determinism(key[2]):
+            with op_determinism(key[3]):
                 rates[key].append(steps_per_second(model, dataset, model_steps))
     rows = []
-    for (name, precision, deterministic), values in rates.items():
+    for (name, precision, batch_norm, deterministic), values in rates.items():
         rate = float(np.median(values))
-        reference = float(np.median(rates[(name, "float32", deterministic)]))
-        plain = float(np.median(rates[(name, precision, False)]))
         rows.append(
             {
                 "model": name,
                 "precision": precision,
+                "batch_norm": batch_norm,
                 "deterministic": deterministic,
                 "steps_per_s": rate,
-                "speedup_vs_float32": rate / reference,
-                "determinism_cost": 1 - rate / plain,
+                "speedup_vs_float32": rate
+                / float(np.median(rates[(name, "float32", batch_norm, deterministic)])),
+                "speedup_vs_keras_batch_norm": rate
+                / float(np.median(rates[(name, precision, "keras", False)])),
+                "determinism_cost": 1
+                - rate / float(np.median(rates[(name, precision, batch_norm, False)])),
             }
         )
     print(f"training steps/s at batch 128 (SGD), median of {rounds} alternating rounds")
-    header = ("model", "precision", "determ.", "steps/s", "vs f32", "det. cost")
-    print("{:<10} {:<9} {:<8} {:>8} {:>7} {:>9}".format(*header))
+    header = (
+        "model",
+        "precision",
+        "BN",
+        "determ.",
+        "steps/s",
+        "vs f32",
+        "vs Keras BN",
+        "det. cost",
+    )
+    print("{:<10} {:<9} {:<6} {:<8} {:>8} {:>7} {:>11} {:>9}".format(*header))
     for r in rows:
         print(
-            f"{r['model']:<10} {r['precision']:<9} {str(r['deterministic']):<8} "
-            f"{r['steps_per_s']:>8.2f} {r['speedup_vs_float32']:>6.2f}x "
+            f"{r['model']:<10} {r['precision']:<9} {r['batch_norm']:<6} "
+            f"{str(r['deterministic']):<8} {r['steps_per_s']:>8.2f} "
+            f"{r['speedup_vs_float32']:>6.2f}x {r['speedup_vs_keras_batch_norm']:>10.2f}x "
             f"{100 * r['determinism_cost']:>8.1f}%"
         )
     return rows

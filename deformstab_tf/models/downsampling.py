@@ -23,6 +23,7 @@ import numpy as np
 from keras import layers, ops
 
 from deformstab_tf._validation import check_choice, check_positive_int, standardize_data_format
+from deformstab_tf.models.normalization import BatchNormalization
 
 DOWNSAMPLING = ("subsample", "max", "avg", "strided", "strided_relu", "blur", "none")
 """Valid values of the `downsample` switch of the model builders.
@@ -358,7 +359,7 @@ def downsampling_layers(
             return [conv]
         return [
             conv,
-            layers.BatchNormalization(axis=channel_axis, name=f"{layer_name}_bn"),
+            BatchNormalization(axis=channel_axis, name=f"{layer_name}_bn"),
             layers.ReLU(name=layer_name),
         ]
     # name == "blur"

@@ -17,6 +17,7 @@ from deformstab_tf.models.downsampling import (
     spatial_and_channels,
     standardize_data_format,
 )
+from deformstab_tf.models.normalization import BatchNormalization
 from deformstab_tf.models.vgg import default_input_shape
 
 STEMS = ("cifar", "imagenet")
@@ -34,7 +35,7 @@ def _conv_bn(x, filters, kernel_size, strides, name, kernel_initializer, data_fo
         data_format=data_format,
         name=f"{name}_conv",
     )(x)
-    return layers.BatchNormalization(axis=channel_axis, name=f"{name}_bn")(x)
+    return BatchNormalization(axis=channel_axis, name=f"{name}_bn")(x)
 
 
 def _apply(units, x):

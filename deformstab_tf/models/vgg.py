@@ -19,6 +19,7 @@ from deformstab_tf.models.downsampling import (
     spatial_and_channels,
     standardize_data_format,
 )
+from deformstab_tf.models.normalization import BatchNormalization
 
 HEADS = ("gap", "flatten")
 
@@ -149,7 +150,7 @@ def build_vgg(
                 data_format=data_format,
                 name=f"{unit}_conv",
             )(x)
-            x = layers.BatchNormalization(axis=channel_axis, name=f"{unit}_bn")(x)
+            x = BatchNormalization(axis=channel_axis, name=f"{unit}_bn")(x)
             x = layers.ReLU(name=unit)(x)
         for layer in downsampling_layers(
             downsample,
