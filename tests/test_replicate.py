@@ -61,6 +61,30 @@ def test_paper_scale_statistics_against_closed_forms():
     assert z1["ci"][0] > 0 and z1["holds"] is True
 
 
+def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.report import _keras_batch_norm_lines
+
+    paper = {
+        # strided_s1 finished, strided_s0 not yet; strided_relu must not be read as strided
+        "finished": ["paper/strided_relu_s0", "paper/strided_s1"],
+        "test_accuracy": {"strided": [0.81], "strided_relu": [0.82]},
+        "shift_consistency": {"strided": [0.91], "strided_relu": [0.92]},
+        "keras_batch_norm": {
+            "strided_s0": {"test_accuracy": 0.70, "shift_consistency": 0.80},
+            "strided_s1": {"test_accuracy": 0.71, "shift_consistency": 0.81},
+            "strided_relu_s0": {"test_accuracy": 0.72, "shift_consistency": 0.82},
+        },
+    }
+    rows = [line for line in _keras_batch_norm_lines(paper) if line.startswith("| strided")]
+    assert rows == [
+        "| strided_s0 | 0.7000 | not yet | 0.800 | not yet |",
+        "| strided_s1 | 0.7100 | 0.8100 | 0.810 | 0.910 |",
+        "| strided_relu_s0 | 0.7200 | 0.8200 | 0.820 | 0.920 |",
+    ]
+    assert _keras_batch_norm_lines({"keras_batch_norm": {}}) == []
+
+
 def _tree(root):
     rng = np.random.default_rng(0)
     for split, count in (("train", 16), ("test", 12)):

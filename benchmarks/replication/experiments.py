@@ -399,7 +399,7 @@ def gather_paper(settings, experiments, finished, cpu):
         "recipe": "random flips + 4-px translations, SGD momentum 0.9, cosine decay from "
         f"0.1 to 0, decoupled weight decay {s.paper_weight_decay:g} (not on biases/BN), "
         "bfloat16 compute where native "
-        "(measurements in float32), op determinism",
+        "(measurements in float32), op determinism, the builders' fused BatchNormalization",
         "command": s.command,
     }
     keys = (
@@ -411,7 +411,30 @@ def gather_paper(settings, experiments, finished, cpu):
         **{key: gathered[key] for key in keys},
         "T1": t1_statistics(gathered["relative_stability"]),
         "Z1": z1_statistics(gathered["shift_consistency"]),
+        "keras_batch_norm": keras_batch_norm_runs(s),
     }
+
+
+# The first paper-scale networks were trained with Keras's own (unfused) BatchNormalization,
+# before the builders' layer ran TensorFlow's fused kernel (2x faster steps); all were then
+# retrained with the fused layer. Their numbers stay, as a check that the change is numerical.
+KERAS_BATCH_NORM_DIR = "paper_keras_bn"
+
+
+def keras_batch_norm_runs(s):
+    """`{"<variant>_s<seed>": {test_accuracy, shift_consistency}}` of the networks trained with
+    Keras's unfused BatchNormalization (same recipe and seeds), from docs/replication/."""
+    directory = os.path.join(s.docs_dir, "replication", "experiments", KERAS_BATCH_NORM_DIR)
+    runs = {}
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as file:
+                r = json.load(file)
+            runs[name[: -len(".json")]] = {
+                "test_accuracy": r["test_accuracy"],
+                "shift_consistency": r["shift_consistency"],
+            }
+    return runs
 
 
 def other_synthetic_settings(s):

@@ -166,12 +166,30 @@ def report_markdown(results, findings, figures):
     return "\n".join(lines) + "\n"
 
 
-def paper_markdown(paper, cpu_findings, figures):
+# Experiments the paper-scale part keeps at their CPU-sized settings (F4b, F5, F6): their
+# results are the CPU-sized ones, compared with the paper-scale networks where a finding does.
+CPU_SIZED_ONLY = (
+    "smoothing_intervention",
+    "random_labels",
+    "synthetic",
+    "synthetic_other_settings",
+)
+CPU_SIZED_FINDINGS = ("F4b", "F5", "F6")
+MINUTES_PER_NETWORK = 20  # 30 epochs of 391 bfloat16 steps, plus the measurements
+
+
+def paper_markdown(paper, cpu, cpu_findings, figures):
     """The paper-scale section: settings, budget, findings beside the CPU-sized ones, the T1
     and Z1 statistics, accuracies and figures."""
     s = paper["settings"]
     total = len(paper["finished"]) + len(paper["missing"])
-    findings = evaluate_findings(paper)
+    findings = evaluate_findings(
+        {
+            **paper,
+            **{key: cpu.get(key, {}) for key in CPU_SIZED_ONLY},
+            "settings": {**cpu.get("settings", {}), **s},
+        }
+    )
     t1, z1 = paper["T1"], paper["Z1"]
     verdict = {True: "yes", False: "**no**", None: "n/a"}
     lines = [
@@ -187,8 +205,9 @@ def paper_markdown(paper, cpu_findings, figures):
         f"Settings: all {s['train_size']:,} CIFAR-10 training images, {s['epochs']} epochs, "
         f"batch {s['batch_size']}, {s['recipe']}; {s['seeds']} training seeds per variant; "
         "probes as above (init-stage numbers are the CPU-sized run's initialisations: the same "
-        "networks). Budget: about 35 minutes of wall time per network on 2 cores "
-        f"(bfloat16), {total} networks, about {total * 35 / 60:.1f} hours; so far "
+        f"networks). Budget: about {MINUTES_PER_NETWORK} minutes of wall time per network on "
+        "2 cores (bfloat16, 30-35 s per epoch; 66-75 s with Keras's unfused BatchNormalization), "
+        f"{total} networks, about {total * MINUTES_PER_NETWORK / 60:.1f} hours; so far "
         f"{paper['wall_seconds'] / 3600:.2f} h wall, {paper['cpu_seconds'] / 3600:.2f} CPU-h.",
         "",
     ]
@@ -200,15 +219,22 @@ def paper_markdown(paper, cpu_findings, figures):
         ]
     lines += ["How the recipe was chosen (pilot runs):", ""]
     lines += [f"- {pilot}" for pilot in PAPER_PILOTS] + [""]
-    cpu = {f["finding"]: f for f in cpu_findings}
+    cpu_rows = {f["finding"]: f for f in cpu_findings}
     lines += [
         "| finding | CPU-sized (10,000 images, 12 epochs) | holds | paper scale | holds |",
         "|---|---|---|---|---|",
     ]
+    shown = {}
     for f in findings:
-        c = cpu.get(f["finding"], {"measured": "", "holds": None})
+        c = cpu_rows.get(f["finding"], {"measured": "", "holds": None})
         measured = f["measured"]
         holds = f["holds"]
+        if f["finding"] in CPU_SIZED_FINDINGS and holds is not None:
+            measured = (
+                "CPU-sized settings (as planned)"
+                + (", against the paper-scale networks: " if f["finding"] == "F5" else ": ")
+                + measured
+            )
         if f["finding"] == "T1" and t1.get("variants"):
             measured = "; ".join(
                 f"{v}: D {e['D']['mean']:+.2f} [{e['D']['ci'][0]:+.2f}, {e['D']['ci'][1]:+.2f}], "
@@ -224,17 +250,17 @@ def paper_markdown(paper, cpu_findings, figures):
                 + f["measured"]
             )
             holds = z1["holds"]
+        shown[f["finding"]] = holds
         lines.append(
             f"| {f['finding']} | {c['measured']} | {verdict[c['holds']]} | {measured} | "
             f"{verdict[holds]} |"
         )
     changed = [
-        f["finding"]
-        for f in findings
-        if f["finding"] in cpu
-        and f["holds"] is not None
-        and cpu[f["finding"]]["holds"] is not None
-        and f["holds"] != cpu[f["finding"]]["holds"]
+        key
+        for key, holds in shown.items()
+        if holds is not None
+        and cpu_rows.get(key, {}).get("holds") is not None
+        and holds != cpu_rows[key]["holds"]
     ]
     lines += [
         "",
@@ -246,8 +272,48 @@ def paper_markdown(paper, cpu_findings, figures):
         lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
         for v, acc in paper["test_accuracy"].items():
             lines.append(f"| {v} | {', '.join(f'{a:.4f}' for a in acc)} | {np.mean(acc):.4f} |")
+    lines += _keras_batch_norm_lines(paper)
     lines += _figure_lines(figures, "## Paper-scale figures", " (paper scale)", "replication/paper")
     return "\n".join(lines) + "\n"
+
+
+def _keras_batch_norm_lines(paper):
+    """The networks first trained with Keras's unfused BatchNormalization beside the same
+    variant and seed with the fused layer: their difference is what rounding alone makes."""
+    earlier = paper.get("keras_batch_norm", {})
+    if not earlier:
+        return []
+    lines = [
+        "",
+        "The first networks were trained with Keras's own BatchNormalization (unfused ops), "
+        "before the builders' layer ran TensorFlow's fused kernel, which made a training step "
+        "2x faster; every network above was trained again with the fused layer. The same "
+        "computation in another order: the two columns differ by rounding, grown over 30 "
+        "epochs into a different network (their numbers: "
+        "docs/replication/experiments/paper_keras_bn/). The CPU-sized networks above were "
+        "trained with Keras's layer too: a rerun of that part differs from them the same way.",
+        "",
+        "| network | test accuracy, Keras's BN | fused | shift consistency, Keras's BN | fused |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in earlier.items():
+        variant, seed = name.rsplit("_s", 1)
+        accuracies = paper["test_accuracy"].get(variant, [])
+        shifts = paper["shift_consistency"].get(variant, [])
+        # Per-variant lists follow the finished networks of that variant, in seed order.
+        done = [
+            n.rsplit("_s", 1)[1]
+            for n in paper["finished"]
+            if n.rsplit("_s", 1)[0] == f"paper/{variant}"
+        ]
+        index = done.index(seed) if seed in done else None
+        fused_acc = "not yet" if index is None else f"{accuracies[index]:.4f}"
+        fused_shift = "not yet" if index is None else f"{shifts[index]:.3f}"
+        lines.append(
+            f"| {name} | {r['test_accuracy']:.4f} | {fused_acc} | "
+            f"{r['shift_consistency']:.3f} | {fused_shift} |"
+        )
+    return lines
 
 
 def _figure_lines(figures, heading, suffix, directory):
@@ -298,7 +364,7 @@ def write_paper_report(docs_dir, cpu, paper):
     if cpu.get("settings"):
         cpu_findings = evaluate_findings(cpu)
         lines.append(report_markdown(cpu, cpu_findings, draw_figures(cpu, directory)))
-    lines.append(paper_markdown(paper, cpu_findings, paper_figures))
+    lines.append(paper_markdown(paper, cpu, cpu_findings, paper_figures))
     _write(os.path.join(docs_dir, "replication.md"), "\n".join(lines))
 
 
