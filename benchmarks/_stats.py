@@ -17,10 +17,11 @@ def spearman(x, y):
 
 
 def t_interval(values, confidence=0.95):
-    """Student-t interval of the mean of `values` ([nan, nan] for fewer than 2)."""
+    """Student-t interval of the mean of `values`; None for fewer than 2 (no spread to go by;
+    None rather than NaN keeps results.json strict JSON)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
-        return [math.nan, math.nan]
+        return None
     half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
     return [float(values.mean() - half), float(values.mean() + half)]
 
@@ -50,7 +51,7 @@ def t1_statistics(relative):
                 "ci": t_interval(correlations),
             }
         d, g = entry["D"]["ci"], entry["G"]["ci"]
-        entry["holds"] = None if math.isnan(d[1]) else bool(d[1] < 0 < g[0])
+        entry["holds"] = None if d is None or g is None else bool(d[1] < 0 < g[0])
         variants[v] = entry
     decided = [e["holds"] for e in variants.values() if e["holds"] is not None]
     return {
@@ -65,7 +66,7 @@ def t1_statistics(relative):
 def z1_statistics(shift):
     """Z1: blur - max shift consistency, per seed (seed k of each), its mean with a 95% t
     interval, and the two-sided p-value of Welch's two-sample t-test of blur vs max; holds
-    when the interval lies above 0 (None below 2 seeds of each)."""
+    when the interval lies above 0 (interval, p-value and verdict None below 2 seeds of each)."""
     if "max" not in shift or "blur" not in shift:
         return {}
     m, b = np.asarray(shift["max"], float), np.asarray(shift["blur"], float)
@@ -73,9 +74,7 @@ def z1_statistics(shift):
     differences = (b[:k] - m[:k]).tolist()
     ci = t_interval(differences)
     p_value = (
-        float(stats.ttest_ind(b, m, equal_var=False).pvalue)
-        if min(len(m), len(b)) >= 2
-        else math.nan
+        float(stats.ttest_ind(b, m, equal_var=False).pvalue) if min(len(m), len(b)) >= 2 else None
     )
     return {
         "method": "difference blur - max per seed, 95% Student-t interval; p-value of Welch's "
@@ -83,8 +82,8 @@ def z1_statistics(shift):
         "max": m.tolist(),
         "blur": b.tolist(),
         "difference_per_seed": differences,
-        "mean_difference": float(np.mean(differences)) if differences else math.nan,
+        "mean_difference": float(np.mean(differences)) if differences else None,
         "ci": ci,
         "p_value": p_value,
-        "holds": None if math.isnan(ci[0]) else bool(ci[0] > 0),
+        "holds": None if ci is None else bool(ci[0] > 0),
     }

@@ -237,18 +237,21 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
             )
         if f["finding"] == "T1" and t1.get("variants"):
             measured = "; ".join(
-                f"{v}: D {e['D']['mean']:+.2f} [{e['D']['ci'][0]:+.2f}, {e['D']['ci'][1]:+.2f}], "
-                f"G {e['G']['mean']:+.2f} [{e['G']['ci'][0]:+.2f}, {e['G']['ci'][1]:+.2f}]"
+                f"{v}: D {e['D']['mean']:+.2f}{_interval(e['D']['ci'], 2)}, "
+                f"G {e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)}"
                 for v, e in t1["variants"].items()
             )
-            measured = f"holds in {t1['holds_in']} of {t1['decided']} variants: {measured}"
+            measured = (
+                f"holds in {t1['holds_in']} of {t1['decided']} variants with 2+ seeds: {measured}"
+                if t1["decided"]
+                else f"one seed per variant so far, no intervals yet: {measured}"
+            )
             holds = None if not t1["decided"] else t1["holds_in"] == t1["decided"]
         if f["finding"] == "Z1" and z1:
-            measured = (
-                f"blur - max {z1['mean_difference']:+.4f}, 95% CI "
-                f"[{z1['ci'][0]:+.4f}, {z1['ci'][1]:+.4f}], Welch p = {z1['p_value']:.3g}; "
-                + f["measured"]
-            )
+            measured = f"blur - max {z1['mean_difference']:+.4f}"
+            if z1["ci"]:
+                measured += f", 95% CI{_interval(z1['ci'], 4)}, Welch p = {z1['p_value']:.3g}"
+            measured += "; " + f["measured"]
             holds = z1["holds"]
         shown[f["finding"]] = holds
         lines.append(
@@ -275,6 +278,11 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
     lines += _keras_batch_norm_lines(paper)
     lines += _figure_lines(figures, "## Paper-scale figures", " (paper scale)", "replication/paper")
     return "\n".join(lines) + "\n"
+
+
+def _interval(ci, digits):
+    """` [lo, hi]` with signs; nothing for one seed (no spread, so no interval)."""
+    return "" if ci is None else f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 def _keras_batch_norm_lines(paper):
