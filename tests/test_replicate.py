@@ -85,6 +85,39 @@ def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypa
     assert _keras_batch_norm_lines({"keras_batch_norm": {}}) == []
 
 
+def test_a_changed_t1_verdict_shows_the_variants_it_changed_in(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.report import _scale_change_lines
+
+    names = ["input", "a", "b", "c"]
+    falling = {n: [3.0 - i] for i, n in enumerate(names)}
+    rising = {n: [1.0 + i] for i, n in enumerate(names)}
+    # G at "a", "b", "c": 3, 1, 2 -> ranks 2, 0, 1 against depth 0, 1, 2: Spearman -0.5
+    bumpy = {"input": [0.0], "a": [3.0], "b": [1.0], "c": [2.0]}
+    cpu = {
+        "relative_stability": {
+            "max": {"trained": {"D": falling, "G": rising}},  # T1 held: not listed
+            "strided": {"trained": {"D": falling, "G": bumpy}},
+        },
+        "smoothness": {"strided": {"trained": {"conv1": [1.6], "conv2": [1.5]}}},
+        "test_accuracy": {"max": [0.7], "strided": [0.58, 0.60]},
+    }
+    paper = {
+        "T1": {
+            "variants": {v: {"D": {"mean": -0.9}, "G": {"mean": 0.8}} for v in cpu["test_accuracy"]}
+        },
+        "smoothness": {"strided": {"trained": {"conv1": [1.2, 1.3], "conv2": [1.1, 1.0]}}},
+        "test_accuracy": {"max": [0.87], "strided": [0.86, 0.88]},
+    }
+    lines = _scale_change_lines(["T1"], cpu, paper)
+    assert lines[1].startswith(
+        "- **T1**: CPU-sized -> paper scale, strided: rank corr. with depth D -1.00 -> -0.90, "
+        "G -0.50 -> +0.80; trained filters' TV/L1 1.550 -> 1.150; test accuracy 0.590 -> 0.870. "
+        "Tomasini et al."
+    )
+    assert _scale_change_lines(["F2"], cpu, paper) == []  # no explanation written for F2
+
+
 def _tree(root):
     rng = np.random.default_rng(0)
     for split, count in (("train", 16), ("test", 12)):

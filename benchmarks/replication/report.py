@@ -7,7 +7,13 @@ import os
 import numpy as np
 
 from .experiments import PAPER_PILOTS
-from .findings import WHY_IT_MAY_DIFFER, evaluate_findings
+from .findings import (
+    WHY_IT_MAY_DIFFER,
+    WHY_THE_SCALES_DIFFER,
+    depth_correlations,
+    evaluate_findings,
+    trained_smoothness,
+)
 
 
 def draw_figures(results, directory):
@@ -271,6 +277,7 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
         + (", ".join(changed) if changed else "none so far")
         + ". With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
     ]
+    lines += _scale_change_lines(changed, cpu, paper)
     if paper["test_accuracy"]:
         lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
         for v, acc in paper["test_accuracy"].items():
@@ -278,6 +285,34 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
     lines += _keras_batch_norm_lines(paper)
     lines += _figure_lines(figures, "## Paper-scale figures", " (paper scale)", "replication/paper")
     return "\n".join(lines) + "\n"
+
+
+def _scale_change_lines(changed, cpu, paper):
+    """For each finding whose verdict changed: the numbers behind the change and why we think
+    it changed (`WHY_THE_SCALES_DIFFER`)."""
+    lines = []
+    for key in changed:
+        if key not in WHY_THE_SCALES_DIFFER:
+            continue
+        evidence = _t1_evidence(cpu, paper) if key == "T1" else ""
+        lines.append(f"- **{key}**: {evidence}{WHY_THE_SCALES_DIFFER[key]}")
+    return [""] + lines if lines else []
+
+
+def _t1_evidence(cpu, paper):
+    """The variants T1 failed in at the CPU-sized scale, at both scales: rank correlations
+    with depth (paper scale: mean over seeds), trained filters' TV/L1, test accuracy."""
+    before = depth_correlations(cpu.get("relative_stability", {}))
+    after = paper.get("T1", {}).get("variants", {})
+    failed = [v for v, c in before.items() if not c["D"] < 0 < c["G"] and v in after]
+    texts = [
+        f"{v}: rank corr. with depth D {before[v]['D']:+.2f} -> {after[v]['D']['mean']:+.2f}, "
+        f"G {before[v]['G']:+.2f} -> {after[v]['G']['mean']:+.2f}; trained filters' TV/L1 "
+        f"{trained_smoothness(cpu, v):.3f} -> {trained_smoothness(paper, v):.3f}; test accuracy "
+        f"{np.mean(cpu['test_accuracy'][v]):.3f} -> {np.mean(paper['test_accuracy'][v]):.3f}"
+        for v in failed
+    ]
+    return ("CPU-sized -> paper scale, " + "; ".join(texts) + ". ") if texts else ""
 
 
 def _interval(ci, digits):
