@@ -85,7 +85,7 @@ def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypa
     assert _keras_batch_norm_lines({"keras_batch_norm": {}}) == []
 
 
-def test_a_changed_t1_verdict_shows_the_variants_it_changed_in(monkeypatch):
+def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     from replication.report import _scale_change_lines
 
@@ -116,6 +116,18 @@ def test_a_changed_t1_verdict_shows_the_variants_it_changed_in(monkeypatch):
         "Tomasini et al."
     )
     assert _scale_change_lines(["F2"], cpu, paper) == []  # no explanation written for F2
+    cpu["shift_consistency"] = {"max": [0.78, 0.84], "blur": [0.80]}
+    cpu["test_accuracy"]["blur"] = [0.70]
+    paper["shift_consistency"] = {"max": [0.89, 0.90, 0.91], "blur": [0.91, 0.92, 0.90]}
+    paper["test_accuracy"]["blur"] = [0.88]
+    paper["Z1"] = {"mean_difference": 0.01}
+    (line,) = _scale_change_lines(["Z1"], cpu, paper)[1:]
+    # SDs: 0.06 / sqrt(2) = 0.042 over two seeds, 0.01 over three
+    assert line.startswith(
+        "- **Z1**: CPU-sized -> paper scale, blur - max -0.0100 -> +0.0100; max: seed SD of "
+        "shift consistency 0.042 -> 0.010, test accuracy 0.700 -> 0.870; blur: seed SD of shift "
+        "consistency n/a (1 seed) -> 0.010, test accuracy 0.700 -> 0.880. Zhang's"
+    )
 
 
 def _tree(root):

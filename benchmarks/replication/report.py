@@ -294,7 +294,7 @@ def _scale_change_lines(changed, cpu, paper):
     for key in changed:
         if key not in WHY_THE_SCALES_DIFFER:
             continue
-        evidence = _t1_evidence(cpu, paper) if key == "T1" else ""
+        evidence = _EVIDENCE[key](cpu, paper) if key in _EVIDENCE else ""
         lines.append(f"- **{key}**: {evidence}{WHY_THE_SCALES_DIFFER[key]}")
     return [""] + lines if lines else []
 
@@ -313,6 +313,32 @@ def _t1_evidence(cpu, paper):
         for v in failed
     ]
     return ("CPU-sized -> paper scale, " + "; ".join(texts) + ". ") if texts else ""
+
+
+def _z1_evidence(cpu, paper):
+    """Blur - max shift consistency at both scales, the seed-to-seed SD of each variant's
+    shift consistency (where there are 2+ seeds), and test accuracy."""
+    before, after = cpu.get("shift_consistency", {}), paper.get("shift_consistency", {})
+    if not all(v in d for d in (before, after) for v in ("max", "blur")):
+        return ""
+
+    def sd(values):
+        return f"{np.std(values, ddof=1):.3f}" if len(values) >= 2 else "n/a (1 seed)"
+
+    z1 = paper.get("Z1", {})
+    texts = [
+        f"blur - max {np.mean(before['blur']) - np.mean(before['max']):+.4f} -> "
+        f"{z1.get('mean_difference', np.mean(after['blur']) - np.mean(after['max'])):+.4f}"
+    ]
+    texts += [
+        f"{v}: seed SD of shift consistency {sd(before[v])} -> {sd(after[v])}, test accuracy "
+        f"{np.mean(cpu['test_accuracy'][v]):.3f} -> {np.mean(paper['test_accuracy'][v]):.3f}"
+        for v in ("max", "blur")
+    ]
+    return "CPU-sized -> paper scale, " + "; ".join(texts) + ". "
+
+
+_EVIDENCE = {"T1": _t1_evidence, "Z1": _z1_evidence}
 
 
 def _interval(ci, digits):
