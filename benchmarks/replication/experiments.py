@@ -477,9 +477,15 @@ def number(value):
 
 
 def write_json(path, document):
-    """Written beside and moved into place: a cut-off write leaves no half a result."""
+    """`document` as JSON at `path`, written atomically (`write_text`)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_text(path, json.dumps(document, indent=1))
+
+
+def write_text(path, text):
+    """Written beside and moved into place: a cut-off write leaves the old file whole, never
+    half a result."""
     temporary = path + ".tmp"
     with open(temporary, "w") as file:
-        json.dump(document, file, indent=1, allow_nan=True)
+        file.write(text)
     os.replace(temporary, path)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .experiments import PAPER_PILOTS
+from .experiments import PAPER_PILOTS, write_json, write_text
 from .findings import (
     WHY_IT_MAY_DIFFER,
     WHY_THE_SCALES_DIFFER,
@@ -403,10 +403,12 @@ def write_report(docs_dir, results):
     """The CPU-sized report: results.json, its figures and replication.md (replaced whole)."""
     directory = os.path.join(docs_dir, "replication")
     os.makedirs(directory, exist_ok=True)
-    _write(os.path.join(directory, "results.json"), json.dumps(results, indent=1))
+    write_json(os.path.join(directory, "results.json"), results)
     figures = draw_figures(results, directory)
     findings = evaluate_findings(results)
-    _write(os.path.join(docs_dir, "replication.md"), report_markdown(results, findings, figures))
+    write_text(
+        os.path.join(docs_dir, "replication.md"), report_markdown(results, findings, figures)
+    )
 
 
 def read_cpu_results(docs_dir):
@@ -425,7 +427,7 @@ def write_paper_report(docs_dir, cpu, paper):
     CPU-sized report with the paper-scale section beside it."""
     directory = os.path.join(docs_dir, "replication")
     os.makedirs(directory, exist_ok=True)
-    _write(os.path.join(directory, "results.json"), json.dumps({**cpu, "paper": paper}, indent=1))
+    write_json(os.path.join(directory, "results.json"), {**cpu, "paper": paper})
     paper_dir = os.path.join(directory, "paper")
     os.makedirs(paper_dir, exist_ok=True)
     paper_figures = draw_figures(paper, paper_dir)
@@ -434,12 +436,4 @@ def write_paper_report(docs_dir, cpu, paper):
         cpu_findings = evaluate_findings(cpu)
         lines.append(report_markdown(cpu, cpu_findings, draw_figures(cpu, directory)))
     lines.append(paper_markdown(paper, cpu, cpu_findings, paper_figures))
-    _write(os.path.join(docs_dir, "replication.md"), "\n".join(lines))
-
-
-def _write(path, text):
-    """Written beside and moved into place: a cut-off write leaves the old file whole."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    write_text(os.path.join(docs_dir, "replication.md"), "\n".join(lines))
