@@ -48,7 +48,7 @@ def t1_statistics(relative):
             entry[component] = {
                 "rank_corr": correlations,
                 "mean": float(np.mean(correlations)),
-                "ci": t_interval(correlations),
+                "ci": _within_correlation_range(t_interval(correlations)),
             }
         d, g = entry["D"]["ci"], entry["G"]["ci"]
         entry["holds"] = None if d is None or g is None else bool(d[1] < 0 < g[0])
@@ -56,11 +56,17 @@ def t1_statistics(relative):
     decided = [e["holds"] for e in variants.values() if e["holds"] is not None]
     return {
         "method": "Spearman rank correlation with probe depth per seed; 95% Student-t interval "
-        "over seeds; holds when D's interval < 0 < G's interval",
+        "over seeds, clipped to [-1, 1]; holds when D's interval < 0 < G's interval",
         "variants": variants,
         "holds_in": sum(decided),
         "decided": len(decided),
     }
+
+
+def _within_correlation_range(ci):
+    """A t interval of correlations can reach past +-1 (few seeds, means near 1); a
+    correlation cannot, so the ends are clipped (the verdict, a sign test, is unchanged)."""
+    return None if ci is None else [max(ci[0], -1.0), min(ci[1], 1.0)]
 
 
 def z1_statistics(shift):

@@ -49,6 +49,8 @@ def test_paper_scale_statistics_against_closed_forms():
     blur = t1["variants"]["blur"]
     assert blur["G"]["mean"] == pytest.approx(1 / 3)
     assert blur["G"]["ci"][0] < 0 < blur["G"]["ci"][1] and blur["holds"] is False
+    # 1/3 -+ 4.302653 * (2/sqrt(3)) / sqrt(3) = -2.54, +3.20: clipped to a correlation's range
+    assert blur["G"]["ci"] == [-1.0, 1.0]
     assert (t1["holds_in"], t1["decided"]) == (1, 2)
     # Z1: per-seed differences and Welch's p-value against a numpy re-computation.
     z1 = replicate.z1_statistics({"max": [0.80, 0.82, 0.81], "blur": [0.84, 0.85, 0.86]})
