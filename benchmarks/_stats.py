@@ -83,8 +83,9 @@ def z1_statistics(shift):
         float(stats.ttest_ind(b, m, equal_var=False).pvalue) if min(len(m), len(b)) >= 2 else None
     )
     return {
-        "method": "difference blur - max per seed, 95% Student-t interval; p-value of Welch's "
-        "two-sample t-test (two-sided)",
+        "method": "difference blur - max per seed (seed k of each network sees the same data "
+        "order and augmentations: a paired comparison), 95% Student-t interval; p-value of "
+        "Welch's two-sample t-test (two-sided, unpaired)",
         "max": m.tolist(),
         "blur": b.tolist(),
         "difference_per_seed": differences,

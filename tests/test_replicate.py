@@ -25,7 +25,8 @@ def _stats_module():
     return module
 
 
-def test_paper_scale_statistics_against_closed_forms():
+def test_paper_scale_statistics_against_closed_forms(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     replicate = _stats_module()
     # mean 2, sample SD 1, n 3: half-width t(0.975, 2) / sqrt(3), t(0.975, 2) = 4.302653 (tables)
     lo, hi = replicate.t_interval([1.0, 2.0, 3.0])
@@ -61,6 +62,13 @@ def test_paper_scale_statistics_against_closed_forms():
     # equal variances, n = 3 each: Welch's df = 4; two-sided p for t = 4.898979 with 4 df
     assert z1["p_value"] == pytest.approx(0.008050, abs=2e-6)
     assert z1["ci"][0] > 0 and z1["holds"] is True
+    # paired interval above 0 but Welch's p above 0.05: the report says they disagree
+    from replication.report import _z1_disagreement_lines
+
+    assert _z1_disagreement_lines(z1) == []
+    apart = replicate.z1_statistics({"max": [0.80, 0.90, 0.85], "blur": [0.81, 0.91, 0.862]})
+    assert apart["ci"][0] > 0 and apart["p_value"] > 0.05
+    assert "Welch's p = " in _z1_disagreement_lines(apart)[1]
 
 
 def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypatch):

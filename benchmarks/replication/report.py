@@ -278,6 +278,7 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
         + ". With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
     ]
     lines += _scale_change_lines(changed, cpu, paper)
+    lines += _z1_disagreement_lines(z1)
     if paper["test_accuracy"]:
         lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
         for v, acc in paper["test_accuracy"].items():
@@ -339,6 +340,21 @@ def _z1_evidence(cpu, paper):
 
 
 _EVIDENCE = {"T1": _t1_evidence, "Z1": _z1_evidence}
+
+
+def _z1_disagreement_lines(z1):
+    """A sentence when Z1's paired interval and its unpaired test point different ways."""
+    if not z1 or z1["ci"] is None or (z1["ci"][0] > 0) == (z1["p_value"] < 0.05):
+        return []
+    return [
+        "",
+        f"Z1's two statistics disagree: the per-seed interval {_interval(z1['ci'], 4)[1:]} "
+        f"{'lies above 0' if z1['ci'][0] > 0 else 'reaches 0'}, Welch's p = "
+        f"{z1['p_value']:.3g}. Seed k of blur and of max see the same data order and "
+        "augmentations, so the per-seed difference is paired and removes that part of the "
+        "seed noise; Welch's test ignores the pairing and sees the whole seed-to-seed spread. "
+        "The verdict follows the interval (as planned); read it as no stronger than this.",
+    ]
 
 
 def _interval(ci, digits):
