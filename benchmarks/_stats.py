@@ -16,13 +16,19 @@ def spearman(x, y):
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def t_quantile(n, confidence=0.95):
+    """How many standard errors a two-sided Student-t interval of `n` values reaches either
+    side of their mean (4.30 for 3 values at 95%)."""
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+
+
 def t_interval(values, confidence=0.95):
     """Student-t interval of the mean of `values`; None for fewer than 2 (no spread to go by;
     None rather than NaN keeps results.json strict JSON)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return None
-    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * stats.sem(values)
+    half = t_quantile(len(values), confidence) * stats.sem(values)
     return [float(values.mean() - half), float(values.mean() + half)]
 
 

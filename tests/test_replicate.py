@@ -140,6 +140,56 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     )
 
 
+def test_a_finding_that_fails_at_paper_scale_says_which_seeds_decide_it(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from _stats import t1_statistics, z1_statistics
+    from replication.report import _paper_failure_lines
+
+    names = ["input", "a", "b", "c", "d"]
+
+    def profile(*per_seed):  # per seed, the values at a..d
+        return {"input": [0.0] * len(per_seed)} | {
+            n: [seed[i] for seed in per_seed] for i, n in enumerate(names[1:])
+        }
+
+    falling = profile([4, 3, 2, 1], [4, 3, 2, 1], [4, 3, 2, 1])
+    # G per seed: rank corr. +1.0, +0.2 (sum of squared rank differences 8) and +0.8 (2): all
+    # rising, mean 0.667, SD 0.4163, t(0.975, 2) 4.303 -> 0.667 -+ 1.034: [-0.37, +1.00] clipped
+    wide = profile([1, 2, 3, 4], [3, 2, 1, 4], [1, 2, 4, 3])
+    # a seed against the trend: G falls (-1.0) in seed 2
+    against = profile([1, 2, 3, 4], [1, 2, 3, 4], [4, 3, 2, 1])
+    t1 = t1_statistics(
+        {
+            "max": {"trained": {"D": falling, "G": profile(*[[1, 2, 3, 4]] * 3)}},
+            "blur": {"trained": {"D": falling, "G": wide}},
+            "strided": {"trained": {"D": falling, "G": against}},
+        }
+    )
+    assert [e["holds"] for e in t1["variants"].values()] == [True, False, False]
+    lines = _paper_failure_lines({"T1": False, "Z1": True, "F2": True}, t1, {})
+    assert lines[:3] == ["", "Findings that do not hold at paper scale, and why we think so:", ""]
+    (line,) = lines[3:]
+    assert line.startswith(
+        "- **T1**: blur (s0 D -1.00 G +1.00, s1 D -1.00 G +0.20, s2 D -1.00 G +0.80): every seed "
+        "has D falling and G rising, but the intervals D [-1.00, -1.00], G [-0.37, +1.00] are "
+        "not both clear of 0 (with 3 seeds a 95% t interval reaches 4.3 standard errors either "
+        "side of the mean); strided (s0 D -1.00 G +1.00, s1 D -1.00 G +1.00, s2 D -1.00 "
+        "G -1.00): seed s2 against the trend. Over all 9 trained networks, 8 have D falling"
+    )
+    assert "only the strength of the trend varies" in line and "weaker than the seed-to" in line
+    # Z1: every seed positive, interval reaching 0 -> the width; mixed signs -> the noise
+    z1 = z1_statistics({"max": [0.90, 0.91, 0.89], "blur": [0.901, 0.96, 0.895]})
+    (line,) = _paper_failure_lines({"Z1": False}, t1, z1)[3:]
+    assert line.startswith(
+        "- **Z1**: blur - max per seed +0.001, +0.050, +0.005: positive in 3 of 3"
+    )
+    assert "reaches 0" in line
+    z1 = z1_statistics({"max": [0.90, 0.91, 0.89], "blur": [0.89, 0.96, 0.895]})
+    (line,) = _paper_failure_lines({"Z1": False}, t1, z1)[3:]
+    assert "positive in 2 of 3 seeds; the seeds disagree" in line
+    assert _paper_failure_lines({"T1": True, "Z1": None}, t1, z1) == []
+
+
 def _tree(root):
     rng = np.random.default_rng(0)
     for split, count in (("train", 16), ("test", 12)):
