@@ -97,7 +97,7 @@ def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypa
 
 def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
-    from replication.report import _scale_change_lines
+    from replication.report import _scale_change_lines, _t1_turned_variants
 
     names = ["input", "a", "b", "c"]
     falling = {n: [3.0 - i] for i, n in enumerate(names)}
@@ -108,6 +108,7 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
         "relative_stability": {
             "max": {"trained": {"D": falling, "G": rising}},  # T1 held: not listed
             "strided": {"trained": {"D": falling, "G": bumpy}},
+            "strided_relu": {"trained": {"D": falling, "G": bumpy}},
         },
         "smoothness": {"strided": {"trained": {"conv1": [1.6], "conv2": [1.5]}}},
         "test_accuracy": {"max": [0.7], "strided": [0.58, 0.60]},
@@ -115,10 +116,13 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     paper = {
         "T1": {
             "variants": {v: {"D": {"mean": -0.9}, "G": {"mean": 0.8}} for v in cpu["test_accuracy"]}
+            # failed at both scales (G falls on average): not a change to explain
+            | {"strided_relu": {"D": {"mean": -0.9}, "G": {"mean": -0.1}}}
         },
         "smoothness": {"strided": {"trained": {"conv1": [1.2, 1.3], "conv2": [1.1, 1.0]}}},
         "test_accuracy": {"max": [0.87], "strided": [0.86, 0.88]},
     }
+    assert _t1_turned_variants(cpu, paper) == ["strided"]
     lines = _scale_change_lines(["T1"], cpu, paper)
     assert lines[1].startswith(
         "- **T1**: CPU-sized -> paper scale, strided: rank corr. with depth D -1.00 -> -0.90, "

@@ -223,7 +223,7 @@ WHY_THE_SCALES_DIFFER = {
     "pooling have to learn it in their stride-2 convolutions, and the numbers above show how "
     "far they got: a short run on 10,000 images left their filters rough and G not rising; "
     "trained to convergence their filters are far smoother and G rises with depth as in the "
-    "pooling nets. What changes the verdict is training, not the architecture.",
+    "pooling nets. What changes is training, not the architecture.",
     "Z1": "Zhang's effect is a fixed one: the low-pass filter removes the aliasing of each "
     "stride-2 step, worth a point or two of consistency. At 58-72% test accuracy many test "
     "images lie near a decision boundary, where any change of the input flips the top-1 "
