@@ -97,7 +97,7 @@ def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypa
 
 def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
-    from replication.report import _scale_change_lines, _t1_turned_variants
+    from replication.report import _scale_change_lines, _t1_turned_variants, _z1_turned
 
     names = ["input", "a", "b", "c"]
     falling = {n: [3.0 - i] for i, n in enumerate(names)}
@@ -135,6 +135,11 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     paper["shift_consistency"] = {"max": [0.89, 0.90, 0.91], "blur": [0.91, 0.92, 0.90]}
     paper["test_accuracy"]["blur"] = [0.88]
     paper["Z1"] = {"mean_difference": 0.01}
+    # blur trailed max at the CPU-sized scale; leading in every seed is a turn, in some is not
+    assert _z1_turned(cpu, {"difference_per_seed": [0.01, 0.02, 0.005]}) == {
+        "Z1": "blur, behind max before, is now ahead of it in every seed"
+    }
+    assert _z1_turned(cpu, {"difference_per_seed": [0.01, -0.002, 0.02]}) == {}
     (line,) = _scale_change_lines(["Z1"], cpu, paper)[1:]
     # SDs: 0.06 / sqrt(2) = 0.042 over two seeds, 0.01 over three
     assert line.startswith(

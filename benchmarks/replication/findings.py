@@ -229,7 +229,7 @@ WHY_THE_SCALES_DIFFER = {
     "images lie near a decision boundary, where any change of the input flips the top-1 "
     "class, and the two max seeds of the short run differed by more than the effect; "
     "converged networks are confident on most test images, their seeds agree more closely "
-    "(the SDs above), and a difference of that size stands out of the seed noise.",
+    "(the SDs above), and the effect shows in the paired per-seed differences.",
 }
 
 

@@ -272,21 +272,25 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
         and cpu_rows.get(key, {}).get("holds") is not None
         and holds != cpu_rows[key]["holds"]
     ]
-    # T1 is decided per variant: its verdict can stay "no" while the variants it fails in change.
-    turned = _t1_turned_variants(cpu, paper) if "T1" not in changed else []
+    # A verdict can stay "no" while what it rests on turns around (T1 is decided per variant;
+    # Z1's difference can change sign without its interval clearing 0): say so, and why.
+    turned = {} if "T1" in changed else _t1_turned(cpu, paper)
+    turned |= {} if "Z1" in changed else _z1_turned(cpu, z1)
     lines += [
         "",
         "Findings whose verdict differs between the scales: "
-        + (", ".join(changed) if changed else "none so far")
+        + (", ".join(changed) if changed else "none" if not paper["missing"] else "none so far")
+        + ". "
         + (
-            f". T1's verdict does not, but its trend now shows in {', '.join(turned)}, "
-            "where it failed at the CPU-sized scale"
+            "Findings whose verdict does not, but whose numbers turned: "
+            + "; ".join(f"{key} ({text})" for key, text in turned.items())
+            + ". "
             if turned
             else ""
         )
-        + ". With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
+        + "With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
     ]
-    lines += _scale_change_lines(changed + (["T1"] if turned else []), cpu, paper)
+    lines += _scale_change_lines(changed + list(turned), cpu, paper)
     lines += _paper_failure_lines(shown, t1, z1)
     lines += _z1_disagreement_lines(z1)
     if paper["test_accuracy"]:
@@ -324,6 +328,26 @@ def _t1_turned_variants(cpu, paper):
     ]
 
 
+def _t1_turned(cpu, paper):
+    """`{"T1": text}` when T1 now shows in variants it failed in at the CPU-sized scale."""
+    variants = _t1_turned_variants(cpu, paper)
+    if not variants:
+        return {}
+    return {"T1": f"its trend now shows in {', '.join(variants)}, where it failed before"}
+
+
+def _z1_turned(cpu, z1):
+    """`{"Z1": text}` when blur trailed max on average at the CPU-sized scale and leads it in
+    every seed at paper scale."""
+    shift = cpu.get("shift_consistency", {})
+    per_seed = (z1 or {}).get("difference_per_seed") or []
+    if "max" not in shift or "blur" not in shift or not per_seed:
+        return {}
+    if np.mean(shift["blur"]) - np.mean(shift["max"]) > 0 or min(per_seed) <= 0:
+        return {}
+    return {"Z1": "blur, behind max before, is now ahead of it in every seed"}
+
+
 def _t1_evidence(cpu, paper):
     """The variants T1 failed in at the CPU-sized scale and shows in at paper scale, at both
     scales: rank correlations with depth (paper scale: mean over seeds), trained filters'
@@ -352,9 +376,11 @@ def _z1_evidence(cpu, paper):
         return f"{np.std(values, ddof=1):.3f}" if len(values) >= 2 else "n/a (1 seed)"
 
     z1 = paper.get("Z1", {})
+    per_seed = z1.get("difference_per_seed") or []
     texts = [
         f"blur - max {np.mean(before['blur']) - np.mean(before['max']):+.4f} -> "
         f"{z1.get('mean_difference', np.mean(after['blur']) - np.mean(after['max'])):+.4f}"
+        + (f" (per seed {', '.join(f'{d:+.3f}' for d in per_seed)})" if per_seed else "")
     ]
     texts += [
         f"{v}: seed SD of shift consistency {sd(before[v])} -> {sd(after[v])}, test accuracy "
