@@ -182,7 +182,7 @@ CPU_SIZED_ONLY = (
     "synthetic_other_settings",
 )
 CPU_SIZED_FINDINGS = ("F4b", "F5", "F6")
-MINUTES_PER_NETWORK = 20  # 30 epochs of 391 bfloat16 steps, plus the measurements
+MINUTES_PER_NETWORK = 22  # 30 epochs of 391 bfloat16 steps, plus the measurements (measured)
 
 
 def paper_markdown(paper, cpu, cpu_findings, figures):
@@ -213,7 +213,8 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
         f"batch {s['batch_size']}, {s['recipe']}; {s['seeds']} training seeds per variant; "
         "probes as above (init-stage numbers are the CPU-sized run's initialisations: the same "
         f"networks). Budget: about {MINUTES_PER_NETWORK} minutes of wall time per network on "
-        "2 cores (bfloat16, 30-35 s per epoch; 66-75 s with Keras's unfused BatchNormalization), "
+        "2 cores (bfloat16, 36-57 s per epoch on an idle machine, avg the fastest and blur the "
+        "slowest; 66-75 s with Keras's unfused BatchNormalization), "
         f"{total} networks, about {total * MINUTES_PER_NETWORK / 60:.1f} hours; so far "
         f"{paper['wall_seconds'] / 3600:.2f} h wall, {paper['cpu_seconds'] / 3600:.2f} CPU-h.",
         "",
