@@ -289,7 +289,8 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
             if turned
             else ""
         )
-        + "With 3 seeds the t intervals are wide (t(0.975, 2) = 4.30): read them as such.",
+        + f"With {s['seeds']} seeds the t intervals are wide (t(0.975, {s['seeds'] - 1}) = "
+        f"{t_quantile(s['seeds']):.2f}): read them as such.",
     ]
     lines += _scale_change_lines(changed + list(turned), cpu, paper)
     lines += _paper_failure_lines(shown, t1, z1)
