@@ -44,7 +44,20 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("cifar10", "../shared/data/cifar10", "CIFAR-10 image folder (train/, test/).")
 flags.DEFINE_string("output_dir", "runs/replication", "One directory per experiment.")
 flags.DEFINE_string("docs_dir", "docs", "Where replication.md and replication/ are written.")
-flags.DEFINE_enum("scale", "cpu", ["cpu", "paper"], "CPU-sized experiments, or paper scale.")
+flags.DEFINE_enum(
+    "scale",
+    "cpu",
+    ["cpu", "paper", "extended"],
+    "CPU-sized experiments, paper scale, or the paper-scale studies after it (Z1, T2, T3, P1).",
+)
+flags.DEFINE_integer("z1_seeds", 5, "Extended: training seeds of max and blur (Z1).")
+flags.DEFINE_integer("t2_seeds", 3, "Extended: training seeds of strided (T2).")
+flags.DEFINE_bool(
+    "train_next",
+    False,
+    "Only train the next network of the plan that is neither trained nor measured, then exit "
+    "(status 3 when none is left); a later run measures it.",
+)
 flags.DEFINE_integer("paper_seeds", 3, "Paper scale: training seeds per variant.")
 flags.DEFINE_integer("paper_epochs", 30, "Paper scale: training epochs (cosine to 0).")
 flags.DEFINE_float(
@@ -110,7 +123,7 @@ def main(argv):
         "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "synthetic_seeds",
         "synthetic_prototypes", "synthetic_downsample", "probe_size",
         "stability_probe_size", "shift_images", "sigmas", "batch_size", "model", "blocks",
-        "synthetic_image_size",
+        "synthetic_image_size", "z1_seeds", "t2_seeds",
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
@@ -121,6 +134,10 @@ def main(argv):
             f"--cifar10 must be an image folder with train/ and test/: {settings.cifar10!r}"
         )
     experiments, runner = plan(settings), Runner(settings)
+    if FLAGS.train_next:
+        experiment = runner.train_next(experiments)
+        print(f"[replicate] trained {experiment.name if experiment else 'nothing: none left'}")
+        sys.exit(0 if experiment else 3)
     if not FLAGS.report_only:
         done = len(list(runner.finished(experiments)))
         print(f"[replicate] {done} of {len(experiments)} experiments finished earlier", flush=True)

@@ -284,12 +284,29 @@ def resolve_precision(setting="auto"):
 def cpu_has_native_bfloat16():
     """Whether the CPU has bfloat16 arithmetic that oneDNN uses (AMX-BF16 or AVX512-BF16), where
     bfloat16 training runs about 2x as fast as float32 (`benchmarks/bench_pipeline.py`)."""
+    return cpu_bfloat16_path() is not None
+
+
+def cpu_bfloat16_path():
+    """The CPU's bfloat16 kernel path in oneDNN: `"amx_bf16"`, `"avx512_bf16"` or None.
+
+    The two paths round differently, so bfloat16 training with op determinism is bit-identical
+    across machines of one path only; every run records it (`config.json`, `summary.json`).
+
+    Returns:
+        The CPU flag of the path oneDNN takes (AMX first), or None without native bfloat16.
+
+    Example:
+
+    >>> cpu_bfloat16_path() in ("amx_bf16", "avx512_bf16", None)
+    True
+    """
     try:
         with open("/proc/cpuinfo") as file:
             flags = next((line for line in file if line.startswith("flags")), "").split()
     except OSError:  # not Linux: no such CPUs are known to TensorFlow's bf16 kernels elsewhere
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return None
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
 
 
 def check_config_against_data(config, info):
@@ -432,7 +449,12 @@ def _train(output_dir, config, state, precision, verbose, download, started, cpu
     if state == "new":
         _write_json(
             os.path.join(run_dir, CONFIG_FILE),
-            {"config": config, "precision": precision, "version": _version()},
+            {
+                "config": config,
+                "precision": precision,
+                "cpu_bfloat16": cpu_bfloat16_path(),
+                "version": _version(),
+            },
         )
         _write_first_summaries(run_dir, config, precision, train)
 
@@ -468,6 +490,7 @@ def _train(output_dir, config, state, precision, verbose, download, started, cpu
         "test_loss": float(test_loss),
         "epochs_completed": config["epochs"],
         "precision": precision,
+        "cpu_bfloat16": cpu_bfloat16_path(),  # the machine that finished the run
         "train_size": info.train_size,
         "test_size": info.test_size,
         "num_classes": info.num_classes,

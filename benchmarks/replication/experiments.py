@@ -45,6 +45,10 @@ PAPER_PILOTS = [
 ]
 
 
+# The kinds of experiment trained at paper scale, whose results are committed under docs/.
+COMMITTED_KINDS = ("paper", "retrained")
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """One row of the table.
@@ -71,7 +75,7 @@ class Experiment:
     @property
     def committed(self):
         """Paper-scale results are committed under docs/, so a fresh clone skips them."""
-        return self.kind == "paper"
+        return self.kind in COMMITTED_KINDS
 
 
 class Settings:
@@ -114,18 +118,24 @@ def plan(s):
         }
 
     trained_measures = ("relative_stability", "shift_consistency")
+
+    def paper_recipe(v, seed):
+        return cifar(
+            v,
+            seed,
+            train_size=s.paper_train_size,
+            epochs=s.paper_epochs,
+            weight_decay=s.paper_weight_decay,
+        )
+
+    if s.scale == "extended":
+        return extended_plan(s, paper_recipe, trained_measures)
     if s.scale == "paper":
         return [
             Experiment(
                 f"paper/{v}_s{seed}",
                 {"variant": v, "seed": seed},
-                cifar(
-                    v,
-                    seed,
-                    train_size=s.paper_train_size,
-                    epochs=s.paper_epochs,
-                    weight_decay=s.paper_weight_decay,
-                ),
+                paper_recipe(v, seed),
                 trained_measures,
             )
             for seed in range(s.paper_seeds)
@@ -207,6 +217,28 @@ def plan(s):
     return rows
 
 
+def extended_plan(s, paper_recipe, trained_measures):
+    """The paper-scale studies after the replication (Z1 decided, T2, T3, P1), longest first.
+
+    `retrained/<variant>_s<seed>`: the paper recipe retrained on this machine, `max` and `blur`
+    with `--z1_seeds` seeds (Z1) and `strided` with `--t2_seeds` (T2 beside `max`), seed-major.
+    """
+    counts = {"max": s.z1_seeds, "blur": s.z1_seeds, "strided": s.t2_seeds}
+    rows = []
+    for seed in range(max(counts.values())):
+        for v, count in counts.items():
+            if seed < count:
+                rows.append(
+                    Experiment(
+                        f"retrained/{v}_s{seed}",
+                        {"variant": v, "seed": seed},
+                        paper_recipe(v, seed),
+                        trained_measures,
+                    )
+                )
+    return rows
+
+
 class Runner:
     """Runs experiments: trains through `train_run`, measures, writes each result."""
 
@@ -272,6 +304,29 @@ class Runner:
             smooth_kernels(model, experiment.smooth_sigma)
         return model
 
+    def run_directory(self, experiment):
+        return os.path.join(self.root, experiment.name)
+
+    def train_config(self, experiment):
+        """The `train_run` settings of a row's network."""
+        s = self.settings
+        return {**RECIPE, **s.model_config(), "probe_size": s.probe_size, **experiment.train}
+
+    def train_next(self, experiments):
+        """Trains the first row whose network is neither measured nor trained; measures
+        nothing (a later run measures it). Returns the experiment, or None when none is left."""
+        from deformstab_tf.training import SUMMARY_FILE, train_run
+
+        for experiment in experiments:
+            directory = self.run_directory(experiment)
+            if experiment.train is None or os.path.exists(self.result_path(experiment)):
+                continue
+            if os.path.exists(os.path.join(directory, SUMMARY_FILE)):
+                continue
+            train_run(directory, verbose=2, **self.train_config(experiment))
+            return experiment
+        return None
+
     def _train(self, experiment):
         """Trains (or resumes) the row's network; its record: accuracies, precision, and the
         stability record of its first and last epoch."""
@@ -280,10 +335,8 @@ class Runner:
         from deformstab_tf.reports import read_run
         from deformstab_tf.training import train_run
 
-        s = self.settings
-        directory = os.path.join(self.root, experiment.name)
-        config = {**RECIPE, **s.model_config(), "probe_size": s.probe_size, **experiment.train}
-        summary = train_run(directory, verbose=2, **config)
+        directory = self.run_directory(experiment)
+        summary = train_run(directory, verbose=2, **self.train_config(experiment))
         run = read_run(directory)
         first, last = run.history[0]["results"], run.history[-1]["results"]
         record = {
