@@ -100,3 +100,117 @@ def z1_statistics(shift):
         "p_value": p_value,
         "holds": None if ci is None else bool(ci[0] > 0),
     }
+
+
+def z1_measurement_error(estimates):
+    """How much of Z1's seed-to-seed spread the measurement itself explains: per seed, the
+    standard error of the difference blur - max from the two networks' measurement errors,
+    sqrt(se_b^2 + se_m^2), against the standard deviation of the differences over seeds. Both
+    networks are measured on the same images and offsets, whose errors correlate positively,
+    so this is an upper bound of the difference's measurement error.
+
+    Args:
+        estimates: `{"max": [{"value", "standard_error"}, ...], "blur": [...]}`, seed k at k.
+    """
+    if "max" not in estimates or "blur" not in estimates:
+        return {}
+    pairs = list(zip(estimates["max"], estimates["blur"], strict=False))  # seed k with seed k
+    errors = [math.hypot(m["standard_error"], b["standard_error"]) for m, b in pairs]
+    differences = [b["value"] - m["value"] for m, b in pairs]
+    spread = float(np.std(differences, ddof=1)) if len(differences) >= 2 else None
+    return {
+        "difference_standard_error_per_seed": errors,
+        "mean_difference_standard_error": float(np.mean(errors)) if errors else None,
+        "seed_sd_of_differences": spread,
+    }
+
+
+def log_ratio_profile(after, before):
+    """Per probe (input left out) and seed: log(after / before) of a per-probe quantity,
+    `{probe: [per seed]}` (both `{probe: [per seed]}`, the same seeds in the same order)."""
+    return {
+        name: [float(np.log(a / b)) for a, b in zip(after[name], before[name], strict=True)]
+        for name in before
+        if name != "input" and name in after
+    }
+
+
+def t2_statistics(relative, permuted):
+    """T2 per variant: per probe, the log ratio of D after / before permuting the input
+    channels of every convolution, per seed, with its 95% t interval; the Spearman correlation
+    of that log ratio with depth per seed and its interval; the crossover (the first probe from
+    which every interval lies above 0: D rises significantly there and at every later probe).
+    Holds when the correlation's interval lies above 0 (the permutation hurts later layers more)
+    and the last probe's interval above 0 (later layers lose their stability); None below 2
+    seeds.
+
+    Args:
+        relative: `{variant: {"D": {probe: [per seed]}}}` of the trained networks.
+        permuted: the same of their permuted copies.
+    """
+    variants = {}
+    for v in permuted:
+        ratio = log_ratio_profile(permuted[v]["D"], relative[v]["D"])
+        names = list(ratio)
+        per_probe = {
+            name: {"log_ratio": values, "mean": float(np.mean(values)), "ci": t_interval(values)}
+            for name, values in ratio.items()
+        }
+        correlations = depth_rank_correlations({"input": [], **ratio})
+        corr_ci = _within_correlation_range(t_interval(correlations))
+        above = [per_probe[n]["ci"] is not None and per_probe[n]["ci"][0] > 0 for n in names]
+        crossover = next((names[i] for i in range(len(names)) if all(above[i:])), None)
+        last = per_probe[names[-1]]["ci"] if names else None
+        holds = None if corr_ci is None or last is None else bool(corr_ci[0] > 0 and last[0] > 0)
+        variants[v] = {
+            "per_probe": per_probe,
+            "rank_corr": correlations,
+            "rank_corr_mean": float(np.mean(correlations)) if correlations else None,
+            "rank_corr_ci": corr_ci,
+            "crossover": crossover,
+            "holds": holds,
+        }
+    decided = [e["holds"] for e in variants.values() if e["holds"] is not None]
+    return {
+        "method": "per probe, log(D permuted / D) per seed with a 95% Student-t interval over "
+        "seeds; its Spearman correlation with depth per seed, 95% t interval; crossover = the "
+        "first probe from which every interval lies above 0; holds when the correlation's and "
+        "the last probe's intervals lie above 0",
+        "variants": variants,
+        "holds_in": sum(decided),
+        "decided": len(decided),
+    }
+
+
+def reproducibility(retrained, committed, keys):
+    """How far retrained networks land from their committed numbers, against the committed
+    seed-to-seed spread.
+
+    Args:
+        retrained, committed: `{variant: {seed: {key: value}}}`.
+        keys: the scalar quantities compared.
+
+    Returns:
+        `{key: {"differences": {"<variant>_s<seed>": retrained - committed}, "mean_abs",
+        "committed_seed_sd": {variant: SD over the committed seeds}, "ratio": mean |difference|
+        / mean committed seed SD}}`.
+    """
+    out = {}
+    for key in keys:
+        differences, spreads = {}, {}
+        for v, seeds in retrained.items():
+            for seed, record in seeds.items():
+                if seed in committed.get(v, {}) and key in record:
+                    differences[f"{v}_s{seed}"] = record[key] - committed[v][seed][key]
+            values = [r[key] for r in committed.get(v, {}).values() if key in r]
+            if len(values) >= 2 and any(name.startswith(f"{v}_s") for name in differences):
+                spreads[v] = float(np.std(values, ddof=1))
+        mean_abs = float(np.mean(np.abs(list(differences.values())))) if differences else None
+        spread = float(np.mean(list(spreads.values()))) if spreads else None
+        out[key] = {
+            "differences": differences,
+            "mean_abs": mean_abs,
+            "committed_seed_sd": spreads,
+            "ratio": mean_abs / spread if mean_abs is not None and spread else None,
+        }
+    return out

@@ -38,7 +38,14 @@ import sys
 
 from absl import app, flags
 from replication import report  # benchmarks/ is on sys.path
-from replication.experiments import Runner, Settings, gather, gather_paper, plan
+from replication.experiments import (
+    Runner,
+    Settings,
+    gather,
+    gather_extended,
+    gather_paper,
+    plan,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("cifar10", "../shared/data/cifar10", "CIFAR-10 image folder (train/, test/).")
@@ -52,6 +59,12 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("z1_seeds", 5, "Extended: training seeds of max and blur (Z1).")
 flags.DEFINE_integer("t2_seeds", 3, "Extended: training seeds of strided (T2).")
+flags.DEFINE_integer("t3_seeds", 2, "Extended: training seeds per noise level (T3).")
+flags.DEFINE_bool(
+    "measure_trained",
+    False,
+    "Only measure (and report) the networks whose training is complete; train nothing.",
+)
 flags.DEFINE_bool(
     "train_next",
     False,
@@ -106,7 +119,11 @@ flags.DEFINE_bool("report_only", False, "Only rewrite the report from finished e
 def write_reports(settings, experiments, runner):
     """Rewrites results.json, the figures and replication.md from the finished experiments."""
     finished = list(runner.finished(experiments))
-    if settings.scale == "paper":
+    if settings.scale == "extended":
+        report.write_extended_report(
+            settings.docs_dir, gather_extended(settings, experiments, finished)
+        )
+    elif settings.scale == "paper":
         cpu = report.read_cpu_results(settings.docs_dir)
         paper = gather_paper(settings, experiments, finished, cpu)
         report.write_paper_report(settings.docs_dir, cpu, paper)
@@ -123,7 +140,7 @@ def main(argv):
         "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "synthetic_seeds",
         "synthetic_prototypes", "synthetic_downsample", "probe_size",
         "stability_probe_size", "shift_images", "sigmas", "batch_size", "model", "blocks",
-        "synthetic_image_size", "z1_seeds", "t2_seeds",
+        "synthetic_image_size", "z1_seeds", "t2_seeds", "t3_seeds",
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
@@ -134,6 +151,8 @@ def main(argv):
             f"--cifar10 must be an image folder with train/ and test/: {settings.cifar10!r}"
         )
     experiments, runner = plan(settings), Runner(settings)
+    if FLAGS.measure_trained:  # measure what is trained, train nothing
+        experiments = [e for e in experiments if runner.is_trained(e)]
     if FLAGS.train_next:
         experiment = runner.train_next(experiments)
         print(f"[replicate] trained {experiment.name if experiment else 'nothing: none left'}")

@@ -3,7 +3,8 @@
 - `deformstab_tf.deformations`: displacement fields (TPS, affine, diffeomorphism), the one
   resampler `warp`, integer `shift`, and the random deformation layers.
 - `deformstab_tf.layers`: every Keras layer of the package in one namespace.
-- `deformstab_tf.models`: VGG / ResNet builders whose downsampling is a switch.
+- `deformstab_tf.models`: VGG / ResNet builders whose downsampling is a switch, and reference
+  architectures (fully connected, LeNet, MobileNetV2, EfficientNetB0).
 - `deformstab_tf.measures`: per-layer sensitivity, relative stability, shift consistency and
   kernel smoothness; `StabilityCallback` runs them during `model.fit`.
 - `deformstab_tf.data`: the synthetic task, TFDS and image-folder sources for training.
@@ -43,7 +44,12 @@ from deformstab_tf.models import (
     build_resnet,
     build_vgg,
     cifar_vgg,
+    efficientnet_b0,
+    fully_connected,
     imagenet_vgg,
+    lenet,
+    mobilenet_v2,
+    permute_input_channels,
     probe_layer_names,
     resnet18,
 )
@@ -69,9 +75,14 @@ __all__ = [
     "data",
     "deformation_layer",
     "diffeo_displacement",
+    "efficientnet_b0",
+    "fully_connected",
     "imagenet_vgg",
     "kernel_smoothness",
+    "lenet",
+    "mobilenet_v2",
     "normalized_sensitivity",
+    "permute_input_channels",
     "plot_profile",
     "probe_layer_names",
     "relative_stability",

@@ -42,7 +42,10 @@ from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, RandomThinPlat
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # Seconds the network check before a TFDS download may take (name lookup + TCP connect).
 NETWORK_TIMEOUT = 5.0
-AUGMENTATIONS = ("standard", "flip", "translate", *DEFORMATION_LAYERS)
+AUGMENTATIONS = ("standard", "flip", "translate", "noise", *DEFORMATION_LAYERS)
+# Folded into the `noise` augmentation's draw seeds: its draws are independent of the other
+# stateless draws from the same seed pair (the synthetic task's pixel noise, `(seed, batch)`).
+NOISE_STREAM = 0x6E6F6973  # b"nois"
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -766,9 +769,12 @@ def augmentation_layers(specs, seed=0, image_size=None):
 
     Specs: `"flip"` (`keras.layers.RandomFlip("horizontal")`), `"translate:4"` (random
     translations of up to 4 pixels, `keras.layers.RandomTranslation`, reflected borders),
-    `"standard"` (flip + translate:4, the usual CIFAR recipe), and the package's deformation
-    layers by short name with keyword arguments: `"tps:grid_size=3,max_displacement=2"`,
-    `"affine:rotation=10,scale=0.1"`, `"diffeo:cutoff=3,displacement=1"`.
+    `"standard"` (flip + translate:4, the usual CIFAR recipe), `"noise:0.1"` (i.i.d. Gaussian
+    noise of standard deviation 0.1, in pixel units of images in `[0, 1]`, added to every pixel
+    and channel, a fresh draw per image and epoch, not clipped: values may leave `[0, 1]`;
+    `"noise:0"` changes nothing), and the package's deformation layers by short name with
+    keyword arguments: `"tps:grid_size=3,max_displacement=2"`, `"affine:rotation=10,scale=0.1"`,
+    `"diffeo:cutoff=3,displacement=1"`.
 
     Args:
         specs: a list of spec strings, or one spec string.
@@ -803,6 +809,8 @@ def augmentation_layers(specs, seed=0, image_size=None):
                     f"pixels, more than the {image_size[0]}x{image_size[1]} images."
                 )
             layers.append(_Translate(pixels, seed=layer_seed + 500))
+        if name == "noise":
+            layers.append(_GaussianNoise(argument, seed=layer_seed))
         if name in DEFORMATION_LAYERS:
             layer_class, _ = DEFORMATION_LAYERS[name]
             try:
@@ -823,8 +831,9 @@ def parse_augmentations(specs):
         specs: a list of spec strings, or one spec string.
 
     Returns:
-        `[(spec, name, argument)]`: `argument` is the pixels of `"translate"`, the keyword
-        arguments of a deformation layer, None otherwise.
+        `[(spec, name, argument)]`: `argument` is the pixels of `"translate"`, the standard
+        deviation (a float) of `"noise"`, the keyword arguments of a deformation layer, None
+        otherwise.
 
     Raises:
         ValueError: naming `augment` and the spec for an unknown or malformed spec.
@@ -834,6 +843,8 @@ def parse_augmentations(specs):
 
     >>> parse_augmentations("translate:2")
     [('translate:2', 'translate', 2)]
+    >>> parse_augmentations(["standard", "noise:0.1"])
+    [('standard', 'standard', None), ('noise:0.1', 'noise', 0.1)]
     """
     specs = check_names("augment", specs)
     parsed = []
@@ -847,7 +858,7 @@ def parse_augmentations(specs):
         if name not in AUGMENTATIONS:
             raise ValueError(
                 f"Unknown augmentation in `augment`: {spec!r}. Valid: "
-                "standard, flip, translate:PIXELS, "
+                "standard, flip, translate:PIXELS, noise:SIGMA, "
                 + ", ".join(f"{n}:key=value,..." for n in DEFORMATION_LAYERS)
             )
         argument = None
@@ -862,6 +873,14 @@ def parse_augmentations(specs):
                     f"Malformed augmentation in `augment`: {spec!r}; 'translate' takes a number "
                     "of pixels >= 0, e.g. 'translate:4'."
                 )
+        if name == "noise":
+            argument = _number(spec, arguments) if arguments.strip() else None
+            if isinstance(argument, (bool, str, type(None))) or not 0 <= argument < np.inf:
+                raise ValueError(
+                    f"Malformed augmentation in `augment`: {spec!r}; 'noise' takes a standard "
+                    "deviation >= 0 (pixel values in [0, 1]), e.g. 'noise:0.1'."
+                )
+            argument = float(argument)
         if name in DEFORMATION_LAYERS:
             argument = {}
             for item in filter(None, arguments.split(",")):
@@ -894,6 +913,31 @@ class _Translate:
                 dtype="float32",
             )
         return self.layer(images, training=training)
+
+
+class _GaussianNoise:
+    """Adds i.i.d. Gaussian noise of standard deviation `stddev` to every pixel and channel of a
+    batch of images: a fresh draw per call (per batch, so per image and epoch), not clipped.
+
+    Call `n` (1, 2, ...) adds `stddev * tf.random.stateless_normal(shape, seed=s)`, with
+    `s = tf.random.experimental.stateless_fold_in([seed, n], NOISE_STREAM)`. TensorFlow ops
+    whatever the Keras backend (the layers run in `tf.data`; `keras.layers.GaussianNoise` draws
+    on the active backend, which fails in `tf.data` on JAX, and rejects `stddev > 1`). The call
+    counter is a CPU variable, as `tf.data` runs there.
+    """
+
+    def __init__(self, stddev, seed):
+        self.stddev, self.seed = float(stddev), int(seed)
+        with tf.init_scope(), tf.device("/CPU:0"):
+            self.calls = tf.Variable([self.seed, 0], dtype=tf.int64, trainable=False)
+
+    def __call__(self, images, training=True):
+        images = tf.cast(images, tf.float32)
+        if not training or self.stddev == 0:
+            return images
+        seed = self.calls.assign_add(tf.constant([0, 1], tf.int64))
+        seed = tf.random.experimental.stateless_fold_in(seed, NOISE_STREAM)
+        return images + self.stddev * tf.random.stateless_normal(tf.shape(images), seed)
 
 
 def _number(spec, text):

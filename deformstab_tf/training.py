@@ -44,10 +44,29 @@ from deformstab_tf._validation import (
 from deformstab_tf.callbacks import MEASURES, StabilityCallback
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
 from deformstab_tf.measures.smoothness import smooth_kernels
-from deformstab_tf.models import DOWNSAMPLING, build_vgg, cifar_vgg, imagenet_vgg, resnet18
+from deformstab_tf.models import (
+    DOWNSAMPLING,
+    build_vgg,
+    cifar_vgg,
+    efficientnet_b0,
+    fully_connected,
+    imagenet_vgg,
+    lenet,
+    mobilenet_v2,
+    resnet18,
+)
 from deformstab_tf.summaries import purge_events
 
-MODELS = ("cifar_vgg", "imagenet_vgg", "resnet18", "vgg")
+# Petrini et al.'s (2021) reference architectures: no downsampling switch, no head choice.
+REFERENCE_MODELS = {
+    "fully_connected": fully_connected,
+    "lenet": lenet,
+    "mobilenet_v2": mobilenet_v2,
+    "efficientnet_b0": efficientnet_b0,
+}
+MODELS = ("cifar_vgg", "imagenet_vgg", "resnet18", "vgg", *REFERENCE_MODELS)
+# The settings of the switchable builders, which the reference models do not take.
+SWITCH_SETTINGS = ("downsample", "head", "pool_size", "strides", "blur_size")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -235,6 +254,13 @@ def check_config(config):
         config["blocks"] = [list(block) for block in blocks]
     if config["model"] == "resnet18" and config["head"] != "gap":
         raise ValueError(f"resnet18 has a 'gap' head only; received head={config['head']!r}.")
+    if config["model"] in REFERENCE_MODELS:
+        for name in SWITCH_SETTINGS:
+            if config[name] != DEFAULTS[name]:
+                raise ValueError(
+                    f"{config['model']} has no `{name}` setting (leave it at its default "
+                    f"{DEFAULTS[name]!r}); received {name}={config[name]!r}."
+                )
     if config["measures"]:
         if config["measure_every"] > config["epochs"]:
             raise ValueError(
@@ -349,7 +375,8 @@ def train_run(output_dir, verbose=1, download=True, **config):
         **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
             synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
-            `downsample`, `head`, `pool_size`, `strides`, `blur_size`), optimisation (`epochs`,
+            `downsample`, `head`, `pool_size`, `strides`, `blur_size`: not for the
+            `REFERENCE_MODELS`), optimisation (`epochs`,
             `batch_size`, `optimizer`, `learning_rate`, `momentum`, `schedule`,
             `weight_decay`, `seed`), measurement (`probe_size` test images, `measures`, the
             probe `deformation` name and `magnitude`, `grid_size` / `cutoff`,
@@ -556,6 +583,9 @@ def build_model(config, image_shape, num_classes, dtype_policy=None):
 
 
 def _build_model(config, image_shape, num_classes):
+    if config["model"] in REFERENCE_MODELS:
+        builder = REFERENCE_MODELS[config["model"]]
+        return builder(input_shape=tuple(image_shape), num_classes=num_classes)
     options = {
         "input_shape": tuple(image_shape),
         "num_classes": num_classes,
@@ -945,6 +975,7 @@ __all__ = [
     "DEFAULTS",
     "MODELS",
     "PRECISIONS",
+    "REFERENCE_MODELS",
     "build_model",
     "check_config",
     "check_config_against_data",

@@ -212,6 +212,122 @@ def test_augmentation_specs():
     assert not np.allclose(xa, xp)
 
 
+def _noise_draw(shape, layer_seed, call):
+    """The documented recipe of the `noise` augmentation's `call`-th draw (1, 2, ...)."""
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([layer_seed, call], tf.int64), data_module.NOISE_STREAM
+    )
+    return tf.random.stateless_normal(shape, seed).numpy()
+
+
+def test_noise_augmentation_has_the_closed_form_statistics():
+    sigma, shape = 0.1, (64, 16, 16, 3)
+    (layer,) = augmentation_layers(["noise:0.1"], seed=2)
+    assert type(layer).__name__ == "_GaussianNoise" and layer.stddev == sigma
+    batches = tf.data.Dataset.from_tensors(tf.fill(shape, 0.5)).repeat(2)
+    batches = [x.numpy() for x in batches.map(lambda x: layer(x, training=True))]  # TF graph
+    noise = batches[0] - 0.5
+    assert noise.dtype == np.float32
+    # Exactly the documented draws: seeds (2 * 1000 + 0, call) with NOISE_STREAM folded in.
+    np.testing.assert_allclose(noise, sigma * _noise_draw(shape, 2000, 1), atol=1e-6)
+    np.testing.assert_allclose(batches[1] - 0.5, sigma * _noise_draw(shape, 2000, 2), atol=1e-6)
+    # N(0, sigma^2) per pixel value, within 5 standard errors of the sample size.
+    n = noise.size
+    assert abs(noise.mean()) < 5 * sigma / np.sqrt(n)
+    assert abs(noise.std() / sigma - 1) < 5 / np.sqrt(2 * n)
+    within = np.mean(np.abs(noise) < sigma)  # P(|Z| < 1) = erf(1 / sqrt 2) = 0.6827
+    assert abs(within - 0.682689) < 5 * np.sqrt(0.682689 * 0.317311 / n)
+    # Gaussian tails, not truncated: P(Z < -3) = P(Z > 3) = 0.00135, ~66 values each.
+    assert noise.min() < -3 * sigma and noise.max() > 3 * sigma
+
+    def correlation(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1], 5 / np.sqrt(a.size)
+
+    pairs = [
+        (noise[:, :, :-1], noise[:, :, 1:]),  # horizontal neighbours
+        (noise[:, :-1], noise[:, 1:]),  # vertical neighbours
+        (noise[..., 0], noise[..., 1]),  # channels of a pixel
+        (noise[0::2], noise[1::2]),  # images of a batch
+        (noise, batches[1] - 0.5),  # epochs (successive calls)
+    ]
+    for a, b in pairs:
+        r, tolerance = correlation(a, b)
+        assert abs(r) < tolerance
+
+
+def test_noise_augmentation_is_seeded_fresh_each_epoch_and_spares_the_test_split(
+    tmp_path, monkeypatch
+):
+    options = {**SMALL, "max_displacement": 0.0, "noise": 0.0}  # training images = prototypes
+    prototypes = synthetic_prototypes(4, 16, 3, seed=3)
+
+    def noises(augment, seed=3, epochs=2):
+        train, test, _ = load_dataset(
+            "synthetic", batch_size=16, augment=augment, seed=seed, synthetic_options=options
+        )
+        draws = []
+        for _ in range(epochs):
+            images, labels = _all(train)
+            draws.append(images - prototypes[labels])
+        return draws, _all(test)
+
+    (first, second), test = noises(["noise:0.1"])
+    again, test_again = noises(["noise:0.1"])
+    np.testing.assert_array_equal(first, again[0])  # the same seed, the same noise
+    np.testing.assert_array_equal(second, again[1])
+    for draw in (first, second):
+        assert abs(draw.std() / 0.1 - 1) < 5 / np.sqrt(2 * draw.size)
+    assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 5 / np.sqrt(first.size)
+    other, _ = noises(["noise:0.1"], seed=4, epochs=1)  # prototypes differ, noise is noise
+    assert abs(np.corrcoef(first.ravel(), other[0].ravel())[0, 1]) < 5 / np.sqrt(first.size)
+    # noise:0 changes nothing; no spec changes the test split.
+    (zero, _), test_zero = noises(["noise:0"])
+    (plain, _), test_plain = noises([])
+    np.testing.assert_array_equal(zero, 0.0)
+    np.testing.assert_array_equal(plain, 0.0)
+    for split in (test, test_zero):
+        np.testing.assert_array_equal(split[0], test_plain[0])
+        np.testing.assert_array_equal(split[1], test_plain[1])
+    # Image folders: the training split is noisy, the test split is not.
+    monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "tree", "split")
+    source = f"folder:{tmp_path / 'tree'}"
+    noisy_train, noisy_test, _ = load_dataset(source, batch_size=64, augment=["noise:0.2"])
+    clean_train, clean_test, _ = load_dataset(source, batch_size=64)
+    (xn, yn), (xc, yc) = _all(noisy_train), _all(clean_train)
+    np.testing.assert_array_equal(yn, yc)  # the same shuffle
+    assert abs((xn - xc).std() / 0.2 - 1) < 5 / np.sqrt(2 * xn.size)
+    assert xn.min() < 0  # not clipped
+    np.testing.assert_array_equal(_all(noisy_test)[0], _all(clean_test)[0])
+
+
+def test_noise_augmentation_specs_and_order():
+    parse = data_module.parse_augmentations
+    assert parse("noise:0.1") == [("noise:0.1", "noise", 0.1)]
+    assert parse(["noise:0", "noise: 2"]) == [("noise:0", "noise", 0.0), ("noise: 2", "noise", 2.0)]
+    assert isinstance(parse("noise:1")[0][2], float)
+    for spec in ["noise", "noise:", "noise:abc", "noise:-1", "noise:inf", "noise:nan",
+                 "noise:True", "noise:sigma=0.1"]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"`augment`: '{spec}'; 'noise' takes a standard"):
+            parse(spec)
+        with pytest.raises(ValueError, match=rf"`augment`: '{spec}'"):
+            load_dataset("synthetic", augment=[spec], synthetic_options=SMALL)
+    with pytest.raises(ValueError, match=r"Valid: standard, flip, translate:PIXELS, noise:SIGMA"):
+        parse("gaussian:0.1")
+    # In order, after "standard": flips and translations of the clean images, then noise.
+    layers = augmentation_layers(["standard", "noise:0.1"], seed=1)
+    names = ["RandomFlip", "_Translate", "_GaussianNoise"]
+    assert [type(layer).__name__ for layer in layers] == names
+    assert layers[2].seed == 1 * 1000 + 2
+    reverse = augmentation_layers(["noise:0.1", "standard"], seed=1)
+    assert [type(layer).__name__ for layer in reverse] == names[2:] + names[:2]
+    options = {**SMALL, "max_displacement": 0.0, "noise": 0.0}
+    kwargs = {"batch_size": 64, "seed": 1, "synthetic_options": options}
+    both, _ = _all(load_dataset("synthetic", augment=["standard", "noise:0.1"], **kwargs)[0])
+    standard, _ = _all(load_dataset("synthetic", augment=["standard"], **kwargs)[0])
+    np.testing.assert_allclose(both - standard, 0.1 * _noise_draw(both.shape, 1002, 1), atol=1e-6)
+
+
 def test_take_images_and_errors(tmp_path):
     _, test, _ = synthetic(**SMALL, batch_size=10)
     images = take_images(test, 25)

@@ -425,6 +425,38 @@ def test_shift_consistency_matches_numpy(images, fill_mode):
     assert 0.0 < result["output"] < 1.0  # the test discriminates
 
 
+def test_shift_consistency_pairs_per_image_and_standard_error(images):
+    """Several pairs per image: the offsets' documented draw, the mean over all pairs, and the
+    standard error over images of each image's fraction of agreeing pairs."""
+    keras.utils.set_random_seed(2)
+    x = np.concatenate([images, images[:, ::-1]])  # 16 images
+    model = keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(5, name="head")]
+    )
+    result = shift_consistency(model, x, max_shift=2, batch_size=6, seed=7, pairs_per_image=3)
+    offsets = np.random.default_rng(7).integers(-2, 2, size=(16, 3, 2, 2), endpoint=True)
+
+    def top1(p, k):  # pair p, shift k of every image
+        shifted = [numpy_padded_shift(x[i], *offsets[i, p, k], "wrap") for i in range(16)]
+        return model.predict(np.stack(shifted), verbose=0).argmax(-1)
+
+    agree = np.stack([top1(p, 0) == top1(p, 1) for p in range(3)], axis=1)
+    per_image = agree.mean(axis=1)
+    assert result["output"] == pytest.approx(per_image.mean())
+    assert 0.0 < result["output"] < 1.0
+    expected_error = per_image.std(ddof=1) / np.sqrt(16)
+    assert result.details["standard_error"]["output"] == pytest.approx(expected_error)
+    assert result.metadata["pairs_per_image"] == 3
+    # One pair per image (the default, test above): a binomial standard error.
+    one = shift_consistency(model, x, max_shift=2, seed=7)
+    p = one["output"]
+    assert one.details["standard_error"]["output"] == pytest.approx(
+        np.sqrt(p * (1 - p) * 16 / 15 / 16)
+    )
+    with pytest.raises(ValueError, match="pairs_per_image"):
+        shift_consistency(model, x, max_shift=2, pairs_per_image=0)
+
+
 def test_shift_consistency_bad_arguments(model, images):
     with pytest.raises(ValueError, match="max_shift=-1"):
         shift_consistency(model, images, max_shift=-1)

@@ -4,12 +4,18 @@ import keras
 import numpy as np
 import pytest
 
+from deformstab_tf import deformation_layer, relative_stability
+from deformstab_tf.measures.features import default_probe_layer_names
 from deformstab_tf.models import (
     DOWNSAMPLING,
     build_resnet,
     build_vgg,
     cifar_vgg,
+    efficientnet_b0,
+    fully_connected,
     imagenet_vgg,
+    lenet,
+    mobilenet_v2,
     probe_layer_names,
     resnet18,
 )
@@ -420,3 +426,180 @@ def test_input_too_small_message_accounts_for_blur_padding():
 def test_resnet_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         resnet18(**kwargs)
+
+
+# --- reference architectures of Petrini et al. (2021): fully connected, LeNet, keras.applications
+
+
+def dense_params(n_in, n_out):
+    return n_in * n_out + n_out  # kernel + bias
+
+
+def conv_params(k, c_in, c_out):
+    return k * k * c_in * c_out + c_out
+
+
+def build_with_policy(builder, policy="mixed_bfloat16", **kwargs):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return builder(**kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def assert_logits(model, x):
+    """Linear logits in float32-castable form: no softmax (rows need not sum to 1)."""
+    assert model.get_layer("logits").activation.__name__ == "linear"
+    assert model.layers[-1].name == "logits"
+    out = as_numpy(keras.ops.cast(model(x, training=False), "float32"))
+    assert out.shape == (len(x), model.output.shape[-1])
+    assert np.all(np.isfinite(out))
+    assert not np.allclose(out.sum(axis=-1), 1.0, atol=1e-3)
+    return out
+
+
+def assert_relative_stability_at_output(model, names):
+    """R, D, G finite at every probe, on a tiny batch; the last probe is the output."""
+    x = images(batch=8, size=32, seed=1)
+    diffeo = deformation_layer("diffeo", seed=0, cutoff=3, displacement=1.0)
+    result = relative_stability(model, x, diffeo, seed=0)
+    assert list(result) == names and names[-1] == "logits"
+    for value in (result["logits"], result.details["D"]["logits"], result.details["G"]["logits"]):
+        assert np.isfinite(value) and value > 0
+    assert abs(result["input"] - 1.0) < 1e-6  # D = G at the input
+
+
+def test_fully_connected_layers_parameters_and_logits(tmp_path):
+    model = fully_connected()  # Petrini et al.'s FC: 2 hidden layers of 500 units
+    assert model.count_params() == (
+        dense_params(32 * 32 * 3, 500) + dense_params(500, 500) + dense_params(500, 10)
+    )
+    assert model.count_params() == 1_792_010
+    small = fully_connected(input_shape=(4, 4, 2), num_classes=3, width=8, depth=3)
+    assert small.count_params() == dense_params(32, 8) + 2 * dense_params(8, 8) + dense_params(8, 3)
+    assert [layer.name for layer in small.layers] == [
+        "input", "flatten", "dense1", "relu1", "dense2", "relu2", "dense3", "relu3", "logits",
+    ]  # fmt: skip
+    assert default_probe_layer_names(small) == ["input", "relu1", "relu2", "relu3", "logits"]
+    x = images(size=4, channels=2)
+    out = assert_logits(small, x)
+    assert out.min() < 0
+    train_one_step(small, x)
+    small.save(tmp_path / "fc.keras")
+    loaded = keras.models.load_model(tmp_path / "fc.keras")
+    np.testing.assert_allclose(as_numpy(loaded(x)), as_numpy(small(x)), atol=1e-6)
+    linear = fully_connected(input_shape=(4, 4, 2), num_classes=3, depth=0)
+    assert linear.count_params() == dense_params(32, 3)
+    assert default_probe_layer_names(linear) == ["input", "logits"]
+
+
+def test_lenet_layers_parameters_and_logits(tmp_path):
+    model = lenet()  # 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5: 400 features
+    assert model.get_layer("pool2").output.shape == (None, 5, 5, 16)
+    expected = (
+        conv_params(5, 3, 6)
+        + conv_params(5, 6, 16)
+        + dense_params(5 * 5 * 16, 120)
+        + dense_params(120, 84)
+        + dense_params(84, 10)
+    )
+    assert model.count_params() == expected == 62_006
+    assert default_probe_layer_names(model) == [
+        "input", "relu1", "pool1", "relu2", "pool2", "relu3", "relu4", "logits",
+    ]  # fmt: skip
+    assert model.get_layer("dense3").input.shape == (None, 400)
+    small = lenet(input_shape=(16, 16, 1), num_classes=3, filters=(2, 4), units=(8,))
+    assert small.get_layer("pool2").output.shape == (None, 1, 1, 4)
+    assert small.count_params() == (
+        conv_params(5, 1, 2) + conv_params(5, 2, 4) + dense_params(4, 8) + dense_params(8, 3)
+    )
+    assert default_probe_layer_names(small) == [
+        "input", "relu1", "pool1", "relu2", "pool2", "relu3", "logits",
+    ]  # fmt: skip
+    x = images(size=16, channels=1)
+    assert_logits(small, x)
+    train_one_step(small, x)
+    small.save(tmp_path / "lenet.keras")
+    loaded = keras.models.load_model(tmp_path / "lenet.keras")
+    np.testing.assert_allclose(as_numpy(loaded(x)), as_numpy(small(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("builder", [fully_connected, lenet])
+def test_small_reference_models_under_mixed_bfloat16_and_relative_stability(builder):
+    before = keras.mixed_precision.global_policy().name
+    model = build_with_policy(builder)
+    assert keras.mixed_precision.global_policy().name == before  # restored
+    assert model.get_layer("logits").compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in model.weights)
+    assert_logits(model, images(batch=4, size=32))
+    assert_relative_stability_at_output(model, default_probe_layer_names(model))
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="keras.applications builds it; the small reference models cover the other backends",
+)
+def test_mobilenet_v2_is_keras_mobilenet_with_logits_under_mixed_bfloat16():
+    model = build_with_policy(mobilenet_v2, alpha=0.35)
+    reference = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+    assert model.count_params() == reference.count_params()
+    assert model.get_layer("out_relu").output.shape == (None, 1, 1, 1280)
+    assert model.get_layer("logits").compute_dtype == "bfloat16"
+    assert_logits(model, images(batch=4, size=32))
+    names = default_probe_layer_names(model)
+    assert len(names) == 55
+    assert names[:2] == ["input", "Conv1_relu"] and names[-3:] == ["out_relu", "avg_pool", "logits"]
+    assert_relative_stability_at_output(model, names)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="keras.applications builds it; the small reference models cover the other backends",
+)
+def test_efficientnet_b0_takes_unit_range_images_and_gives_logits_under_mixed_bfloat16():
+    model = build_with_policy(efficientnet_b0)
+    # Keras's B0 with its top, less the 7 numbers of the Normalization layer left out here.
+    reference = keras.applications.EfficientNetB0(
+        input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None
+    )
+    assert model.count_params() == reference.count_params() - 7
+    assert not any(
+        isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+        for layer in model.layers
+    )
+    assert [layer.name for layer in model.layers[:3]] == ["input", "stem_conv_pad", "stem_conv"]
+    assert model.get_layer("top_activation").output.shape == (None, 1, 1, 1280)
+    assert model.get_layer("logits").compute_dtype == "bfloat16"
+    assert_logits(model, images(batch=4, size=32))
+    names = default_probe_layer_names(model)
+    assert len(names) == 100
+    assert names[:2] == ["input", "stem_activation"]
+    assert names[-3:] == ["top_activation", "avg_pool", "logits"]
+    assert_relative_stability_at_output(model, names)
+
+
+@pytest.mark.parametrize(
+    "builder, kwargs, message",
+    [
+        (fully_connected, {"width": 0}, r"`width` must be a positive integer.*width=0"),
+        (fully_connected, {"depth": -1}, r"`depth` must be an integer >= 0.*depth=-1"),
+        (fully_connected, {"num_classes": 0}, r"num_classes=0"),
+        (fully_connected, {"input_shape": (None, 32, 3)}, r"input_shape=\(None, 32, 3\)"),
+        (lenet, {"filters": ()}, r"`filters` must be a non-empty sequence.*filters=\(\)"),
+        (lenet, {"filters": (6, 0)}, r"filters=\(6, 0\)"),
+        (lenet, {"units": (120, -1)}, r"units=\(120, -1\)"),
+        (lenet, {"input_shape": (12, 12, 3)}, r"input_shape=\(12, 12, 3\).*at least 16x16"),
+        (lenet, {"data_format": "NHWC"}, r"data_format='NHWC'"),
+        (mobilenet_v2, {"alpha": 0}, r"`alpha` must be a finite number > 0.*alpha=0"),
+        (mobilenet_v2, {"input_shape": (16, 16, 3)}, r"input_shape=\(16, 16, 3\).*32x32"),
+        (efficientnet_b0, {"num_classes": -1}, r"num_classes=-1"),
+        (efficientnet_b0, {"input_shape": (32, 32)}, r"input_shape=\(32, 32\)"),
+    ],
+)
+def test_reference_models_reject_bad_arguments_in_one_line(builder, kwargs, message):
+    with pytest.raises(ValueError, match=message) as error:
+        builder(**kwargs)
+    assert "\n" not in str(error.value)

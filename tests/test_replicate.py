@@ -2,6 +2,7 @@
 and runs outside CI): it writes the report, the figures and results.json with the documented
 keys, and a rerun skips finished experiments."""
 
+import functools
 import importlib.util
 import json
 import math
@@ -12,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from deformstab_tf.training import cpu_bfloat16_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -302,3 +305,66 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert len(os.listdir(docs / "replication" / "experiments" / "paper")) == 4
     fourth = subprocess.run(paper_args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "4 of 4 experiments finished earlier" in fourth.stdout
+
+    # The extended studies: retrained networks, trained then measured by separate runs.
+    extended_args = [*args, "--scale=extended", "--z1_seeds=2", "--t2_seeds=1",
+                     "--t3_seeds=1", "--paper_epochs=1", "--paper_train_size=24"]  # fmt: skip
+    run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    trained = run([*extended_args, "--train_next"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "trained retrained/max_s0" in trained.stdout
+    assert not (docs / "replication" / "experiments" / "retrained").exists()  # measured later
+    measured = run([*extended_args, "--measure_trained"])
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    assert os.listdir(docs / "replication" / "experiments" / "retrained") == ["max_s0.json"]
+    rest = run(extended_args)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    with open(docs / "replication" / "results.json") as file:
+        everything = json.load(file)
+    assert everything["paper"] == both["paper"]  # the paper-scale results stay as they were
+    extended = everything["extended"]
+    assert extended["missing"] == []
+    noisy = ["max_noise0.05_s0", "max_noise0.15_s0", "strided_noise0.05_s0",
+             "strided_noise0.15_s0"]  # fmt: skip
+    assert sorted(extended["networks"]) == sorted(
+        ["blur_s0", "blur_s1", "max_s0", "max_s1", "strided_s0", *noisy]
+    )
+    network = extended["networks"]["max_s0"]
+    assert network["cpu_bfloat16"] == cpu_bfloat16_path() or network["cpu_bfloat16"] is None
+    with open(docs / "replication" / "experiments" / "retrained" / "max_s0.json") as file:
+        record = json.load(file)
+    test_set = record["shift_consistency_test_set"]
+    assert test_set["num_images"] == 36 and test_set["pairs_per_image"] == 5
+    assert 0 <= test_set["value"] <= 1 and 0 <= test_set["standard_error"] <= 0.5 / np.sqrt(35)
+    # T2: the permuted copy is measured at the same probes; the logits are kept apart.
+    assert list(record["channel_permutation"]["relative_stability"]["D"]) == probes
+    assert list(record["relative_stability"]["D"]) == probes
+    assert record["output_stability"]["layer"] == "logits"
+    z1 = extended["Z1"]
+    assert z1["seeds"] == [0, 1] and len(z1["test_set"]["ci"]) == 2
+    blur_minus_max = [
+        extended["networks"][f"blur_s{k}"]["shift_consistency_test_set"]
+        - extended["networks"][f"max_s{k}"]["shift_consistency_test_set"]
+        for k in (0, 1)
+    ]
+    np.testing.assert_allclose(z1["test_set"]["difference_per_seed"], blur_minus_max)
+    assert set(extended["T2"]["variants"]) == {"max", "blur", "strided"}
+    assert extended["T2"]["variants"]["strided"]["holds"] is None  # one seed: no interval
+    # T3: T1's test per noisy condition; the noise went into training only.
+    assert set(extended["T3"]["variants"]) == {n[: -len("_s0")] for n in noisy}
+    with open(docs / "replication" / "experiments" / "noisy" / "max_noise0.15_s0.json") as file:
+        assert json.load(file)["noise"] == 0.15
+    config = json.loads(
+        (tmp_path / "runs" / "noisy" / "max_noise0.15_s0" / "config.json").read_text()
+    )
+    assert config["config"]["augment"] == ["standard", "noise:0.15"]
+    # The retrained networks beside the committed ones of the same variant and seed.
+    accuracy = extended["reproducibility"]["test_accuracy"]["differences"]
+    assert sorted(accuracy) == ["blur_s0", "blur_s1", "max_s0", "max_s1"]
+    report = (docs / "replication.md").read_text()
+    assert "# Paper scale: converged networks" in report
+    assert "# Extended studies at paper scale" in report and "| Z1 blur raises" in report
+    # Rewriting the paper-scale report keeps the extended section below it.
+    assert run([*paper_args, "--report_only"]).returncode == 0
+    rewritten = (docs / "replication.md").read_text()
+    assert rewritten.count("# Extended studies at paper scale") == 1

@@ -526,3 +526,23 @@ def test_the_train_flags_default_to_the_defaults_of_train_run():
         if name == "jit_compile":  # the flag is a string: "auto", "true", "false"
             continue
         assert plain(defaults[name]) == plain(DEFAULTS[name]), name
+
+
+def test_a_reference_model_trains_and_rejects_the_switch_settings(tmp_path):
+    # LeNet on the tiny task's 16x16 images (the smallest it takes): one epoch, measured.
+    run_dir = str(tmp_path / "lenet")
+    summary = train_run(run_dir, verbose=0, **{**TINY, "model": "lenet", "blocks": None,
+                                               "epochs": 1})  # fmt: skip
+    assert summary["epochs_completed"] == 1 and np.isfinite(summary["test_loss"])
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    assert model.get_layer("pool2").output.shape == (None, 1, 1, 16)
+    sensitivity = _json_history(run_dir)[-1]["sensitivity"]["values"]
+    assert list(sensitivity)[-1] == "logits"  # the "units" probe points end at the output
+    for settings, message in [
+        ({"model": "lenet", "downsample": "blur"}, r"lenet has no `downsample`.*downsample='blur'"),
+        ({"model": "fully_connected", "head": "flatten"}, r"fully_connected has no `head`"),
+        ({"model": "mobilenet_v2", "pool_size": 3}, r"mobilenet_v2 has no `pool_size`"),
+        ({"model": "efficientnet_b0", "blocks": [[4]]}, r"`blocks` goes with model='vgg'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_config(settings)

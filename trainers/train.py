@@ -34,7 +34,8 @@ flags.DEFINE_bool("random_labels", False, "Labels drawn once per example, fixed 
 flags.DEFINE_list(
     "augment",
     [],
-    "Pipeline augmentations: standard (flip + translate:4), flip, translate:4, "
+    "Pipeline augmentations: standard (flip + translate:4), flip, translate:4, noise:0.1 "
+    "(Gaussian pixel noise of std 0.1, unclipped), "
     "tps:grid_size=3;max_displacement=2, affine:rotation=10, diffeo:cutoff=3;displacement=1 "
     "(comma-separated list; ';' separates a layer's arguments).",
 )
@@ -49,7 +50,12 @@ flags.DEFINE_enum(
     "Synthetic task: prototype style, smooth coloured strokes or fine texture (F6).",
 )  # fmt: skip
 # Model
-flags.DEFINE_enum("model", "cifar_vgg", ["cifar_vgg", "imagenet_vgg", "resnet18", "vgg"], "Model.")
+flags.DEFINE_enum(
+    "model", "cifar_vgg",
+    ["cifar_vgg", "imagenet_vgg", "resnet18", "vgg", "fully_connected", "lenet", "mobilenet_v2",
+     "efficientnet_b0"],
+    "Model: the switchable builders, or Petrini et al.'s reference architectures.",
+)  # fmt: skip
 flags.DEFINE_string("blocks", None, "For --model=vgg: conv widths per block, e.g. '32,32;64,64'.")
 flags.DEFINE_string(
     "downsample", "max", "subsample, max, avg, strided, strided_relu, blur or none."

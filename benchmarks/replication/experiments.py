@@ -12,8 +12,15 @@ import json
 import os
 import time
 
+import numpy as np
+
 INIT_TPS = {"grid_size": 3, "max_displacement": 2.0}  # Ruderman et al.'s CIFAR-10 probe
 DIFFEO = {"cutoff": 3, "displacement": 1.0}  # Petrini et al.'s probe
+MAX_SHIFT = 4  # shift consistency: offsets in [-4, 4] per axis
+TEST_SET_SHIFT_PAIRS = 5  # Z1 on the whole test set: shift pairs per image
+# T3's training noise (SD, pixels in [0, 1]): CIFAR-10's pixel SD is about 0.25, so a mild and
+# a strong level, signal-to-noise about 5 and 1.7.
+T3_NOISE = (0.05, 0.15)
 
 # The training recipe every trained experiment starts from (a row overrides what it changes).
 RECIPE = {
@@ -46,7 +53,7 @@ PAPER_PILOTS = [
 
 
 # The kinds of experiment trained at paper scale, whose results are committed under docs/.
-COMMITTED_KINDS = ("paper", "retrained")
+COMMITTED_KINDS = ("paper", "retrained", "noisy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +65,11 @@ class Experiment:
         fields: what the row varies, copied into its result (`variant`, `seed`, `sigma`, ...).
         train: `train_run` settings beyond `RECIPE`; None: the network is measured at init.
         measure: measurements of the finished network, any of `"sensitivity"` (TPS probe),
-            `"relative_stability"` (diffeo D/G/R), `"shift_consistency"`.
+            `"relative_stability"` (diffeo D/G/R), `"output"` (D/G/R at the logits too),
+            `"shift_consistency"` (`--shift_images`, one pair each),
+            `"shift_consistency_test_set"` (every test image, `TEST_SET_SHIFT_PAIRS` pairs each),
+            `"channel_permutation"` (D/G/R of the network with its convolutions' input
+            channels permuted, T2).
         smooth_sigma: Gaussian smoothing of the initial kernels (the F4b intervention).
     """
 
@@ -222,8 +233,13 @@ def extended_plan(s, paper_recipe, trained_measures):
 
     `retrained/<variant>_s<seed>`: the paper recipe retrained on this machine, `max` and `blur`
     with `--z1_seeds` seeds (Z1) and `strided` with `--t2_seeds` (T2 beside `max`), seed-major.
+    `noisy/<variant>_noise<sigma>_s<seed>`: `max` and `strided` trained on images with Gaussian
+    pixel noise of SD `T3_NOISE`, `--t3_seeds` seeds (T3).
     """
     counts = {"max": s.z1_seeds, "blur": s.z1_seeds, "strided": s.t2_seeds}
+    # The committed paper-scale measurements (to compare retrained networks with), Z1 on the
+    # whole test set, T2's permuted copy, and R at the logits (P1).
+    measures = (*trained_measures, "shift_consistency_test_set", "channel_permutation", "output")
     rows = []
     for seed in range(max(counts.values())):
         for v, count in counts.items():
@@ -233,9 +249,24 @@ def extended_plan(s, paper_recipe, trained_measures):
                         f"retrained/{v}_s{seed}",
                         {"variant": v, "seed": seed},
                         paper_recipe(v, seed),
-                        trained_measures,
+                        measures,
                     )
                 )
+    # T3: the paper recipe on training images with Gaussian pixel noise (clean test images).
+    rows += [
+        Experiment(
+            f"noisy/{v}_noise{number(sigma)}_s{seed}",
+            {"variant": v, "noise": sigma, "seed": seed},
+            {
+                **paper_recipe(v, seed),
+                "augment": ["standard", f"noise:{number(sigma)}"],
+            },
+            ("relative_stability", "output"),
+        )
+        for seed in range(s.t3_seeds)
+        for sigma in T3_NOISE
+        for v in ("max", "strided")
+    ]
     return rows
 
 
@@ -271,6 +302,8 @@ class Runner:
         else:
             model, result = self._train(experiment)
         result.update(self._measure(model, experiment))
+        if experiment.train is not None:
+            result.update(self._machine(experiment))
         result = {**experiment.fields, **result}
         result["wall_seconds"] = time.time() - started
         result["cpu_seconds"] = time.process_time() - cpu
@@ -307,6 +340,15 @@ class Runner:
     def run_directory(self, experiment):
         return os.path.join(self.root, experiment.name)
 
+    def is_trained(self, experiment):
+        """Whether the row's network has finished training (its run directory is complete)."""
+        from deformstab_tf.training import SUMMARY_FILE
+
+        directory = self.run_directory(experiment)
+        return experiment.train is not None and os.path.exists(
+            os.path.join(directory, SUMMARY_FILE)
+        )
+
     def train_config(self, experiment):
         """The `train_run` settings of a row's network."""
         s = self.settings
@@ -315,15 +357,14 @@ class Runner:
     def train_next(self, experiments):
         """Trains the first row whose network is neither measured nor trained; measures
         nothing (a later run measures it). Returns the experiment, or None when none is left."""
-        from deformstab_tf.training import SUMMARY_FILE, train_run
+        from deformstab_tf.training import train_run
 
         for experiment in experiments:
-            directory = self.run_directory(experiment)
             if experiment.train is None or os.path.exists(self.result_path(experiment)):
                 continue
-            if os.path.exists(os.path.join(directory, SUMMARY_FILE)):
+            if self.is_trained(experiment):
                 continue
-            train_run(directory, verbose=2, **self.train_config(experiment))
+            train_run(self.run_directory(experiment), verbose=2, **self.train_config(experiment))
             return experiment
         return None
 
@@ -350,29 +391,86 @@ class Runner:
         }
         return keras.models.load_model(os.path.join(directory, "model.keras")), record
 
+    def _machine(self, experiment):
+        """The CPU's bfloat16 path the network was trained on (`config.json`), and this one's."""
+        from deformstab_tf.training import cpu_bfloat16_path, read_json
+
+        recorded = read_json(os.path.join(self.run_directory(experiment), "config.json"))
+        return {
+            "cpu_bfloat16": recorded.get("cpu_bfloat16", "unrecorded"),
+            "measured_on_cpu_bfloat16": cpu_bfloat16_path(),
+        }
+
     def _measure(self, model, experiment):
         import deformstab_tf as ds
 
-        s, seed = self.settings, experiment.fields["seed"]
+        s, seed, wanted = self.settings, experiment.fields["seed"], experiment.measure
         out = {"smoothness": dict(ds.kernel_smoothness(model))}
-        if "sensitivity" in experiment.measure:
+        if "sensitivity" in wanted:
             tps = ds.deformation_layer("tps", seed=seed, **INIT_TPS)
             result = ds.normalized_sensitivity(model, self.probe_images(s.probe_size), tps)
             out["sensitivity"] = dict(result)
-        if "relative_stability" in experiment.measure:
-            diffeo = ds.deformation_layer("diffeo", seed=seed, **DIFFEO)
-            images = self.probe_images(s.stability_probe_size)
-            result = ds.relative_stability(model, images, diffeo, batch_size=100, seed=seed)
-            out["relative_stability"] = {
-                "R": dict(result),
-                "D": result.details["D"],
-                "G": result.details["G"],
-            }
-        if "shift_consistency" in experiment.measure:
+        if "relative_stability" in wanted:
+            out.update(self._relative_stability(model, seed, "output" in wanted))
+        if "channel_permutation" in wanted:
+            permuted = ds.permute_input_channels(model, seed=seed)
+            measured = self._relative_stability(permuted, seed, "output" in wanted)
+            out["channel_permutation"] = {"seed": seed, **measured}
+        if "shift_consistency" in wanted:
             images = self.probe_images(s.shift_images)
-            result = ds.shift_consistency(model, images, max_shift=4, seed=seed)
+            result = ds.shift_consistency(model, images, max_shift=MAX_SHIFT, seed=seed)
             out["shift_consistency"] = result["output"]
+        if "shift_consistency_test_set" in wanted:
+            images = self.probe_images(self.test_size())
+            result = ds.shift_consistency(
+                model,
+                images,
+                max_shift=MAX_SHIFT,
+                batch_size=500,
+                seed=seed,
+                pairs_per_image=TEST_SET_SHIFT_PAIRS,
+            )
+            out["shift_consistency_test_set"] = {
+                "value": result["output"],
+                "standard_error": result.details["standard_error"]["output"],
+                **{k: result.metadata[k] for k in ("num_images", "pairs_per_image", "seed")},
+            }
         return out
+
+    def _relative_stability(self, model, seed, at_output):
+        """D/G/R at the default probe points (and, with `at_output`, at the logits: the last
+        layer, kept apart so the per-layer profile is the committed one)."""
+        import deformstab_tf as ds
+        from deformstab_tf.measures.features import default_probe_layer_names
+
+        diffeo = ds.deformation_layer("diffeo", seed=seed, **DIFFEO)
+        images = self.probe_images(self.settings.stability_probe_size)
+        default, output = default_probe_layer_names(model), model.layers[-1].name
+        layers = [*default, output] if at_output and output not in default else default
+        result = ds.relative_stability(
+            model, images, diffeo, layers=layers, batch_size=100, seed=seed
+        )
+        components = {"R": dict(result), "D": result.details["D"], "G": result.details["G"]}
+        out = {
+            "relative_stability": {
+                c: {name: values[name] for name in default} for c, values in components.items()
+            }
+        }
+        if at_output:
+            out["output_stability"] = {
+                "layer": output,
+                **{c: values[output] for c, values in components.items()},
+            }
+        return out
+
+    def test_size(self):
+        """The number of test images (decoding them once)."""
+        from deformstab_tf.data import load_dataset
+
+        if not hasattr(self, "_test_size"):
+            _, _, info = load_dataset(f"folder:{self.settings.cifar10}", batch_size=256)
+            self._test_size = info.test_size
+        return self._test_size
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -466,6 +564,165 @@ def gather_paper(settings, experiments, finished, cpu):
         "Z1": z1_statistics(gathered["shift_consistency"]),
         "keras_batch_norm": keras_batch_norm_runs(s),
     }
+
+
+def gather_extended(settings, experiments, finished):
+    """The extended studies' results: every network's headline numbers, Z1 on the whole test
+    set (with the measurement's own error), T1 and T2 over the retrained seeds, and how far the
+    retrained networks land from the committed paper-scale ones (reproducibility).
+
+    Comparisons use networks trained on one CPU bfloat16 path only (the most common one among
+    the finished networks); networks of another path are listed under `cpu_bfloat16.excluded`.
+    """
+    from _stats import (  # benchmarks/ is on sys.path
+        reproducibility,
+        t1_statistics,
+        t2_statistics,
+        z1_measurement_error,
+        z1_statistics,
+    )
+
+    s, done = settings, []
+    cpu = wall = 0.0
+    groups = {"retrained": {}, "noisy": {}}  # kind -> group -> seed -> result
+    for experiment, r in finished:
+        done.append(experiment.name)
+        cpu += r.get("cpu_seconds", 0.0)
+        wall += r.get("wall_seconds", 0.0)
+        if experiment.kind in groups:
+            group = r["variant"] + (f"_noise{number(r['noise'])}" if "noise" in r else "")
+            groups[experiment.kind].setdefault(group, {})[r["seed"]] = r
+    every = [
+        (f"{group}_s{seed}", r) for kind in groups.values() for group, seeds in kind.items()
+        for seed, r in seeds.items()
+    ]  # fmt: skip
+    paths = [r.get("cpu_bfloat16") for _, r in every]
+    used = max(set(paths), key=paths.count) if paths else None
+    excluded = sorted(name for name, r in every if r.get("cpu_bfloat16") != used)
+    groups = {
+        kind: {
+            group: {seed: r for seed, r in sorted(seeds.items()) if r.get("cpu_bfloat16") == used}
+            for group, seeds in members.items()
+        }
+        for kind, members in groups.items()
+    }
+    retrained, noisy = groups["retrained"], groups["noisy"]
+    networks = {
+        f"{group}_s{seed}": network_headline(r) for kind in groups.values()
+        for group, seeds in kind.items() for seed, r in seeds.items()
+    }  # fmt: skip
+
+    # Z1: seed k of max with seed k of blur (the same data order and augmentations).
+    common = sorted(set(retrained.get("max", {})) & set(retrained.get("blur", {})))
+    test_set = {
+        v: [retrained[v][k]["shift_consistency_test_set"] for k in common]
+        for v in ("max", "blur")
+        if common
+    }
+    z1 = {
+        "seeds": common,
+        "test_set": {
+            **z1_statistics({v: [e["value"] for e in values] for v, values in test_set.items()}),
+            **z1_measurement_error(test_set),
+        },
+        "first_1000": z1_statistics(
+            {v: [retrained[v][k]["shift_consistency"] for k in common] for v in test_set}
+        ),
+    }
+    profiles = {
+        v: {c: _per_probe([r["relative_stability"][c] for r in seeds.values()]) for c in "DG"}
+        for v, seeds in retrained.items()
+    }
+    permuted = {
+        v: {c: _per_probe([r["channel_permutation"]["relative_stability"][c]
+                           for r in seeds.values()]) for c in "DG"}
+        for v, seeds in retrained.items()
+        if all("channel_permutation" in r for r in seeds.values())
+    }  # fmt: skip
+    committed = committed_paper_networks(s)
+    keys = ("test_accuracy", "shift_consistency", "R_last", "D_last", "G_last", "sensitivity")
+    return {
+        "settings": {
+            "recipe": "the paper-scale recipe (see paper.settings), retrained on this machine",
+            "z1_seeds": s.z1_seeds,
+            "t2_seeds": s.t2_seeds,
+            "test_set_shift_pairs": TEST_SET_SHIFT_PAIRS,
+            "max_shift": MAX_SHIFT,
+            "command": s.command,
+        },
+        "finished": done,
+        "missing": [e.name for e in experiments if e.name not in done],
+        "cpu_seconds": cpu,
+        "wall_seconds": wall,
+        "cpu_bfloat16": {"used": used, "excluded": excluded},
+        "networks": networks,
+        "Z1": z1,
+        "T1": t1_statistics({v: {"trained": p} for v, p in profiles.items()}),
+        "T2": t2_statistics(profiles, permuted),
+        "T3": t1_statistics(
+            {
+                group: {
+                    "trained": {
+                        c: _per_probe([r["relative_stability"][c] for r in seeds.values()])
+                        for c in "DG"
+                    }
+                }
+                for group, seeds in noisy.items()
+            }
+        ),
+        "reproducibility": reproducibility(
+            {
+                v: {seed: networks[f"{v}_s{seed}"] for seed in seeds}
+                for v, seeds in retrained.items()
+            },
+            committed,
+            keys,
+        ),  # fmt: skip
+    }
+
+
+def network_headline(r):
+    """A network's scalar numbers: accuracy, shift consistency, D/G/R at the last probe and at
+    the logits, mean sensitivity of the last epoch, the CPU bfloat16 path it was trained on."""
+    relative = r.get("relative_stability", {})
+    last = list(relative["R"])[-1] if relative else None
+    out = {
+        "test_accuracy": r["test_accuracy"],
+        "shift_consistency": r.get("shift_consistency"),
+        "sensitivity": float(np.mean(list(r["sensitivity"].values())))
+        if r.get("sensitivity")
+        else None,
+        "cpu_bfloat16": r.get("cpu_bfloat16"),
+    }
+    if last is not None:
+        out.update({f"{c}_last": relative[c][last] for c in ("R", "D", "G")})
+    if "shift_consistency_test_set" in r:
+        out["shift_consistency_test_set"] = r["shift_consistency_test_set"]["value"]
+        out["shift_consistency_test_set_se"] = r["shift_consistency_test_set"]["standard_error"]
+    if "output_stability" in r:
+        out.update({f"{c}_output": r["output_stability"][c] for c in ("R", "D", "G")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def committed_paper_networks(s):
+    """`{variant: {seed: headline}}` of the committed paper-scale networks (docs/replication/
+    experiments/paper/), to compare retrained ones with."""
+    directory = os.path.join(s.docs_dir, "replication", "experiments", "paper")
+    networks = {}
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as file:
+                r = json.load(file)
+            networks.setdefault(r["variant"], {})[r["seed"]] = network_headline(r)
+    return networks
+
+
+def _per_probe(records):
+    """`[{probe: value}]` (one per seed) -> `{probe: [per seed]}`."""
+    tree = {}
+    for record in records:
+        _append(tree, [], record)
+    return tree
 
 
 # The first paper-scale networks were trained with Keras's own (unfused) BatchNormalization,

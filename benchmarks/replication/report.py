@@ -2,6 +2,7 @@
 `reports.compare_runs` draws for training runs)."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -564,6 +565,7 @@ def read_cpu_results(docs_dir):
     with open(path) as file:
         cpu = json.load(file)
     cpu.pop("paper", None)
+    cpu.pop("extended", None)
     return cpu
 
 
@@ -572,6 +574,7 @@ def write_paper_report(docs_dir, cpu, paper):
     CPU-sized report with the paper-scale section beside it."""
     directory = os.path.join(docs_dir, "replication")
     os.makedirs(directory, exist_ok=True)
+    extended = _read_results(docs_dir).get("extended")
     write_json(os.path.join(directory, "results.json"), {**cpu, "paper": paper})
     paper_dir = os.path.join(directory, "paper")
     os.makedirs(paper_dir, exist_ok=True)
@@ -582,3 +585,194 @@ def write_paper_report(docs_dir, cpu, paper):
         lines.append(report_markdown(cpu, cpu_findings, draw_figures(cpu, directory)))
     lines.append(paper_markdown(paper, cpu, cpu_findings, paper_figures))
     write_text(os.path.join(docs_dir, "replication.md"), "\n".join(lines))
+    if extended is not None:  # the extended studies' section stays below
+        write_extended_report(docs_dir, extended)
+
+
+def _read_results(docs_dir):
+    path = os.path.join(docs_dir, "replication", "results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as file:
+        return json.load(file)
+
+
+# -- the extended studies (Z1 decided, T2, T3, P1) --------------------------------------------
+
+EXTENDED_MARKER = "<!-- extended studies: written by replicate.py --scale=extended -->"
+
+
+def write_extended_report(docs_dir, extended):
+    """results.json gains (or replaces) `"extended"`; replication.md keeps what is above the
+    extended section's marker and gets the section anew."""
+    results = _read_results(docs_dir)
+    write_json(
+        os.path.join(docs_dir, "replication", "results.json"), {**results, "extended": extended}
+    )
+    report = os.path.join(docs_dir, "replication.md")
+    text = ""
+    if os.path.exists(report):
+        with open(report) as file:
+            text = file.read()
+    text = text.split(EXTENDED_MARKER)[0].rstrip("\n")
+    write_text(report, f"{text}\n\n{EXTENDED_MARKER}\n{extended_markdown(extended)}")
+
+
+def extended_markdown(x):
+    """The extended studies' section: one line per finding, then a section per finding."""
+    total = len(x["finished"]) + len(x["missing"])
+    z1, t2 = x["Z1"], x["T2"]
+    lines = [
+        "# Extended studies at paper scale: Z1 decided, T2, T3 (and, to come, P1)",
+        "",
+        f"Networks retrained with the paper-scale recipe on one kind of CPU (bfloat16 path "
+        f"`{x['cpu_bfloat16']['used']}`): finished {len(x['finished'])} of {total} "
+        f"({x['wall_seconds'] / 3600:.2f} h wall).",
+        "",
+    ]
+    if x["missing"]:
+        lines += [
+            "**Partial**: rerun the command to continue it. Missing: "
+            + ", ".join(f"`{m}`" for m in x["missing"])
+            + ".",
+            "",
+        ]
+    if x["cpu_bfloat16"]["excluded"]:
+        lines += [
+            "Excluded from the comparisons (trained on another bfloat16 path): "
+            + ", ".join(x["cpu_bfloat16"]["excluded"])
+            + ".",
+            "",
+        ]
+    lines += ["```bash", x["settings"]["command"], "```", ""]
+    lines += ["| finding | deciding number (95% interval over seeds) | holds |", "|---|---|---|"]
+    zt = z1["test_set"]
+    if zt.get("mean_difference") is not None:
+        lines.append(
+            f"| Z1 blur raises shift consistency | blur - max {zt['mean_difference']:+.4f} "
+            f"{_interval(zt['ci'], 4)}, {len(z1['seeds'])} paired seeds | {_verdict(zt['holds'])} |"
+        )
+    for v, e in t2["variants"].items():
+        mean = e["rank_corr_mean"]
+        lines.append(
+            f"| T2 ({v}) permuting channels hurts later layers more | rank corr. of log(D "
+            f"permuted / D) with depth {mean:+.2f} {_interval(e['rank_corr_ci'], 2)} | "
+            f"{_verdict(e['holds'])} |"
+        )
+    for group, e in x["T3"]["variants"].items():
+        lines.append(
+            f"| T3 ({group}) D falls, G rises with depth after noisy training | rank corr. with "
+            f"depth D {e['D']['mean']:+.2f}{_interval(e['D']['ci'], 2)}, G "
+            f"{e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)} | {_verdict(e['holds'])} |"
+        )
+    lines += ["", "## Networks", "", "| network | test accuracy | shift consistency, 1,000 "
+              "images x 1 pair | all 10,000 x 5 pairs (SE) | R last probe | R logits |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, n in x["networks"].items():
+        full = (
+            f"{n['shift_consistency_test_set']:.4f} ({n['shift_consistency_test_set_se']:.4f})"
+            if "shift_consistency_test_set" in n
+            else "-"
+        )
+        consistency = f"{n['shift_consistency']:.3f}" if "shift_consistency" in n else "-"
+        lines.append(
+            f"| {name} | {n['test_accuracy']:.4f} | {consistency} | {full} "
+            f"| {n.get('R_last', math.nan):.3f} | {n.get('R_output', math.nan):.3f} |"
+        )
+    lines += _z1_extended_lines(z1)
+    lines += _t2_lines(t2)
+    lines += _reproducibility_lines(x["reproducibility"])
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(holds):
+    return {True: "yes", False: "**no**", None: "n/a (fewer than 2 seeds)"}[holds]
+
+
+def _z1_extended_lines(z1):
+    zt, first = z1["test_set"], z1["first_1000"]
+    if zt.get("mean_difference") is None:
+        return []
+    lines = [
+        "",
+        "## Z1: blur vs max on the whole test set",
+        "",
+        "Per seed (blur - max, all 10,000 test images, 5 shift pairs each): "
+        + ", ".join(f"{d:+.4f}" for d in zt["difference_per_seed"])
+        + f"; mean {zt['mean_difference']:+.4f}, 95% t interval {_interval(zt['ci'], 4)}, "
+        f"Welch's p = {_p(zt['p_value'])}.",
+        "",
+    ]
+    if zt.get("mean_difference_standard_error") is not None:
+        sd = zt.get("seed_sd_of_differences")
+        lines += [
+            f"The measurement's own standard error of a difference is at most "
+            f"{zt['mean_difference_standard_error']:.4f} (mean over seeds; an upper bound, "
+            "both networks see the same images and offsets)"
+            + (f", against a seed-to-seed SD of the differences of {sd:.4f}" if sd else "")
+            + ": the measurement no longer limits the verdict; the seeds do.",
+            "",
+        ]
+    if first.get("mean_difference") is not None:
+        lines += [
+            f"The same networks measured as before (1,000 images, one pair each): "
+            f"{first['mean_difference']:+.4f} {_interval(first['ci'], 4)}.",
+            "",
+        ]
+    return lines
+
+
+def _t2_lines(t2):
+    if not t2["variants"]:
+        return []
+    lines = [
+        "",
+        "## T2: spatial vs channel pooling",
+        "",
+        "Every convolution's input channels permuted, independently per filter (seeded with the "
+        "training seed; each 2-D spatial filter kept, `deformstab_tf.permute_input_channels`); "
+        "D per probe before and after, as log(D permuted / D) with its 95% t interval over "
+        "seeds. > 0: the permutation makes the layer less stable (it relied on channel pooling).",
+        "",
+    ]
+    for v, e in t2["variants"].items():
+        lines.append(
+            f"- **{v}**: crossover at `{e['crossover']}`; "
+            + ", ".join(
+                f"{name} {p['mean']:+.2f} {_interval(p['ci'], 2)}"
+                for name, p in e["per_probe"].items()
+            )
+        )
+    return lines
+
+
+def _reproducibility_lines(reproducibility):
+    r = reproducibility
+    if not any(entry["differences"] for entry in r.values()):
+        return []
+    lines = [
+        "",
+        "## Reproducibility across machines",
+        "",
+        "Retrained network - committed network of the same variant and seed (the committed ones "
+        "were trained on another CPU bfloat16 path), against the committed seed-to-seed SD:",
+        "",
+        "| quantity | differences | mean abs | committed seed SD | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for key, entry in r.items():
+        if not entry["differences"]:
+            continue
+        spread = entry["committed_seed_sd"]
+        sd = np.mean(list(spread.values())) if spread else math.nan
+        ratio = entry["ratio"] if entry["ratio"] is not None else math.nan
+        lines.append(
+            f"| {key} | "
+            + ", ".join(f"{n} {d:+.4f}" for n, d in entry["differences"].items())
+            + f" | {entry['mean_abs']:.4f} | {sd:.4f} | {ratio:.1f} |"
+        )
+    return lines
+
+
+def _p(value):
+    return "n/a" if value is None else f"{value:.3g}"

@@ -22,18 +22,31 @@ _PREDICTORS = weakref.WeakKeyDictionary()  # traced top-1 function per model, di
 
 
 def shift_consistency(
-    model, images, max_shift, batch_size=64, fill_mode="wrap", seed=None, extra_inputs=None
+    model,
+    images,
+    max_shift,
+    batch_size=64,
+    fill_mode="wrap",
+    seed=None,
+    extra_inputs=None,
+    pairs_per_image=1,
 ):
     """Probability that the top-1 prediction agrees for two random shifts of the same image.
 
     Each image is translated twice by whole pixels, by independent offsets `(dy, dx)` drawn
     uniformly from the integers in `[-max_shift, max_shift]` per axis (Zhang 2019 compares two
-    random crops; a shift with a fill mode keeps the model's input size). The model runs with
-    `training=False`.
+    random crops; a shift with a fill mode keeps the model's input size), `pairs_per_image`
+    times. The model runs with `training=False`.
 
     Offsets are drawn as `numpy.random.default_rng(seed).integers(-max_shift, max_shift,
-    size=(N, 2, 2), endpoint=True)`, indexed `[image, first/second shift, (dy, dx)]`; content
+    size=(N, P, 2, 2), endpoint=True)` with `P = pairs_per_image`, indexed `[image, pair,
+    first/second shift, (dy, dx)]` (with one pair, the same draws as `size=(N, 2, 2)`); content
     moves down by `dy` and right by `dx`.
+
+    The measurement's own standard error, `details["standard_error"]["output"]`, is the sample
+    standard deviation over images of each image's fraction of agreeing pairs, divided by
+    `sqrt(N)`: images are independent, the pairs of one image are not. More pairs per image
+    shrink it until the images' own spread dominates.
 
     Args:
         model: a classifier (top-1 = argmax of its flattened output): functional, `Sequential`
@@ -47,10 +60,12 @@ def shift_consistency(
         seed: seeds the offsets; the same seed gives the same number.
         extra_inputs: for a model with several inputs, the others, one row per image, held
             fixed while the images are shifted; see `normalized_sensitivity`.
+        pairs_per_image: independent shift pairs drawn per image, a positive integer.
 
     Returns:
-        A `MeasureResult` with one entry, `"output"`, the fraction of images whose two shifted
-        copies get the same top-1 class; NaN (with a warning) when the model's outputs or
+        A `MeasureResult` with one entry, `"output"`, the fraction of shift pairs whose two
+        shifted copies get the same top-1 class, and its standard error in
+        `details["standard_error"]`; NaN (with a warning) when the model's outputs or
         weights are not finite (a diverged network: NaN weights can give finite, constant
         outputs, which would read as perfect consistency).
 
@@ -61,10 +76,20 @@ def shift_consistency(
     >>> result = shift_consistency(model, images, max_shift=4, seed=0)
     >>> list(result), 0.0 <= result["output"] <= 1.0
     (['output'], True)
+    >>> more = shift_consistency(model, images, max_shift=4, seed=0, pairs_per_image=5)
+    >>> bool(more.details["standard_error"]["output"] < 0.1)
+    True
     """
     images, extras = check_probe_inputs(model, images, extra_inputs)
     return shift_consistency_from_predictor(
-        top1_predictor(model), images, max_shift, batch_size, fill_mode, seed, extras
+        top1_predictor(model),
+        images,
+        max_shift,
+        batch_size,
+        fill_mode,
+        seed,
+        extras,
+        pairs_per_image=pairs_per_image,
     )
 
 
@@ -108,7 +133,14 @@ def top1_predictor(model):
 
 
 def shift_consistency_from_predictor(
-    predict_top1, images, max_shift, batch_size=64, fill_mode="wrap", seed=None, extras=()
+    predict_top1,
+    images,
+    max_shift,
+    batch_size=64,
+    fill_mode="wrap",
+    seed=None,
+    extras=(),
+    pairs_per_image=1,
 ):
     """`shift_consistency` given `top1_predictor(model)`, checked `images` and the model's other
     inputs `extras` (checked tensors, see `check_probe_inputs`), for reuse."""
@@ -118,33 +150,43 @@ def shift_consistency_from_predictor(
         )
     check_positive_int("batch_size", batch_size)
     check_choice("fill_mode", fill_mode, FILL_MODES)
+    check_positive_int("pairs_per_image", pairs_per_image)
     num_images = int(images.shape[0])
     rng = np.random.default_rng(resolve_seed(seed))
-    offsets = rng.integers(-max_shift, max_shift, size=(num_images, 2, 2), endpoint=True)
+    offsets = rng.integers(
+        -max_shift, max_shift, size=(num_images, pairs_per_image, 2, 2), endpoint=True
+    )
 
-    agree, diverged = [], False
+    agree, diverged = [], False  # agree: per batch, (images, pairs) booleans
     for start in range(0, num_images, batch_size):
         batch = images[start : start + batch_size]
-        batch_offsets = offsets[start : start + batch_size]
         batch_extras = [e[start : start + batch_size] for e in extras]
-        first, second = (
-            predict_top1(
-                shift(batch, batch_offsets[:, k, 0], batch_offsets[:, k, 1], fill_mode=fill_mode),
-                batch_extras,
+        pairs = []
+        for pair in offsets[start : start + batch_size].transpose(1, 0, 2, 3):
+            first, second = (
+                np.asarray(
+                    predict_top1(
+                        shift(batch, pair[:, k, 0], pair[:, k, 1], fill_mode=fill_mode),
+                        batch_extras,
+                    )
+                )
+                for k in (0, 1)
             )
-            for k in (0, 1)
-        )
-        first, second = np.asarray(first), np.asarray(second)
-        diverged = diverged or bool((first < 0).any() or (second < 0).any())
-        agree.append(first == second)
-    consistency = math.nan if diverged else float(np.mean(np.concatenate(agree)))
+            diverged = diverged or bool((first < 0).any() or (second < 0).any())
+            pairs.append(first == second)
+        agree.append(np.stack(pairs, axis=1))
+    per_image = np.concatenate(agree).mean(axis=1)
+    consistency = math.nan if diverged else float(per_image.mean())
+    error = math.nan if diverged else float(per_image.std(ddof=1) / math.sqrt(num_images))
     if diverged:
         warn_non_finite("shift_consistency", ["output"])
     return MeasureResult(
         "shift_consistency",
         {"output": consistency},
+        details={"standard_error": {"output": error}},
         metadata={
             "num_images": num_images,
+            "pairs_per_image": int(pairs_per_image),
             "max_shift": int(max_shift),
             "fill_mode": fill_mode,
             "seed": seed,

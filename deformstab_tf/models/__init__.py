@@ -8,6 +8,10 @@
 - `downsampling_layers`: maps a switch value to the layers of one downsampling unit.
 - `probe_layer_names`: the probe points (`input`, `block{b}_conv{k}`, `block{b}_down`, ...) in
   forward order, for the stability measures.
+- `fully_connected`, `lenet`, `mobilenet_v2`, `efficientnet_b0`: reference architectures of
+  Petrini et al.'s (2021) CIFAR-10 comparison (no switch; probed at the `"units"` selection).
+- `permute_input_channels`: a copy whose convolutions have their input channels permuted per
+  filter (Tomasini et al. 2022's channel-pooling test).
 """
 
 from deformstab_tf.models.downsampling import (
@@ -19,6 +23,8 @@ from deformstab_tf.models.downsampling import (
     probe_layer_names,
 )
 from deformstab_tf.models.normalization import BatchNormalization
+from deformstab_tf.models.permutation import permute_input_channels
+from deformstab_tf.models.reference import efficientnet_b0, fully_connected, lenet, mobilenet_v2
 from deformstab_tf.models.resnet import build_resnet, resnet18
 from deformstab_tf.models.vgg import build_vgg, cifar_vgg, imagenet_vgg
 
@@ -32,7 +38,12 @@ __all__ = [
     "build_vgg",
     "cifar_vgg",
     "downsampling_layers",
+    "efficientnet_b0",
+    "fully_connected",
     "imagenet_vgg",
+    "lenet",
+    "mobilenet_v2",
+    "permute_input_channels",
     "probe_layer_names",
     "resnet18",
 ]
