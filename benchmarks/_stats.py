@@ -214,3 +214,55 @@ def reproducibility(retrained, committed, keys):
             "ratio": mean_abs / spread if mean_abs is not None and spread else None,
         }
     return out
+
+
+def fisher_interval(r, n, confidence=0.95):
+    """Interval of a Spearman correlation `r` of `n` pairs by Fisher's z, with Fieller, Hartley
+    and Pearson's (1957) variance 1.06 / (n - 3); None below 4 pairs."""
+    if n < 4 or not np.isfinite(r):
+        return None
+    z, half = np.arctanh(np.clip(r, -0.999999, 0.999999)), stats.norm.ppf(0.5 + confidence / 2)
+    half *= math.sqrt(1.06 / (n - 3))
+    return [float(np.tanh(z - half)), float(np.tanh(z + half))]
+
+
+def p1_statistics(points):
+    """P1 (Petrini et al. 2021): does R at the output predict test error across networks?
+
+    Fits log(error) = a + b log(R) by least squares (b's 95% t interval, n - 2 degrees of
+    freedom) beside the paper's error = 0.2 sqrt(R) (b = 0.5, exp(a) = 0.2), and gives the
+    Spearman correlation of the error with R and with D, each with a Fisher-z interval. Holds
+    when the correlation with R has its interval above 0 (None below 4 networks).
+
+    Args:
+        points: `[{"error", "R", "D", ...}]`, one per network.
+    """
+    usable = [p for p in points if p["error"] > 0 and p["R"] > 0 and p["D"] > 0]
+    n = len(usable)
+    out = {
+        "method": "least squares of log error on log R, 95% t interval of the slope; Spearman "
+        "correlations with Fisher-z intervals (variance 1.06 / (n - 3)); holds when the "
+        "correlation of error with R lies above 0",
+        "networks": n,
+        "paper": {"slope": 0.5, "prefactor": 0.2},
+    }
+    if n < 3:
+        return {**out, "holds": None}
+    error = np.array([p["error"] for p in usable])
+    r, d = np.array([p["R"] for p in usable]), np.array([p["D"] for p in usable])
+    fit = stats.linregress(np.log(r), np.log(error))
+    half = t_quantile(n - 1) * fit.stderr  # n - 2 degrees of freedom
+    rho_r, rho_d = spearman(error, r), spearman(error, d)
+    ci_r, ci_d = fisher_interval(rho_r, n), fisher_interval(rho_d, n)
+    return {
+        **out,
+        "slope": float(fit.slope),
+        "slope_ci": [float(fit.slope - half), float(fit.slope + half)],
+        "prefactor": float(np.exp(fit.intercept)),
+        "r_squared": float(fit.rvalue**2),
+        "spearman_R": rho_r,
+        "spearman_R_ci": ci_r,
+        "spearman_D": rho_d,
+        "spearman_D_ci": ci_d,
+        "holds": None if ci_r is None else bool(ci_r[0] > 0),
+    }

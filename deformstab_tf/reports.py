@@ -316,7 +316,8 @@ class Run:
             MeasureResult}}]` (`stability/measurements.json`).
         summary: `summary.json` (None while the run is unfinished).
         metrics: `metrics.csv` by column, one float per finished epoch (`{"accuracy": [...],
-            "val_accuracy": [...], ...}`; NaN where a cell is empty).
+            "val_accuracy": [...], ...}`; NaN where a cell is empty or `NA`: an epoch without
+            validation, see `validate_every`).
     """
 
     directory: str
@@ -385,7 +386,7 @@ def _read_metrics(directory):
         rows = list(csv.DictReader(file))
     columns = rows[0].keys() if rows else ()
     return {
-        c: [float(row[c]) if row[c] not in ("", None) else math.nan for row in rows]
+        c: [float(row[c]) if row[c] not in ("", "NA", None) else math.nan for row in rows]
         for c in columns
     }
 

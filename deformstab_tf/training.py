@@ -117,6 +117,7 @@ DEFAULTS = {
     "grid_size": 3,
     "cutoff": 3,
     "measure_every": 1,
+    "validate_every": 1,
     "smooth_init_sigma": 0.0,
     "strategy": "default",
     "mixed_precision": "auto",
@@ -173,7 +174,15 @@ def check_config(config):
     check_choice("mixed_precision", config["mixed_precision"], PRECISIONS)
     check_bool("deterministic", config["deterministic"])
     check_choice("synthetic_prototypes", config["synthetic_prototypes"], data_sources.PROTOTYPES)
-    for name in ("epochs", "batch_size", "measure_every", "pool_size", "strides", "blur_size"):
+    for name in (
+        "epochs",
+        "batch_size",
+        "measure_every",
+        "validate_every",
+        "pool_size",
+        "strides",
+        "blur_size",
+    ):
         check_positive_int(name, config[name])
     for name in (
         "synthetic_classes",
@@ -261,6 +270,11 @@ def check_config(config):
                     f"{config['model']} has no `{name}` setting (leave it at its default "
                     f"{DEFAULTS[name]!r}); received {name}={config[name]!r}."
                 )
+    if config["epochs"] % config["validate_every"]:
+        raise ValueError(
+            f"`validate_every`={config['validate_every']} must divide `epochs`="
+            f"{config['epochs']}, so that the last epoch is validated."
+        )
     if config["measures"]:
         if config["measure_every"] > config["epochs"]:
             raise ValueError(
@@ -380,8 +394,9 @@ def train_run(output_dir, verbose=1, download=True, **config):
             `batch_size`, `optimizer`, `learning_rate`, `momentum`, `schedule`,
             `weight_decay`, `seed`), measurement (`probe_size` test images, `measures`, the
             probe `deformation` name and `magnitude`, `grid_size` / `cutoff`,
-            `measure_every` epochs), `smooth_init_sigma` (Gaussian smoothing of the initial
-            filters, 0 = off), `strategy` (`"default"`, `"mirrored"`, `"multi_worker"` with
+            `measure_every` epochs), `validate_every` (evaluate on the test split after every
+            n-th epoch, a divisor of `epochs`), `smooth_init_sigma` (Gaussian smoothing of the
+            initial filters, 0 = off), `strategy` (`"default"`, `"mirrored"`, `"multi_worker"` with
             `TF_CONFIG`), `mixed_precision` (`"auto"`, `"float32"`, `"bfloat16"`,
             `"float16"`; see `resolve_precision`: the precision used is recorded in
             `config.json` and a resumed run keeps it), `deterministic` (TensorFlow's op
@@ -508,6 +523,7 @@ def _train(output_dir, config, state, precision, verbose, download, started, cpu
         epochs=config["epochs"],
         shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
         validation_data=test,
+        validation_freq=config["validate_every"],
         callbacks=callbacks,
         verbose=verbose,
     )

@@ -74,6 +74,57 @@ def test_paper_scale_statistics_against_closed_forms(monkeypatch):
     assert "Welch's p = " in _z1_disagreement_lines(apart)[1]
 
 
+def test_extended_statistics_against_closed_forms():
+    replicate = _stats_module()
+    # T2: D doubles after the permutation at the deepest probes only, in every seed.
+    names = ["input", "a", "b", "c", "d"]
+    before = {n: [1.0, 2.0, 4.0] for n in names}
+    factors = {"input": 1.0, "a": 1.0, "b": 1.02, "c": 2.0, "d": 4.0}
+    jitter = [1.0, 1.05, 0.97]
+    after = {n: [v * factors[n] * j for v, j in zip(before[n], jitter, strict=True)]
+             for n in names}  # fmt: skip
+    t2 = replicate.t2_statistics({"max": {"D": before}}, {"max": {"D": after}})
+    entry = t2["variants"]["max"]
+    assert list(entry["per_probe"]) == ["a", "b", "c", "d"]  # the input left out
+    assert entry["per_probe"]["d"]["log_ratio"] == pytest.approx(np.log(4 * np.array(jitter)))
+    assert entry["per_probe"]["d"]["mean"] == pytest.approx(np.log(4) + np.log(jitter).mean())
+    assert entry["rank_corr"] == pytest.approx([1.0, 1.0, 1.0])
+    assert entry["crossover"] == "c" and entry["holds"] is True
+
+    # Z1's measurement error: sqrt(se_b^2 + se_m^2) per seed, beside the seeds' spread.
+    def estimates(*pairs):
+        return [{"value": v, "standard_error": e} for v, e in pairs]
+
+    error = replicate.z1_measurement_error(
+        {
+            "max": estimates((0.90, 0.003), (0.91, 0.004)),
+            "blur": estimates((0.92, 0.004), (0.92, 0.003)),
+        }
+    )
+    assert error["difference_standard_error_per_seed"] == pytest.approx([0.005, 0.005])
+    assert error["seed_sd_of_differences"] == pytest.approx(np.std([0.02, 0.01], ddof=1))
+    # Reproducibility: retrained - committed, against the committed seeds' SD.
+    committed = {"max": {0: {"a": 0.87}, 1: {"a": 0.88}, 2: {"a": 0.86}}}
+    again = replicate.reproducibility({"max": {0: {"a": 0.89}}}, committed, ["a"])["a"]
+    assert again["differences"] == {"max_s0": pytest.approx(0.02)}
+    assert again["committed_seed_sd"]["max"] == pytest.approx(0.01)
+    assert again["ratio"] == pytest.approx(2.0)
+    # P1: error = 0.3 R^0.4 exactly, D unrelated: slope 0.4, prefactor 0.3; Spearman by hand.
+    r = np.array([0.01, 0.05, 0.1, 0.3, 0.6, 1.0])
+    d = np.array([0.5, 0.1, 0.9, 0.3, 0.2, 0.4])
+    points = [{"error": 0.3 * x**0.4, "R": x, "D": y} for x, y in zip(r, d, strict=True)]
+    p1 = replicate.p1_statistics(points)
+    assert p1["slope"] == pytest.approx(0.4) and p1["prefactor"] == pytest.approx(0.3)
+    assert p1["slope_ci"] == pytest.approx([0.4, 0.4], abs=1e-9)  # an exact fit
+    assert p1["spearman_R"] == pytest.approx(1.0)
+    # ranks of D: 5 1 6 3 2 4 against 1..6: 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6*40/210
+    assert p1["spearman_D"] == pytest.approx(1 - 6 * 40 / 210)
+    z, half = np.arctanh(1 - 6 * 40 / 210), 1.959964 * math.sqrt(1.06 / 3)
+    assert p1["spearman_D_ci"] == pytest.approx([np.tanh(z - half), np.tanh(z + half)], abs=1e-5)
+    assert p1["holds"] is True
+    assert replicate.p1_statistics(points[:2])["holds"] is None
+
+
 def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     from replication.report import _keras_batch_norm_lines
@@ -308,7 +359,9 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
 
     # The extended studies: retrained networks, trained then measured by separate runs.
     extended_args = [*args, "--scale=extended", "--z1_seeds=2", "--t2_seeds=1",
-                     "--t3_seeds=1", "--paper_epochs=1", "--paper_train_size=24"]  # fmt: skip
+                     "--t3_seeds=1", "--paper_epochs=1", "--paper_train_size=24",
+                     "--p1_architectures=lenet,fully_connected", "--p1_sizes=24",
+                     "--p1_steps=5"]  # fmt: skip
     run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=600)
     trained = run([*extended_args, "--train_next"])
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -326,8 +379,9 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert extended["missing"] == []
     noisy = ["max_noise0.05_s0", "max_noise0.15_s0", "strided_noise0.05_s0",
              "strided_noise0.15_s0"]  # fmt: skip
+    p1 = ["fully_connected_n24_s0", "lenet_n24_s0"]
     assert sorted(extended["networks"]) == sorted(
-        ["blur_s0", "blur_s1", "max_s0", "max_s1", "strided_s0", *noisy]
+        ["blur_s0", "blur_s1", "max_s0", "max_s1", "strided_s0", *noisy, *p1]
     )
     network = extended["networks"]["max_s0"]
     assert network["cpu_bfloat16"] == cpu_bfloat16_path() or network["cpu_bfloat16"] is None
@@ -358,6 +412,24 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
         (tmp_path / "runs" / "noisy" / "max_noise0.15_s0" / "config.json").read_text()
     )
     assert config["config"]["augment"] == ["standard", "noise:0.15"]
+    # P1: a point per network (the retrained max_s0 as the VGG on all images), the fit of
+    # log error on log R against the numbers it is made of.
+    points = extended["P1"]["points"]
+    assert sorted(p["name"] for p in points) == [
+        "cifar_vgg_n50000 (retrained/max_s0)", "fully_connected_n24", "lenet_n24",
+    ]  # fmt: skip
+    with open(docs / "replication" / "experiments" / "p1" / "lenet_n24.json") as file:
+        lenet = json.load(file)
+    (lenet_point,) = [p for p in points if p["name"] == "lenet_n24"]
+    assert lenet_point["error"] == pytest.approx(1 - lenet["test_accuracy"])
+    assert lenet_point["R"] == lenet["output_stability"]["R"]
+    assert lenet["output_stability"]["layer"] == "logits"
+    slope = np.polyfit(np.log([p["R"] for p in points]), np.log([p["error"] for p in points]), 1)
+    assert extended["P1"]["slope"] == pytest.approx(slope[0])
+    assert extended["P1"]["holds"] is None  # 3 networks: no interval of a correlation
+    lenet_config = json.loads((tmp_path / "runs" / "p1" / "lenet_n24" / "config.json").read_text())
+    assert lenet_config["config"]["epochs"] == 5 and lenet_config["config"]["train_size"] == 24
+    assert (docs / "replication" / "extended" / "p1_error_vs_R.png").exists()
     # The retrained networks beside the committed ones of the same variant and seed.
     accuracy = extended["reproducibility"]["test_accuracy"]["differences"]
     assert sorted(accuracy) == ["blur_s0", "blur_s1", "max_s0", "max_s1"]

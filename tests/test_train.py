@@ -546,3 +546,16 @@ def test_a_reference_model_trains_and_rejects_the_switch_settings(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             check_config(settings)
+
+
+def test_validate_every_validates_only_every_nth_epoch_and_the_last(tmp_path):
+    run_dir = str(tmp_path / "every2")
+    train_run(run_dir, verbose=0, **{**TINY, "epochs": 4, "validate_every": 2, "measures": []})
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        rows = list(csv.DictReader(file))
+    assert [row["val_accuracy"] == "NA" for row in rows] == [True, False, True, False]
+    assert all(row["accuracy"] not in ("", "NA") for row in rows)
+    with pytest.raises(ValueError, match=r"`validate_every`=3 must divide `epochs`=4"):
+        check_config({"epochs": 4, "validate_every": 3})
+    with pytest.raises(ValueError, match="validate_every"):
+        check_config({"validate_every": 0})

@@ -87,6 +87,9 @@ flags.DEFINE_float(
 flags.DEFINE_integer("grid_size", 3, "TPS control grid size.")
 flags.DEFINE_integer("cutoff", 3, "Diffeomorphism cut-off c.")
 flags.DEFINE_integer("measure_every", 1, "Measure after every n-th epoch.")
+flags.DEFINE_integer(
+    "validate_every", 1, "Evaluate on the test split after every n-th epoch (must divide epochs)."
+)
 flags.DEFINE_float(
     "smooth_init_sigma", 0.0, "Smooth the initial filters with a Gaussian of this std (0 = off)."
 )
@@ -125,7 +128,7 @@ def config_from_flags():
         "downsample", "head", "pool_size", "strides", "blur_size", "epochs", "batch_size",
         "optimizer", "learning_rate", "momentum", "schedule", "weight_decay", "seed", "probe_size",
         "measures", "deformation", "magnitude", "grid_size", "cutoff", "measure_every",
-        "smooth_init_sigma", "strategy", "mixed_precision", "deterministic",
+        "validate_every", "smooth_init_sigma", "strategy", "mixed_precision", "deterministic",
     ]  # fmt: skip
     config = {name: FLAGS[name].value for name in names}
     config["augment"] = [spec.replace(";", ",") for spec in FLAGS.augment]

@@ -53,7 +53,7 @@ PAPER_PILOTS = [
 
 
 # The kinds of experiment trained at paper scale, whose results are committed under docs/.
-COMMITTED_KINDS = ("paper", "retrained", "noisy")
+COMMITTED_KINDS = ("paper", "retrained", "noisy", "p1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +267,46 @@ def extended_plan(s, paper_recipe, trained_measures):
         for sigma in T3_NOISE
         for v in ("max", "strided")
     ]
+    # P1: architectures x training-set sizes, one seed; the VGGs on all 50,000 images are the
+    # retrained networks above.
+    rows += [
+        Experiment(
+            f"p1/{architecture}_n{size}",
+            {"architecture": architecture, "train_size": size, "seed": 0},
+            p1_recipe(s, paper_recipe("max", 0), architecture, size),
+            ("relative_stability", "output"),
+        )
+        for architecture in s.p1_architectures
+        for size in map(int, s.p1_sizes)
+        if (architecture, size) not in P1_LEFT_OUT
+    ]
     return rows
+
+
+# P1 networks not trained: the VGG on all images is `retrained/max_s0`; EfficientNetB0 on all
+# images would take about 2.5 h on 2 CPU cores (about 1 s per step).
+P1_LEFT_OUT = {("cifar_vgg", 50000), ("efficientnet_b0", 50000)}
+P1_LEARNING_RATE = {"fully_connected": 0.1, "lenet": 0.1}  # others: the recipe's
+
+
+def p1_recipe(s, recipe, architecture, size):
+    """The paper recipe for one P1 network on `size` images: `--p1_steps` SGD steps below
+    50,000 images (on all of them the recipe's epochs), cosine to 0 as always, validated and
+    measured 5 times."""
+    epochs = recipe["epochs"]
+    if size < 50000:
+        steps_per_epoch = -(-size // s.batch_size)
+        epochs = 5 * -(-s.p1_steps // (5 * steps_per_epoch))  # a multiple of 5
+    return {
+        **recipe,
+        "model": architecture,
+        "blocks": None,
+        "train_size": size,
+        "epochs": epochs,
+        "validate_every": epochs // 5,
+        "measure_every": epochs // 5,
+        "learning_rate": P1_LEARNING_RATE.get(architecture, RECIPE["learning_rate"]),
+    }
 
 
 class Runner:
@@ -575,6 +614,7 @@ def gather_extended(settings, experiments, finished):
     the finished networks); networks of another path are listed under `cpu_bfloat16.excluded`.
     """
     from _stats import (  # benchmarks/ is on sys.path
+        p1_statistics,
         reproducibility,
         t1_statistics,
         t2_statistics,
@@ -584,14 +624,18 @@ def gather_extended(settings, experiments, finished):
 
     s, done = settings, []
     cpu = wall = 0.0
-    groups = {"retrained": {}, "noisy": {}}  # kind -> group -> seed -> result
+    groups = {"retrained": {}, "noisy": {}, "p1": {}}  # kind -> group -> seed -> result
     for experiment, r in finished:
         done.append(experiment.name)
         cpu += r.get("cpu_seconds", 0.0)
         wall += r.get("wall_seconds", 0.0)
-        if experiment.kind in groups:
+        if experiment.kind == "p1":
+            group = f"{r['architecture']}_n{r['train_size']}"
+        elif experiment.kind in groups:
             group = r["variant"] + (f"_noise{number(r['noise'])}" if "noise" in r else "")
-            groups[experiment.kind].setdefault(group, {})[r["seed"]] = r
+        else:
+            continue
+        groups[experiment.kind].setdefault(group, {})[r["seed"]] = r
     every = [
         (f"{group}_s{seed}", r) for kind in groups.values() for group, seeds in kind.items()
         for seed, r in seeds.items()
@@ -607,6 +651,17 @@ def gather_extended(settings, experiments, finished):
         for kind, members in groups.items()
     }
     retrained, noisy = groups["retrained"], groups["noisy"]
+    p1_points = [
+        {"name": group, "architecture": r["architecture"], "train_size": r["train_size"],
+         **p1_point(r)}
+        for group, seeds in groups["p1"].items() for r in seeds.values()
+    ]  # fmt: skip
+    if 0 in retrained.get("max", {}):  # the VGG on all images: P1's cifar_vgg at 50,000
+        r = retrained["max"][0]
+        p1_points.append(
+            {"name": "cifar_vgg_n50000 (retrained/max_s0)", "architecture": "cifar_vgg",
+             "train_size": 50000, **p1_point(r)}
+        )  # fmt: skip
     networks = {
         f"{group}_s{seed}": network_headline(r) for kind in groups.values()
         for group, seeds in kind.items() for seed, r in seeds.items()
@@ -658,6 +713,7 @@ def gather_extended(settings, experiments, finished):
         "networks": networks,
         "Z1": z1,
         "T1": t1_statistics({v: {"trained": p} for v, p in profiles.items()}),
+        "P1": {"points": p1_points, **p1_statistics(p1_points)},
         "T2": t2_statistics(profiles, permuted),
         "T3": t1_statistics(
             {
@@ -678,6 +734,17 @@ def gather_extended(settings, experiments, finished):
             committed,
             keys,
         ),  # fmt: skip
+    }
+
+
+def p1_point(r):
+    """A network's P1 numbers: test error and D, G, R at the logits (and R at the last probe)."""
+    output = r["output_stability"]
+    last = list(r["relative_stability"]["R"])[-1]
+    return {
+        "error": 1.0 - r["test_accuracy"],
+        **{c: output[c] for c in ("R", "D", "G")},
+        "R_last": r["relative_stability"]["R"][last],
     }
 
 

@@ -605,6 +605,12 @@ EXTENDED_MARKER = "<!-- extended studies: written by replicate.py --scale=extend
 def write_extended_report(docs_dir, extended):
     """results.json gains (or replaces) `"extended"`; replication.md keeps what is above the
     extended section's marker and gets the section anew."""
+    directory = os.path.join(docs_dir, "replication", "extended")
+    os.makedirs(directory, exist_ok=True)
+    figures = {}
+    if draw_p1_figure(extended["P1"], os.path.join(directory, "p1_error_vs_R.png")):
+        figures["p1"] = "replication/extended/p1_error_vs_R.png"
+    extended = {**extended, "figures": figures}
     results = _read_results(docs_dir)
     write_json(
         os.path.join(docs_dir, "replication", "results.json"), {**results, "extended": extended}
@@ -659,6 +665,14 @@ def extended_markdown(x):
             f"permuted / D) with depth {mean:+.2f} {_interval(e['rank_corr_ci'], 2)} | "
             f"{_verdict(e['holds'])} |"
         )
+    p1 = x["P1"]
+    if p1.get("slope") is not None:
+        lines.append(
+            f"| P1 R at the output predicts test error across architectures and sizes | "
+            f"Spearman(error, R) {p1['spearman_R']:+.2f}{_interval(p1['spearman_R_ci'], 2)}; "
+            f"slope of log error on log R {p1['slope']:.2f}{_interval(p1['slope_ci'], 2)} "
+            f"(paper 0.5), {p1['networks']} networks | {_verdict(p1['holds'])} |"
+        )
     for group, e in x["T3"]["variants"].items():
         lines.append(
             f"| T3 ({group}) D falls, G rises with depth after noisy training | rank corr. with "
@@ -679,10 +693,81 @@ def extended_markdown(x):
             f"| {name} | {n['test_accuracy']:.4f} | {consistency} | {full} "
             f"| {n.get('R_last', math.nan):.3f} | {n.get('R_output', math.nan):.3f} |"
         )
+    lines += _p1_lines(p1, x.get("figures", {}))
     lines += _z1_extended_lines(z1)
     lines += _t2_lines(t2)
     lines += _reproducibility_lines(x["reproducibility"])
     return "\n".join(lines) + "\n"
+
+
+def _p1_lines(p1, figures):
+    if not p1.get("points"):
+        return []
+    lines = [
+        "",
+        "## P1: relative stability and test error across architectures",
+        "",
+        "D, G and R at the logits (diffeomorphisms delta = 1 px, c = 3, 500 test images, noise "
+        "of the same norm), test error on all 10,000 test images; one seed per architecture and "
+        "size.",
+        "",
+        "| network | test error | R logits | D logits | G logits | R last probe |",
+        "|---|---|---|---|---|---|",
+    ]
+    for point in sorted(p1["points"], key=lambda q: q["R"]):
+        lines.append(
+            f"| {point['name']} | {point['error']:.3f} | {point['R']:.3g} | {point['D']:.3g} | "
+            f"{point['G']:.3g} | {point['R_last']:.3g} |"
+        )
+    if p1.get("slope") is not None:
+        d = p1["spearman_D"]
+        lines += [
+            "",
+            f"Fit over {p1['networks']} networks: error = {p1['prefactor']:.2f} R^"
+            f"{p1['slope']:.2f} (slope 95% interval {_interval(p1['slope_ci'], 2).strip()}, "
+            f"R^2 = {p1['r_squared']:.2f}); the paper: error = 0.2 R^0.5. Spearman correlation of "
+            f"the error with R {p1['spearman_R']:+.2f}{_interval(p1['spearman_R_ci'], 2)}, "
+            f"with D {d:+.2f}{_interval(p1['spearman_D_ci'], 2)}.",
+        ]
+    if "p1" in figures:
+        lines += ["", f"![P1: test error against R]({figures['p1']})"]
+    return lines
+
+
+def draw_p1_figure(p1, path):
+    """Test error against R at the logits, log-log: a colour per architecture, a marker per
+    training-set size, the paper's error = 0.2 sqrt(R)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = p1.get("points", [])
+    if not points:
+        return False
+    architectures = sorted({q["architecture"] for q in points})
+    sizes = sorted({q["train_size"] for q in points})
+    markers = dict(zip(sizes, "osD^v<>", strict=False))
+    colours = dict(zip(architectures, plt.cm.tab10.colors, strict=False))
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for q in points:
+        axis.scatter(q["R"], q["error"], color=colours[q["architecture"]],
+                     marker=markers[q["train_size"]], s=45)  # fmt: skip
+    r = np.geomspace(min(q["R"] for q in points) / 2, max(q["R"] for q in points) * 2, 50)
+    axis.plot(r, 0.2 * np.sqrt(r), "k--", lw=1, label="paper: 0.2 sqrt(R)")
+    if p1.get("slope") is not None:
+        axis.plot(r, p1["prefactor"] * r ** p1["slope"], "k:", lw=1, label="fit here")
+    for name, colour in colours.items():
+        axis.scatter([], [], color=colour, label=name)
+    for size, marker in markers.items():
+        axis.scatter([], [], color="grey", marker=marker, label=f"{size:,} images")
+    axis.set(xscale="log", yscale="log", xlabel="R = D / G at the logits", ylabel="test error")
+    axis.legend(fontsize=7, loc="best")
+    axis.set_title("P1: relative stability and test error (CIFAR-10)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
 
 
 def _verdict(holds):
