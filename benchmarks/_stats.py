@@ -182,6 +182,20 @@ def t2_statistics(relative, permuted):
     }
 
 
+def sd_interval(values, confidence=0.95):
+    """The sample SD of `values` and its chi-square interval (normal values; n - 1 degrees of
+    freedom); None below 2 values. From 3 values the interval spans a factor of about 12."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return None
+    sd = float(np.std(values, ddof=1))
+    tail = (1 - confidence) / 2
+    lo = sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - tail, n - 1))
+    hi = sd * math.sqrt((n - 1) / stats.chi2.ppf(tail, n - 1))
+    return {"sd": sd, "ci": [float(lo), float(hi)], "n": n}
+
+
 def reproducibility(retrained, committed, keys):
     """How far retrained networks land from their committed numbers, against the committed
     seed-to-seed spread.
@@ -207,11 +221,23 @@ def reproducibility(retrained, committed, keys):
                 spreads[v] = float(np.std(values, ddof=1))
         mean_abs = float(np.mean(np.abs(list(differences.values())))) if differences else None
         spread = float(np.mean(list(spreads.values()))) if spreads else None
+        # The seed-to-seed SD of each variant on both machines, with its chi-square interval:
+        # an SD from 3 seeds is itself uncertain by a large factor.
+        seed_sd = {
+            v: {
+                "committed": sd_interval(
+                    [r[key] for r in committed.get(v, {}).values() if key in r]
+                ),
+                "retrained": sd_interval([r[key] for r in seeds.values() if key in r]),
+            }
+            for v, seeds in retrained.items()
+        }
         out[key] = {
             "differences": differences,
             "mean_abs": mean_abs,
             "committed_seed_sd": spreads,
             "ratio": mean_abs / spread if mean_abs is not None and spread else None,
+            "seed_sd": seed_sd,
         }
     return out
 

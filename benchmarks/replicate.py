@@ -152,7 +152,8 @@ def main(argv):
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
-    run_args = [a for a in sys.argv if not a.startswith("--report_only")]
+    stages = ("--report_only", "--measure_trained", "--train_next")  # not part of the command
+    run_args = [a for a in sys.argv if not a.startswith(stages)]
     settings.command = "python " + " ".join(shlex.quote(a) for a in run_args)
     if not os.path.isdir(os.path.join(settings.cifar10, "train")):
         raise app.UsageError(

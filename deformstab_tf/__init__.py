@@ -51,6 +51,7 @@ from deformstab_tf.models import (
     mobilenet_v2,
     permute_input_channels,
     probe_layer_names,
+    recalibrate_batch_norm,
     resnet18,
 )
 from deformstab_tf.plots import plot_profile
@@ -85,6 +86,7 @@ __all__ = [
     "permute_input_channels",
     "plot_profile",
     "probe_layer_names",
+    "recalibrate_batch_norm",
     "relative_stability",
     "resnet18",
     "shift",

@@ -5,7 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from deformstab_tf.models import BatchNormalization, cifar_vgg
+from deformstab_tf.models import (
+    BatchNormalization,
+    cifar_vgg,
+    permute_input_channels,
+    recalibrate_batch_norm,
+)
 from tests.backends import BACKEND, as_numpy, traced
 
 pytestmark = pytest.mark.backends
@@ -205,3 +210,49 @@ def test_config_round_trip_and_builders_use_it(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded.get_layer("block1_conv1_bn")) is BatchNormalization
+
+
+def test_recalibrate_batch_norm_sets_image_weighted_batch_statistics():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    norm = BatchNormalization(name="bn", momentum=0.9)(conv)
+    outputs = keras.layers.ReLU()(keras.layers.Conv2D(3, 1, name="conv2")(norm))
+    model = keras.Model(inputs, [outputs])
+    images = np.random.default_rng(0).normal(1.0, 2.0, (48, 6, 6, 2)).astype("float32")
+    gamma = as_numpy(model.get_layer("bn").gamma)
+    assert recalibrate_batch_norm(model, images, batch_size=32) == 1  # batches of 32 and 16
+    pre = as_numpy(keras.Model(inputs, conv)(images)).astype("float64")
+    first, second = pre[:32], pre[32:]
+    expected_mean = pre.mean(axis=(0, 1, 2))  # = (32 m1 + 16 m2) / 48
+    expected_var = (32 * first.var(axis=(0, 1, 2)) + 16 * second.var(axis=(0, 1, 2))) / 48
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(as_numpy(bn.moving_mean), expected_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(as_numpy(bn.moving_variance), expected_var, rtol=1e-4)
+    assert bn.momentum == 0.9  # restored
+    np.testing.assert_array_equal(as_numpy(bn.gamma), gamma)
+    with pytest.raises(ValueError, match="batch_size"):
+        recalibrate_batch_norm(model, images, batch_size=0)
+    with pytest.raises(TypeError, match="model"):
+        recalibrate_batch_norm("model.keras", images)
+
+
+def test_recalibrated_permuted_network_normalises_its_new_pre_activations():
+    """After permuting the input channels, the first BN's statistics are those of the permuted
+    convolution's outputs (before: of the original's), and nested models are reached."""
+    keras.utils.set_random_seed(4)
+    inner = cifar_vgg("max", input_shape=(16, 16, 3))
+    model = keras.Sequential([keras.Input((16, 16, 3)), inner])
+    images = np.random.default_rng(1).random((40, 16, 16, 3)).astype("float32")
+    permuted = permute_input_channels(model, seed=0)
+    count = recalibrate_batch_norm(permuted, images, batch_size=40)
+    norms = [layer for layer in inner.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert count == len(norms) == 8
+    nested = permuted.layers[0]
+    conv = nested.get_layer("block1_conv2_conv")
+    pre = as_numpy(keras.Model(nested.inputs, conv.output)(images)).astype("float64")
+    bn = nested.get_layer("block1_conv2_bn")
+    np.testing.assert_allclose(as_numpy(bn.moving_mean), pre.mean(axis=(0, 1, 2)), atol=1e-4)
+    np.testing.assert_allclose(
+        as_numpy(bn.moving_variance), pre.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5
+    )

@@ -109,6 +109,13 @@ def test_extended_statistics_against_closed_forms():
     assert again["differences"] == {"max_s0": pytest.approx(0.02)}
     assert again["committed_seed_sd"]["max"] == pytest.approx(0.01)
     assert again["ratio"] == pytest.approx(2.0)
+    # SD 0.01 of 3 values, chi-square(2) quantiles 0.050636 and 7.377759 (tables).
+    committed_sd = again["seed_sd"]["max"]["committed"]
+    assert committed_sd["sd"] == pytest.approx(0.01) and committed_sd["n"] == 3
+    assert committed_sd["ci"] == pytest.approx(
+        [0.01 * math.sqrt(2 / 7.377759), 0.01 * math.sqrt(2 / 0.050636)], rel=1e-5
+    )
+    assert again["seed_sd"]["max"]["retrained"] is None  # one retrained seed
     # P1: error = 0.3 R^0.4 exactly, D unrelated: slope 0.4, prefactor 0.3; Spearman by hand.
     r = np.array([0.01, 0.05, 0.1, 0.3, 0.6, 1.0])
     d = np.array([0.5, 0.1, 0.9, 0.3, 0.2, 0.4])
@@ -151,7 +158,7 @@ def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypa
 
 def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
-    from replication.report import _scale_change_lines, _t1_turned_variants, _z1_turned
+    from replication.report import _scale_change_text, _t1_turned_variants, _z1_turned
 
     names = ["input", "a", "b", "c"]
     falling = {n: [3.0 - i] for i, n in enumerate(names)}
@@ -177,13 +184,12 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
         "test_accuracy": {"max": [0.87], "strided": [0.86, 0.88]},
     }
     assert _t1_turned_variants(cpu, paper) == ["strided"]
-    lines = _scale_change_lines(["T1"], cpu, paper)
-    assert lines[1].startswith(
-        "- **T1**: CPU-sized -> paper scale, strided: rank corr. with depth D -1.00 -> -0.90, "
+    assert _scale_change_text("T1", cpu, paper).startswith(
+        "CPU-sized -> paper scale, strided: rank corr. with depth D -1.00 -> -0.90, "
         "G -0.50 -> +0.80; trained filters' TV/L1 1.550 -> 1.150; test accuracy 0.590 -> 0.870. "
         "Tomasini et al."
     )
-    assert _scale_change_lines(["F2"], cpu, paper) == []  # no explanation written for F2
+    assert _scale_change_text("F2", cpu, paper) is None  # no explanation written for F2
     cpu["shift_consistency"] = {"max": [0.78, 0.84], "blur": [0.80]}
     cpu["test_accuracy"]["blur"] = [0.70]
     paper["shift_consistency"] = {"max": [0.89, 0.90, 0.91], "blur": [0.91, 0.92, 0.90]}
@@ -194,10 +200,9 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
         "Z1": "blur, behind max before, is now ahead of it in every seed"
     }
     assert _z1_turned(cpu, {"difference_per_seed": [0.01, -0.002, 0.02]}) == {}
-    (line,) = _scale_change_lines(["Z1"], cpu, paper)[1:]
     # SDs: 0.06 / sqrt(2) = 0.042 over two seeds, 0.01 over three
-    assert line.startswith(
-        "- **Z1**: CPU-sized -> paper scale, blur - max -0.0100 -> +0.0100; max: seed SD of "
+    assert _scale_change_text("Z1", cpu, paper).startswith(
+        "CPU-sized -> paper scale, blur - max -0.0100 -> +0.0100; max: seed SD of "
         "shift consistency 0.042 -> 0.010, test accuracy 0.700 -> 0.870; blur: seed SD of shift "
         "consistency n/a (1 seed) -> 0.010, test accuracy 0.700 -> 0.880. Zhang's"
     )
@@ -206,7 +211,7 @@ def test_a_changed_verdict_shows_the_numbers_behind_it_t1_and_z1(monkeypatch):
 def test_a_finding_that_fails_at_paper_scale_says_which_seeds_decide_it(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     from _stats import t1_statistics, z1_statistics
-    from replication.report import _paper_failure_lines
+    from replication.report import _paper_failure_text
 
     names = ["input", "a", "b", "c", "d"]
 
@@ -229,11 +234,12 @@ def test_a_finding_that_fails_at_paper_scale_says_which_seeds_decide_it(monkeypa
         }
     )
     assert [e["holds"] for e in t1["variants"].values()] == [True, False, False]
-    lines = _paper_failure_lines({"T1": False, "Z1": True, "F2": True}, t1, {})
-    assert lines[:3] == ["", "Findings that do not hold at paper scale, and why we think so:", ""]
-    (line,) = lines[3:]
+    shown = {"T1": False, "Z1": True, "F2": True}
+    assert _paper_failure_text("Z1", shown, t1, {}) is None  # Z1 and F2 hold: nothing to say
+    assert _paper_failure_text("F2", shown, t1, {}) is None
+    line = _paper_failure_text("T1", shown, t1, {})
     assert line.startswith(
-        "- **T1**: blur (s0 D -1.00 G +1.00, s1 D -1.00 G +0.20, s2 D -1.00 G +0.80): every seed "
+        "blur (s0 D -1.00 G +1.00, s1 D -1.00 G +0.20, s2 D -1.00 G +0.80): every seed "
         "has D falling and G rising, but the intervals D [-1.00, -1.00], G [-0.37, +1.00] are "
         "not both clear of 0 (with 3 seeds a 95% t interval reaches 4.3 standard errors either "
         "side of the mean); strided (s0 D -1.00 G +1.00, s1 D -1.00 G +1.00, s2 D -1.00 "
@@ -242,15 +248,266 @@ def test_a_finding_that_fails_at_paper_scale_says_which_seeds_decide_it(monkeypa
     assert "only the strength of the trend varies" in line and "weaker than the seed-to" in line
     # Z1: every seed positive, interval reaching 0 -> the width; mixed signs -> the noise
     z1 = z1_statistics({"max": [0.90, 0.91, 0.89], "blur": [0.901, 0.96, 0.895]})
-    (line,) = _paper_failure_lines({"Z1": False}, t1, z1)[3:]
-    assert line.startswith(
-        "- **Z1**: blur - max per seed +0.001, +0.050, +0.005: positive in 3 of 3"
-    )
+    line = _paper_failure_text("Z1", {"Z1": False}, t1, z1)
+    assert line.startswith("blur - max per seed +0.001, +0.050, +0.005: positive in 3 of 3")
     assert "reaches 0" in line
     z1 = z1_statistics({"max": [0.90, 0.91, 0.89], "blur": [0.89, 0.96, 0.895]})
-    (line,) = _paper_failure_lines({"Z1": False}, t1, z1)[3:]
+    line = _paper_failure_text("Z1", {"Z1": False}, t1, z1)
     assert "positive in 2 of 3 seeds; the seeds disagree" in line
-    assert _paper_failure_lines({"T1": True, "Z1": None}, t1, z1) == []
+    assert _paper_failure_text("T1", {"T1": True, "Z1": None}, t1, z1) is None
+    assert _paper_failure_text("Z1", {"T1": True, "Z1": None}, t1, z1) is None
+
+
+def _committed_results():
+    """The committed CPU-sized results and the paper-scale ones (`"paper"`)."""
+    with open(os.path.join(ROOT, "docs", "replication", "results.json")) as file:
+        results = json.load(file)
+    results.pop("extended", None)
+    return results, results.pop("paper")
+
+
+def _table_rows(text, header):
+    """The rows of the markdown table under `header` (the header and its rule left out)."""
+    lines = text.split("\n")
+    start = lines.index(header) + 2
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def _section(text, heading):
+    """What lies under the heading that starts with `heading`, up to the next heading."""
+    rest = text[text.index(heading) :]
+    end = rest.find("\n#", 1)
+    return rest if end < 0 else rest[:end]
+
+
+def test_findings_tables_have_a_short_line_per_finding_and_sections_keep_every_number(
+    monkeypatch,
+):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.findings import (
+        FINDINGS,
+        WHY_IT_MAY_DIFFER,
+        WHY_THE_SCALES_DIFFER,
+        evaluate_findings,
+    )
+    from replication.report import (
+        interval_rows,
+        paper_interval_groups,
+        paper_markdown,
+        report_markdown,
+    )
+
+    cpu, paper = _committed_results()
+    cpu_findings = evaluate_findings(cpu)
+    # The CPU-sized report: a short line per finding, its numbers in the finding's section.
+    text = report_markdown(cpu, cpu_findings, {})
+    rows = _table_rows(text, "| finding | paper's claim | measured here | holds here |")
+    assert [row.split(" | ")[0] for row in rows] == [f"| {key}" for key in FINDINGS]
+    assert max(len(row) for row in rows) <= 200
+    for f, row in zip(cpu_findings, rows, strict=True):
+        assert (
+            row
+            == f"| {f['finding']} | {f['claim']} | {f['summary']} | "
+            + {True: "yes |", False: "**no** |", None: "n/a |"}[f["holds"]]
+        )
+        section = _section(text, f"### {f['finding']}: {f['claim']}")
+        assert f"Measured: {f['measured']}." in section  # every number, complete
+        if f["holds"] is False:
+            assert WHY_IT_MAY_DIFFER[f["finding"]] in section
+    (t1,) = [f for f in cpu_findings if f["finding"] == "T1"]
+    assert "strided: rank corr. with depth D -0.92, G -0.62" in t1["measured"]
+    assert "rank corr. with depth" not in rows[list(FINDINGS).index("T1")]  # left the table
+
+    # The paper-scale section: both scales in a line per finding, 250 characters at most.
+    intervals = interval_rows(paper_interval_groups(paper))
+    text = paper_markdown(paper, cpu, cpu_findings, {}, intervals)
+    s = paper["settings"]
+    header = (
+        "| finding | paper's claim | CPU-sized (10,000 images, 12 epochs) | holds | paper scale "
+        f"({s['train_size']:,} images, {s['epochs']} epochs, {s['seeds']} seeds) | holds |"
+    )
+    rows = _table_rows(text, header)
+    assert [row.split(" | ")[0] for row in rows] == [f"| {key}" for key in FINDINGS]
+    assert max(len(row) for row in rows) <= 250
+    t1_row, z1_row = rows[list(FINDINGS).index("T1")], rows[list(FINDINGS).index("Z1")]
+    z1 = paper["Z1"]
+    lo, hi = z1["ci"]
+    assert (
+        f"| blur - max {z1['mean_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+        f"{len(z1['difference_per_seed'])} paired seeds | " in z1_row
+    )
+    assert z1_row.endswith("| **no** |" if z1["holds"] is False else "| yes |")
+    assert f"of {paper['T1']['decided']} variants" in t1_row
+    # What left the table is in the finding's section: every variant's intervals (T1), the
+    # per-seed differences and Welch's p (Z1), the CPU-sized numbers, the explanations.
+    for f in cpu_findings:
+        section = _section(text, f"### {f['finding']} at both scales: ")
+        assert "- CPU-sized (holds: " in section and f["measured"] in section
+    section = _section(text, "### T1 at both scales: ")
+    for v, e in paper["T1"]["variants"].items():
+        (d_lo, d_hi), (g_lo, g_hi) = e["D"]["ci"], e["G"]["ci"]
+        assert (
+            f"{v}: D {e['D']['mean']:+.2f} [{d_lo:+.2f}, {d_hi:+.2f}], "
+            f"G {e['G']['mean']:+.2f} [{g_lo:+.2f}, {g_hi:+.2f}]" in section
+        )
+    assert "- Why the verdict changed: CPU-sized -> paper scale, strided: " in section
+    assert WHY_THE_SCALES_DIFFER["T1"] in section
+    section = _section(text, "### Z1 at both scales: ")
+    assert f"Welch p = {z1['p_value']:.3g}" in section
+    assert (
+        "- Why it does not hold at paper scale: blur - max per seed "
+        + ", ".join(f"{d:+.3f}" for d in z1["difference_per_seed"])
+        in section
+    )
+    assert WHY_THE_SCALES_DIFFER["Z1"] in section  # its numbers turned
+    # The interval figure, its rows in words: an interval reaching 0 with its numbers.
+    assert "![Estimates with 95% intervals over seeds, against 0](replication/paper/" in text
+    assert (
+        "- Z1: shift consistency, blur - max, paired over seeds (holds: > 0): the interval "
+        f"reaches 0: blur - max {z1['mean_difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]." in text
+    )
+    assert "- T1: D's rank corr. with depth (holds: < 0): intervals exclude 0: max, " in text
+
+
+def test_one_line_summaries_name_the_deciding_number(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.findings import t1_summary
+
+    def entry(d, d_ci, g, g_ci, holds):
+        return {"D": (d, d_ci), "G": (g, g_ci), "holds": holds}
+
+    # Holds everywhere: the component whose interval end lies nearest 0 decides.
+    variants = {
+        "max": entry(-0.7, [-0.9, -0.5], 0.8, [0.6, 1.0], True),
+        "strided_relu": entry(-0.85, [-0.95, -0.74], 0.47, [0.31, 0.64], True),
+        "blur": entry(-0.5, [-0.6, -0.4], 0.9, [0.8, 1.0], True),
+    }
+    assert t1_summary(variants) == (
+        "3 of 3 variants; closest to 0: strided_relu G +0.47 [+0.31, +0.64]"
+    )
+    # Fails somewhere: the variant and the component on the wrong side of 0; one-seed ones apart
+    variants["avg"] = entry(-0.6, [-0.9, 0.1], 0.5, [0.2, 0.8], False)
+    variants["strided"] = entry(-0.9, None, 0.3, None, None)
+    assert t1_summary(variants) == (
+        "3 of 4 variants (1 more with 1 seed); fails in avg (D -0.60 [-0.90, +0.10])"
+    )
+    # Without intervals (the CPU-sized scale): the values decide.
+    assert (
+        t1_summary(
+            {"a": entry(-0.9, None, 0.5, None, True), "b": entry(-0.9, None, -0.6, None, False)}
+        )
+        == "1 of 2 variants; fails in b (G -0.60)"
+    )
+    assert t1_summary({"a": entry(-0.9, None, 0.5, None, None)}, "conditions") == (
+        "1 condition, 1 seed each: no intervals yet"
+    )
+
+
+def test_interval_figure_draws_the_rows_it_is_given(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.report import _interval_figure_lines, draw_interval_figure
+
+    groups = {
+        "T1: D": [
+            ("max", -0.5, [-0.8, -0.2]),  # excludes 0 (below)
+            ("blur", -0.1, [-0.4, 0.2]),  # reaches 0
+            ("avg", -0.3, None),  # one seed: a point
+            ("broken", math.nan, None),  # no estimate: left out
+        ],
+        "Z1": [("blur - max", 0.012, [0.004, 0.020])],  # excludes 0 (above)
+    }
+    path = tmp_path / "intervals.png"
+    rows = draw_interval_figure(groups, path, title="test")
+    assert [(r["group"], r["label"], r["estimate"], r["ci"], r["clear_of_zero"]) for r in rows] == [
+        ("T1: D", "max", -0.5, [-0.8, -0.2], True),
+        ("T1: D", "blur", -0.1, [-0.4, 0.2], False),
+        ("T1: D", "avg", -0.3, None, None),
+        ("Z1", "blur - max", 0.012, [0.004, 0.02], True),
+    ]  # fmt: skip
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = _interval_figure_lines(rows, "replication/paper/intervals.png")
+    assert (
+        "![Estimates with 95% intervals over seeds, against 0]"
+        + ("(replication/paper/intervals.png)")
+        in lines
+    )
+    assert (
+        "- T1: D: the interval excludes 0: max; the interval reaches 0: blur -0.10 "
+        "[-0.40, +0.20]; no interval (1 seed): avg -0.30." in lines
+    )
+    assert "- Z1: the interval excludes 0: blur - max." in lines
+    assert draw_interval_figure({"none": []}, tmp_path / "none.png") == []
+    assert not (tmp_path / "none.png").exists() and _interval_figure_lines([], "x.png") == []
+
+
+def test_extended_section_has_a_line_per_finding_and_its_interval_figure(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from _stats import t1_statistics, t2_statistics, z1_statistics
+    from replication.report import extended_interval_groups, extended_markdown, interval_rows
+
+    names = ["input", "a", "b", "c"]
+    falling = {n: [3.0 - i, 3.5 - i, 4.0 - i] for i, n in enumerate(names)}
+    rising = {n: [1.0 + i, 1.5 + i, 2.0 + i] for i, n in enumerate(names)}
+    against = {n: [1.0 + i, 2.0 + i, 9.0 - i] for i, n in enumerate(names)}  # seed 2: G falls
+    before = {n: [1.0, 2.0, 4.0] for n in names}
+    doubling = {n: [v * 2.0**i * j for v, j in zip(before[n], [1.0, 1.1, 0.9], strict=True)]
+                for i, n in enumerate(names)}  # fmt: skip
+    t2 = t2_statistics(
+        {"max": {"D": before}, "strided": {"D": {n: [1.0] for n in names}}},
+        {"max": {"D": doubling}, "strided": {"D": {n: [2.0**i] for i, n in enumerate(names)}}},
+    )
+    t3 = t1_statistics(
+        {
+            "max_noise0.1": {"trained": {"D": falling, "G": rising}},
+            "strided_noise0.1": {"trained": {"D": falling, "G": against}},
+        }
+    )
+    z1 = z1_statistics({"max": [0.80, 0.82, 0.81], "blur": [0.84, 0.85, 0.86]})
+    x = {
+        "finished": ["retrained/max_s0"], "missing": [], "wall_seconds": 3600.0,
+        "cpu_bfloat16": {"used": "avx512_bf16", "excluded": []}, "settings": {"command": "c"},
+        "networks": {}, "reproducibility": {}, "P1": {"points": [], "holds": None},
+        "Z1": {"seeds": [0, 1, 2], "test_set": z1, "first_1000": {}}, "T2": t2, "T3": t3,
+        "figures": {"intervals": "replication/extended/intervals.png"},
+    }  # fmt: skip
+    text = extended_markdown(x)
+    rows = _table_rows(
+        text, "| finding | claim | deciding number (95% interval over seeds) | holds |"
+    )
+    assert rows == [
+        # differences 0.04, 0.03, 0.05: 0.04 -+ 4.302653 * 0.01 / sqrt(3)
+        "| Z1 | Anti-aliased (blur) downsampling raises shift consistency, on the whole test "
+        "set | blur - max +0.0400 [+0.0152, +0.0648], 3 paired seeds | yes |",
+        "| T2 | Permuting input channels raises D in later layers, not early ones | "
+        "1 of 1 variants (1 more with 1 seed); closest to 0: max rank corr. +1.00 "
+        "[+1.00, +1.00] | yes |",
+        # G's rank correlations +1, +1, -1: mean 1/3, interval clipped to [-1, 1]
+        "| T3 | After training with noise too, D falls with depth while G rises | 1 of 2 "
+        "conditions; fails in strided_noise0.1 (G +0.33 [-1.00, +1.00]) | **no** |",
+    ]
+    # The numbers that left the table: per variant in T2's section, per condition in T3's.
+    assert "- **max**: rank corr. of the log ratio with depth +1.00 [+1.00, +1.00] (per seed " in (
+        _section(text, "## T2: ")
+    )
+    assert "- **strided_noise0.1**: rank corr. with depth D -1.00 [-1.00, -1.00], G +0.33 " in (
+        _section(text, "## T3: ")
+    )
+    rows = interval_rows(extended_interval_groups(x))
+    assert [(r["label"], r["clear_of_zero"]) for r in rows] == [
+        ("blur - max", True), ("max", True), ("strided", None), ("max (c)", True),
+        ("strided (c)", None), ("max_noise0.1", True), ("strided_noise0.1", True),
+        ("max_noise0.1", True), ("strided_noise0.1", False),
+    ]  # fmt: skip
+    assert (
+        "![Estimates with 95% intervals over seeds, against 0]"
+        + ("(replication/extended/intervals.png)")
+        in text
+    )
+    assert "the interval reaches 0: strided_noise0.1 +0.33 [-1.00, +1.00]" in text
+    # An extended object written before P1 existed (no "P1" key) still renders, P1 left out.
+    earlier = extended_markdown({k: v for k, v in x.items() if k != "P1"})
+    assert "| T3 | After training with noise too" in earlier and "| P1 |" not in earlier
 
 
 def _tree(root):
@@ -351,7 +608,12 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert set(paper["Z1"]) >= {"ci", "p_value", "difference_per_seed"}
     report = (docs / "replication.md").read_text()
     assert "# Paper scale: converged networks" in report
-    assert "| finding | CPU-sized (10,000 images, 12 epochs) | holds | paper scale |" in report
+    assert (
+        "| finding | paper's claim | CPU-sized (24 images, 1 epoch) | holds | paper scale "
+        "(24 images, 1 epoch, 2 seeds) | holds |" in report
+    )
+    assert (docs / "replication" / "paper" / "intervals.png").exists()
+    assert "](replication/paper/intervals.png)" in report
     assert "replication/paper/sensitivity_profiles.png" in report
     assert len(os.listdir(docs / "replication" / "experiments" / "paper")) == 4
     fourth = subprocess.run(paper_args, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -392,6 +654,10 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert 0 <= test_set["value"] <= 1 and 0 <= test_set["standard_error"] <= 0.5 / np.sqrt(35)
     # T2: the permuted copy is measured at the same probes; the logits are kept apart.
     assert list(record["channel_permutation"]["relative_stability"]["D"]) == probes
+    permutation = record["channel_permutation"]
+    assert permutation["recalibration_images"] == 2000  # all 48 training images were used
+    assert list(permutation["stale_statistics"]["relative_stability"]["D"]) == probes
+    assert permutation["stale_statistics"] != {k: permutation[k] for k in ("relative_stability",)}
     assert list(record["relative_stability"]["D"]) == probes
     assert record["output_stability"]["layer"] == "logits"
     z1 = extended["Z1"]
@@ -435,7 +701,13 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert sorted(accuracy) == ["blur_s0", "blur_s1", "max_s0", "max_s1"]
     report = (docs / "replication.md").read_text()
     assert "# Paper scale: converged networks" in report
-    assert "# Extended studies at paper scale" in report and "| Z1 blur raises" in report
+    assert "# Extended studies at paper scale" in report
+    assert (
+        "| Z1 | Anti-aliased (blur) downsampling raises shift consistency, on the whole test set "
+        "| blur - max " in report
+    )
+    assert (docs / "replication" / "extended" / "intervals.png").exists()
+    assert "](replication/extended/intervals.png)" in report.split("# Extended studies")[1]
     # Rewriting the paper-scale report keeps the extended section below it.
     assert run([*paper_args, "--report_only"]).returncode == 0
     rewritten = (docs / "replication.md").read_text()

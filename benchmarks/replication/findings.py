@@ -1,4 +1,6 @@
-"""Each finding of SPEC (F1-F6, T1, Z1) decided from the gathered results."""
+"""Each finding of SPEC (F1-F6, T1, Z1) decided from the gathered results: per finding the
+claim, every number it rests on (`measured`), a one-line digest of the deciding number
+(`summary`, for the report's findings table) and the verdict."""
 
 import math
 
@@ -34,8 +36,9 @@ def _spread(profiles):
 
 
 def _synthetic_trend(synthetic):
-    """`(text, holds)`: TV/L1 and S per C and their rank correlation with C; F6 holds when
-    both fall with C (rank correlation <= -0.8: at most one adjacent swap among 4 values)."""
+    """`(text, holds, (r_tv, r_s))`: TV/L1 and S per C and their rank correlations with C; F6
+    holds when both fall with C (rank correlation <= -0.8: at most one adjacent swap among 4
+    values)."""
     ordered = sorted(synthetic.values(), key=lambda r: r["strength"])
     strengths = [r["strength"] for r in ordered]
     tvs = [_profile_mean(r["smoothness"]) for r in ordered]
@@ -46,16 +49,20 @@ def _synthetic_trend(synthetic):
         for r, t, x in zip(ordered, tvs, ss, strict=True)
     )
     text += f" (rank corr. with C: TV/L1 {r_tv:+.2f}, S {r_s:+.2f})"
-    return text, bool(r_tv <= -0.8 and r_s <= -0.8)
+    return text, bool(r_tv <= -0.8 and r_s <= -0.8), (r_tv, r_s)
 
 
 def evaluate_findings(results):
-    """One row per finding: the claim, the numbers here, whether it holds here (or n/a)."""
+    """One row per finding: the claim, the numbers here (`measured`, complete), the deciding
+    number in one short line (`summary`), whether it holds here (or n/a)."""
     sens, smooth, rs = results["sensitivity"], results["smoothness"], results["relative_stability"]
     rows = []
 
-    def row(key, claim, measured, holds):
-        rows.append({"finding": key, "claim": claim, "measured": measured, "holds": holds})
+    def row(key, claim, measured, holds, summary):
+        rows.append(
+            {"finding": key, "claim": claim, "measured": measured, "holds": holds,
+             "summary": summary}
+        )  # fmt: skip
 
     init = {v: _profile_mean(sens[v]["init"]) for v in sens if "init" in sens[v]}
     pool = [init[v] for v in POOLING if v in init]
@@ -67,6 +74,7 @@ def evaluate_findings(results):
             f"mean S at init: pooling {np.mean(pool):.3f} ({_listing(init, POOLING)}); "
             f"no pooling {np.mean(nopool):.3f} ({_listing(init, NO_POOLING)})",
             bool(np.mean(pool) < np.mean(nopool)),
+            f"mean S at init: pooling {np.mean(pool):.3f}, no pooling {np.mean(nopool):.3f}",
         )
     trained = {v: _profile_mean(sens[v]["trained"]) for v in sens if "trained" in sens[v]}
     before = {
@@ -79,7 +87,11 @@ def evaluate_findings(results):
             "Pooling nets' sensitivity increases during training",
             ", ".join(f"{v}: {before[v]:.3f} -> {trained[v]:.3f}" for v in changes),
             all(c > 0 for c in changes.values()),
-        )
+            _count_summary(
+                "S rises in", "pooling variants", {v: c > 0 for v, c in changes.items()},
+                changes, lambda v: f"{v} {before[v]:.3f} -> {trained[v]:.3f}",
+            ),
+        )  # fmt: skip
     both = [v for v in sens if "init" in sens[v] and "trained" in sens[v]]
     if len(both) >= 2:
         s_init = _spread([sens[v]["init"] for v in both])
@@ -89,6 +101,7 @@ def evaluate_findings(results):
             "After training, all variants converge to similar profiles",
             f"SD across variants (mean over layers): init {s_init:.3f}, trained {s_trained:.3f}",
             bool(s_trained < s_init),
+            f"SD of S across variants: init {s_init:.3f} -> trained {s_trained:.3f}",
         )
     tv = {v: _profile_mean(smooth[v]["trained"]) for v in smooth if "trained" in smooth[v]}
     tv0 = {v: _profile_mean(smooth[v]["init"]) for v in smooth if "init" in smooth[v]}
@@ -99,18 +112,28 @@ def evaluate_findings(results):
             "TV/L1 init -> trained: "
             + ", ".join(f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}" for v in tv),
             all(value < tv0.get(v, 1.87) for v, value in tv.items()),
-        )
+            _count_summary(
+                "TV/L1 falls in", "variants", {v: x < tv0.get(v, 1.87) for v, x in tv.items()},
+                {v: tv0.get(v, 1.87) - x for v, x in tv.items()},
+                lambda v: f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}",
+            ),
+        )  # fmt: skip
     smoothing = results.get("smoothing_intervention", {})
     if smoothing:
         pairs = sorted((float(k), _profile_mean(v["sensitivity"])) for k, v in smoothing.items())
         base = init.get("max")
         text = ", ".join(f"sigma {k:g}: S {m:.3f}" for k, m in pairs)
+        falls = all(b[1] <= a[1] + 1e-9 for a, b in zip(pairs, pairs[1:], strict=False)) and (
+            base is None or pairs[0][1] < base
+        )
+        first = (0.0, base) if base is not None else pairs[0]
         row(
             "F4b",
             "Smoother initial filters (Gaussian sigma) -> lower sensitivity",
             (f"sigma 0: S {base:.3f}, " if base is not None else "") + text,
-            all(b[1] <= a[1] + 1e-9 for a, b in zip(pairs, pairs[1:], strict=False))
-            and (base is None or pairs[0][1] < base),
+            falls,
+            f"S {first[1]:.3f} at sigma {first[0]:g} -> {pairs[-1][1]:.3f} at sigma "
+            f"{pairs[-1][0]:g}, {'falling' if falls else 'not falling'} at every step",
         )
     random = results.get("random_labels", {})
     if len(random) >= 2:
@@ -124,11 +147,12 @@ def evaluate_findings(results):
             "train accuracy first -> last epoch: "
             + ", ".join(f"{v} {a:.2f} -> {b:.2f}" for v, (a, b) in learned.items()),
             bool(s_random > s_true) if not math.isnan(s_true) else None,
+            f"SD of S across variants: random labels {s_random:.3f}, true {s_true:.3f}",
         )
     synthetic = results.get("synthetic", {})
     if len(synthetic) >= 2:
         settings = results["settings"]
-        summary, holds = _synthetic_trend(synthetic)
+        summary, holds, (r_tv, r_s) = _synthetic_trend(synthetic)
         others = "; ".join(
             f"also tried {name}: {_synthetic_trend(runs)[0]}"
             for name, runs in results.get("synthetic_other_settings", {}).items()
@@ -141,6 +165,8 @@ def evaluate_findings(results):
             f"mean of {settings['synthetic_seeds']} seeds: {summary}"
             + (f"; {others}" if others else ""),
             holds,
+            f"rank corr. with C: TV/L1 {r_tv:+.2f}, S {r_s:+.2f} "
+            f"({settings['synthetic_prototypes']}/{settings['synthetic_downsample']})",
         )
     correlations = depth_correlations(rs)
     if correlations:
@@ -150,7 +176,18 @@ def evaluate_findings(results):
         ]
         holds = [c["D"] < 0 < c["G"] for c in correlations.values()]
         summary = f"holds in {sum(holds)} of {len(holds)} variants: " + "; ".join(texts)
-        row("T1", "After training, D falls with depth while G rises", summary, all(holds))
+        row(
+            "T1",
+            "After training, D falls with depth while G rises",
+            summary,
+            all(holds),
+            t1_summary(
+                {
+                    v: {"D": (c["D"], None), "G": (c["G"], None), "holds": c["D"] < 0 < c["G"]}
+                    for v, c in correlations.items()
+                }
+            ),
+        )
     shift = results["shift_consistency"]
     if "max" in shift and "blur" in shift:
         m, b = float(np.mean(shift["max"])), float(np.mean(shift["blur"]))
@@ -160,13 +197,83 @@ def evaluate_findings(results):
             f"max {m:.3f} (seeds: {', '.join(f'{x:.3f}' for x in shift['max'])}), "
             f"blur {b:.3f} (seeds: {', '.join(f'{x:.3f}' for x in shift['blur'])})",
             b > m,
+            f"blur - max {b - m:+.3f} (means: blur {_seeds(len(shift['blur']))}, max "
+            f"{_seeds(len(shift['max']))})",
         )
     measured = {r["finding"] for r in rows}
     for key, claim in FINDINGS.items():
         if key not in measured:
-            row(key, claim, "not measured yet (experiments missing from this run)", None)
+            row(
+                key, claim, "not measured yet (experiments missing from this run)", None,
+                "not measured yet",
+            )  # fmt: skip
     order = list(FINDINGS)
     return sorted(rows, key=lambda r: order.index(r["finding"]))
+
+
+def _count_summary(verb, kind, passed, margin, describe):
+    """ "<verb> k of n <kind>; least: <the one closest to failing>" when every one passes, else
+    "...; not in: <those that fail>" (`passed`, `margin`: per name; `describe(name)`: its
+    numbers)."""
+    failing = [v for v, ok in passed.items() if not ok]
+    text = f"{verb} {len(passed) - len(failing)} of {len(passed)} {kind}"
+    if failing:
+        return text + "; not in " + ", ".join(describe(v) for v in failing)
+    return text + "; least: " + describe(min(margin, key=margin.get))
+
+
+def t1_summary(variants, unit="variants"):
+    """T1's (and T3's) deciding number in one line.
+
+    Args:
+        variants: `{name: {"D": (rank corr. with depth, its interval or None), "G": (...),
+            "holds": True, False or None (undecided: fewer than 2 seeds)}}`.
+        unit: what the names are ("variants", "conditions").
+
+    Where the trend holds in every decided variant: the one closest to failing (the component
+    whose interval end, or value without an interval, lies nearest 0); else the variants where
+    it fails, with the component(s) on the wrong side of 0 or whose interval reaches it.
+    """
+
+    def end(entry, component):  # the end of the interval nearest to failing
+        value, ci = entry[component]
+        if ci is None:
+            return value
+        return ci[1] if component == "D" else ci[0]
+
+    def number(entry, component):
+        value, ci = entry[component]
+        return f"{component} {value:+.2f}" + _interval_text(ci)
+
+    decided = {v: e for v, e in variants.items() if e["holds"] is not None}
+    if variants and not decided:
+        return f"{_counted(len(variants), unit)}, 1 seed each: no intervals yet"
+    failing = [v for v, e in decided.items() if not e["holds"]]
+    text = f"{len(decided) - len(failing)} of {len(decided)} {unit}"
+    if len(decided) < len(variants):
+        text += f" ({len(variants) - len(decided)} more with 1 seed)"
+    if failing:
+        against = {
+            v: [c for c in "DG" if (end(decided[v], c) >= 0) == (c == "D")] or ["D", "G"]
+            for v in failing
+        }
+        return (
+            text
+            + "; fails in "
+            + ", ".join(
+                f"{v} ({', '.join(number(decided[v], c) for c in against[v])})" for v in failing
+            )
+        )
+    if not decided:
+        return text
+    margins = {(v, c): abs(end(e, c)) for v, e in decided.items() for c in "DG"}
+    v, c = min(margins, key=margins.get)
+    return text + f"; closest to 0: {v} {number(decided[v], c)}"
+
+
+def _interval_text(ci, digits=2):
+    """` [lo, hi]` with signs; nothing without an interval."""
+    return "" if ci is None else f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 def depth_correlations(relative):
@@ -231,6 +338,15 @@ WHY_THE_SCALES_DIFFER = {
     "converged networks are confident on most test images, their seeds agree more closely "
     "(the SDs above), and the effect shows in the paired per-seed differences.",
 }
+
+
+def _seeds(n):
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def _counted(n, plural):
+    """`n` and `plural` ("variants"), singular for 1."""
+    return f"{n} {plural[:-1] if n == 1 else plural}"
 
 
 def _listing(values, keys):

@@ -10,12 +10,16 @@ from _stats import t_quantile  # benchmarks/ is on sys.path
 
 from .experiments import PAPER_PILOTS, write_json, write_text
 from .findings import (
+    FINDINGS,
     WHY_IT_MAY_DIFFER,
     WHY_THE_SCALES_DIFFER,
     depth_correlations,
     evaluate_findings,
+    t1_summary,
     trained_smoothness,
 )
+
+VERDICT = {True: "yes", False: "**no**", None: "n/a"}
 
 
 def draw_figures(results, directory):
@@ -148,18 +152,30 @@ def report_markdown(results, findings, figures):
         "",
         "## Findings",
         "",
+        "One line per finding with the number that decides it; every number behind it is in "
+        "the finding's section below the table.",
+        "",
         "| finding | paper's claim | measured here | holds here |",
         "|---|---|---|---|",
     ]
     for f in findings:
-        verdict = {True: "yes", False: "**no**", None: "n/a"}[f["holds"]]
-        lines.append(f"| {f['finding']} | {f['claim']} | {f['measured']} | {verdict} |")
-    differing = [f for f in findings if f["holds"] is False]
+        lines.append(f"| {f['finding']} | {f['claim']} | {f['summary']} | {VERDICT[f['holds']]} |")
+    differing = [f["finding"] for f in findings if f["holds"] is False]
     if differing:
-        lines += ["", "### Findings that do not hold here", ""]
-        for f in differing:
-            note = WHY_IT_MAY_DIFFER.get(f["finding"], "")
-            lines.append(f"- **{f['finding']}**: {note} Measured: {f['measured']}.")
+        lines += [
+            "",
+            f"Findings that do not hold here: {', '.join(differing)} (why we think so: in their "
+            "sections).",
+        ]
+    for f in findings:
+        lines += [
+            "",
+            f"### {f['finding']}: {f['claim']}",
+            "",
+            f"Holds here: {VERDICT[f['holds']]}. Measured: {f['measured']}.",
+        ]
+        if f["holds"] is False and f["finding"] in WHY_IT_MAY_DIFFER:
+            lines += ["", f"Why it may not hold here: {WHY_IT_MAY_DIFFER[f['finding']]}"]
     if results["test_accuracy"]:
         lines += [
             "",
@@ -186,9 +202,11 @@ CPU_SIZED_FINDINGS = ("F4b", "F5", "F6")
 MINUTES_PER_NETWORK = 22  # 30 epochs of 391 bfloat16 steps, plus the measurements (measured)
 
 
-def paper_markdown(paper, cpu, cpu_findings, figures):
-    """The paper-scale section: settings, budget, findings beside the CPU-sized ones, the T1
-    and Z1 statistics, accuracies and figures."""
+def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
+    """The paper-scale section: settings, budget, a one-line-per-finding table beside the
+    CPU-sized verdicts, the interval figure (`intervals`: the rows `draw_interval_figure`
+    drew), a section per finding with every number (T1 and Z1 over seeds), accuracies and
+    figures."""
     s = paper["settings"]
     total = len(paper["finished"]) + len(paper["missing"])
     findings = evaluate_findings(
@@ -198,8 +216,7 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
             "settings": {**cpu.get("settings", {}), **s},
         }
     )
-    t1, z1 = paper["T1"], paper["Z1"]
-    verdict = {True: "yes", False: "**no**", None: "n/a"}
+    z1 = paper["Z1"]
     lines = [
         "",
         "# Paper scale: converged networks",
@@ -229,44 +246,8 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
     lines += ["How the recipe was chosen (pilot runs):", ""]
     lines += [f"- {pilot}" for pilot in PAPER_PILOTS] + [""]
     cpu_rows = {f["finding"]: f for f in cpu_findings}
-    lines += [
-        "| finding | CPU-sized (10,000 images, 12 epochs) | holds | paper scale | holds |",
-        "|---|---|---|---|---|",
-    ]
-    shown = {}
-    for f in findings:
-        c = cpu_rows.get(f["finding"], {"measured": "", "holds": None})
-        measured = f["measured"]
-        holds = f["holds"]
-        if f["finding"] in CPU_SIZED_FINDINGS and holds is not None:
-            measured = (
-                "CPU-sized settings (as planned)"
-                + (", against the paper-scale networks: " if f["finding"] == "F5" else ": ")
-                + measured
-            )
-        if f["finding"] == "T1" and t1.get("variants"):
-            measured = "; ".join(
-                f"{v}: D {e['D']['mean']:+.2f}{_interval(e['D']['ci'], 2)}, "
-                f"G {e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)}"
-                for v, e in t1["variants"].items()
-            )
-            measured = (
-                f"holds in {t1['holds_in']} of {t1['decided']} variants with 2+ seeds: {measured}"
-                if t1["decided"]
-                else f"one seed per variant so far, no intervals yet: {measured}"
-            )
-            holds = None if not t1["decided"] else t1["holds_in"] == t1["decided"]
-        if f["finding"] == "Z1" and z1:
-            measured = f"blur - max {z1['mean_difference']:+.4f}"
-            if z1["ci"]:
-                measured += f", 95% CI{_interval(z1['ci'], 4)}, Welch p = {z1['p_value']:.3g}"
-            measured += "; " + f["measured"]
-            holds = z1["holds"]
-        shown[f["finding"]] = holds
-        lines.append(
-            f"| {f['finding']} | {c['measured']} | {verdict[c['holds']]} | {measured} | "
-            f"{verdict[holds]} |"
-        )
+    rows = _paper_rows(findings, paper, cpu_rows)
+    shown = {r["finding"]: r["holds"] for r in rows}
     changed = [
         key
         for key, holds in shown.items()
@@ -278,6 +259,23 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
     # Z1's difference can change sign without its interval clearing 0): say so, and why.
     turned = {} if "T1" in changed else _t1_turned(cpu, paper)
     turned |= {} if "Z1" in changed else _z1_turned(cpu, z1)
+    lines += [
+        "## Findings at both scales",
+        "",
+        "One line per finding with the number that decides it (95% t interval over seeds where "
+        "there are 2+); every number behind it, and why verdicts differ, in the finding's "
+        "section below the table.",
+        "",
+        f"| finding | paper's claim | {_cpu_column(cpu)} | holds | paper scale "
+        f"({s['train_size']:,} images, {_count(s['epochs'], 'epoch')}, "
+        f"{_count(s['seeds'], 'seed')}) | holds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['finding']} | {r['claim']} | {r['cpu']['summary']} | "
+            f"{VERDICT[r['cpu']['holds']]} | {r['summary']} | {VERDICT[r['holds']]} |"
+        )
     lines += [
         "",
         "Findings whose verdict differs between the scales: "
@@ -293,11 +291,17 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
         + f"With {s['seeds']} seeds the t intervals are wide (t(0.975, {s['seeds'] - 1}) = "
         f"{t_quantile(s['seeds']):.2f}): read them as such.",
     ]
-    lines += _scale_change_lines(changed + list(turned), cpu, paper)
-    lines += _paper_failure_lines(shown, t1, z1)
-    lines += _z1_disagreement_lines(z1)
+    lines += _interval_figure_lines(intervals, "replication/paper/intervals.png")
+    for r in rows:
+        lines += _paper_finding_lines(r, cpu, paper, changed, turned, shown)
     if paper["test_accuracy"]:
-        lines += ["", "| variant | test accuracy per seed | mean |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Test accuracy at paper scale",
+            "",
+            "| variant | test accuracy per seed | mean |",
+            "|---|---|---|",
+        ]
         for v, acc in paper["test_accuracy"].items():
             lines.append(f"| {v} | {', '.join(f'{a:.4f}' for a in acc)} | {np.mean(acc):.4f} |")
     lines += _keras_batch_norm_lines(paper)
@@ -305,16 +309,108 @@ def paper_markdown(paper, cpu, cpu_findings, figures):
     return "\n".join(lines) + "\n"
 
 
-def _scale_change_lines(changed, cpu, paper):
-    """For each finding whose verdict changed: the numbers behind the change and why we think
-    it changed (`WHY_THE_SCALES_DIFFER`)."""
-    lines = []
-    for key in changed:
-        if key not in WHY_THE_SCALES_DIFFER:
-            continue
-        evidence = _EVIDENCE[key](cpu, paper) if key in _EVIDENCE else ""
-        lines.append(f"- **{key}**: {evidence}{WHY_THE_SCALES_DIFFER[key]}")
-    return [""] + lines if lines else []
+def _count(n, noun):
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _cpu_column(cpu):
+    """The CPU-sized column's heading: its training-set size and epochs."""
+    s = cpu.get("settings", {})
+    if not s:
+        return "CPU-sized"
+    return f"CPU-sized ({s.get('train_size') or 50000:,} images, {_count(s['epochs'], 'epoch')})"
+
+
+def _paper_rows(findings, paper, cpu_rows):
+    """Per finding: its paper-scale `summary` (one line), `measured` (every number) and
+    `holds`, T1 and Z1 decided over seeds; `cpu`: the CPU-sized finding beside it."""
+    t1, z1 = paper["T1"], paper["Z1"]
+    rows = []
+    for f in findings:
+        key = f["finding"]
+        cpu = cpu_rows.get(key, {"summary": "", "measured": "", "holds": None})
+        summary, measured, holds = f["summary"], f["measured"], f["holds"]
+        if key in CPU_SIZED_FINDINGS and holds is not None:
+            measured = (
+                "CPU-sized settings (as planned)"
+                + (", against the paper-scale networks: " if key == "F5" else ": ")
+                + measured
+            )
+            summary = (
+                f"{summary} (random labels: CPU-sized run)"
+                if key == "F5"
+                else "the CPU-sized run (as planned)"
+            )
+        if key == "T1" and t1.get("variants"):
+            measured = "; ".join(
+                f"{v}: D {e['D']['mean']:+.2f}{_interval(e['D']['ci'], 2)}, "
+                f"G {e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)}"
+                for v, e in t1["variants"].items()
+            )
+            measured = (
+                f"holds in {t1['holds_in']} of {t1['decided']} variants with 2+ seeds: {measured}"
+                if t1["decided"]
+                else f"one seed per variant so far, no intervals yet: {measured}"
+            )
+            holds = None if not t1["decided"] else t1["holds_in"] == t1["decided"]
+            summary = t1_summary(_t1_entries(t1))
+        if key == "Z1" and z1:
+            measured = f"blur - max {z1['mean_difference']:+.4f}"
+            if z1["ci"]:
+                measured += f", 95% CI{_interval(z1['ci'], 4)}, Welch p = {z1['p_value']:.3g}"
+            measured += "; " + f["measured"]
+            holds = z1["holds"]
+            summary = (
+                f"blur - max {z1['mean_difference']:+.3f}{_interval(z1['ci'], 3)}, "
+                f"{_count(len(z1['difference_per_seed']), 'paired seed')}"
+            )
+        rows.append(
+            {"finding": key, "claim": f["claim"], "summary": summary, "measured": measured,
+             "holds": holds, "cpu": cpu}
+        )  # fmt: skip
+    return rows
+
+
+def _t1_entries(t1):
+    """`t1_statistics` variants as `t1_summary` takes them."""
+    return {
+        v: {"D": (e["D"]["mean"], e["D"]["ci"]), "G": (e["G"]["mean"], e["G"]["ci"]),
+            "holds": e["holds"]}
+        for v, e in t1["variants"].items()
+    }  # fmt: skip
+
+
+def _paper_finding_lines(row, cpu, paper, changed, turned, shown):
+    """The section of one finding below the paper-scale table: every number at both scales,
+    why its verdict changed (or its numbers turned), why it does not hold at paper scale."""
+    key, c = row["finding"], row["cpu"]
+    lines = ["", f"### {key} at both scales: {row['claim']}", ""]
+    if c["measured"]:
+        lines.append(f"- CPU-sized (holds: {VERDICT[c['holds']]}): {c['measured']}.")
+    paper_text = row["measured"]
+    if key in CPU_SIZED_FINDINGS and row["holds"] is not None and key != "F5":
+        paper_text = "CPU-sized settings (as planned): the same run and numbers as above"
+    lines.append(f"- Paper scale (holds: {VERDICT[row['holds']]}): {paper_text}.")
+    why = _scale_change_text(key, cpu, paper)
+    if key in changed and why:
+        lines.append(f"- Why the verdict changed: {why}")
+    if key in turned:
+        lines.append(f"- The verdict stays, but the numbers turned: {turned[key]}. {why or ''}")
+    failure = _paper_failure_text(key, shown, paper["T1"], paper["Z1"])
+    if failure:
+        lines.append(f"- Why it does not hold at paper scale: {failure}")
+    if key == "Z1":
+        lines += _z1_disagreement_lines(paper["Z1"])
+    return [line.rstrip() for line in lines]
+
+
+def _scale_change_text(key, cpu, paper):
+    """The numbers behind a change of `key` between the scales and why we think it changed;
+    None where no explanation is written."""
+    if key not in WHY_THE_SCALES_DIFFER:
+        return None
+    evidence = _EVIDENCE[key](cpu, paper) if key in _EVIDENCE else ""
+    return f"{evidence}{WHY_THE_SCALES_DIFFER[key]}"
 
 
 def _t1_turned_variants(cpu, paper):
@@ -396,17 +492,17 @@ def _z1_evidence(cpu, paper):
 _EVIDENCE = {"T1": _t1_evidence, "Z1": _z1_evidence}
 
 
-def _paper_failure_lines(shown, t1, z1):
-    """For each finding that does not hold at paper scale: the per-seed numbers that decide it,
-    and whether the seeds disagree on the direction or only the interval is too wide to tell."""
-    lines = []
-    if shown.get("T1") is False:
-        lines.append(f"- **T1**: {_t1_failure(t1)}")
-    if shown.get("Z1") is False and z1.get("difference_per_seed"):
+def _paper_failure_text(key, shown, t1, z1):
+    """Why `key` does not hold at paper scale (None where it does, or nothing is written)."""
+    if shown.get(key) is not False:
+        return None
+    if key == "T1":
+        return _t1_failure(t1)
+    if key == "Z1" and z1.get("difference_per_seed"):
         per_seed = z1["difference_per_seed"]
         positive = sum(d > 0 for d in per_seed)
-        lines.append(
-            f"- **Z1**: blur - max per seed {', '.join(f'{d:+.3f}' for d in per_seed)}: "
+        return (
+            f"blur - max per seed {', '.join(f'{d:+.3f}' for d in per_seed)}: "
             f"positive in {positive} of {len(per_seed)} seeds"
             + (
                 "; every seed points Zhang's way, but over this few seeds the t interval "
@@ -416,12 +512,9 @@ def _paper_failure_lines(shown, t1, z1):
                 "than the seed noise here."
             )
         )
-    for key in ("F2", "F3", "F4"):
-        if shown.get(key) is False:
-            lines.append(f"- **{key}**: {WHY_IT_MAY_DIFFER[key]}")
-    if not lines:
-        return []
-    return ["", "Findings that do not hold at paper scale, and why we think so:", ""] + lines
+    if key in ("F2", "F3", "F4"):
+        return WHY_IT_MAY_DIFFER[key]
+    return None
 
 
 def _t1_failure(t1):
@@ -541,6 +634,176 @@ def _figure_lines(figures, heading, suffix, directory):
     return lines
 
 
+# -- the interval figure: findings decided over seeds, each estimate against 0 ----------------
+
+
+def interval_rows(groups):
+    """The rows of an interval figure, each `{"group", "label", "estimate", "ci",
+    "clear_of_zero"}` (`clear_of_zero`: True when the interval excludes 0, False when it
+    reaches 0, None without an interval); rows without a finite estimate are left out.
+
+    Args:
+        groups: `{group title: [(label, estimate, [lo, hi] or None), ...]}`, a group per
+            finding (or per component of one), in the order to draw them.
+    """
+    rows = []
+    for group, members in groups.items():
+        for label, estimate, ci in members:
+            if estimate is None or not np.isfinite(estimate):
+                continue
+            ci = None if ci is None else [float(ci[0]), float(ci[1])]
+            rows.append(
+                {"group": group, "label": label, "estimate": float(estimate), "ci": ci,
+                 "clear_of_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}
+            )  # fmt: skip
+    return rows
+
+
+_INTERVAL_COLOURS = {True: "tab:blue", False: "tab:red", None: "grey"}
+_INTERVAL_KINDS = {True: "interval clear of 0", False: "interval reaching 0",
+                   None: "one seed: no interval"}  # fmt: skip
+
+
+def draw_interval_figure(groups, path, title=None):
+    """Each row's estimate with its 95% interval as a horizontal bar against a vertical line at
+    0, a panel per group (each with its own x scale), the numbers on the right; blue where the
+    interval excludes 0, red where it reaches 0, a grey point where there is no interval.
+    Writes `path` (PNG) when there is a row; returns `interval_rows(groups)`."""
+    rows = interval_rows(groups)
+    if not rows:
+        return rows
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    names = list(dict.fromkeys(r["group"] for r in rows))
+    members = {g: [r for r in rows if r["group"] == g] for g in names}
+    heights = [len(members[g]) + 1.6 for g in names]
+    figure = Figure(figsize=(7.5, 0.8 + 0.28 * sum(heights)), layout="constrained")
+    axes = figure.subplots(len(names), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for axis, group in zip(axes, names, strict=True):
+        entries = members[group]
+        digits = _interval_digits(entries)
+        y = np.arange(len(entries))[::-1]
+        for at, r in zip(y, entries, strict=True):
+            colour = _INTERVAL_COLOURS[r["clear_of_zero"]]
+            if r["ci"] is not None:
+                axis.plot(r["ci"], [at, at], color=colour, lw=4, solid_capstyle="butt")
+            axis.plot(r["estimate"], at, "o", color=colour, ms=6, mec="black", mew=0.6)
+        axis.axvline(0, color="black", lw=0.9)
+        ends = [0.0] + [x for r in entries for x in (r["ci"] or [r["estimate"]])]
+        pad = 0.08 * ((max(ends) - min(ends)) or 1.0)
+        axis.set_xlim(min(ends) - pad, max(ends) + pad)
+        axis.set_ylim(-0.7, len(entries) - 0.3)
+        axis.set_yticks(y, [r["label"] for r in entries], fontsize=8)
+        axis.tick_params(axis="x", labelsize=8)
+        axis.grid(axis="x", alpha=0.3)
+        axis.set_title(group, fontsize=9, loc="left")
+        numbers = axis.twinx()
+        numbers.set_ylim(axis.get_ylim())
+        numbers.set_yticks(y, [_estimate_text(r, digits) for r in entries], fontsize=7)
+        numbers.tick_params(axis="y", length=0)
+    kinds = [k for k in (True, False, None) if any(r["clear_of_zero"] is k for r in rows)]
+    handles = [
+        Line2D([], [], color=_INTERVAL_COLOURS[k], marker="o", mec="black", lw=0 if k is None
+               else 4, label=_INTERVAL_KINDS[k])
+        for k in kinds
+    ]  # fmt: skip
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.savefig(path, dpi=100)
+    return rows
+
+
+def _interval_digits(rows):
+    """Decimals for a group's numbers: 4 for small differences (Z1's), 2 for correlations."""
+    return 4 if max(abs(x) for r in rows for x in [r["estimate"], *(r["ci"] or [])]) < 0.1 else 2
+
+
+def _estimate_text(row, digits):
+    return f"{row['estimate']:+.{digits}f}{_interval(row['ci'], digits)}"
+
+
+def _interval_figure_lines(rows, link):
+    """The interval figure and, per group, in words: which intervals exclude 0, which reach
+    it (with the numbers) and which rows have no interval."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"![Estimates with 95% intervals over seeds, against 0]({link})",
+        "",
+        "The findings decided over seeds at a glance: each estimate with its 95% t interval "
+        "over seeds against 0 (the criterion is in each panel's title).",
+        "",
+    ]
+    for group in dict.fromkeys(r["group"] for r in rows):
+        entries = [r for r in rows if r["group"] == group]
+        parts = []
+        for kind, one, more in (
+            (True, "the interval excludes 0", "intervals exclude 0"),
+            (False, "the interval reaches 0", "intervals reach 0"),
+            (None, "no interval (1 seed)", "no interval (1 seed)"),
+        ):
+            chosen = [r for r in entries if r["clear_of_zero"] is kind]
+            if not chosen:
+                continue
+            digits = _interval_digits(entries)
+            listed = ", ".join(
+                r["label"] if kind else f"{r['label']} {_estimate_text(r, digits)}" for r in chosen
+            )
+            parts.append(f"{one if len(chosen) == 1 else more}: {listed}")
+        lines.append(f"- {group}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def paper_interval_groups(paper):
+    """The interval figure's rows at paper scale: T1's D and G rank correlations with depth
+    per variant, Z1's paired difference."""
+    variants, z1 = paper.get("T1", {}).get("variants", {}), paper.get("Z1") or {}
+    groups = _depth_groups("T1", "", variants)
+    if z1.get("mean_difference") is not None:
+        groups["Z1: shift consistency, blur - max, paired over seeds (holds: > 0)"] = [
+            ("blur - max", z1["mean_difference"], z1["ci"])
+        ]
+    return groups
+
+
+def extended_interval_groups(x):
+    """The interval figure's rows of the extended studies: Z1 on the whole test set, T2's rank
+    correlation and last-probe log ratio per variant, T3's D and G per condition."""
+    groups = {}
+    x = _with_studies(x)
+    zt = x["Z1"]["test_set"]
+    if zt.get("mean_difference") is not None:
+        groups["Z1: shift consistency, blur - max, whole test set (holds: > 0)"] = [
+            ("blur - max", zt["mean_difference"], zt["ci"])
+        ]
+    t2 = x["T2"]["variants"]
+    if t2:
+        groups["T2: rank corr. of log(D permuted / D) with depth (holds: > 0)"] = [
+            (v, e["rank_corr_mean"], e["rank_corr_ci"]) for v, e in t2.items()
+        ]
+        last = {v: list(e["per_probe"].items())[-1] for v, e in t2.items() if e["per_probe"]}
+        groups["T2: log(D permuted / D) at the last probe (holds: > 0)"] = [
+            (f"{v} ({name})", p["mean"], p["ci"]) for v, (name, p) in last.items()
+        ]
+    groups |= _depth_groups("T3", ", noisy training", x["T3"]["variants"])
+    return groups
+
+
+def _depth_groups(key, condition, variants):
+    """T1-style rows: D's and G's rank correlation with depth per variant (or condition)."""
+    if not variants:
+        return {}
+    return {
+        f"{key}: {c}'s rank corr. with depth{condition} (holds: {sign} 0)": [
+            (v, e[c]["mean"], e[c]["ci"]) for v, e in variants.items()
+        ]
+        for c, sign in (("D", "<"), ("G", ">"))
+    }
+
+
 def _strength(item):
     return float(item[0])
 
@@ -579,11 +842,16 @@ def write_paper_report(docs_dir, cpu, paper):
     paper_dir = os.path.join(directory, "paper")
     os.makedirs(paper_dir, exist_ok=True)
     paper_figures = draw_figures(paper, paper_dir)
+    intervals = draw_interval_figure(
+        paper_interval_groups(paper),
+        os.path.join(paper_dir, "intervals.png"),
+        title="Paper scale: findings decided over seeds (95% t intervals)",
+    )
     lines, cpu_findings = [], []
     if cpu.get("settings"):
         cpu_findings = evaluate_findings(cpu)
         lines.append(report_markdown(cpu, cpu_findings, draw_figures(cpu, directory)))
-    lines.append(paper_markdown(paper, cpu, cpu_findings, paper_figures))
+    lines.append(paper_markdown(paper, cpu, cpu_findings, paper_figures, intervals))
     write_text(os.path.join(docs_dir, "replication.md"), "\n".join(lines))
     if extended is not None:  # the extended studies' section stays below
         write_extended_report(docs_dir, extended)
@@ -608,8 +876,14 @@ def write_extended_report(docs_dir, extended):
     directory = os.path.join(docs_dir, "replication", "extended")
     os.makedirs(directory, exist_ok=True)
     figures = {}
-    if draw_p1_figure(extended["P1"], os.path.join(directory, "p1_error_vs_R.png")):
+    if draw_p1_figure(extended.get("P1", {}), os.path.join(directory, "p1_error_vs_R.png")):
         figures["p1"] = "replication/extended/p1_error_vs_R.png"
+    if draw_interval_figure(
+        extended_interval_groups(extended),
+        os.path.join(directory, "intervals.png"),
+        title="Extended studies: findings decided over seeds (95% t intervals)",
+    ):
+        figures["intervals"] = "replication/extended/intervals.png"
     extended = {**extended, "figures": figures}
     results = _read_results(docs_dir)
     write_json(
@@ -626,10 +900,10 @@ def write_extended_report(docs_dir, extended):
 
 def extended_markdown(x):
     """The extended studies' section: one line per finding, then a section per finding."""
+    x = _with_studies(x)
     total = len(x["finished"]) + len(x["missing"])
-    z1, t2 = x["Z1"], x["T2"]
     lines = [
-        "# Extended studies at paper scale: Z1 decided, T2, T3 (and, to come, P1)",
+        "# Extended studies at paper scale: Z1 decided, T2, T3, P1",
         "",
         f"Networks retrained with the paper-scale recipe on one kind of CPU (bfloat16 path "
         f"`{x['cpu_bfloat16']['used']}`): finished {len(x['finished'])} of {total} "
@@ -651,33 +925,18 @@ def extended_markdown(x):
             "",
         ]
     lines += ["```bash", x["settings"]["command"], "```", ""]
-    lines += ["| finding | deciding number (95% interval over seeds) | holds |", "|---|---|---|"]
-    zt = z1["test_set"]
-    if zt.get("mean_difference") is not None:
-        lines.append(
-            f"| Z1 blur raises shift consistency | blur - max {zt['mean_difference']:+.4f} "
-            f"{_interval(zt['ci'], 4)}, {len(z1['seeds'])} paired seeds | {_verdict(zt['holds'])} |"
-        )
-    for v, e in t2["variants"].items():
-        mean = e["rank_corr_mean"]
-        lines.append(
-            f"| T2 ({v}) permuting channels hurts later layers more | rank corr. of log(D "
-            f"permuted / D) with depth {mean:+.2f} {_interval(e['rank_corr_ci'], 2)} | "
-            f"{_verdict(e['holds'])} |"
-        )
-    p1 = x["P1"]
-    if p1.get("slope") is not None:
-        lines.append(
-            f"| P1 R at the output predicts test error across architectures and sizes | "
-            f"Spearman(error, R) {p1['spearman_R']:+.2f}{_interval(p1['spearman_R_ci'], 2)}; "
-            f"slope of log error on log R {p1['slope']:.2f}{_interval(p1['slope_ci'], 2)} "
-            f"(paper 0.5), {p1['networks']} networks | {_verdict(p1['holds'])} |"
-        )
-    for group, e in x["T3"]["variants"].items():
-        lines.append(
-            f"| T3 ({group}) D falls, G rises with depth after noisy training | rank corr. with "
-            f"depth D {e['D']['mean']:+.2f}{_interval(e['D']['ci'], 2)}, G "
-            f"{e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)} | {_verdict(e['holds'])} |"
+    lines += [
+        "One line per finding with the number that decides it; every number behind it in the "
+        "finding's section below.",
+        "",
+        "| finding | claim | deciding number (95% interval over seeds) | holds |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {key} | {claim} | {number} | {verdict} |"
+              for key, claim, number, verdict in _extended_rows(x)]  # fmt: skip
+    if "intervals" in x.get("figures", {}):
+        lines += _interval_figure_lines(
+            interval_rows(extended_interval_groups(x)), x["figures"]["intervals"]
         )
     lines += ["", "## Networks", "", "| network | test accuracy | shift consistency, 1,000 "
               "images x 1 pair | all 10,000 x 5 pairs (SE) | R last probe | R logits |",
@@ -693,11 +952,98 @@ def extended_markdown(x):
             f"| {name} | {n['test_accuracy']:.4f} | {consistency} | {full} "
             f"| {n.get('R_last', math.nan):.3f} | {n.get('R_output', math.nan):.3f} |"
         )
-    lines += _p1_lines(p1, x.get("figures", {}))
-    lines += _z1_extended_lines(z1)
-    lines += _t2_lines(t2)
+    lines += _p1_lines(x["P1"], x.get("figures", {}))
+    lines += _z1_extended_lines(x["Z1"])
+    lines += _t2_lines(x["T2"])
+    lines += _t3_lines(x["T3"])
     lines += _reproducibility_lines(x["reproducibility"])
     return "\n".join(lines) + "\n"
+
+
+EXTENDED_CLAIMS = {
+    "Z1": FINDINGS["Z1"] + ", on the whole test set",
+    "T2": "Permuting input channels raises D in later layers, not early ones",
+    "P1": "R at the output predicts test error across architectures and sizes",
+    "T3": "After training with noise too, D falls with depth while G rises",
+}
+
+
+def _with_studies(x):
+    """`x` with an empty entry for each study it does not have yet (an extended object written
+    before that study existed, e.g. without P1, still renders)."""
+    empty = {
+        "Z1": {"seeds": [], "test_set": {}, "first_1000": {}},
+        "T2": {"variants": {}, "holds_in": 0, "decided": 0},
+        "T3": {"variants": {}, "holds_in": 0, "decided": 0},
+        "P1": {"points": [], "holds": None},
+        "reproducibility": {},
+    }
+    return {**empty, **x}
+
+
+def _extended_rows(x):
+    """`(finding, claim, deciding number, verdict)` per finding of the extended studies."""
+    x = _with_studies(x)
+    z1, t2, p1, t3 = x["Z1"], x["T2"], x["P1"], x["T3"]
+    rows = []
+    zt = z1["test_set"]
+    if zt.get("mean_difference") is not None:
+        rows.append(
+            ("Z1", EXTENDED_CLAIMS["Z1"],
+             f"blur - max {zt['mean_difference']:+.4f}{_interval(zt['ci'], 4)}, "
+             f"{_count(len(z1['seeds']), 'paired seed')}", _verdict(zt["holds"]))
+        )  # fmt: skip
+    if t2["variants"]:
+        rows.append(("T2", EXTENDED_CLAIMS["T2"], _t2_summary(t2), _overall(t2)))
+    if p1.get("slope") is not None:
+        rows.append(
+            ("P1", EXTENDED_CLAIMS["P1"],
+             f"Spearman(error, R) {p1['spearman_R']:+.2f}{_interval(p1['spearman_R_ci'], 2)}; "
+             f"slope {p1['slope']:.2f}{_interval(p1['slope_ci'], 2)} (paper 0.5), "
+             f"{p1['networks']} networks", _verdict(p1["holds"], "fewer than 4 networks"))
+        )  # fmt: skip
+    if t3["variants"]:
+        rows.append(
+            ("T3", EXTENDED_CLAIMS["T3"], t1_summary(_t1_entries(t3), "conditions"),
+             _overall(t3))
+        )  # fmt: skip
+    return rows
+
+
+def _overall(statistics):
+    """A finding decided per variant holds when it holds in every decided one."""
+    if not statistics["decided"]:
+        return _verdict(None)
+    return _verdict(statistics["holds_in"] == statistics["decided"])
+
+
+def _t2_summary(t2):
+    """T2 in one line: in how many variants it holds; where it fails, the interval that does
+    not clear 0; else the variant whose rank correlation comes closest to 0."""
+    variants = t2["variants"]
+    decided = {v: e for v, e in variants.items() if e["holds"] is not None}
+    if not decided:
+        return f"{_count(len(variants), 'variant')}, 1 seed each: no intervals yet"
+    failing = [v for v, e in decided.items() if not e["holds"]]
+    text = f"{len(decided) - len(failing)} of {len(decided)} variants"
+    if len(decided) < len(variants):
+        text += f" ({len(variants) - len(decided)} more with 1 seed)"
+
+    def correlation(e):
+        return f"rank corr. {e['rank_corr_mean']:+.2f}{_interval(e['rank_corr_ci'], 2)}"
+
+    if failing:
+        parts = []
+        for v in failing:
+            e = decided[v]
+            name, last = list(e["per_probe"].items())[-1]
+            if e["rank_corr_ci"][0] > 0:  # the correlation holds: the last probe does not
+                parts.append(f"{v} (at {name} {last['mean']:+.2f}{_interval(last['ci'], 2)})")
+            else:
+                parts.append(f"{v} ({correlation(e)})")
+        return text + "; fails in " + ", ".join(parts)
+    v = min(decided, key=lambda name: decided[name]["rank_corr_ci"][0])
+    return text + f"; closest to 0: {v} {correlation(decided[v])}"
 
 
 def _p1_lines(p1, figures):
@@ -770,8 +1116,8 @@ def draw_p1_figure(p1, path):
     return True
 
 
-def _verdict(holds):
-    return {True: "yes", False: "**no**", None: "n/a (fewer than 2 seeds)"}[holds]
+def _verdict(holds, undecided="fewer than 2 seeds"):
+    return {True: "yes", False: "**no**", None: f"n/a ({undecided})"}[holds]
 
 
 def _z1_extended_lines(z1):
@@ -784,7 +1130,7 @@ def _z1_extended_lines(z1):
         "",
         "Per seed (blur - max, all 10,000 test images, 5 shift pairs each): "
         + ", ".join(f"{d:+.4f}" for d in zt["difference_per_seed"])
-        + f"; mean {zt['mean_difference']:+.4f}, 95% t interval {_interval(zt['ci'], 4)}, "
+        + f"; mean {zt['mean_difference']:+.4f}, 95% t interval{_interval(zt['ci'], 4)}, "
         f"Welch's p = {_p(zt['p_value'])}.",
         "",
     ]
@@ -801,7 +1147,7 @@ def _z1_extended_lines(z1):
     if first.get("mean_difference") is not None:
         lines += [
             f"The same networks measured as before (1,000 images, one pair each): "
-            f"{first['mean_difference']:+.4f} {_interval(first['ci'], 4)}.",
+            f"{first['mean_difference']:+.4f}{_interval(first['ci'], 4)}.",
             "",
         ]
     return lines
@@ -821,13 +1167,55 @@ def _t2_lines(t2):
         "",
     ]
     for v, e in t2["variants"].items():
+        rank = (
+            ""
+            if e["rank_corr_mean"] is None
+            else f"rank corr. of the log ratio with depth {e['rank_corr_mean']:+.2f}"
+            f"{_interval(e['rank_corr_ci'], 2)} (per seed "
+            f"{', '.join(f'{r:+.2f}' for r in e['rank_corr'])}), holds: {_verdict(e['holds'])}; "
+        )
         lines.append(
-            f"- **{v}**: crossover at `{e['crossover']}`; "
+            f"- **{v}**: {rank}"
+            + (
+                f"crossover at `{e['crossover']}`; "
+                if e["crossover"]
+                else "no crossover; "
+                if e["holds"] is not None
+                else "no crossover to tell (1 seed); "
+            )
             + ", ".join(
-                f"{name} {p['mean']:+.2f} {_interval(p['ci'], 2)}"
+                f"{name} {p['mean']:+.2f}{_interval(p['ci'], 2)}"
                 for name, p in e["per_probe"].items()
             )
         )
+    return lines
+
+
+def _t3_lines(t3):
+    if not t3["variants"]:
+        return []
+    lines = [
+        "",
+        "## T3: D and G with depth after training with noise",
+        "",
+        "T1's test on networks trained with Gaussian noise added to the inputs (the noise in "
+        "training only; measured as above): the Spearman rank correlation of D and of G with "
+        "probe depth per seed, its mean and 95% t interval over seeds; holds when D's interval "
+        "lies below 0 and G's above.",
+        "",
+    ]
+    for group, e in t3["variants"].items():
+        lines.append(
+            f"- **{group}**: rank corr. with depth D {e['D']['mean']:+.2f}"
+            f"{_interval(e['D']['ci'], 2)}, G {e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)}; "
+            "per seed "
+            + ", ".join(
+                f"s{k} D {d:+.2f} G {g:+.2f}"
+                for k, (d, g) in enumerate(zip(e["D"]["rank_corr"], e["G"]["rank_corr"],
+                                               strict=True))
+            )
+            + f"; holds: {_verdict(e['holds'])}"
+        )  # fmt: skip
     return lines
 
 

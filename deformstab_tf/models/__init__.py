@@ -10,6 +10,8 @@
   forward order, for the stability measures.
 - `fully_connected`, `lenet`, `mobilenet_v2`, `efficientnet_b0`: reference architectures of
   Petrini et al.'s (2021) CIFAR-10 comparison (no switch; probed at the `"units"` selection).
+- `recalibrate_batch_norm`: re-estimates BatchNormalization's moving statistics after a
+  transform of the weights (e.g. the permutation below).
 - `permute_input_channels`: a copy whose convolutions have their input channels permuted per
   filter (Tomasini et al. 2022's channel-pooling test).
 """
@@ -22,7 +24,7 @@ from deformstab_tf.models.downsampling import (
     downsampling_layers,
     probe_layer_names,
 )
-from deformstab_tf.models.normalization import BatchNormalization
+from deformstab_tf.models.normalization import BatchNormalization, recalibrate_batch_norm
 from deformstab_tf.models.permutation import permute_input_channels
 from deformstab_tf.models.reference import efficientnet_b0, fully_connected, lenet, mobilenet_v2
 from deformstab_tf.models.resnet import build_resnet, resnet18
@@ -45,5 +47,6 @@ __all__ = [
     "mobilenet_v2",
     "permute_input_channels",
     "probe_layer_names",
+    "recalibrate_batch_norm",
     "resnet18",
 ]

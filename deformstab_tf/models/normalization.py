@@ -11,7 +11,10 @@ faster in bfloat16 and in float32 (`benchmarks/bench_pipeline.py --precision`).
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
+
+from deformstab_tf._validation import check_model, check_positive_int
 
 _FUSED_INPUT_DTYPES = ("float16", "bfloat16", "float32")
 
@@ -99,3 +102,78 @@ class BatchNormalization(layers.BatchNormalization):
             return None
         axis = self.axis % 4
         return {3: "NHWC", 1: "NCHW"}.get(axis)
+
+
+def recalibrate_batch_norm(model, images, batch_size=250):
+    """Re-estimates the moving statistics of every BatchNormalization layer of `model` from
+    `images`, in place: their mean and (biased) variance under the model's current weights.
+
+    A transform of a trained network's weights (e.g. `permute_input_channels`) leaves its
+    BatchNormalization layers with statistics of the old pre-activations; in inference they
+    then shift and scale the new ones wrongly, and the network measured is a broken one rather
+    than the transformed one. This runs the model in training mode over `images` batch by
+    batch, each layer normalising with the batch's own statistics, and sets each moving mean /
+    variance to the image-weighted average of its batch means / variances (Keras's update with
+    `momentum = seen / (seen + batch)`; each layer's momentum is restored after). The averaged
+    batch variances leave out the spread of the batch means: use large batches.
+
+    Layers that act only in training (dropout, this package's deformation layers) act during
+    the passes; gamma, beta and all other weights are unchanged. The passes run in the model's
+    compute dtype: wrap the call in `deformstab_tf.measures.features.float32_compute(model)`
+    for float32 statistics of a mixed-precision model.
+
+    Args:
+        model: a built `keras.Model`; nested models' BatchNormalization layers are included.
+        images: `(N, ...)` inputs of the model, e.g. training images without augmentation.
+        batch_size: images per pass, a positive integer.
+
+    Returns:
+        The number of BatchNormalization layers recalibrated.
+
+    Raises:
+        TypeError: if `model` is not a Keras model.
+        ValueError: for a non-positive `batch_size` or no images.
+
+    Example:
+
+    >>> model = deformstab_tf.build_vgg([(4,), (8,)], input_shape=(8, 8, 3))
+    >>> images = np.random.default_rng(0).random((64, 8, 8, 3), dtype="float32")
+    >>> recalibrate_batch_norm(model, images, batch_size=32)
+    2
+    """
+    check_model("model", model)
+    check_positive_int("batch_size", batch_size)
+    count = int(np.shape(images)[0]) if np.ndim(images) else 0
+    if count == 0:
+        raise ValueError(f"`images` holds no image; received shape {np.shape(images)}.")
+    norms = list(_batch_norm_layers(model))
+    momenta = [layer.momentum for layer in norms]
+    try:
+        seen = 0
+        for start in range(0, count, batch_size):
+            batch = images[start : start + batch_size]
+            size = int(np.shape(batch)[0])
+            for layer in norms:
+                layer.momentum = seen / (seen + size)
+            model(batch, training=True)
+            seen += size
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return len(norms)
+
+
+def _batch_norm_layers(model):
+    """Every `keras.layers.BatchNormalization` of `model`, nested models included, once."""
+    seen = set()
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found = _batch_norm_layers(layer)
+        elif isinstance(layer, layers.BatchNormalization):
+            found = [layer]
+        else:
+            found = []
+        for norm in found:
+            if id(norm) not in seen:
+                seen.add(id(norm))
+                yield norm
