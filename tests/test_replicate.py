@@ -649,6 +649,9 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert network["cpu_bfloat16"] == cpu_bfloat16_path() or network["cpu_bfloat16"] is None
     with open(docs / "replication" / "experiments" / "retrained" / "max_s0.json") as file:
         record = json.load(file)
+    assert record["trained_separately"] is True and record["train_wall_seconds"] > 0
+    with open(docs / "replication" / "experiments" / "retrained" / "blur_s0.json") as file:
+        assert json.load(file)["trained_separately"] is False  # trained and measured in one run
     test_set = record["shift_consistency_test_set"]
     assert test_set["num_images"] == 36 and test_set["pairs_per_image"] == 5
     assert 0 <= test_set["value"] <= 1 and 0 <= test_set["standard_error"] <= 0.5 / np.sqrt(35)

@@ -421,6 +421,7 @@ class Runner:
         from deformstab_tf.training import train_run
 
         directory = self.run_directory(experiment)
+        trained_separately = self.is_trained(experiment)  # by an earlier run (--train_next)
         summary = train_run(directory, verbose=2, **self.train_config(experiment))
         run = read_run(directory)
         first, last = run.history[0]["results"], run.history[-1]["results"]
@@ -428,6 +429,10 @@ class Runner:
             "test_accuracy": summary["test_accuracy"],
             "train_accuracy": run.metrics["accuracy"],
             "precision": summary.get("precision", "float32"),
+            # training's own wall time (the last session of a resumed run only); when another
+            # run trained the network, `wall_seconds` covers the measurements only
+            "train_wall_seconds": summary.get("wall_seconds_last_session"),
+            "trained_separately": trained_separately,
             "sensitivity_init": dict(first["sensitivity"]),
             "sensitivity": dict(last["sensitivity"]),
             "smoothness_init": dict(first["smoothness"]),
@@ -662,6 +667,8 @@ def gather_extended(settings, experiments, finished):
         done.append(experiment.name)
         cpu += r.get("cpu_seconds", 0.0)
         wall += r.get("wall_seconds", 0.0)
+        if r.get("trained_separately"):
+            wall += r.get("train_wall_seconds") or 0.0
         if experiment.kind == "p1":
             group = f"{r['architecture']}_n{r['train_size']}"
         elif experiment.kind in groups:
