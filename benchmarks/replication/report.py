@@ -131,13 +131,7 @@ def report_markdown(results, findings, figures):
         f"{len(results['finished']) + len(results['missing'])} experiments.",
         "",
     ]
-    if results["missing"]:
-        lines += [
-            "**This run is partial**: rerun the command to continue it. Missing: "
-            + ", ".join(f"`{m}`" for m in results["missing"])
-            + ".",
-            "",
-        ]
+    lines += _missing_lines(results["missing"], "**This run is partial**")
     lines += [
         "Settings: CIFAR-10 subset of "
         f"{s['train_size'] or 50000} training images, {s['epochs']} epochs, random flips and "
@@ -898,6 +892,14 @@ def write_extended_report(docs_dir, extended):
     write_text(report, f"{text}\n\n{EXTENDED_MARKER}\n{extended_markdown(extended)}")
 
 
+def _missing_lines(missing, lead):
+    """`lead`: rerun ... Missing: `a`, `b`. (nothing when none is missing)."""
+    if not missing:
+        return []
+    listed = ", ".join(f"`{m}`" for m in missing)
+    return [f"{lead}: rerun the command to continue it. Missing: {listed}.", ""]
+
+
 def extended_markdown(x):
     """The extended studies' section: one line per finding, then a section per finding."""
     x = _with_studies(x)
@@ -910,13 +912,7 @@ def extended_markdown(x):
         f"({x['wall_seconds'] / 3600:.2f} h wall).",
         "",
     ]
-    if x["missing"]:
-        lines += [
-            "**Partial**: rerun the command to continue it. Missing: "
-            + ", ".join(f"`{m}`" for m in x["missing"])
-            + ".",
-            "",
-        ]
+    lines += _missing_lines(x["missing"], "**Partial**")
     if x["cpu_bfloat16"]["excluded"]:
         lines += [
             "Excluded from the comparisons (trained on another bfloat16 path): "
