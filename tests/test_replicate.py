@@ -673,6 +673,18 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     np.testing.assert_allclose(z1["test_set"]["difference_per_seed"], blur_minus_max)
     assert set(extended["T2"]["variants"]) == {"max", "blur", "strided"}
     assert extended["T2"]["variants"]["strided"]["holds"] is None  # one seed: no interval
+    def retrained(name):
+        path = docs / "replication" / "experiments" / "retrained" / f"{name}.json"
+        return json.loads(path.read_text())
+
+    stale = extended["T2_stale_statistics"]["variants"]["max"]["per_probe"]["block2_down"]
+    records = [retrained(f"max_s{k}") for k in (0, 1)]
+    stale_d = [
+        r["channel_permutation"]["stale_statistics"]["relative_stability"]["D"]["block2_down"]
+        for r in records
+    ]
+    d = [r["relative_stability"]["D"]["block2_down"] for r in records]
+    np.testing.assert_allclose(stale["log_ratio"], np.log(np.array(stale_d) / d))
     # T3: T1's test per noisy condition; the noise went into training only.
     assert set(extended["T3"]["variants"]) == {n[: -len("_s0")] for n in noisy}
     with open(docs / "replication" / "experiments" / "noisy" / "max_noise0.15_s0.json") as file:

@@ -728,12 +728,15 @@ def gather_extended(settings, experiments, finished):
         v: {c: _per_probe([r["relative_stability"][c] for r in seeds.values()]) for c in "DG"}
         for v, seeds in retrained.items()
     }
-    permuted = {
-        v: {c: _per_probe([r["channel_permutation"]["relative_stability"][c]
-                           for r in seeds.values()]) for c in "DG"}
-        for v, seeds in retrained.items()
-        if all("channel_permutation" in r for r in seeds.values())
-    }  # fmt: skip
+
+    def permuted(statistics):  # "recalibrated" (T2's measure) or "stale_statistics"
+        return {
+            v: {c: _per_probe([_permutation(r, statistics)[c] for r in seeds.values()])
+                for c in "DG"}
+            for v, seeds in retrained.items()
+            if all("channel_permutation" in r for r in seeds.values())
+        }  # fmt: skip
+
     committed = committed_paper_networks(s)
     keys = ("test_accuracy", "shift_consistency", "R_last", "D_last", "G_last", "sensitivity")
     return {
@@ -754,7 +757,9 @@ def gather_extended(settings, experiments, finished):
         "Z1": z1,
         "T1": t1_statistics({v: {"trained": p} for v, p in profiles.items()}),
         "P1": {"points": p1_points, **p1_statistics(p1_points)},
-        "T2": t2_statistics(profiles, permuted),
+        "T2": t2_statistics(profiles, permuted("recalibrated")),
+        # For comparison: the permuted networks with their stale BatchNormalization statistics.
+        "T2_stale_statistics": t2_statistics(profiles, permuted("stale_statistics")),
         "T3": t1_statistics(
             {
                 group: {
@@ -822,6 +827,15 @@ def committed_paper_networks(s):
                 r = json.load(file)
             networks.setdefault(r["variant"], {})[r["seed"]] = network_headline(r)
     return networks
+
+
+def _permutation(record, statistics):
+    """The permuted network's D/G/R per probe: `"recalibrated"` BatchNormalization statistics
+    (T2's measure) or the `"stale_statistics"` (empty for a record without them)."""
+    entry = record["channel_permutation"]
+    if statistics == "stale_statistics":
+        entry = entry.get("stale_statistics", {})
+    return entry.get("relative_stability", {"D": {}, "G": {}})
 
 
 def _per_probe(records):

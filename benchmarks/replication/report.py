@@ -950,7 +950,7 @@ def extended_markdown(x):
         )
     lines += _p1_lines(x["P1"], x.get("figures", {}))
     lines += _z1_extended_lines(x["Z1"])
-    lines += _t2_lines(x["T2"])
+    lines += _t2_lines(x["T2"], x.get("T2_stale_statistics"))
     lines += _t3_lines(x["T3"])
     lines += _reproducibility_lines(x["reproducibility"])
     return "\n".join(lines) + "\n"
@@ -1149,7 +1149,7 @@ def _z1_extended_lines(z1):
     return lines
 
 
-def _t2_lines(t2):
+def _t2_lines(t2, stale=None):
     if not t2["variants"]:
         return []
     lines = [
@@ -1157,9 +1157,11 @@ def _t2_lines(t2):
         "## T2: spatial vs channel pooling",
         "",
         "Every convolution's input channels permuted, independently per filter (seeded with the "
-        "training seed; each 2-D spatial filter kept, `deformstab_tf.permute_input_channels`); "
-        "D per probe before and after, as log(D permuted / D) with its 95% t interval over "
-        "seeds. > 0: the permutation makes the layer less stable (it relied on channel pooling).",
+        "training seed; each 2-D spatial filter kept, `deformstab_tf.permute_input_channels`), "
+        "then the BatchNormalization statistics re-estimated for the new pre-activations on "
+        "2,000 training images (`recalibrate_batch_norm`); D per probe before and after, as "
+        "log(D permuted / D) with its 95% t interval over seeds. > 0: the permutation makes the "
+        "layer less stable (it relied on channel pooling).",
         "",
     ]
     for v, e in t2["variants"].items():
@@ -1184,6 +1186,18 @@ def _t2_lines(t2):
                 for name, p in e["per_probe"].items()
             )
         )
+    shown = {v: e for v, e in (stale or {}).get("variants", {}).items() if e["per_probe"]}
+    if shown:
+        lines += [
+            "",
+            "Without re-estimating the statistics, the permuted network normalises its new "
+            "pre-activations with the old means and variances and is broken rather than "
+            "permuted; its D falls instead: mean log ratio at the last probe "
+            + ", ".join(
+                f"{v} {list(e['per_probe'].values())[-1]['mean']:+.2f}" for v, e in shown.items()
+            )
+            + ". That is why T2 is measured on recalibrated networks.",
+        ]
     return lines
 
 
