@@ -673,6 +673,7 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     np.testing.assert_allclose(z1["test_set"]["difference_per_seed"], blur_minus_max)
     assert set(extended["T2"]["variants"]) == {"max", "blur", "strided"}
     assert extended["T2"]["variants"]["strided"]["holds"] is None  # one seed: no interval
+
     def retrained(name):
         path = docs / "replication" / "experiments" / "retrained" / f"{name}.json"
         return json.loads(path.read_text())
