@@ -160,16 +160,16 @@ def main(argv):
             f"--cifar10 must be an image folder with train/ and test/: {settings.cifar10!r}"
         )
     experiments, runner = plan(settings), Runner(settings)
-    if FLAGS.measure_trained:  # measure what is trained, train nothing
-        experiments = [e for e in experiments if runner.is_trained(e)]
     if FLAGS.train_next:
         experiment = runner.train_next(experiments)
         print(f"[replicate] trained {experiment.name if experiment else 'nothing: none left'}")
         sys.exit(0 if experiment else 3)
+    # --measure_trained runs what is trained and trains nothing; the report covers the plan.
+    runnable = [e for e in experiments if runner.is_trained(e) or not FLAGS.measure_trained]
     if not FLAGS.report_only:
         done = len(list(runner.finished(experiments)))
         print(f"[replicate] {done} of {len(experiments)} experiments finished earlier", flush=True)
-        for experiment in experiments:
+        for experiment in runnable:
             if not os.path.exists(runner.result_path(experiment)):
                 print(f"[replicate] {experiment.name}", flush=True)
                 runner.run(experiment)

@@ -632,6 +632,9 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     measured = run([*extended_args, "--measure_trained"])
     assert measured.returncode == 0, measured.stderr[-3000:]
     assert os.listdir(docs / "replication" / "experiments" / "retrained") == ["max_s0.json"]
+    with open(docs / "replication" / "results.json") as file:
+        partial = json.load(file)["extended"]
+    assert partial["finished"] == ["retrained/max_s0"] and "retrained/blur_s0" in partial["missing"]
     rest = run(extended_args)
     assert rest.returncode == 0, rest.stderr[-3000:]
     with open(docs / "replication" / "results.json") as file:
