@@ -1254,6 +1254,24 @@ def _reproducibility_lines(reproducibility):
             + ", ".join(f"{n} {d:+.4f}" for n, d in entry["differences"].items())
             + f" | {entry['mean_abs']:.4f} | {sd:.4f} | {ratio:.1f} |"
         )
+    accuracy = r.get("test_accuracy", {}).get("seed_sd", {})
+    spreads = []
+    for v, sds in accuracy.items():
+        for which in ("committed", "retrained"):
+            e = sds.get(which)
+            if e is not None:
+                spreads.append(
+                    f"{v} {which} {e['sd']:.4f} [{e['ci'][0]:.4f}, {e['ci'][1]:.4f}] "
+                    f"({e['n']} seeds)"
+                )
+    if spreads:
+        lines += [
+            "",
+            "How small the seed-to-seed spread really is: the SD of test accuracy over seeds with "
+            "its 95% chi-square interval, " + "; ".join(spreads) + ". An SD from 3 seeds is "
+            "known only to within a factor of about 12, so a ratio above 1 against it says "
+            "little until the retrained seeds give their own SD.",
+        ]
     return lines
 
 
