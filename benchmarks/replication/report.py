@@ -909,7 +909,15 @@ def extended_markdown(x):
         "",
         f"Networks retrained with the paper-scale recipe on one kind of CPU (bfloat16 path "
         f"`{x['cpu_bfloat16']['used']}`): finished {len(x['finished'])} of {total} "
-        f"({x['wall_seconds'] / 3600:.2f} h wall).",
+        f"({x['wall_seconds'] / 3600:.2f} h wall"
+        + (
+            f", {x['wall_seconds'] / 60 / len(x['finished']):.0f} min per network, training and "
+            "measuring, on 2 cores shared with other work"
+            if x["finished"]
+            else ""
+        )
+        + f"). Planned: at most 12 h on this machine for the {total} networks (about 22 min "
+        "per paper-scale network on an idle machine, minutes for most of P1's).",
         "",
     ]
     lines += _missing_lines(x["missing"], "**Partial**")
