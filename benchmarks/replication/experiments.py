@@ -805,6 +805,7 @@ def network_headline(r):
         if r.get("sensitivity")
         else None,
         "cpu_bfloat16": r.get("cpu_bfloat16"),
+        "train_minutes": r["train_wall_seconds"] / 60 if r.get("train_wall_seconds") else None,
     }
     if last is not None:
         out.update({f"{c}_last": relative[c][last] for c in ("R", "D", "G")})

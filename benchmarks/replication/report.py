@@ -892,6 +892,21 @@ def write_extended_report(docs_dir, extended):
     write_text(report, f"{text}\n\n{EXTENDED_MARKER}\n{extended_markdown(extended)}")
 
 
+def _training_minutes(networks):
+    """How long training took per network (`train_minutes` of the paper-scale ones), or ''."""
+    minutes = [
+        n["train_minutes"] for name, n in networks.items()
+        if n.get("train_minutes") and "_n" not in name  # P1's smaller sets train faster
+    ]  # fmt: skip
+    if not minutes:
+        return ""
+    return (
+        f"Training took {min(minutes):.0f}-{max(minutes):.0f} min per paper-scale network "
+        f"here ({len(minutes)} networks; the committed ones took about 22 min on an AMX "
+        "machine). "
+    )
+
+
 def _missing_lines(missing, lead):
     """`lead`: rerun ... Missing: `a`, `b`. (nothing when none is missing)."""
     if not missing:
@@ -916,8 +931,9 @@ def extended_markdown(x):
             if x["finished"]
             else ""
         )
-        + f"). Planned: at most 12 h on this machine for the {total} networks (about 22 min "
-        "per paper-scale network on an idle machine, minutes for most of P1's).",
+        + "). "
+        + _training_minutes(x["networks"])
+        + f"Planned: at most 12 h on this machine for the {total} networks.",
         "",
     ]
     lines += _missing_lines(x["missing"], "**Partial**")
