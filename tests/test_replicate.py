@@ -731,3 +731,18 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert run([*paper_args, "--report_only"]).returncode == 0
     rewritten = (docs / "replication.md").read_text()
     assert rewritten.count("# Extended studies at paper scale") == 1
+
+
+def test_training_minutes_count_paper_scale_networks_only(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.report import _training_minutes
+
+    networks = {
+        "max_s0": {"train_minutes": 40.0},
+        "max_noise0.05_s1": {"train_minutes": 30.0},  # T3: paper scale
+        "lenet_n1000_s0": {"train_minutes": 5.0},  # P1: a smaller set
+        "blur_s0": {},  # measured before the minutes were recorded
+    }
+    assert _training_minutes(networks).startswith("Training took 30-40 min per paper-scale "
+                                                  "network here (2 networks;")  # fmt: skip
+    assert _training_minutes({}) == ""

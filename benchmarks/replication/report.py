@@ -4,6 +4,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 from _stats import t_quantile  # benchmarks/ is on sys.path
@@ -896,7 +897,7 @@ def _training_minutes(networks):
     """How long training took per network (`train_minutes` of the paper-scale ones), or ''."""
     minutes = [
         n["train_minutes"] for name, n in networks.items()
-        if n.get("train_minutes") and "_n" not in name  # P1's smaller sets train faster
+        if n.get("train_minutes") and not re.search(r"_n\d+_s\d+$", name)  # not P1's
     ]  # fmt: skip
     if not minutes:
         return ""
