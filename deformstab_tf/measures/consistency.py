@@ -164,7 +164,7 @@ def shift_consistency_from_predictor(
         pairs = []
         for pair in offsets[start : start + batch_size].transpose(1, 0, 2, 3):
             first, second = (
-                np.asarray(
+                keras.ops.convert_to_numpy(
                     predict_top1(
                         shift(batch, pair[:, k, 0], pair[:, k, 1], fill_mode=fill_mode),
                         batch_extras,
