@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from deformstab_tf._validation import check_positive_int
+from deformstab_tf.deformations._backend import to_numpy
 from deformstab_tf.measures._common import (
     call_perturbation,
     derive_seed,
@@ -162,7 +163,7 @@ class StabilityCallback(keras.callbacks.Callback):
         self.measures = measures
         self.probe_images = None
         if measures != ("smoothness",):
-            self.probe_images = np.asarray(probe_images, dtype=np.float32)
+            self.probe_images = to_numpy(probe_images, dtype=np.float32)
             if self.probe_images.ndim < 2 or self.probe_images.shape[0] < 2:
                 raise ValueError(
                     "`probe_images` must be a batch of at least 2 images. "
@@ -342,7 +343,7 @@ class StabilityCallback(keras.callbacks.Callback):
         digest = None
         if self._images is not None:
             digest = hashlib.sha1(
-                np.ascontiguousarray(keras.ops.convert_to_numpy(self._images))
+                np.ascontiguousarray(to_numpy(self._images))
             ).hexdigest()
         return {
             "measures": list(self.measures),

@@ -89,9 +89,10 @@ def numpy_tiny_cnn(weights, images):
 def numpy_sine_warp(batch):
     """A fixed, smooth bilinear deformation of `(B, H, W, C)` images (edge clamped), in NumPy:
     the same deformed images on every backend."""
+    import keras
     import scipy.ndimage
 
-    batch = np.asarray(batch, np.float64)
+    batch = np.asarray(keras.ops.convert_to_numpy(batch), np.float64)  # any device
     height, width = batch.shape[1:3]
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     source = [

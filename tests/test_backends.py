@@ -38,7 +38,13 @@ from deformstab_tf.measures import (
     shift_consistency,
 )
 from deformstab_tf.training import check_config
-from tests.backends import BACKEND, as_numpy, dtype_of, other_backend_only
+from tests.backends import (  # noqa: F401  (host_only_through_keras: a fixture)
+    BACKEND,
+    as_numpy,
+    dtype_of,
+    host_only_through_keras,
+    other_backend_only,
+)
 from tests.references import (
     TINY_CNN_PROBES,
     numpy_measures,
@@ -181,6 +187,14 @@ TEST_SPLIT_SUM = 239.22652425331762  # of a tiny synthetic task's test split, on
 TOLERANCE = {"rtol": 5e-6, "atol": 1e-9}  # to the float64 reference: backends agree to 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _cuda_like(request):
+    """The measures' and the callback's tests run with tensors that reach NumPy only through
+    `keras.ops.convert_to_numpy` (see `host_only_through_keras`)."""
+    if "probe_images" in request.fixturenames:
+        request.getfixturevalue("host_only_through_keras")
+
+
 @pytest.fixture(scope="module")
 def probe_images():
     return np.random.default_rng(0).normal(0.5, 0.25, PROBE_SHAPE).astype("float32")
@@ -310,3 +324,76 @@ def test_a_tensorflow_strategy_on_another_backend_is_an_error_naming_the_setting
     with pytest.raises(ValueError, match=f"`strategy`='mirrored'.*'{BACKEND}'"):
         check_config({"strategy": "mirrored"})
     check_config({"strategy": "default"})
+
+
+@pytest.mark.usefixtures("host_only_through_keras")
+def test_a_run_trains_measures_and_reports_with_tensors_that_stay_on_their_device(tmp_path):
+    """The main job's path (`train_run` with the callback, then `stability_report` of the saved
+    model) on the active backend, with tensors that reach NumPy only through
+    `keras.ops.convert_to_numpy` on PyTorch (what CUDA tensors allow)."""
+    from deformstab_tf.deformations import deformation_layer
+    from deformstab_tf.reports import stability_report
+    from deformstab_tf.training import train_run
+    from tests.references import TINY_RUN
+
+    summary = train_run(
+        str(tmp_path / "run"),
+        verbose=0,
+        **{**TINY_RUN, "epochs": 1, "measures": ["sensitivity", "relative_stability",
+                                                 "shift_consistency", "smoothness"]},
+    )  # fmt: skip
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    images = np.random.default_rng(0).random((6, 16, 16, 3)).astype("float32")
+    report = stability_report(
+        str(tmp_path / "run" / "model.keras"),
+        images,
+        deformation_layer("tps", 1.0, seed=0),
+        measures=("sensitivity", "relative_stability", "shift_consistency", "smoothness"),
+        max_shift=2,
+        verbose=0,
+    )
+    assert np.isfinite(report["sensitivity"].mean())
+
+
+def _float32_settings():
+    """TensorFlow's TF32 flag and the active backend's float32 precision settings."""
+    settings = {"tf32": tf.config.experimental.tensor_float_32_execution_enabled()}
+    if BACKEND == "jax":
+        import jax
+
+        settings["jax"] = jax.config.jax_default_matmul_precision
+    elif BACKEND == "torch":
+        import torch
+
+        settings["torch"] = (
+            torch.backends.cuda.matmul.fp32_precision,
+            torch.backends.cudnn.conv.fp32_precision,
+        )
+    return settings
+
+
+IEEE_FLOAT32 = {"tf32": False, "jax": "highest", "torch": ("ieee", "ieee")}
+
+
+def test_measures_compute_float32_without_tensorfloat32_and_restore_the_settings(probe_images):
+    """TF32 (default on Ampere+ GPUs) is off while the measures run the model, on every
+    backend, and the user's settings are back afterwards (on a CPU the flags still exist)."""
+    seen = []
+
+    class Spy(keras.layers.Layer):
+        def call(self, x):
+            seen.append(_float32_settings())
+            return x
+
+    inputs = keras.Input(PROBE_SHAPE[1:])
+    x = keras.layers.Conv2D(4, 3, name="conv")(Spy()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    seen.clear()  # the functional model's construction called the layer symbolically
+    before = _float32_settings()
+    assert before == {key: value for key, value in {
+        "tf32": True, "jax": None, "torch": ("none", "tf32")}.items() if key in before
+    }  # fmt: skip  (the libraries' defaults)
+    normalized_sensitivity(model, probe_images, numpy_sine_warp, layers=["conv"], batch_size=4)
+    shift_consistency(model, probe_images, max_shift=1, batch_size=4, seed=0)
+    assert seen and all(s == {k: IEEE_FLOAT32[k] for k in s} for s in seen), seen
+    assert _float32_settings() == before

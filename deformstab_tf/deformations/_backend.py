@@ -11,9 +11,11 @@ a field function works in ``tf.data`` on every backend (the ``DynamicBackend`` p
 What cannot be written once lives here: compiling a function (``tf.function(jit_compile=True)``
 on TensorFlow, ``jax.jit`` on JAX; with Keras variables read at run time for the measures, which
 run models on the active backend), stateless random draws from a ``(2,)`` seed with independent
-streams, and telling a concrete tensor from a traced one.
+streams, telling a concrete tensor from a traced one, moving a tensor to the host, and
+computing float32 in float32 on GPUs.
 """
 
+import contextlib
 import functools
 import inspect
 import zlib
@@ -196,6 +198,82 @@ def host_constant(function):
     if disabled is not cached:
         disabled.cache_info, disabled.cache_clear = cached.cache_info, cached.cache_clear
     return disabled
+
+
+def to_numpy(x, dtype=None):
+    """A NumPy array of `x` (a tensor of any backend on any device, or array-like).
+
+    The one way the package moves tensors to the host: `keras.ops.convert_to_numpy` copies a
+    CUDA tensor to the CPU first, where `np.asarray` fails on PyTorch ("can't convert cuda:0
+    device type tensor to numpy").
+    """
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=dtype)
+
+
+@contextlib.contextmanager
+def full_float32_precision():
+    """Inside the block, float32 matrix products and convolutions compute in float32 on every
+    backend and device; the previous settings are restored on exit.
+
+    NVIDIA GPUs since Ampere run float32 matmuls and convolutions in TensorFloat-32 (a 10-bit
+    mantissa) by default in TensorFlow, in JAX (its default matmul precision) and in PyTorch's
+    cuDNN convolutions: a measurement would move by ~1e-4 relative between a GPU and a CPU. The
+    measures run inside this block, so given weights measure the same on every device to ~1e-6;
+    training keeps whatever the user set. On a CPU nothing changes numerically.
+
+    Example:
+
+    >>> import tensorflow as tf
+    >>> with full_float32_precision():
+    ...     tf.config.experimental.tensor_float_32_execution_enabled()
+    False
+    """
+    import tensorflow as tf  # always installed; its setting matters wherever TF computes
+
+    restore = []
+    if tf.config.experimental.tensor_float_32_execution_enabled():
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        restore.append(lambda: tf.config.experimental.enable_tensor_float_32_execution(True))
+    try:
+        with contextlib.ExitStack() as stack:
+            backend = keras.backend.backend()
+            if backend == "jax":
+                import jax
+
+                # Part of jax.jit's cache key: functions compiled here are reused here only.
+                stack.enter_context(jax.default_matmul_precision("highest"))
+            elif backend == "torch":
+                restore.extend(_torch_ieee_float32())
+            yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+
+
+def _torch_ieee_float32():
+    """Sets PyTorch's float32 matmuls and cuDNN convolutions to IEEE float32; returns undos.
+
+    PyTorch >= 2.9 has `fp32_precision` settings and refuses to mix them with the legacy
+    `allow_tf32` flags, so the new ones are used where they exist.
+    """
+    import torch
+
+    undo = []
+    new_api = [
+        getattr(torch.backends.cuda, "matmul", None),
+        getattr(getattr(torch.backends, "cudnn", None), "conv", None),
+    ]
+    if all(hasattr(setting, "fp32_precision") for setting in new_api):
+        for setting in new_api:
+            previous = setting.fp32_precision
+            setting.fp32_precision = "ieee"
+            undo.append(functools.partial(setattr, setting, "fp32_precision", previous))
+        return undo
+    for setting in (torch.backends.cuda.matmul, torch.backends.cudnn):
+        previous = setting.allow_tf32
+        setting.allow_tf32 = False
+        undo.append(functools.partial(setattr, setting, "allow_tf32", previous))
+    return undo
 
 
 @host_code  # zlib is opaque to torch.compile

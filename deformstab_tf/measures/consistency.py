@@ -8,7 +8,11 @@ import keras
 import numpy as np
 
 from deformstab_tf._validation import check_choice, check_positive_int
-from deformstab_tf.deformations._backend import compiled_reading
+from deformstab_tf.deformations._backend import (
+    compiled_reading,
+    full_float32_precision,
+    to_numpy,
+)
 from deformstab_tf.deformations.warp import FILL_MODES, shift
 from deformstab_tf.measures._common import resolve_seed, warn_non_finite
 from deformstab_tf.measures.features import (
@@ -132,6 +136,7 @@ def top1_predictor(model):
     return _PREDICTORS[model]
 
 
+@full_float32_precision()  # no TensorFloat-32 on GPUs: the same numbers on every device
 def shift_consistency_from_predictor(
     predict_top1,
     images,
@@ -164,7 +169,7 @@ def shift_consistency_from_predictor(
         pairs = []
         for pair in offsets[start : start + batch_size].transpose(1, 0, 2, 3):
             first, second = (
-                keras.ops.convert_to_numpy(
+                to_numpy(
                     predict_top1(
                         shift(batch, pair[:, k, 0], pair[:, k, 1], fill_mode=fill_mode),
                         batch_extras,

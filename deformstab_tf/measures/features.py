@@ -36,7 +36,12 @@ import numpy as np
 import tensorflow as tf
 
 from deformstab_tf._validation import check_model, check_names
-from deformstab_tf.deformations._backend import compiled_reading, is_numeric
+from deformstab_tf.deformations._backend import (
+    compiled_reading,
+    full_float32_precision,
+    is_numeric,
+    to_numpy,
+)
 
 INPUT = "input"  # the probe name of the model's input (the images themselves)
 OUTPUT = "output"  # the probe name of a subclassed model's output
@@ -441,7 +446,7 @@ def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
     """
     check_model("model", model)
     try:
-        raw = np.asarray(keras.ops.convert_to_numpy(images))
+        raw = to_numpy(images)
         raw_dtype = keras.backend.standardize_dtype(raw.dtype)
     except (TypeError, ValueError):
         raw, raw_dtype = None, None
@@ -475,7 +480,7 @@ def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
             f"`images` has shape {received} but model {model.name!r} expects {expected} "
             "(a batch of images)."
         )
-    values = np.asarray(keras.ops.convert_to_numpy(images), np.float32)  # as the model sees them
+    values = to_numpy(images, np.float32)  # as the model sees them
     if not np.isfinite(values).all():
         count = int((~np.isfinite(values)).sum())
         raise ValueError(f"`images` must be finite; they hold NaN or inf in {count} entries.")
@@ -593,7 +598,7 @@ def float32_compute(model):
 def check_distinct_images(images, min_images=2):
     """Raises a ValueError naming `images` unless at least `min_images` of them differ; warns
     when identical pairs are so many that the median distance between probe images is 0."""
-    flat = np.asarray(images).reshape(images.shape[0], -1)
+    flat = to_numpy(images).reshape(images.shape[0], -1)
     counts = collections.Counter(
         hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat
     )
@@ -846,6 +851,7 @@ class ProbeFeatures:
         """`check_probe_inputs` for this probe's model: `(images, extras)`."""
         return check_probe_inputs(self.model, images, extra_inputs, min_images=min_images)
 
+    @full_float32_precision()  # no TensorFloat-32 on GPUs: the same numbers on every device
     def distances(
         self,
         images,
@@ -940,7 +946,7 @@ class ProbeFeatures:
         for i, rows in enumerate(blocks):
             batch = images[rows]
             for layer, (_, z) in enumerate(row):
-                is_zero[layer][rows] = np.asarray(z)
+                is_zero[layer][rows] = to_numpy(z)
             row_vectors = [u for u, _ in row]
             self._store_gram(self._gram(row_vectors, row_vectors), rows, rows, gram)
 
@@ -965,8 +971,8 @@ class ProbeFeatures:
                 forward_passes += 1
                 for layer, (d, z, f) in enumerate(outputs):
                     finite[layer] = finite[layer] and bool(f)
-                    paired[layer][p, rows] = np.asarray(d)
-                    paired_zero[layer][p, rows] = np.asarray(z)
+                    paired[layer][p, rows] = to_numpy(d)
+                    paired_zero[layer][p, rows] = to_numpy(z)
 
             # Later blocks in reverse order, so block i + 1 comes last and becomes the next row.
             next_row = None
@@ -1080,7 +1086,7 @@ class ProbeFeatures:
     @staticmethod
     def _store_gram(block, rows, columns, gram):
         for layer, g in enumerate(block):
-            g = np.asarray(g, dtype=np.float64)
+            g = to_numpy(g, dtype=np.float64)
             gram[layer][rows, columns] = g
             gram[layer][columns, rows] = g.T
 

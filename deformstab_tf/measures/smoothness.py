@@ -5,6 +5,7 @@ import keras
 import numpy as np
 
 from deformstab_tf._validation import check_model
+from deformstab_tf.deformations._backend import to_numpy
 from deformstab_tf.measures.results import MeasureResult
 
 ONE_BY_ONE = "1x1 kernel: no spatial neighbours"
@@ -39,7 +40,7 @@ def kernel_smoothness(model):
     check_model("model", model)
     values, skipped = {}, {}
     for layer, kernel in conv_kernels(model):
-        weights = np.asarray(kernel.numpy(), dtype=np.float64)
+        weights = to_numpy(kernel, dtype=np.float64)
         if weights.shape[0] == 1 and weights.shape[1] == 1:
             skipped[layer.name] = ONE_BY_ONE
             continue
@@ -87,7 +88,7 @@ def smooth_kernels(model, sigma):
     if sigma == 0:
         return smoothed
     for layer, kernel in conv_kernels(model):
-        weights = np.asarray(kernel.numpy(), dtype=np.float64)
+        weights = to_numpy(kernel, dtype=np.float64)
         height, width = weights.shape[:2]
         if height == 1 and width == 1:
             continue

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from deformstab_tf._validation import check_model, check_names, check_seed
+from deformstab_tf.deformations._backend import to_numpy
 
 PERMUTABLE_CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 """The layer classes whose kernels `permute_input_channels` permutes (with `groups == 1`)."""
@@ -143,7 +144,7 @@ def permute_input_channels(model, seed=None, layers=None):
     rng = np.random.default_rng(seed)
     for index in permutable:
         kernel = copies[index].kernel
-        weights = keras.ops.convert_to_numpy(kernel)
+        weights = to_numpy(kernel)
         in_channels, out_channels = weights.shape[-2:]
         perms = np.stack([rng.permutation(in_channels) for _ in range(out_channels)], axis=1)
         # perms[i, o] = perm_o[i]; broadcast over the spatial axes of the kernel.
