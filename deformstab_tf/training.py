@@ -295,9 +295,10 @@ def _upgrade(config):
 def resolve_precision(setting="auto"):
     """The training precision a `mixed_precision` setting means on this machine.
 
-    `"auto"` picks bfloat16 compute where the hardware has native bfloat16 (CPUs with AMX or
-    AVX512-BF16, GPUs of compute capability >= 8.0), float16 on older GPUs and float32 elsewhere.
-    Variables stay float32 in every case, and the measures always compute in float32.
+    `"auto"` asks the active Keras backend where it computes (`accelerator`): bfloat16 compute
+    on GPUs of compute capability >= 8.0 and on TPUs, float16 on older GPUs; on the CPU,
+    bfloat16 where it has native bfloat16 (AMX or AVX512-BF16) and float32 elsewhere. Variables
+    stay float32 in every case, and the measures always compute in float32.
 
     Args:
         setting: one of `PRECISIONS`.
@@ -307,18 +308,81 @@ def resolve_precision(setting="auto"):
 
     Example:
 
-    >>> resolve_precision("auto")  # on a CPU with AMX-BF16
-    'bfloat16'
+    >>> resolve_precision("auto") in ("bfloat16", "float16", "float32")  # depends on the machine
+    True
+    >>> resolve_precision("float32")
+    'float32'
     """
     check_choice("mixed_precision", setting, PRECISIONS)
     if setting != "auto":
         return setting
+    device = accelerator()
+    if device is None:
+        return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+    kind, capability = device
+    if kind == "gpu":
+        return "bfloat16" if capability >= (8, 0) else "float16"
+    return "bfloat16" if kind == "tpu" else "float32"
+
+
+def accelerator():
+    """The accelerator the active Keras backend computes on, or None for the CPU.
+
+    Each backend is asked in its own terms (JAX's default devices, `torch.cuda`, TensorFlow's
+    physical GPUs), so a JAX or PyTorch user with TensorFlow's CPU build (for `tf.data`) still
+    gets their GPU's answer.
+
+    Returns:
+        `("gpu", (major, minor))` with the compute capability of the first GPU, `("tpu", None)`,
+        `(platform, None)` for another accelerator (e.g. PyTorch's `"mps"`), or None.
+
+    Example:
+
+    >>> accelerator() is None or accelerator()[0] in ("gpu", "tpu", "mps")
+    True
+    """
+    return _ACCELERATOR_QUERIES[keras.backend.backend()]()
+
+
+def _tensorflow_accelerator():
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        major = (details.get("compute_capability") or (0, 0))[0]
-        return "bfloat16" if major >= 8 else "float16"
-    return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+    if not gpus:
+        return None
+    details = tf.config.experimental.get_device_details(gpus[0])
+    return "gpu", tuple(details.get("compute_capability") or (0, 0))
+
+
+def _jax_accelerator():
+    import jax
+
+    device = jax.devices()[0]  # the default backend's: GPU or TPU when there is one
+    if device.platform == "cpu":
+        return None
+    if device.platform == "gpu":
+        capability = getattr(device, "compute_capability", "0.0")  # "9.0" on CUDA
+        major, _, minor = str(capability).partition(".")
+        return "gpu", (int(major), int(minor or 0))
+    return device.platform, None
+
+
+def _torch_accelerator():
+    import torch
+
+    if torch.cuda.is_available():
+        return "gpu", tuple(torch.cuda.get_device_capability(0))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps", None  # "auto" keeps float32 there
+    return None
+
+
+_ACCELERATOR_QUERIES = {
+    "tensorflow": _tensorflow_accelerator,
+    "jax": _jax_accelerator,
+    "torch": _torch_accelerator,
+    "numpy": lambda: None,
+    "openvino": lambda: None,
+}
 
 
 def cpu_has_native_bfloat16():
@@ -988,6 +1052,7 @@ def cpu_devices(count):
 
 
 __all__ = [
+    "accelerator",
     "DEFAULTS",
     "MODELS",
     "PRECISIONS",

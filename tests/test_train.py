@@ -458,6 +458,66 @@ def _cpu_flags():
         return next(line for line in file if line.startswith("flags")).split()
 
 
+class _FakeJaxDevice:
+    def __init__(self, platform, compute_capability=None):
+        self.platform = platform
+        if compute_capability is not None:
+            self.compute_capability = compute_capability
+
+
+@pytest.mark.parametrize(
+    "backend, stubs, expected",
+    [
+        ("jax", {"devices": [_FakeJaxDevice("gpu", "9.0")]}, ("gpu", (9, 0), "bfloat16")),
+        ("jax", {"devices": [_FakeJaxDevice("gpu", "7.5")]}, ("gpu", (7, 5), "float16")),
+        ("jax", {"devices": [_FakeJaxDevice("tpu")]}, ("tpu", None, "bfloat16")),
+        ("torch", {"cuda": (8, 6)}, ("gpu", (8, 6), "bfloat16")),
+        ("torch", {"cuda": (7, 0)}, ("gpu", (7, 0), "float16")),
+        ("tensorflow", {"tf_gpu": (8, 0)}, ("gpu", (8, 0), "bfloat16")),
+        ("tensorflow", {"tf_gpu": (6, 1)}, ("gpu", (6, 1), "float16")),
+    ],
+)
+def test_precision_auto_asks_the_active_backend_for_its_accelerator(
+    monkeypatch, backend, stubs, expected
+):
+    """Each backend's own device query (stubbed here) decides `"auto"`: a JAX or PyTorch user's
+    GPU counts although TensorFlow (the CPU build) sees none, and TensorFlow's GPUs do not
+    count for another backend."""
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    # TensorFlow sees a GPU only in its own cases: another backend must not ask it.
+    tf_gpus = ["GPU:0"] if "tf_gpu" in stubs else []
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: tf_gpus)
+    monkeypatch.setattr(
+        tf.config.experimental,
+        "get_device_details",
+        lambda device: {"compute_capability": stubs["tf_gpu"]},
+    )
+    if backend == "jax":
+        import jax
+
+        monkeypatch.setattr(jax, "devices", lambda *args: stubs["devices"])
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: stubs["cuda"])
+    kind, capability, precision = expected
+    assert training.accelerator() == (kind, capability)
+    assert training.resolve_precision("auto") == precision
+
+
+def test_precision_auto_on_a_cpu_follows_its_bfloat16_flags_whatever_tensorflow_sees(monkeypatch):
+    import jax
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    monkeypatch.setattr(jax, "devices", lambda *args: [_FakeJaxDevice("cpu")])
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    monkeypatch.setattr(training, "cpu_bfloat16_path", lambda: None)
+    assert training.accelerator() is None
+    assert training.resolve_precision("auto") == "float32"
+    monkeypatch.setattr(training, "cpu_bfloat16_path", lambda: "avx512_bf16")
+    assert training.resolve_precision("auto") == "bfloat16"
+
+
 def test_precision_auto_is_resolved_recorded_and_kept_on_resume(tmp_path, monkeypatch, capsys):
     native = {"amx_bf16", "avx512_bf16"} & set(_cpu_flags())
     expected = "bfloat16" if native else "float32"
