@@ -16,6 +16,7 @@ batch; the test split is never shuffled, augmented or relabelled.
 - `load_dataset(source, ...)` dispatches on `"synthetic"`, `"folder:PATH"` or a TFDS name.
 """
 
+import collections
 import dataclasses
 import glob
 import hashlib
@@ -381,6 +382,14 @@ def image_folder(
     (default `~/.cache/deformstab_tf`), keyed by the files' paths, sizes and modification
     times, so later runs skip the decoding.
 
+    Channels: every image gets the channel count most training images have (a tie: the first
+    image's), and the test split the training split's. As Keras's loaders decode every image
+    with one `color_mode` (`keras.utils.image_dataset_from_directory`; TensorFlow's decoders
+    convert), a grayscale image among RGB ones is repeated into RGB, an RGBA image's alpha
+    channel is dropped (not blended), an RGB image among grayscale ones becomes its luminance
+    (`tf.image.rgb_to_grayscale`) and a missing alpha channel is opaque. A folder of grayscale
+    images stays grayscale (one channel; Keras's default `color_mode="rgb"` would make three).
+
     Args:
         path: the tree's root directory.
         validation_fraction: without a `test/` tree, the fraction of each class held out.
@@ -416,6 +425,7 @@ def image_folder(
         train_files, test_files = _hold_out(files, validation_fraction, seed, class_names, root)
     x_train, y_train = _decode_cached(train_files)
     x_test, y_test = _decode_cached(test_files)
+    x_test = _convert_channels(x_test, x_train.shape[-1])
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(
             f"Images under {root!r} differ in size: train {x_train.shape[1:]}, "
@@ -528,15 +538,19 @@ def _decode_cached(files):
     images = []
     try:
         for image in dataset:
-            if images and image.shape != images[0].shape:
+            if images and image.shape[:2] != images[0].shape[:2]:
                 raise ValueError(
-                    f"Images differ in size: {files[0][0]!r} is {tuple(images[0].shape)}, "
-                    f"{files[len(images)][0]!r} is {tuple(image.shape)}; resize them first."
+                    f"Images differ in size: {files[0][0]!r} is {tuple(images[0].shape[:2])}, "
+                    f"{files[len(images)][0]!r} is {tuple(image.shape[:2])} (height, width); "
+                    "resize them first."
                 )
             images.append(image.numpy())
     except tf.errors.InvalidArgumentError as error:
         raise ValueError(f"Cannot decode an image of {files[len(images)][0]!r}: {error}") from None
-    images = np.stack(images).astype(np.uint8)
+    # One channel count for all, the most common (a tie: the first image's), as `image_folder`
+    # says; Counter.most_common orders equal counts by first occurrence.
+    channels = collections.Counter(image.shape[-1] for image in images).most_common(1)[0][0]
+    images = np.stack([_convert_channels(image, channels) for image in images]).astype(np.uint8)
     labels = np.array([label for _, label in files], dtype=np.int32)
     try:
         os.makedirs(cache_dir, exist_ok=True)
@@ -546,6 +560,25 @@ def _decode_cached(files):
     except OSError:
         pass  # a read-only cache directory only costs the decoding next time
     return images, labels
+
+
+def _convert_channels(images, channels):
+    """uint8 `images` (channels last) with `channels` channels, converted as TensorFlow's image
+    decoders convert (and so Keras's loaders, which decode with a fixed channel count): an alpha
+    channel is dropped (not blended), grayscale is repeated into RGB, RGB becomes its luminance
+    (`tf.image.rgb_to_grayscale`, what `tf.io.decode_png(channels=1)` gives) and a missing alpha
+    channel is opaque (255). Images that have `channels` already are returned as they are."""
+    if images.shape[-1] == channels:
+        return images
+    colour = images[..., : 3 if images.shape[-1] >= 3 else 1]  # without alpha
+    if channels in (1, 2) and colour.shape[-1] == 3:
+        colour = tf.image.rgb_to_grayscale(colour).numpy()
+    elif channels in (3, 4) and colour.shape[-1] == 1:
+        colour = np.repeat(colour, 3, axis=-1)
+    if channels in (2, 4):
+        opaque = np.full((*colour.shape[:-1], 1), 255, colour.dtype)
+        colour = np.concatenate([colour, opaque], axis=-1)
+    return colour
 
 
 # -- TFDS -----------------------------------------------------------------------------------

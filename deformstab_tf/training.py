@@ -23,8 +23,13 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
 
 import keras
@@ -80,6 +85,8 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.csv"
 MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"
+# Seconds `train_run` waits for the other workers of a multi-worker cluster to start.
+CLUSTER_TIMEOUT = 300
 
 # Every argument of `train_run` and its default: the configuration a run directory records.
 DEFAULTS = {
@@ -281,6 +288,21 @@ def check_config(config):
                 f"`measure_every`={config['measure_every']} exceeds `epochs`={config['epochs']}: "
                 "nothing would be measured after initialisation."
             )
+    return _drop_unread_settings(config)
+
+
+def _uses_data_dir(dataset):
+    """Whether the `dataset` setting reads `data_dir`: TFDS names do, `"synthetic"` and
+    `"folder:PATH"` do not."""
+    return isinstance(dataset, str) and dataset != "synthetic" and not dataset.startswith("folder:")
+
+
+def _drop_unread_settings(config):
+    """`config` without a `data_dir` its `dataset` does not read (earlier versions recorded it,
+    and then refused to resume without it): None, the default, whatever was given."""
+    dataset = config.get("dataset", DEFAULTS["dataset"])
+    if config.get("data_dir") is not None and not _uses_data_dir(dataset):
+        config = {**config, "data_dir": None}
     return config
 
 
@@ -442,7 +464,7 @@ def check_config_against_data(config, info):
         probe_deformation(config).check_image_size(*info.image_shape[:2])
 
 
-def train_run(output_dir, verbose=1, download=True, **config):
+def train_run(output_dir, verbose=1, download=True, cluster_timeout=CLUSTER_TIMEOUT, **config):
     """Trains (or resumes, or leaves alone if finished) the run in `output_dir`.
 
     Args:
@@ -450,6 +472,9 @@ def train_run(output_dir, verbose=1, download=True, **config):
         verbose: Keras progress bars (1), one line per epoch (2) or silent (0).
         download: a TFDS `dataset` missing from `data_dir` is downloaded (default) or, with
             False, an error (offline use). Not a setting of the run: the data are the same.
+        cluster_timeout: `strategy="multi_worker"`: seconds to wait for the other workers of
+            `TF_CONFIG` to start (then a `TimeoutError` naming them; see `_multi_worker_strategy`).
+            Not a setting of the run.
         **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
             synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
@@ -491,7 +516,17 @@ def train_run(output_dir, verbose=1, download=True, **config):
     """
     started, cpu_started = time.time(), time.process_time()
     check_choice("verbose", verbose, (0, 1, 2))
+    check_non_negative("cluster_timeout", cluster_timeout)
+    if cluster_timeout == 0:
+        raise ValueError("`cluster_timeout` must be > 0 seconds; received cluster_timeout=0.")
+    data_dir = config.get("data_dir")
     config = check_config(config)
+    if data_dir is not None and config["data_dir"] is None and verbose:
+        print(
+            f"warning: `data_dir`={data_dir!r} has no effect on dataset={config['dataset']!r} "
+            "(only TFDS datasets read it): ignored, and not recorded as a setting of the run.",
+            file=sys.stderr,
+        )
     output_dir = check_output_directory("output_dir", output_dir)
     state = _check_run_directory(output_dir, config)
     if state == "complete":
@@ -501,12 +536,17 @@ def train_run(output_dir, verbose=1, download=True, **config):
             return json.load(file)
     precision = _run_precision(output_dir, config, state, verbose)
     with op_determinism(config["deterministic"]):
-        return _train(output_dir, config, state, precision, verbose, download, started, cpu_started)
+        return _train(
+            output_dir, config, state, precision, verbose, download, cluster_timeout, started,
+            cpu_started,
+        )  # fmt: skip
 
 
-def _train(output_dir, config, state, precision, verbose, download, started, cpu_started):
+def _train(
+    output_dir, config, state, precision, verbose, download, cluster_timeout, started, cpu_started
+):
     keras.utils.set_random_seed(config["seed"])
-    strategy = _strategy(config["strategy"])
+    strategy = _strategy(config["strategy"], cluster_timeout, verbose)
     is_chief = _is_chief(strategy)
     # Only the chief writes the run directory; other workers write a scratch copy.
     run_dir = output_dir if is_chief else tempfile.mkdtemp(prefix="deformstab_worker_")
@@ -742,7 +782,7 @@ def read_config(run_dir):
             f'{path!r} is not a run\'s configuration: it holds no "config" object (a run '
             "directory written by train_run has one)."
         )
-    return _upgrade(document["config"])
+    return _drop_unread_settings(_upgrade(document["config"]))
 
 
 def read_json(path):
@@ -983,17 +1023,177 @@ def _version():
 # -- distribution ----------------------------------------------------------------------------
 
 
-def _strategy(name):
+def _strategy(name, cluster_timeout=CLUSTER_TIMEOUT, verbose=1):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError(
-                "strategy='multi_worker' needs the TF_CONFIG environment variable (the cluster "
-                "and this worker's task); see the README."
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy(cluster_timeout, verbose)
     return tf.distribute.get_strategy()
+
+
+def _multi_worker_strategy(timeout, verbose):
+    """`MultiWorkerMirroredStrategy` once every chief and worker task of `TF_CONFIG` is up.
+
+    TensorFlow waits for the other workers inside one call that holds the GIL and catches
+    SIGTERM (its preemption notifier): by default forever, silently, and only SIGKILL ends it.
+    So the workers first wait for each other here, where Ctrl-C and SIGTERM work: each one
+    listens on its own `TF_CONFIG` port (which TensorFlow then takes over) and connects to the
+    others' until all of them answer, for at most `timeout` seconds. TensorFlow's own
+    registration of the tasks is bounded by the same timeout (a worker that answered, then
+    died), and SIGTERM gets back the action it had once the strategy exists.
+
+    Raises:
+        ValueError: `TF_CONFIG` is missing or names no cluster.
+        TimeoutError: naming the workers that did not start within `timeout` seconds.
+        OSError: this worker's own port is taken.
+    """
+    own, others = _tf_config_tasks()
+    if verbose and others:
+        print(
+            f"Waiting up to {timeout:g} s for the other workers of TF_CONFIG: "
+            + ", ".join(f"{name} at {address}" for name, address in others.items())
+            + (f" (this is {own[0]} at {own[1]})." if own else "."),
+            file=sys.stderr,
+            flush=True,
+        )
+    _wait_for_workers(own[1] if own else None, others, timeout)
+    if own is not None:
+        _bound_cluster_registration(timeout)
+    restore_sigterm = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if restore_sigterm else None
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except tf.errors.DeadlineExceededError as error:
+        names = {f"{job} {index}" for job, index in _TASK.findall(error.message)}
+        late = {name: others[name] for name in sorted(names) if name in others} or others
+        raise TimeoutError(
+            f"Not every worker of TF_CONFIG joined TensorFlow's cluster within "
+            f"cluster_timeout={timeout:g} s: "
+            + ", ".join(f"{name} at {address}" for name, address in late.items())
+            + " answered but did not join. Is it running the same command, with this TF_CONFIG?"
+        ) from None
+    finally:
+        if sigterm is not None:  # TensorFlow's preemption notifier took SIGTERM over
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+_TASK = re.compile(r"/job:(\w+)/replica:\d+/task:(\d+)")
+_TF_CONFIG_EXAMPLE = (
+    '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}'
+)
+
+
+def _tf_config_tasks():
+    """`((name, address) of this task or None, {name: address} of the other chief and worker
+    tasks)` from `TF_CONFIG`, names such as `"worker 1"`."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise ValueError(
+            "strategy='multi_worker' needs the TF_CONFIG environment variable (the cluster and "
+            f"this worker's task), e.g. TF_CONFIG='{_TF_CONFIG_EXAMPLE}'; see the README."
+        )
+    try:
+        document = json.loads(text)
+        tasks = {}
+        for job in ("chief", "worker"):
+            addresses = document["cluster"].get(job, [])
+            pairs = addresses.items() if isinstance(addresses, dict) else enumerate(addresses)
+            for index, address in pairs:
+                _host_port(address)
+                tasks[f"{job} {int(index)}"] = address
+        task = document.get("task")
+        name = f"{task['type']} {int(task.get('index', 0))}" if task else None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"`TF_CONFIG` must be JSON such as '{_TF_CONFIG_EXAMPLE}' ({error}); received "
+            f"TF_CONFIG={text!r}."
+        ) from None
+    if not tasks:
+        raise ValueError(f"`TF_CONFIG` names no chief or worker task; received TF_CONFIG={text!r}.")
+    own = (name, tasks.pop(name)) if name in tasks else None
+    return own, tasks
+
+
+def _host_port(address):
+    """`(host, port)` of a `"host:port"` address (`"[::1]:port"` for IPv6)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not a host:port address")
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_workers(own_address, others, timeout):
+    """Listens on this worker's port and connects to the `others` until each has answered (its
+    own such listener or TensorFlow's server), for at most `timeout` seconds."""
+    listener = None
+    if own_address is not None and others:
+        port = _host_port(own_address)[1]
+        try:
+            if socket.has_dualstack_ipv6():
+                listener = socket.create_server(
+                    ("", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=64
+                )
+            else:
+                listener = socket.create_server(("", port), backlog=64)
+        except OSError as error:
+            raise OSError(
+                f"This worker's TF_CONFIG address {own_address} cannot be listened on "
+                f"({error.strerror}): is another process using port {port}?"
+            ) from None
+        listener.setblocking(False)
+    waiting, reasons = dict(others), {}
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            for name, address in list(waiting.items()):
+                left = deadline - time.monotonic()
+                try:
+                    with socket.create_connection(_host_port(address), max(0.05, min(1.0, left))):
+                        del waiting[name]
+                except OSError as error:
+                    reasons[name] = error.strerror or str(error) or type(error).__name__
+            while listener is not None:  # tidy: the kernel answered them already
+                try:
+                    listener.accept()[0].close()
+                except OSError:
+                    break
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"The other workers of TF_CONFIG did not start within "
+                    f"cluster_timeout={timeout:g} s: no answer from "
+                    + ", ".join(f"{n} at {a} ({reasons[n]})" for n, a in waiting.items())
+                    + ". Start the same command there, or raise the timeout."
+                )
+            time.sleep(0.2)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _bound_cluster_registration(timeout):
+    """Configures TensorFlow's coordination service as `MultiWorkerMirroredStrategy` does, but
+    with its task registration a barrier that times out after `timeout` seconds (by default
+    the service waits for a task that never registers for as long as it runs)."""
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:  # configured by the caller
+        return
+    cluster_spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        cluster_register_timeout_in_ms=int(timeout * 1000),
+    )
+    config = context.context().coordination_service
+    for job in ("chief", "worker"):
+        if job in cluster_spec.jobs:
+            config.coordinated_job_list.add(name=job, num_tasks=cluster_spec.num_tasks(job))
+    if "cluster_register_with_barrier" in config.DESCRIPTOR.fields_by_name:
+        config.cluster_register_with_barrier = True
 
 
 def _is_chief(strategy):

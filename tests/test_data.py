@@ -164,6 +164,59 @@ def test_image_folder_both_layouts_sorted_classes_and_validation_split(tmp_path,
     np.testing.assert_array_equal(_all(again[1])[0], x_test)  # seeded
 
 
+def _write_png(path, image):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(tf.io.encode_png(np.asarray(image, np.uint8)).numpy())
+
+
+def test_image_folder_gives_every_image_one_channel_count_as_keras_loaders_do(
+    tmp_path, monkeypatch
+):
+    """One grayscale and one RGBA image among RGB ones: decoded as RGB (issue 26: the error
+    said "Images differ in size" for images of one size)."""
+    monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "mixed"
+    for label, name in enumerate(("ant", "bee")):
+        for i in range(3):
+            _write_png(root / "train" / name / f"{i}.png", np.full((8, 10, 3), 10 * i + label))
+            # The test tree is all grayscale: converted to the training split's RGB.
+            _write_png(root / "test" / name / f"{i}.png", np.full((8, 10, 1), 50 + label))
+    _write_png(root / "train" / "ant" / "0.png", np.full((8, 10, 1), 7))  # grayscale
+    rgba = np.concatenate([np.full((8, 10, 3), [100, 150, 200]), np.zeros((8, 10, 1))], -1)
+    _write_png(root / "train" / "bee" / "1.png", rgba)  # RGBA, fully transparent
+    train, test, info = load_dataset(f"folder:{root}", batch_size=64)
+    assert info.image_shape == (8, 10, 3)
+    x_train, y_train = _all(train)
+    corners = np.round(x_train[:, 0, 0] * 255).astype(int)
+    colours = {(int(y), *c) for c, y in zip(corners, y_train, strict=True)}
+    # Grayscale repeated into RGB; the alpha channel dropped, not blended (colours kept).
+    assert colours == {(0, 7, 7, 7), (0, 10, 10, 10), (0, 20, 20, 20),
+                       (1, 1, 1, 1), (1, 100, 150, 200), (1, 21, 21, 21)}  # fmt: skip
+    x_test, y_test = _all(test)
+    expected = np.broadcast_to(50 + y_test[:, None, None, None], x_test.shape)
+    np.testing.assert_array_equal(np.round(x_test * 255), expected)
+
+    # Mostly grayscale: one channel, an RGB image as its luminance (as decode_png(channels=1)).
+    gray = tmp_path / "gray"
+    for label, name in enumerate(("ant", "bee")):
+        for split in ("train", "test"):
+            for i in range(2):
+                _write_png(gray / split / name / f"{i}.png", np.full((8, 10, 1), 30 + label))
+    red = np.full((8, 10, 3), [255, 0, 0])
+    _write_png(gray / "train" / "bee" / "0.png", red)
+    train, _, info = load_dataset(f"folder:{gray}", batch_size=64)
+    assert info.image_shape == (8, 10, 1)
+    luminance = tf.io.decode_png(tf.io.encode_png(red.astype(np.uint8)), channels=1)[0, 0, 0]
+    values = {int(v) for v in np.round(_all(train)[0][:, 0, 0, 0] * 255)}
+    assert values == {30, 31, int(luminance)} and int(luminance) == 76
+
+    # Images of different sizes are still an error, naming (height, width).
+    _write_png(root / "train" / "ant" / "1.png", np.full((9, 10, 3), 0))
+    with pytest.raises(ValueError, match=r"differ in size: .* is \(8, 10\), .* is \(9, 10\)"):
+        load_dataset(f"folder:{root}")
+
+
 def test_subsets_and_random_labels(tmp_path, monkeypatch):
     monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
     _write_tree(tmp_path / "tree", "split", per_class=10)

@@ -370,6 +370,9 @@ def test_bad_flags_exit_with_one_line_naming_the_flag_and_write_nothing(tmp_path
         ("--grid_size=17", "at most the image size 16"),
         ("--deformation=diffeo --cutoff=0", "cutoff=0"),
         ("--cpu_devices=-1", "--cpu_devices=-1"),
+        # A split CPU only serves MirroredStrategy: elsewhere it would change nothing, silently.
+        ("--cpu_devices=2", "--cpu_devices=2 splits the CPU into devices for --strategy=mirrored"),
+        ("--cpu_devices=2", "only; with --strategy=default it would change nothing"),
         ("--synthetic_image_size=2", "`synthetic_grid_size` must be in 2..synthetic_image_size=2"),
         ("--synthetic_grid_size=1", "synthetic_grid_size=1"),
         ("--synthetic_classes=1", "synthetic_classes=1"),
@@ -397,6 +400,128 @@ def test_bad_flags_exit_with_one_line_naming_the_flag_and_write_nothing(tmp_path
         )
         assert "\x1b[" not in lines[0], lines  # no terminal colour codes from Keras
         assert not os.path.exists(bad), flag
+
+
+def test_data_dir_where_no_tfds_dataset_reads_it_is_ignored_with_a_warning(tmp_path, capsys):
+    """Issue 26: `data_dir` with synthetic or image-folder data changed nothing but was recorded
+    as a setting, so the same run without it was refused."""
+    run_dir = str(tmp_path / "run")
+    settings = {**TINY, "epochs": 1, "synthetic_samples": 32, "measures": []}
+    summary = train_run(run_dir, verbose=1, data_dir=str(tmp_path / "tfds"), **settings)
+    err = capsys.readouterr().err
+    (warning,) = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warning == (
+        f"warning: `data_dir`={str(tmp_path / 'tfds')!r} has no effect on dataset='synthetic' "
+        "(only TFDS datasets read it): ignored, and not recorded as a setting of the run."
+    )
+    with open(os.path.join(run_dir, "config.json")) as file:
+        recorded = json.load(file)
+    assert recorded["config"]["data_dir"] is None
+    assert train_run(run_dir, verbose=0, **settings) == summary  # the same run, without it
+    # A run recorded with it (before this fix) is the same run too, with or without it.
+    recorded["config"]["data_dir"] = "/somewhere"
+    with open(os.path.join(run_dir, "config.json"), "w") as file:
+        json.dump(recorded, file)
+    assert train_run(run_dir, verbose=0, **settings) == summary
+    assert train_run(run_dir, verbose=0, data_dir="/elsewhere", **settings) == summary
+    # Image folders ignore it too; TFDS datasets keep it (it is where their files are).
+    assert check_config({"dataset": "folder:/images", "data_dir": "/x"})["data_dir"] is None
+    assert check_config({"dataset": "cifar10", "data_dir": "/x"})["data_dir"] == "/x"
+    with pytest.raises(TypeError, match="data_dir=5"):  # still checked
+        check_config({"data_dir": 5})
+
+
+def _worker_config(ports, index=0):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+def test_multi_worker_checks_tf_config_and_its_timeout_first(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    settings = {**TINY, "strategy": "multi_worker"}
+    for value, error in [(0, ValueError), (-1, ValueError), ("5", ValueError)]:
+        with pytest.raises(error, match=f"`cluster_timeout`.*cluster_timeout={value!r}"):
+            train_run(str(run_dir), verbose=0, cluster_timeout=value, **settings)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs the TF_CONFIG environment variable"):
+        train_run(str(run_dir), verbose=0, **settings)
+    for text, message in [
+        ("{cluster", r"`TF_CONFIG` must be JSON such as .*TF_CONFIG='\{cluster'"),
+        ('{"cluster": {"worker": ["nohost"]}}', r"'nohost' is not a host:port address"),
+        ('{"cluster": {"ps": ["h:1"]}}', r"names no chief or worker task"),
+    ]:
+        monkeypatch.setenv("TF_CONFIG", text)
+        with pytest.raises(ValueError, match=message):
+            train_run(str(run_dir), verbose=0, **settings)
+    assert not run_dir.exists()
+    config = {"cluster": {"chief": ["a:1"], "worker": {"1": "[::1]:3"}}, "task": {"type": "chief"}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    assert training._tf_config_tasks() == (("chief 0", "a:1"), {"worker 1": "[::1]:3"})
+    assert training._host_port("[::1]:3") == ("::1", 3)
+
+
+def test_a_worker_whose_peer_never_joins_says_so_gives_up_and_stops_on_sigterm(tmp_path):
+    """Issue 26: with TF_CONFIG naming a worker that never starts, `--strategy=multi_worker`
+    waited forever, printed nothing and ignored SIGTERM. Three workers 0, started together (one
+    TensorFlow import of wall time): worker 1 never starts (a 2 s timeout; SIGTERM), or it
+    answers on its port but never joins TensorFlow's cluster (a 2 s timeout)."""
+    answering = socket.create_server(("127.0.0.1", 0))  # a port that answers, not a worker
+    cases = {
+        "timeout": ([_free_port(), _free_port()], ["--cluster_timeout=2"]),
+        "sigterm": ([_free_port(), _free_port()], []),  # the default timeout: 300 s
+        "no_join": ([_free_port(), answering.getsockname()[1]], ["--cluster_timeout=2"]),
+    }
+    processes, logs = {}, {}
+    for name, (ports, flags) in cases.items():
+        logs[name] = tmp_path / f"{name}.err"
+        args = [*TINY_FLAGS, "--strategy=multi_worker", *flags, f"--output_dir={tmp_path / name}"]
+        with open(logs[name], "w") as log:
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "trainers.train", *args],
+                cwd=ROOT,
+                env={**os.environ, "TF_CONFIG": _worker_config(ports)},
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+    try:
+        seen = {}  # when each says whom it waits for
+        deadline = time.time() + 300
+        while len(seen) < len(cases) and time.time() < deadline:
+            for name, (ports, _) in cases.items():
+                text = logs[name].read_text()
+                line = (
+                    f"for the other workers of TF_CONFIG: worker 1 at 127.0.0.1:{ports[1]} "
+                    f"(this is worker 0 at 127.0.0.1:{ports[0]})."
+                )
+                if name not in seen and line in text:
+                    seen[name] = time.time()
+                assert name in seen or processes[name].poll() is None, text[-3000:]
+            time.sleep(0.1)
+        assert set(seen) == set(cases), {name: logs[name].read_text()[-2000:] for name in cases}
+        assert "Waiting up to 2 s" in logs["timeout"].read_text()
+        assert "Waiting up to 300 s" in logs["sigterm"].read_text()
+
+        processes["sigterm"].send_signal(signal.SIGTERM)
+        assert processes["sigterm"].wait(timeout=10) == -signal.SIGTERM
+        assert time.time() - seen["sigterm"] < 15
+
+        for name, expected in [
+            ("timeout", "did not start within cluster_timeout=2 s: no answer from worker 1 at "),
+            ("no_join", "joined TensorFlow's cluster within cluster_timeout=2 s: worker 1 at "),
+        ]:
+            assert processes[name].wait(timeout=60) == 1, logs[name].read_text()[-3000:]
+            assert time.time() - seen[name] < 60
+            # One line of ours (TensorFlow logs its own errors around it).
+            (line,) = [x for x in logs[name].read_text().splitlines() if x.startswith("error: ")]
+            assert expected in line and f"127.0.0.1:{cases[name][0][1]}" in line, line
+        for name in cases:
+            assert not (tmp_path / name).exists(), name  # nothing written
+    finally:
+        answering.close()
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def test_multi_worker_with_two_local_processes(tmp_path):
@@ -586,6 +711,7 @@ def test_the_train_flags_default_to_the_defaults_of_train_run():
         if name == "jit_compile":  # the flag is a string: "auto", "true", "false"
             continue
         assert plain(defaults[name]) == plain(DEFAULTS[name]), name
+    assert defaults["cluster_timeout"] == training.CLUSTER_TIMEOUT  # not a setting of the run
 
 
 def test_a_reference_model_trains_and_rejects_the_switch_settings(tmp_path):

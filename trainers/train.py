@@ -100,8 +100,15 @@ flags.DEFINE_enum(
 flags.DEFINE_integer(
     "cpu_devices",
     0,
-    "Split the CPU into this many logical devices (for --strategy=mirrored; 0 = no split).",
+    "Split the CPU into this many logical devices (for --strategy=mirrored only; 0 = no split).",
     lower_bound=0,
+)
+flags.DEFINE_integer(
+    "cluster_timeout",
+    300,
+    "--strategy=multi_worker: seconds to wait for the other workers of TF_CONFIG to start "
+    "(then an error naming them).",
+    lower_bound=1,
 )
 flags.DEFINE_enum(
     "mixed_precision", "auto", ["auto", "float32", "bfloat16", "float16"],
@@ -148,6 +155,11 @@ def config_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.cpu_devices and FLAGS.strategy != "mirrored":
+        raise app.UsageError(
+            f"--cpu_devices={FLAGS.cpu_devices} splits the CPU into devices for "
+            f"--strategy=mirrored only; with --strategy={FLAGS.strategy} it would change nothing."
+        )
     if FLAGS.cpu_devices:
         from deformstab_tf.training import cpu_devices
 
@@ -158,7 +170,13 @@ def main(argv):
     output_dir = FLAGS.output_dir or os.path.join(
         "runs", f"{config['model']}_{config['downsample']}_s{config['seed']}"
     )
-    summary = train_run(output_dir, verbose=FLAGS.verbose, download=FLAGS.download, **config)
+    summary = train_run(
+        output_dir,
+        verbose=FLAGS.verbose,
+        download=FLAGS.download,
+        cluster_timeout=FLAGS.cluster_timeout,
+        **config,
+    )
     print(
         f"{output_dir}: test accuracy {summary['test_accuracy']:.3f}"
         + "".join(f", {m} {v:.4g}" for m, v in summary.get("stability", {}).items())
