@@ -71,7 +71,7 @@ REFERENCE_MODELS = {
 }
 MODELS = ("cifar_vgg", "imagenet_vgg", "resnet18", "vgg", *REFERENCE_MODELS)
 # The settings of the switchable builders, which the reference models do not take.
-SWITCH_SETTINGS = ("downsample", "head", "pool_size", "strides", "blur_size")
+SWITCH_SETTINGS = ("downsample", "head", "pool_size", "strides", "blur_size", "batch_norm_momentum")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -89,6 +89,10 @@ BACKUP_DIR = "backup"
 CLUSTER_TIMEOUT = 300
 
 # Every argument of `train_run` and its default: the configuration a run directory records.
+# The BatchNormalization momentum of runs recorded before `batch_norm_momentum` existed (Keras's
+# default then; the default is now 0.9): they resume and read back as what they trained with.
+LEGACY_BATCH_NORM_MOMENTUM = 0.99
+
 DEFAULTS = {
     "dataset": "synthetic",
     "data_dir": None,
@@ -109,6 +113,7 @@ DEFAULTS = {
     "pool_size": 2,
     "strides": 2,
     "blur_size": 4,
+    "batch_norm_momentum": 0.9,
     "epochs": 10,
     "batch_size": 128,
     "optimizer": "sgd",
@@ -221,6 +226,7 @@ def check_config(config):
     ):
         check_non_negative(name, config[name])
     check_range("momentum", config["momentum"], 0, 1)
+    check_range("batch_norm_momentum", config["batch_norm_momentum"], 0, 1)
     if config["learning_rate"] == 0:
         raise ValueError("`learning_rate` must be > 0; received learning_rate=0.")
     check_seed("seed", config["seed"])
@@ -311,6 +317,10 @@ def _upgrade(config):
     True picked bfloat16 on CPUs and float16 on GPUs, as `"auto"` does now)."""
     if isinstance(config.get("mixed_precision"), bool):
         config = {**config, "mixed_precision": "auto" if config["mixed_precision"] else "float32"}
+    if "batch_norm_momentum" not in config:  # runs before the setting trained with Keras's 0.99
+        reference = config.get("model") in REFERENCE_MODELS  # they keep their own
+        legacy = DEFAULTS["batch_norm_momentum"] if reference else LEGACY_BATCH_NORM_MOMENTUM
+        config = {**config, "batch_norm_momentum": legacy}
     return config
 
 
@@ -478,7 +488,8 @@ def train_run(output_dir, verbose=1, download=True, cluster_timeout=CLUSTER_TIME
         **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
             synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
-            `downsample`, `head`, `pool_size`, `strides`, `blur_size`: not for the
+            `downsample`, `head`, `pool_size`, `strides`, `blur_size`, `batch_norm_momentum`
+            (default 0.9; runs recorded without it trained with 0.99): not for the
             `REFERENCE_MODELS`), optimisation (`epochs`,
             `batch_size`, `optimizer`, `learning_rate`, `momentum`, `schedule`,
             `weight_decay`, `seed`), measurement (`probe_size` test images, `measures`, the
@@ -713,6 +724,7 @@ def _build_model(config, image_shape, num_classes):
         "pool_size": config["pool_size"],
         "strides": config["strides"],
         "blur_size": config["blur_size"],
+        "batch_norm_momentum": config["batch_norm_momentum"],
     }
     if config["model"] == "cifar_vgg":
         return cifar_vgg(config["downsample"], **options)

@@ -393,12 +393,42 @@ def test_kernel_initializer_is_lecun_normal_by_default():
         ({"input_shape": (32, 32)}, r"input_shape=\(32, 32\)"),
         ({"pool_size": 0}, r"pool_size=0"),
         ({"data_format": "NCHW"}, r"data_format='NCHW'.*'channels_first'"),
+        ({"batch_norm_momentum": 1.5}, r"batch_norm_momentum=1.5"),
     ],
 )
 def test_build_vgg_rejects_bad_arguments(kwargs, message):
     arguments = {"blocks": CIFAR_BLOCKS, **kwargs}
     with pytest.raises(ValueError, match=message):
         build_vgg(**arguments)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda **kw: build_vgg(TINY_BLOCKS, "strided_relu", input_shape=(8, 8, 3), **kw),
+        lambda **kw: resnet18("blur", input_shape=(16, 16, 3), widths=(4, 4, 4, 4), **kw),
+    ],
+    ids=["vgg", "resnet"],
+)
+def test_batch_norm_momentum_reaches_every_normalization_and_sets_how_fast_stats_follow(build):
+    """Default 0.9: after n training steps on a constant batch, the moving mean holds
+    0.9**n of its initial value (closed form of the exponential average)."""
+    norms = [
+        layer for layer in build().layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert norms and {layer.momentum for layer in norms} == {0.9}
+    model = build(batch_norm_momentum=0.5)
+    assert {layer.momentum for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.5}  # fmt: skip
+    assert model.get_config() == keras.Model.from_config(model.get_config()).get_config()
+
+    norm = norms[0]
+    x = np.random.default_rng(0).normal(3.0, 1.0, (4, *norm.input.shape[1:])).astype("float32")
+    batch_mean = x.mean(axis=(0, 1, 2))
+    for _ in range(5):
+        norm(x, training=True)
+    expected = batch_mean * (1 - 0.9**5)  # the moving mean starts at 0
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.moving_mean), expected, rtol=1e-5)
 
 
 def test_input_too_small_message_accounts_for_blur_padding():
@@ -421,6 +451,7 @@ def test_input_too_small_message_accounts_for_blur_padding():
         ({"input_shape": (4, 4, 3)}, r"input_shape=\(4, 4, 3\).*at least 5x5"),
         ({"stem": "imagenet", "input_shape": (16, 16, 3)}, r"\(16, 16, 3\).*at least 17x17"),
         ({"widths": (8, 16)}, r"stage_blocks=.*widths=\(8, 16\)"),
+        ({"batch_norm_momentum": -0.1}, r"batch_norm_momentum=-0.1"),
     ],
 )
 def test_resnet_rejects_bad_arguments(kwargs, message):

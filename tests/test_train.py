@@ -161,6 +161,16 @@ def test_a_finished_run_is_left_alone_and_other_flags_are_an_error(finished_run)
         expected = "synthetic_prototypes: 'strokes' there, 'texture' now"
         with pytest.raises(ValueError, match=expected):
             train_run(run_dir, verbose=0, **{**TINY, "synthetic_prototypes": "texture"})
+        # Except the BatchNormalization momentum, whose default changed (0.99 -> 0.9): a run
+        # recorded without it trained with Keras's 0.99, and resumes only as such.
+        del older["config"]["batch_norm_momentum"]
+        with open(path, "w") as file:
+            json.dump(older, file)
+        assert training.read_config(run_dir)["batch_norm_momentum"] == 0.99
+        expected = "batch_norm_momentum: 0.99 there, 0.9 now"
+        with pytest.raises(ValueError, match=expected):
+            train_run(run_dir, verbose=0, **TINY)
+        assert train_run(run_dir, verbose=0, **{**TINY, "batch_norm_momentum": 0.99}) == summary
     finally:
         with open(path, "w") as file:
             json.dump(recorded, file)
@@ -191,6 +201,9 @@ def test_bad_settings_name_the_setting_and_write_nothing(tmp_path):
         "translate": ({"augment": ["translate:100"]}, r"'translate:100'.*16x16"),
         "seed": ({"seed": -1}, "seed=-1"),
         "momentum": ({"momentum": 2.0}, r"`momentum` must be a number in \[0, 1\]"),
+        "batch_norm_momentum": (
+            {"batch_norm_momentum": -1}, r"`batch_norm_momentum` must be a number in \[0, 1\]"
+        ),
         "blocks_flat": ({"blocks": [4, 8]}, r"`blocks` must be.*blocks=\[4, 8\]"),
         "dataset": ({"dataset": "no_such"}, "`dataset`='no_such'"),
         "measure_every": ({"measure_every": 3}, r"`measure_every`=3 exceeds `epochs`=2"),
@@ -728,6 +741,7 @@ def test_a_reference_model_trains_and_rejects_the_switch_settings(tmp_path):
         ({"model": "lenet", "downsample": "blur"}, r"lenet has no `downsample`.*downsample='blur'"),
         ({"model": "fully_connected", "head": "flatten"}, r"fully_connected has no `head`"),
         ({"model": "mobilenet_v2", "pool_size": 3}, r"mobilenet_v2 has no `pool_size`"),
+        ({"model": "lenet", "batch_norm_momentum": 0.5}, r"lenet has no `batch_norm_momentum`"),
         ({"model": "efficientnet_b0", "blocks": [[4]]}, r"`blocks` goes with model='vgg'"),
     ]:
         with pytest.raises(ValueError, match=message):

@@ -64,6 +64,9 @@ flags.DEFINE_enum("head", "gap", ["gap", "flatten"], "Global average pooling or 
 flags.DEFINE_integer("pool_size", 2, "Pooling window / strided conv kernel size.")
 flags.DEFINE_integer("strides", 2, "Downsampling factor of each unit.")
 flags.DEFINE_integer("blur_size", 4, "Taps of the binomial filter of --downsample=blur (2..7).")
+flags.DEFINE_float(
+    "batch_norm_momentum", 0.9, "Momentum of BatchNormalization's moving statistics (VGG, ResNet)."
+)
 # Optimisation
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -132,7 +135,8 @@ def config_from_flags():
         "dataset", "data_dir", "train_size", "random_labels", "augment", "synthetic_classes",
         "synthetic_displacement", "synthetic_samples", "synthetic_grid_size",
         "synthetic_image_size", "synthetic_channels", "synthetic_prototypes", "model",
-        "downsample", "head", "pool_size", "strides", "blur_size", "epochs", "batch_size",
+        "downsample", "head", "pool_size", "strides", "blur_size", "batch_norm_momentum", "epochs",
+        "batch_size",
         "optimizer", "learning_rate", "momentum", "schedule", "weight_decay", "seed", "probe_size",
         "measures", "deformation", "magnitude", "grid_size", "cutoff", "measure_every",
         "validate_every", "smooth_init_sigma", "strategy", "mixed_precision", "deterministic",

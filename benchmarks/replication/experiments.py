@@ -395,8 +395,16 @@ class Runner:
 
     def train_config(self, experiment):
         """The `train_run` settings of a row's network."""
+        from deformstab_tf.training import LEGACY_BATCH_NORM_MOMENTUM, REFERENCE_MODELS
+
         s = self.settings
-        return {**RECIPE, **s.model_config(), "probe_size": s.probe_size, **experiment.train}
+        config = {**RECIPE, **s.model_config(), "probe_size": s.probe_size, **experiment.train}
+        if config["model"] not in REFERENCE_MODELS:
+            # Every network of the replication trained with Keras's BatchNormalization
+            # momentum 0.99, the builders' default until it became 0.9: pinned, so the
+            # committed numbers stay what they are.
+            config["batch_norm_momentum"] = LEGACY_BATCH_NORM_MOMENTUM
+        return config
 
     def train_next(self, experiments):
         """Trains the first row whose network is neither measured nor trained; measures

@@ -295,6 +295,7 @@ def downsampling_layers(
     kernel_initializer="lecun_normal",
     data_format=None,
     layer_name="down",
+    batch_norm_momentum=0.9,
 ):
     """The layers of one downsampling unit of the `downsample` switch, in application order.
 
@@ -317,6 +318,7 @@ def downsampling_layers(
         kernel_initializer: initializer of the `strided` convolutions.
         data_format: `"channels_last"` or `"channels_first"`; None = Keras config.
         layer_name: name of the last layer of the unit.
+        batch_norm_momentum: momentum of the BatchNormalization of `strided_relu`.
 
     Returns:
         A list of Keras layers; apply them in order (`for layer in units: x = layer(x)`).
@@ -367,7 +369,9 @@ def downsampling_layers(
             return [conv]
         return [
             conv,
-            BatchNormalization(axis=channel_axis, name=f"{layer_name}_bn"),
+            BatchNormalization(
+                axis=channel_axis, momentum=batch_norm_momentum, name=f"{layer_name}_bn"
+            ),
             layers.ReLU(name=layer_name),
         ]
     # name == "blur"

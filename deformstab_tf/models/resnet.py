@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from deformstab_tf._validation import check_range
 from deformstab_tf.models.downsampling import (
     DOWNSAMPLING,
     as_pair,
@@ -23,7 +24,8 @@ from deformstab_tf.models.vgg import default_input_shape
 STEMS = ("cifar", "imagenet")
 
 
-def _conv_bn(x, filters, kernel_size, strides, name, kernel_initializer, data_format):
+def _conv_bn(x, filters, kernel_size, strides, name, options):
+    data_format = options["data_format"]
     channel_axis = -1 if data_format == "channels_last" else 1
     x = layers.Conv2D(
         filters,
@@ -31,11 +33,13 @@ def _conv_bn(x, filters, kernel_size, strides, name, kernel_initializer, data_fo
         strides,
         padding="same",
         use_bias=False,  # BatchNorm's offset makes a bias redundant
-        kernel_initializer=kernel_initializer,
+        kernel_initializer=options["kernel_initializer"],
         data_format=data_format,
         name=f"{name}_conv",
     )(x)
-    return BatchNormalization(axis=channel_axis, name=f"{name}_bn")(x)
+    return BatchNormalization(
+        axis=channel_axis, momentum=options["batch_norm_momentum"], name=f"{name}_bn"
+    )(x)
 
 
 def _apply(units, x):
@@ -65,12 +69,11 @@ def _basic_block(x, filters, b, downsamples, downsample, options):
             kernel_initializer=init,
             data_format=data_format,
             layer_name=layer_name,
+            batch_norm_momentum=options["batch_norm_momentum"],
         )
 
     # Main path.
-    y = _conv_bn(
-        x, filters, 3, options["strides"] if strided else 1, f"block{b}_conv1", init, data_format
-    )
+    y = _conv_bn(x, filters, 3, options["strides"] if strided else 1, f"block{b}_conv1", options)
     y = layers.ReLU(name=f"block{b}_conv1")(y)
     if downsamples:
         if strided:
@@ -78,19 +81,17 @@ def _basic_block(x, filters, b, downsamples, downsample, options):
             y = layers.Identity(name=f"block{b}_down")(y)
         else:
             y = _apply(switch_units(filters, f"block{b}_down"), y)
-    y = _conv_bn(y, filters, 3, 1, f"block{b}_conv2", init, data_format)
+    y = _conv_bn(y, filters, 3, 1, f"block{b}_conv2", options)
 
     # Shortcut: downsample first (cheaper), then a 1x1 conv if the width changes.
     shortcut = x
     if downsamples and strided:
-        shortcut = _conv_bn(
-            x, filters, 1, options["strides"], f"block{b}_shortcut", init, data_format
-        )
+        shortcut = _conv_bn(x, filters, 1, options["strides"], f"block{b}_shortcut", options)
     else:
         if downsamples:
             shortcut = _apply(switch_units(in_channels, f"block{b}_shortcut_down"), shortcut)
         if in_channels != filters:
-            shortcut = _conv_bn(shortcut, filters, 1, 1, f"block{b}_shortcut", init, data_format)
+            shortcut = _conv_bn(shortcut, filters, 1, 1, f"block{b}_shortcut", options)
 
     out = layers.Add(name=f"block{b}_add")([y, shortcut])
     return layers.ReLU(name=f"block{b}_out")(out)
@@ -109,6 +110,7 @@ def build_resnet(
     kernel_initializer="he_normal",
     data_format=None,
     name=None,
+    batch_norm_momentum=0.9,
 ):
     """Builds a ResNet (basic blocks) whose stage-entry downsampling is a switch.
 
@@ -150,6 +152,8 @@ def build_resnet(
             the usual choice for ReLU ResNets).
         data_format: `"channels_last"` or `"channels_first"`; None = Keras config.
         name: model name; default `f"resnet_{downsample}"`.
+        batch_norm_momentum: momentum of every BatchNormalization's moving statistics (see
+            `build_vgg`; default 0.9).
 
     Returns:
         A functional `keras.Model` mapping images to logits.
@@ -163,6 +167,7 @@ def build_resnet(
     check_choice("stem", stem, STEMS)
     check_positive_int("num_classes", num_classes)
     check_blur_size(blur_size)
+    check_range("batch_norm_momentum", batch_norm_momentum, 0, 1)
     stage_blocks, widths = tuple(stage_blocks), tuple(widths)
     if not stage_blocks or len(stage_blocks) != len(widths):
         raise ValueError(
@@ -194,13 +199,14 @@ def build_resnet(
         "blur_size": blur_size,
         "kernel_initializer": kernel_initializer,
         "data_format": data_format,
+        "batch_norm_momentum": batch_norm_momentum,
     }
     inputs = keras.Input(shape=tuple(input_shape), name="input")
     if stem == "cifar":
-        x = _conv_bn(inputs, widths[0], 3, 1, "stem", kernel_initializer, data_format)
+        x = _conv_bn(inputs, widths[0], 3, 1, "stem", options)
         x = layers.ReLU(name="stem")(x)
     else:
-        x = _conv_bn(inputs, widths[0], 7, 2, "stem", kernel_initializer, data_format)
+        x = _conv_bn(inputs, widths[0], 7, 2, "stem", options)
         x = layers.ReLU(name="stem_relu")(x)
         x = layers.MaxPooling2D(3, 2, padding="same", data_format=data_format, name="stem")(x)
 

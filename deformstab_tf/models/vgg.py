@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from deformstab_tf._validation import check_range
 from deformstab_tf.models.downsampling import (
     DOWNSAMPLING,
     as_pair,
@@ -65,6 +66,7 @@ def build_vgg(
     kernel_initializer="lecun_normal",
     data_format=None,
     name=None,
+    batch_norm_momentum=0.9,
 ):
     """Builds a VGG-style CNN whose downsampling layers are a switch.
 
@@ -96,6 +98,11 @@ def build_vgg(
             `"lecun_normal"` (truncated normal, std `1/sqrt(fan_in)`) is Ruderman et al.'s.
         data_format: `"channels_last"` or `"channels_first"`; None = Keras config.
         name: model name; default `f"vgg_{downsample}"`.
+        batch_norm_momentum: momentum of every BatchNormalization's moving statistics
+            (`moving = momentum * moving + (1 - momentum) * batch`). The default 0.9 (PyTorch's,
+            as in the papers' code) lets them follow the weights within ~20 steps; Keras's 0.99
+            needs ~300, so a short first epoch validates with statistics that are still mostly
+            their initial values (chance accuracy).
 
     Returns:
         A functional `keras.Model` mapping images to logits.
@@ -114,6 +121,7 @@ def build_vgg(
     blocks = _validate_blocks(blocks)
     check_choice("downsample", downsample, DOWNSAMPLING)
     check_choice("head", head, HEADS)
+    check_range("batch_norm_momentum", batch_norm_momentum, 0, 1)
     check_positive_int("num_classes", num_classes)
     check_blur_size(blur_size)
     pool_size = as_pair("pool_size", pool_size)
@@ -150,7 +158,9 @@ def build_vgg(
                 data_format=data_format,
                 name=f"{unit}_conv",
             )(x)
-            x = BatchNormalization(axis=channel_axis, name=f"{unit}_bn")(x)
+            x = BatchNormalization(
+                axis=channel_axis, momentum=batch_norm_momentum, name=f"{unit}_bn"
+            )(x)
             x = layers.ReLU(name=unit)(x)
         for layer in downsampling_layers(
             downsample,
@@ -161,6 +171,7 @@ def build_vgg(
             kernel_initializer=kernel_initializer,
             data_format=data_format,
             layer_name=f"block{b}_down",
+            batch_norm_momentum=batch_norm_momentum,
         ):
             x = layer(x)
     if head == "gap":
@@ -181,7 +192,7 @@ def cifar_vgg(downsample="max", num_classes=10, input_shape=None, **kwargs):
         num_classes: number of logits.
         input_shape: default `(32, 32, 3)` (`(3, 32, 32)` for `channels_first`).
         **kwargs: passed to `build_vgg` (`head`, `pool_size`, `strides`, `blur_size`,
-            `kernel_initializer`, `data_format`, `name`).
+            `kernel_initializer`, `data_format`, `name`, `batch_norm_momentum`).
 
     Returns:
         A functional `keras.Model` mapping images to logits.
