@@ -30,6 +30,14 @@ Experiments of the CPU-sized scale (the defaults):
   `--synthetic_seeds` seeds — F6. The default prototypes are fine textures and the net has no
   pooling (`subsample`), so deformation stability must come from the filters; other settings
   found under `synthetic/` (e.g. an earlier run's strokes with max pooling) are reported too.
+
+A sweep across machines: the rows are independent, so `--shard=K/N` runs only every N-th row of
+the plan, starting at the K-th (K = 1..N): a cluster's own scheduler starts shards 1/N .. N/N
+(a SLURM array, Kubernetes jobs) over one shared `--output_dir` and `--docs_dir`. A row's shard
+is fixed by its place in the plan, not by what is finished when a shard starts, so shards
+started at different times never overlap or leave a gap. A sharded run writes each finished
+row's JSON but no report (shards would race to rewrite it); `--report_only` then draws the
+report from whatever rows are there.
 """
 
 import os
@@ -71,6 +79,12 @@ flags.DEFINE_bool(
     "measure_trained",
     False,
     "Only measure (and report) the networks whose training is complete; train nothing.",
+)
+flags.DEFINE_string(
+    "shard",
+    None,
+    "K/N: run only the rows K, K + N, K + 2N, ... of the plan (1 <= K <= N) and write no "
+    "report; --report_only draws it from the finished rows.",
 )
 flags.DEFINE_bool(
     "train_next",
@@ -152,7 +166,7 @@ def main(argv):
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
-    stages = ("--report_only", "--measure_trained", "--train_next")  # not part of the command
+    stages = ("--report_only", "--measure_trained", "--train_next", "--shard")  # not part of the command
     run_args = [a for a in sys.argv if not a.startswith(stages)]
     settings.command = "python " + " ".join(shlex.quote(a) for a in run_args)
     if not os.path.isdir(os.path.join(settings.cifar10, "train")):
@@ -160,22 +174,43 @@ def main(argv):
             f"--cifar10 must be an image folder with train/ and test/: {settings.cifar10!r}"
         )
     experiments, runner = plan(settings), Runner(settings)
+    mine = shard_rows(experiments, FLAGS.shard)
     if FLAGS.train_next:
-        experiment = runner.train_next(experiments)
+        experiment = runner.train_next(mine)
         print(f"[replicate] trained {experiment.name if experiment else 'nothing: none left'}")
         sys.exit(0 if experiment else 3)
     # --measure_trained runs what is trained and trains nothing; the report covers the plan.
-    runnable = [e for e in experiments if runner.is_trained(e) or not FLAGS.measure_trained]
+    runnable = [e for e in mine if runner.is_trained(e) or not FLAGS.measure_trained]
     if not FLAGS.report_only:
-        done = len(list(runner.finished(experiments)))
-        print(f"[replicate] {done} of {len(experiments)} experiments finished earlier", flush=True)
+        done = len(list(runner.finished(mine)))
+        print(f"[replicate] {done} of {len(mine)} experiments finished earlier", flush=True)
         for experiment in runnable:
             if not os.path.exists(runner.result_path(experiment)):
                 print(f"[replicate] {experiment.name}", flush=True)
                 runner.run(experiment)
-                write_reports(settings, experiments, runner)
+                if FLAGS.shard is None:
+                    write_reports(settings, experiments, runner)
+    if FLAGS.shard is not None and not FLAGS.report_only:
+        print(f"[replicate] shard {FLAGS.shard} done; --report_only draws the report")
+        return
     write_reports(settings, experiments, runner)
     print(f"Report: {os.path.join(settings.docs_dir, 'replication.md')}")
+
+
+def shard_rows(experiments, shard):
+    """The rows of `experiments` that shard `"K/N"` runs: K, K + N, ... (1-based); all for None.
+
+    Example:
+
+    >>> shard_rows(list("abcde"), "2/2"), shard_rows(list("abcde"), None)
+    (['b', 'd'], ['a', 'b', 'c', 'd', 'e'])
+    """
+    if shard is None:
+        return list(experiments)
+    k, _, n = str(shard).partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise app.UsageError(f"--shard must be K/N with 1 <= K <= N, e.g. 1/4; received {shard!r}")
+    return list(experiments)[int(k) - 1 :: int(n)]
 
 
 if __name__ == "__main__":

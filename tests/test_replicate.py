@@ -746,3 +746,57 @@ def test_training_minutes_count_paper_scale_networks_only(monkeypatch):
     assert _training_minutes(networks).startswith("Training took 30-40 min per paper-scale "
                                                   "network here (2 networks;")  # fmt: skip
     assert _training_minutes({}) == ""
+
+
+def _without_timing(value):
+    """`value` without the keys that record wall or CPU time (they differ between runs)."""
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items()
+                if not any(t in k for t in ("seconds", "minutes", "cpu_time"))}  # fmt: skip
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def test_two_shards_one_after_the_other_equal_one_unsharded_run(tmp_path):
+    _tree(tmp_path / "tree")
+    common = [
+        sys.executable, "benchmarks/replicate.py", f"--cifar10={tmp_path / 'tree'}",
+        "--variants=max", "--init_seeds=2", "--trained_seeds=*:1", "--train_size=24",
+        "--epochs=1", "--random_label_size=24", "--random_label_epochs=1",
+        "--synthetic_strengths=1", "--synthetic_seeds=1", "--synthetic_epochs=1",
+        "--synthetic_samples=32", "--synthetic_image_size=16", "--probe_size=8",
+        "--stability_probe_size=8", "--shift_images=8", "--sigmas=1", "--batch_size=16",
+        "--model=vgg", "--blocks=4;8",
+    ]  # fmt: skip
+    run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+    def where(name):
+        return [f"--output_dir={tmp_path / name / 'runs'}", f"--docs_dir={tmp_path / name}"]
+
+    whole = run([*common, *where("whole")])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = run([*common, *where("sharded"), "--shard=1/2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "shard 1/2 done" in first.stdout
+    assert not (tmp_path / "sharded" / "replication.md").exists()  # shards write no report
+    second = run([*common, *where("sharded"), "--shard=2/2"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = run([*common, *where("sharded"), "--report_only"])
+    assert report.returncode == 0, report.stderr[-3000:]
+
+    def rows(name):
+        root = tmp_path / name / "runs"
+        return {str(p.relative_to(root)): _without_timing(json.loads(p.read_text()))
+                for p in root.rglob("result.json")}  # fmt: skip
+
+    assert rows("sharded") == rows("whole") and len(rows("whole")) >= 5
+    results = {name: _without_timing(json.loads(
+        (tmp_path / name / "replication" / "results.json").read_text())) for name in
+        ("whole", "sharded")}  # fmt: skip
+    for name in results:  # where each was written, and the command that wrote it
+        for key in ("output_dir", "docs_dir", "command"):
+            results[name]["settings"].pop(key, None)
+    assert results["sharded"] == results["whole"]
+    bad = run([*common, *where("bad"), "--shard=3/2"])
+    assert bad.returncode != 0 and "--shard must be K/N with 1 <= K <= N" in bad.stderr
