@@ -23,8 +23,9 @@ import zlib
 import keras
 import numpy as np
 
-# Keras's own switch between backend namespaces (what its preprocessing layers use); private API.
-from keras.src.utils.backend_utils import DynamicBackend, in_tf_graph
+# Keras's own switch between backend namespaces (what its preprocessing layers use): private API,
+# kept with the package's other uses of Keras internals.
+from deformstab_tf._keras_internals import DynamicBackend, in_tf_graph
 
 _OPS = {}
 

@@ -7,6 +7,7 @@ import weakref
 import keras
 import numpy as np
 
+from deformstab_tf import _keras_internals as internals
 from deformstab_tf._validation import check_choice, check_positive_int
 from deformstab_tf.deformations._backend import (
     compiled_reading,
@@ -111,7 +112,7 @@ def top1_predictor(model):
             if extras:
                 inputs = list(extras)
                 inputs.insert(image_index, images)
-                inputs = keras.tree.pack_sequence_as(model._inputs_struct, inputs)
+                inputs = keras.tree.pack_sequence_as(internals.inputs_struct(model), inputs)
             else:
                 inputs = images
             with float32_compute(model):  # traced once: the graph stays float32

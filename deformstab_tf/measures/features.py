@@ -35,6 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deformstab_tf import _keras_internals as internals
 from deformstab_tf._validation import check_model, check_names
 from deformstab_tf.deformations._backend import (
     compiled_reading,
@@ -295,10 +296,7 @@ def _has_nonlinear_activation(layer):
 
 def _functional_of(layer):
     """The functional graph of a nested model (functional or built `Sequential`), or None."""
-    if not isinstance(layer, keras.Model):
-        return None
-    graph = getattr(layer, "_functional", None) if isinstance(layer, keras.Sequential) else layer
-    return graph if hasattr(graph, "_nodes_by_depth") else None
+    return internals.functional_graph(layer)
 
 
 def _graph(model):
@@ -310,7 +308,7 @@ def _graph(model):
         def walk(graph, prefix):
             members = set(map(id, graph.layers))
             # Only this graph's own calls: inlining (below) calls the layers again.
-            nodes = {id(n) for level in graph._nodes_by_depth.values() for n in level}
+            nodes = internals.graph_node_ids(graph)
             for layer in graph.layers:
                 name = prefix + layer.name
                 if isinstance(layer, keras.layers.InputLayer) and prefix:
@@ -319,7 +317,7 @@ def _graph(model):
                 consumers[name] = list(
                     dict.fromkeys(
                         prefix + node.operation.name
-                        for node in getattr(layer, "_outbound_nodes", [])
+                        for node in internals.outbound_nodes(layer)
                         if node.operation is not None
                         and id(node.operation) in members
                         and id(node) in nodes
@@ -358,9 +356,10 @@ def _probe_outputs(model, names):
 
                 def call(*args, **kwargs):
                     if inner is not None:
-                        outputs = inner._run_through_graph(
+                        outputs = internals.run_through_graph(
+                            inner,
                             args[0] if len(args) == 1 else args,
-                            operation_fn=operation_fn(f"{prefix}{operation.name}/"),
+                            operation_fn(f"{prefix}{operation.name}/"),
                         )
                     else:
                         outputs = operation(*args, **kwargs)
@@ -380,8 +379,8 @@ def _probe_outputs(model, names):
             for i, tensor in enumerate(model_inputs)
         ]
         root = _functional_of(model) or model
-        structure = keras.tree.pack_sequence_as(root._inputs_struct, new_inputs)
-        root._run_through_graph(structure, operation_fn=operation_fn(""))
+        structure = keras.tree.pack_sequence_as(internals.inputs_struct(root), new_inputs)
+        internals.run_through_graph(root, structure, operation_fn(""))
         recorded[INPUT] = new_inputs[image_input_index(model)]
         graph["inlined"] = (new_inputs, recorded)
     new_inputs, recorded = graph["inlined"]
@@ -499,7 +498,7 @@ def check_probe_inputs(model, images, extra_inputs=None, min_images=2):
 
 def input_name(tensor):
     """The name of a model input: its `InputLayer`'s (`keras.Input(..., name=...)`)."""
-    history = getattr(tensor, "_keras_history", None)
+    history = internals.keras_history(tensor)
     return history.operation.name if history is not None else tensor.name
 
 
@@ -579,7 +578,7 @@ def float32_compute(model):
     (tf.float32, 'bfloat16')
     """
     changed = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
+    for layer in internals.all_layers(model):
         policy = layer.dtype_policy
         if (
             policy.quantization_mode is None
@@ -1162,7 +1161,7 @@ def _upstream(outputs):
     for output in outputs:
         found, seen, stack, own = set(), {id(output)}, [output], set()
         while stack:
-            history = getattr(stack.pop(), "_keras_history", None)
+            history = internals.keras_history(stack.pop())
             if history is None:
                 continue
             operation = history.operation
@@ -1170,7 +1169,7 @@ def _upstream(outputs):
                 if keras.backend.is_float_dtype(variable.dtype):
                     variables.setdefault(id(variable), variable)
                     own.add(id(variable))
-            for parent in operation._inbound_nodes[history.node_index].input_tensors:
+            for parent in internals.input_tensors(history):
                 if id(parent) not in seen:
                     seen.add(id(parent))
                     if id(parent) in index:
