@@ -1,43 +1,23 @@
 """`StabilityCallback`: layer-wise stability measures during `model.fit`."""
 
 import hashlib
-import json
 import math
 import os
-import sys
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from deformstab_tf import _keras_internals, runrecord
 from deformstab_tf._validation import check_positive_int
 from deformstab_tf.deformations._backend import to_numpy
-from deformstab_tf.measures._common import (
-    call_perturbation,
-    derive_seed,
-    resolve_seed,
-)
-from deformstab_tf.measures.consistency import (
-    shift_consistency_from_predictor,
-    top1_predictor,
-)
-from deformstab_tf.measures.features import (
-    DEFAULT_CACHE,
-    ProbeFeatures,
-    check_distinct_images,
-    check_probe_images,
-)
-from deformstab_tf.measures.relative_stability import relative_stability_from_probe
-from deformstab_tf.measures.results import MeasureResult
-from deformstab_tf.measures.sensitivity import normalized_sensitivity_from_probe
-from deformstab_tf.measures.smoothness import kernel_smoothness
+from deformstab_tf.measures import plan
+from deformstab_tf.measures._common import resolve_seed
+from deformstab_tf.measures.features import DEFAULT_CACHE, check_distinct_images
 from deformstab_tf.summaries import purge_events, write_custom_scalars_layout
 
-MEASURES = ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
-_NEEDS_DEFORMATION = ("sensitivity", "relative_stability")
-_PREFIX = "stability"
-_JSON = "measurements.json"
+MEASURES = plan.NAMES  # every measure the callback takes (the registry's, `measures.plan`)
+_PREFIX = "stability"  # of the logs keys
 # The identity of a measurement series: a log_dir holding another one is never appended to.
 _IDENTITY = ("measures", "num_probe_images", "probe_images_sha1", "seed", "layers")
 
@@ -149,20 +129,20 @@ class StabilityCallback(keras.callbacks.Callback):
         if isinstance(measures, str):
             measures = (measures,)
         measures = tuple(dict.fromkeys(measures))
-        unknown = [m for m in measures if m not in MEASURES]
+        unknown = [m for m in measures if m not in plan.MEASURES]
         if unknown or not measures:
             raise ValueError(
-                f"`measures` must be a non-empty selection of {MEASURES}. "
+                f"`measures` must be a non-empty selection of {tuple(plan.MEASURES)}. "
                 f"Received: measures={measures!r}"
             )
         check_positive_int("every_n_epochs", every_n_epochs)
         check_positive_int("batch_size", batch_size)
-        needs_deformation = [m for m in measures if m in _NEEDS_DEFORMATION]
+        needs_deformation = plan.needs_deformation(measures)
         if deformation is None and needs_deformation:
             raise ValueError(f"`deformation` is required for the measures {needs_deformation}.")
         self.measures = measures
         self.probe_images = None
-        if measures != ("smoothness",):
+        if plan.needs_images(measures):
             self.probe_images = to_numpy(probe_images, dtype=np.float32)
             if self.probe_images.ndim < 2 or self.probe_images.shape[0] < 2:
                 raise ValueError(
@@ -242,70 +222,24 @@ class StabilityCallback(keras.callbacks.Callback):
         model = self.model
         if self._prepared_for is model:
             return
-        self._probe = self._predict_top1 = self._images = self._deformed = None
-        if self.probe_images is not None:
-            try:
-                self._images = check_probe_images(model, self.probe_images)
-            except ValueError as error:
-                raise ValueError(str(error).replace("`images`", "`probe_images`")) from None
-        if any(m in _NEEDS_DEFORMATION for m in self.measures):
-            self._probe = ProbeFeatures.for_model(model, self.layers)
-            self._deformed = keras.ops.concatenate(
-                [
-                    keras.ops.cast(
-                        keras.ops.convert_to_tensor(
-                            call_perturbation(
-                                self.deformation,
-                                self._images[start : start + self.batch_size],
-                                seed=derive_seed(self._measurement_seed, index),
-                            )
-                        ),
-                        self._images.dtype,
-                    )
-                    for index, start in enumerate(range(0, self._images.shape[0], self.batch_size))
-                ],
-                axis=0,
-            )
-            if tuple(self._deformed.shape) != tuple(self._images.shape):
-                raise ValueError(
-                    f"`deformation` returned shape {tuple(self._deformed.shape)} for probe images "
-                    f"of shape {tuple(self._images.shape)}."
-                )
-        if "shift_consistency" in self.measures:
-            self._predict_top1 = top1_predictor(model)
+        self._probe = plan.prepare(
+            model,
+            self.measures,
+            self.probe_images,
+            self.deformation,
+            self.layers,
+            batch_size=self.batch_size,
+            seed=self._measurement_seed,
+            deform_once=True,
+            reduction=self.reduction,
+            max_shift=self.max_shift,
+            feature_cache_bytes=self.feature_cache_bytes,
+            images_argument="probe_images",
+        )
         self._prepared_for = model
 
     def _measure(self, epoch):
-        seed = self._measurement_seed
-        results = {}
-        for measure in self.measures:
-            if measure == "sensitivity":
-                results[measure] = normalized_sensitivity_from_probe(
-                    self._probe,
-                    self._images,
-                    None,
-                    self.batch_size,
-                    seed=seed,
-                    deformed=self._deformed,
-                    feature_cache_bytes=self.feature_cache_bytes,
-                )
-            elif measure == "relative_stability":
-                results[measure] = relative_stability_from_probe(
-                    self._probe,
-                    self._images,
-                    None,
-                    self.batch_size,
-                    self.reduction,
-                    seed=seed,
-                    deformed=self._deformed,
-                    feature_cache_bytes=self.feature_cache_bytes,
-                )
-            elif measure == "shift_consistency":
-                results[measure] = shift_consistency_from_predictor(
-                    self._predict_top1, self._images, self.max_shift, self.batch_size, seed=seed
-                )
-            else:
-                results[measure] = kernel_smoothness(self.model)
+        results = plan.run(self._probe)
         record = {"epoch": epoch, "step": epoch - 1, "results": results}
         self.history.append(record)
         values = self._log_values(results)
@@ -325,13 +259,15 @@ class StabilityCallback(keras.callbacks.Callback):
         values = {}
         for measure, result in results.items():
             key = f"{_PREFIX}/{measure}"
-            if measure == "shift_consistency":
-                values[key] = result["output"]
+            spec = plan.MEASURES[measure]
+            if not spec.per_layer:
+                values[key] = plan.scalar(result)
                 continue
-            components = ["R", "D", "G"] if measure == "relative_stability" else [None]
-            for component in components:
-                per_probe = result if component in (None, "R") else result.details[component]
-                prefix = key if component is None else f"{key}/{component}"
+            parts = [(key, result)]
+            if spec.headline is not None:
+                parts = [(f"{key}/{spec.headline}", result)]
+            parts += [(f"{key}/{c}", result.details[c]) for c in spec.components]
+            for prefix, per_probe in parts:
                 values.update({f"{prefix}/{name}": v for name, v in per_probe.items()})
             values[f"{key}/mean"] = result.mean()
         return values
@@ -339,15 +275,14 @@ class StabilityCallback(keras.callbacks.Callback):
     # -- resuming -------------------------------------------------------------------------------
 
     def _identity(self):
-        probe_names = None if self._probe is None else list(self._probe.names)
+        features, images = self._probe.features, self._probe.images
+        probe_names = None if features is None else list(features.names)
         digest = None
-        if self._images is not None:
-            digest = hashlib.sha1(
-                np.ascontiguousarray(to_numpy(self._images))
-            ).hexdigest()
+        if images is not None:
+            digest = hashlib.sha1(np.ascontiguousarray(to_numpy(images))).hexdigest()
         return {
             "measures": list(self.measures),
-            "num_probe_images": None if self._images is None else int(self._images.shape[0]),
+            "num_probe_images": None if images is None else int(images.shape[0]),
             "probe_images_sha1": digest,
             "seed": self.seed,
             "layers": probe_names,
@@ -355,10 +290,8 @@ class StabilityCallback(keras.callbacks.Callback):
 
     def _resume(self):
         """Continues the series in `log_dir` (see the class docstring), or starts afresh."""
-        path = os.path.join(self.log_dir, _PREFIX, _JSON)
-        if os.path.exists(path):
-            with open(path) as file:
-                document = json.load(file)
+        document, history = runrecord.read_stability(self.log_dir)
+        if document is not None:
             identity = self._identity()
             stored = {key: document.get(key) for key in _IDENTITY}
             if stored != identity:
@@ -372,20 +305,11 @@ class StabilityCallback(keras.callbacks.Callback):
                     f"series; (stored, this callback): {differences}. Use another log_dir, or "
                     "delete the old one."
                 )
-            self.history = [
-                {
-                    "epoch": record["epoch"],
-                    "step": record["epoch"] - 1,
-                    "results": {
-                        m: MeasureResult.from_dict(r) for m, r in record["results"].items()
-                    },
-                }
-                for record in document["history"]
-            ]
+            self.history = history
             self._resumed = True
         # Summaries written after the last complete measurement (cut off by a kill) go.
         last_step = self.history[-1]["step"] if self.history else -2
-        purge_events(os.path.join(self.log_dir, _PREFIX), from_step=last_step + 1)
+        purge_events(runrecord.stability_directory(self.log_dir), from_step=last_step + 1)
 
     def _drop_after(self, completed_epochs):
         kept = [record for record in self.history if record["epoch"] <= completed_epochs]
@@ -393,7 +317,7 @@ class StabilityCallback(keras.callbacks.Callback):
             return
         self.history = kept
         if self.log_dir is not None:
-            purge_events(os.path.join(self.log_dir, _PREFIX), from_step=completed_epochs)
+            purge_events(runrecord.stability_directory(self.log_dir), from_step=completed_epochs)
             self._write_json()
 
     # -- files ----------------------------------------------------------------------------------
@@ -402,10 +326,11 @@ class StabilityCallback(keras.callbacks.Callback):
         from deformstab_tf.plots import profile_image
 
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, _PREFIX))
+            directory = runrecord.stability_directory(self.log_dir)
+            self._writer = tf.summary.create_file_writer(directory)
             write_custom_scalars_layout(self._writer, _layout(values))
         results = record["results"]
-        profiles = {m: r for m, r in results.items() if m != "shift_consistency" and len(r)}
+        profiles = {m: r for m, r in results.items() if plan.per_layer(m) and len(r)}
         initial = {
             m: r
             for m, r in self.history[0]["results"].items()
@@ -422,34 +347,13 @@ class StabilityCallback(keras.callbacks.Callback):
         self._writer.flush()
 
     def _write_json(self):
-        directory = os.path.join(self.log_dir, _PREFIX)
-        os.makedirs(directory, exist_ok=True)
-        document = {
-            **self._identity(),
-            "every_n_epochs": self.every_n_epochs,
-            "history": [
-                {
-                    "epoch": record["epoch"],
-                    "step": record["step"],
-                    "results": {m: r.to_dict() for m, r in record["results"].items()},
-                }
-                for record in self.history
-            ],
-        }
         # Atomic: readers never see a half-written file.
-        handle, temporary = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
-        try:
-            with os.fdopen(handle, "w") as file:
-                json.dump(document, file, indent=1, allow_nan=True)
-            os.replace(temporary, os.path.join(directory, _JSON))
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        runrecord.write_stability(self.log_dir, self._identity(), self.every_n_epochs, self.history)
 
 
 def _check_log_dir(log_dir):
     """A usable `log_dir` (missing is fine: it is created), checked before training starts."""
-    for path in (log_dir, os.path.join(log_dir, _PREFIX)):
+    for path in (log_dir, runrecord.stability_directory(log_dir)):
         if os.path.exists(path) and not os.path.isdir(path):
             raise ValueError(
                 f"`log_dir` must be a directory; {path!r} is an existing file. "
@@ -478,18 +382,20 @@ def _layout(values):
 def _run_tensorboard_callbacks_before(callback):
     """Moves Keras `TensorBoard` callbacks of the running `fit` before `callback`.
 
-    Keras gives a callback no handle on its siblings; the `CallbackList` that calls
-    `on_train_begin` is the caller's `self`. Rebinding its list (not mutating it) is safe while
+    Keras gives a callback no handle on its siblings (no public mechanism orders them), so the
+    `CallbackList` that calls `on_train_begin` is found on the call stack
+    (`_keras_internals.calling_callback_list`). Rebinding its list (not mutating it) is safe while
     it iterates. Anything else calling the hook is left alone.
     """
-    caller = sys._getframe(2).f_locals.get("self")
-    if not isinstance(caller, keras.callbacks.CallbackList):
+    caller = _keras_internals.calling_callback_list(callback)
+    if caller is None:
         return
     callbacks = list(caller.callbacks)
-    position = callbacks.index(callback) if callback in callbacks else None
-    if position is None:
-        return
-    late = [c for c in callbacks[position + 1 :] if isinstance(c, keras.callbacks.TensorBoard)]
+    late = [
+        c
+        for c in callbacks[callbacks.index(callback) + 1 :]
+        if isinstance(c, keras.callbacks.TensorBoard)
+    ]
     if late:
         rest = [c for c in callbacks if all(c is not t for t in late)]
         at = rest.index(callback)

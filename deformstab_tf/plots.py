@@ -12,15 +12,8 @@ import math
 
 import numpy as np
 
+from deformstab_tf.measures import plan
 from deformstab_tf.measures.results import MeasureResult
-
-# The quantity on each measure's y-axis.
-_AXIS_LABELS = {
-    "sensitivity": "normalised sensitivity S",
-    "relative_stability": "R = D / G; D, G (log)",
-    "smoothness": "kernel TV / L1",
-    "shift_consistency": "top-1 agreement",
-}
 
 
 def plot_profile(results, ax=None, details=False, title=None):
@@ -120,7 +113,7 @@ def plot_profiles(current, initial=None, title=None, figure=None):
     """
     from matplotlib.figure import Figure
 
-    measures = [m for m, r in current.items() if len(r) > 1 or m != "shift_consistency"]
+    measures = [m for m, r in current.items() if len(r) > 1 or plan.per_layer(m)]
     if not measures:
         raise ValueError("`current` holds no per-layer measure to plot.")
     if figure is None:
@@ -133,16 +126,20 @@ def plot_profiles(current, initial=None, title=None, figure=None):
     for ax, measure in zip(axes, measures, strict=True):
         result = current[measure]
         start = (initial or {}).get(measure)
+        spec = plan.entry(measure)
+        headline = None if spec is None else spec.headline
         components = [(None, result)]
-        if isinstance(result, MeasureResult) and measure == "relative_stability":
-            components += [(c, result.details[c]) for c in ("D", "G") if c in result.details]
+        if isinstance(result, MeasureResult):
+            components += [
+                (c, result.details[c]) for c in plan.components(measure) if c in result.details
+            ]
         names = list(result)
         x = np.arange(len(names))
         for component, values in components:
-            if component is None and measure != "relative_stability":
+            if component is None and headline is None:
                 label = (title or "current") if start is not None else measure
             else:
-                label = component or "R"
+                label = component or headline
             width = 1.8 if component is None else 1.0
             y = np.array([values.get(n, math.nan) for n in names], dtype=float)
             line = ax.plot(x, y, marker="o", markersize=3, linewidth=width, label=label)[0]
@@ -155,11 +152,11 @@ def plot_profiles(current, initial=None, title=None, figure=None):
                     linestyle="--",
                     linewidth=width * 0.8,
                     color=line.get_color() if component else "0.55",
-                    label=f"{label} initial" if measure == "relative_stability" else "initial",
+                    label=f"{label} initial" if headline is not None else "initial",
                 )
-        if measure == "relative_stability":
+        if plan.log_scale(measure):
             ax.set_yscale("log")
-        ax.set_ylabel(_AXIS_LABELS.get(measure, measure), fontsize="small")
+        ax.set_ylabel(spec.axis_label if spec else measure, fontsize="small")
         ax.set_title(measure.replace("_", " "), fontsize="medium")
         xlabel = probe_ticks(ax, names, fontsize="x-small")
         if xlabel != "probe point":

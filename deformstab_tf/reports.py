@@ -21,6 +21,7 @@ import tempfile
 
 import keras
 
+from deformstab_tf import runrecord
 from deformstab_tf._validation import (
     check_choice,
     check_model,
@@ -29,17 +30,11 @@ from deformstab_tf._validation import (
     check_seed,
 )
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
-from deformstab_tf.measures import (
-    MeasureResult,
-    kernel_smoothness,
-    normalized_sensitivity,
-    relative_stability,
-    shift_consistency,
-)
+from deformstab_tf.measures import plan
 from deformstab_tf.measures._common import check_deformation
-from deformstab_tf.training import read_config, read_json
+from deformstab_tf.training import read_config
 
-REPORT_MEASURES = ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
+REPORT_MEASURES = plan.NAMES  # every measure a report takes (the registry's, `measures.plan`)
 
 
 def stability_report(
@@ -86,34 +81,43 @@ def stability_report(
     >>> {measure: len(result) for measure, result in report.items()}   # probe points / layers
     {'sensitivity': 5, 'relative_stability': 5, 'smoothness': 2}
     """
+    model = _load(model)
+    measures = _check_measures(measures)
+    if plan.needs_deformation(measures):
+        check_deformation(deformation)
+    check_seed("seed", seed, allow_none=True, limit=2**63)
+    probe = plan.prepare(
+        model, measures, images, deformation, layers, batch_size=batch_size, seed=seed,
+        max_shift=max_shift,
+    )  # fmt: skip
+    return _run(probe, verbose)
+
+
+def _load(model):
+    """A Keras model, loaded when `model` is the path of a saved one."""
     if isinstance(model, (str, os.PathLike)):
         if not os.path.isfile(model):
             raise ValueError(f"`model` is not a saved model file; received model={model!r}.")
         model = keras.models.load_model(model)
     check_model("model", model)
+    return model
+
+
+def _check_measures(measures, choices=None):
+    """`measures` (a name or a list) checked against `choices` (default: every measure of the
+    registry), duplicates dropped."""
     measures = check_names("measures", measures, allow_empty=False)
     for measure in measures:
-        check_choice("measures", measure, REPORT_MEASURES)
-    if any(m in ("sensitivity", "relative_stability") for m in measures):
-        check_deformation(deformation)
-    check_seed("seed", seed, allow_none=True, limit=2**63)
-    progress = keras.utils.Progbar(len(measures), verbose=verbose, unit_name="measure")
+        check_choice("measures", measure, tuple(plan.MEASURES) if choices is None else choices)
+    return tuple(dict.fromkeys(measures))
+
+
+def _run(probe, verbose):
+    """The plan's measures on a prepared probe, with a progress bar over them."""
+    progress = keras.utils.Progbar(len(probe.measures), verbose=verbose, unit_name="measure")
     results = {}
-    for index, measure in enumerate(measures):
-        if measure == "sensitivity":
-            results[measure] = normalized_sensitivity(
-                model, images, deformation, layers=layers, batch_size=batch_size, seed=seed
-            )
-        elif measure == "relative_stability":
-            results[measure] = relative_stability(
-                model, images, deformation, layers=layers, batch_size=batch_size, seed=seed
-            )
-        elif measure == "shift_consistency":
-            results[measure] = shift_consistency(
-                model, images, max_shift, batch_size=batch_size, seed=seed
-            )
-        else:
-            results[measure] = kernel_smoothness(model)
+    for index, measure in enumerate(probe.measures):
+        results[measure] = probe.measure(measure)
         progress.update(index + 1)
     return results
 
@@ -150,9 +154,7 @@ def magnitude_sweep(
     >>> list(sweep), list(sweep[2.0])  # magnitudes, then measures
     ([0.5, 1.0, 2.0], ['sensitivity'])
     """
-    measures = check_names("measures", measures, allow_empty=False)
-    for measure in measures:
-        check_choice("measures", measure, ("sensitivity", "relative_stability"))
+    measures = _check_measures(measures, plan.deformation_measures())
     check_choice("name", name, tuple(DEFORMATION_LAYERS))
     if not isinstance(magnitudes, (list, tuple)) or not magnitudes:
         raise TypeError(
@@ -160,13 +162,15 @@ def magnitude_sweep(
         )
     for magnitude in magnitudes:  # each is a valid strength, before anything is measured
         deformation_layer(name, magnitude, seed=seed, **options)
+    model = _load(model)
+    check_seed("seed", seed, allow_none=True, limit=2**63)
+    # One probe for every magnitude: only the deformation changes.
+    probe = plan.prepare(model, measures, images, None, layers, batch_size=batch_size, seed=seed)
     progress = keras.utils.Progbar(len(magnitudes), verbose=verbose, unit_name="magnitude")
     sweep = {}
     for index, magnitude in enumerate(magnitudes):
         layer = deformation_layer(name, magnitude, seed=seed, **options)
-        sweep[float(magnitude)] = stability_report(
-            model, images, layer, measures, layers, batch_size, seed, verbose=0
-        )
+        sweep[float(magnitude)] = _run(dataclasses.replace(probe, deformation=layer), verbose=0)
         progress.update(index + 1)
     return sweep
 
@@ -212,7 +216,7 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
             writer.writeheader()
             writer.writerows(rows)
         figures = []
-        profiles = {m: r for m, r in results.items() if m != "shift_consistency"}
+        profiles = {m: r for m, r in results.items() if plan.per_layer(m)}
         if profiles:
             plot_profiles(profiles, title=title).savefig(
                 os.path.join(staging, "profile.png"), dpi=90
@@ -229,7 +233,7 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
                     groups,
                     title=f"{measure} per magnitude",
                     ylabel=measure,
-                    log=measure == "relative_stability",
+                    log=plan.log_scale(measure),
                 ).savefig(os.path.join(staging, name), dpi=90)
                 figures.append((f"{measure} as the magnitude grows", name))
         with open(os.path.join(staging, "report.md"), "w") as file:
@@ -264,8 +268,9 @@ def _table_rows(results):
         columns = [(measure, result)] + [
             (f"{measure}/{c}", values) for c, values in result.details.items()
         ]
-        if measure == "sensitivity":
-            columns = columns[:1]  # its details are the numerator and denominator
+        spec = plan.entry(measure)
+        if spec is not None and not spec.table_details:
+            columns = columns[:1]  # e.g. sensitivity's details: its numerator and denominator
         for column, values in columns:
             for name, value in values.items():
                 rows.setdefault(name, {"probe": name})[column] = value
@@ -336,59 +341,24 @@ class Run:
 
 
 def read_run(directory):
-    """Reads a run directory written by `train_run`.
+    """Reads a run directory written by `train_run` (its files: `deformstab_tf.runrecord`).
 
     Raises:
         ValueError: naming the directory if it is not a run directory or holds no stability
             measurements.
     """
     directory = os.fspath(directory)
-    config_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(config_path):
+    if not os.path.isfile(os.path.join(directory, runrecord.CONFIG_FILE)):
         raise ValueError(f"{directory!r} is not a run directory (no config.json).")
     config = read_config(directory)
-    path = os.path.join(directory, "stability", "measurements.json")
+    path = runrecord.measurements_path(directory)
     if not os.path.isfile(path):
         raise ValueError(f"Run {directory!r} holds no stability measurements ({path}).")
-    document = read_json(path)
-    records = document.get("history") if isinstance(document, dict) else None
-    if not isinstance(records, list):
-        raise ValueError(f'{path!r} is not a stability record: it holds no "history" list.')
-    if not records:
+    _, history = runrecord.read_stability(directory)
+    if not history:
         raise ValueError(f"Run {directory!r} holds no stability measurements yet.")
-    try:
-        history = [
-            {
-                "epoch": int(r["epoch"]),
-                "step": int(r.get("step", r["epoch"] - 1)),
-                "results": {m: MeasureResult.from_dict(v) for m, v in r["results"].items()},
-            }
-            for r in records
-        ]
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ValueError(
-            f'{path!r} holds a malformed measurement (each needs "epoch" and "results" '
-            f"written by StabilityCallback): {type(error).__name__}: {error}."
-        ) from None
-    summary = None
-    if os.path.isfile(os.path.join(directory, "summary.json")):
-        summary = read_json(os.path.join(directory, "summary.json"))
-        if not isinstance(summary, dict):
-            raise ValueError(f"{os.path.join(directory, 'summary.json')!r} is not a run summary.")
-    return Run(directory, config, history, summary, _read_metrics(directory))
-
-
-def _read_metrics(directory):
-    path = os.path.join(directory, "metrics.csv")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="") as file:
-        rows = list(csv.DictReader(file))
-    columns = rows[0].keys() if rows else ()
-    return {
-        c: [float(row[c]) if row[c] not in ("", "NA", None) else math.nan for row in rows]
-        for c in columns
-    }
+    summary = runrecord.read_summary(directory)
+    return Run(directory, config, history, summary, runrecord.read_metrics(directory))
 
 
 def group_runs(runs, by="downsample"):
@@ -477,17 +447,17 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
     """
     from deformstab_tf.plots import mean_and_band, plot_over_epochs, plot_stage_bands
 
-    check_choice("measure", measure, REPORT_MEASURES)
+    check_choice("measure", measure, tuple(plan.MEASURES))
     directory = check_output_directory("directory", directory)
     if not runs:
         raise ValueError("`runs` is empty: nothing to compare.")
     groups = group_runs(runs, by)
     if not any(measure in record["results"] for run in runs for record in run.history):
         raise ValueError(f"No run measured `measure`={measure!r}.")
-    log = measure == "relative_stability"
+    log = plan.log_scale(measure)
     stages = {"init": "at initialisation", "final": "after training"}
     figures = {}
-    components = [None] + (["D", "G"] if log else [])
+    components = [None, *plan.components(measure)]
     for component in components:
         profiles = {
             label: profile_groups(groups, measure, which, component)

@@ -20,7 +20,6 @@ configuration against an existing run directory is a `ValueError`, before anythi
 """
 
 import contextlib
-import csv
 import json
 import os
 import re
@@ -35,6 +34,7 @@ import time
 import keras
 import tensorflow as tf
 
+from deformstab_tf import _keras_internals, runrecord
 from deformstab_tf import data as data_sources
 from deformstab_tf._validation import (
     check_bool,
@@ -46,8 +46,9 @@ from deformstab_tf._validation import (
     check_range,
     check_seed,
 )
-from deformstab_tf.callbacks import MEASURES, StabilityCallback
+from deformstab_tf.callbacks import StabilityCallback
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
+from deformstab_tf.measures import plan
 from deformstab_tf.measures.smoothness import smooth_kernels
 from deformstab_tf.models import (
     DOWNSAMPLING,
@@ -59,6 +60,14 @@ from deformstab_tf.models import (
     lenet,
     mobilenet_v2,
     resnet18,
+)
+from deformstab_tf.runrecord import (  # the run directory's layout, re-exported
+    BACKUP_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    read_json,  # noqa: F401
 )
 from deformstab_tf.summaries import purge_events
 
@@ -80,11 +89,6 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _POLICIES = {"float32": None, "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 HEADS = ("gap", "flatten")
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.csv"
-MODEL_FILE = "model.keras"
-BACKUP_DIR = "backup"
 # Seconds `train_run` waits for the other workers of a multi-worker cluster to start.
 CLUSTER_TIMEOUT = 300
 
@@ -239,10 +243,10 @@ def check_config(config):
         raise TypeError(
             f"`data_dir` must be a path string or None; received data_dir={config['data_dir']!r}."
         )
-    unknown_measures = [m for m in config["measures"] if m not in MEASURES]
+    unknown_measures = [m for m in config["measures"] if m not in plan.MEASURES]
     if unknown_measures:
         raise ValueError(
-            f"`measures` must be a selection of {MEASURES}; received "
+            f"`measures` must be a selection of {tuple(plan.MEASURES)}; received "
             f"measures={list(config['measures'])}."
         )
     if config["measures"]:
@@ -464,7 +468,7 @@ def check_config_against_data(config, info):
     Traceback (most recent call last):
     ValueError: `probe_size`=5000 exceeds the 1000 images of the test split of 'synthetic'.
     """
-    if config["measures"] and config["measures"] != ("smoothness",):
+    if config["measures"] and plan.needs_images(config["measures"]):
         if config["probe_size"] > info.test_size:
             raise ValueError(
                 f"`probe_size`={config['probe_size']} exceeds the {info.test_size} images of the "
@@ -543,8 +547,7 @@ def train_run(output_dir, verbose=1, download=True, cluster_timeout=CLUSTER_TIME
     if state == "complete":
         if verbose:
             print(f"{output_dir} is complete; nothing to do.")
-        with open(os.path.join(output_dir, SUMMARY_FILE)) as file:
-            return json.load(file)
+        return runrecord.read_summary(output_dir)
     precision = _run_precision(output_dir, config, state, verbose)
     with op_determinism(config["deterministic"]):
         return _train(
@@ -591,7 +594,7 @@ def _train(
     stability = None
     if config["measures"]:  # built (and its probe images checked) before anything is written
         probe_images = None
-        if config["measures"] != ("smoothness",):
+        if plan.needs_images(config["measures"]):
             probe_images = data_sources.take_images(test, config["probe_size"])
         stability = StabilityCallback(
             probe_images,
@@ -604,7 +607,7 @@ def _train(
 
     os.makedirs(run_dir, exist_ok=True)
     if state == "new":
-        _write_json(
+        runrecord.write_json(
             os.path.join(run_dir, CONFIG_FILE),
             {
                 "config": config,
@@ -628,21 +631,24 @@ def _train(
     callbacks.append(
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR), double_checkpoint=True)
     )
+    workarounds = contextlib.nullcontext()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _work_around_keras_multi_worker(model, strategy, train)
-    model.fit(
-        # One iterator for the whole fit: per epoch, Keras would destroy the prefetching
-        # iterator and make a new one, which blocked for 6-10 s on some epochs here.
-        train.repeat(),
-        steps_per_epoch=steps_per_epoch,
-        epochs=config["epochs"],
-        shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
-        validation_data=test,
-        validation_freq=config["validate_every"],
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    test_loss, test_accuracy = model.evaluate(test, verbose=0)
+        # Keras defects with this strategy, worked around for this run's fit and evaluate only.
+        workarounds = _keras_internals.multi_worker_fit(model, strategy, train)
+    with workarounds:
+        model.fit(
+            # One iterator for the whole fit: per epoch, Keras would destroy the prefetching
+            # iterator and make a new one, which blocked for 6-10 s on some epochs here.
+            train.repeat(),
+            steps_per_epoch=steps_per_epoch,
+            epochs=config["epochs"],
+            shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
+            validation_data=test,
+            validation_freq=config["validate_every"],
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        test_loss, test_accuracy = model.evaluate(test, verbose=0)
     summary = {
         "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss),
@@ -661,7 +667,7 @@ def _train(
         summary["stability"] = {m: r.mean() for m, r in final.items()}
     _save_model(model, os.path.join(run_dir, MODEL_FILE))
     _write_hparams_metrics(run_dir, config, summary)
-    _write_json(os.path.join(run_dir, SUMMARY_FILE), summary)  # last: marks the run complete
+    runrecord.write_json(os.path.join(run_dir, SUMMARY_FILE), summary)  # last: marks it complete
     shutil.rmtree(os.path.join(run_dir, BACKUP_DIR), ignore_errors=True)
     if not is_chief:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -785,25 +791,10 @@ def read_config(run_dir):
     >>> read_config("no_run_here") is None
     True
     """
-    path = os.path.join(os.fspath(run_dir), CONFIG_FILE)
-    if not os.path.exists(path):
+    document = runrecord.read_config_document(run_dir)
+    if document is None:
         return None
-    document = read_json(path)
-    if not isinstance(document, dict) or not isinstance(document.get("config"), dict):
-        raise ValueError(
-            f'{path!r} is not a run\'s configuration: it holds no "config" object (a run '
-            "directory written by train_run has one)."
-        )
     return _drop_unread_settings(_upgrade(document["config"]))
-
-
-def read_json(path):
-    """The JSON document in `path`; a ValueError naming the file if it is not JSON."""
-    with open(path) as file:
-        try:
-            return json.load(file)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path!r} is not valid JSON: {error}.") from None
 
 
 def _run_precision(output_dir, config, state, verbose):
@@ -811,7 +802,7 @@ def _run_precision(output_dir, config, state, verbose):
     here = resolve_precision(config["mixed_precision"])
     if state == "new":
         return here
-    recorded = read_json(os.path.join(output_dir, CONFIG_FILE))
+    recorded = runrecord.read_config_document(output_dir)
     # Runs recorded before the precision was: a bool setting, bf16 on CPUs if True.
     legacy = "bfloat16" if recorded["config"].get("mixed_precision") is True else "float32"
     precision = recorded.get("precision", legacy)
@@ -878,7 +869,7 @@ def _check_run_directory(output_dir, config):
             f"`output_dir`={output_dir!r} holds a run with other settings ({listed}). Rerun with "
             "its settings to resume it, or choose another output_dir."
         )
-    return "complete" if os.path.exists(os.path.join(output_dir, SUMMARY_FILE)) else "resume"
+    return "complete" if runrecord.is_complete(output_dir) else "resume"
 
 
 class _DropRedoneEpochs(keras.callbacks.Callback):
@@ -900,7 +891,7 @@ class _DropRedoneEpochs(keras.callbacks.Callback):
         if self._done:
             return
         self._done = True  # the first epoch of this fit: everything from it on is redone
-        _truncate_csv(os.path.join(self.run_dir, METRICS_FILE), epoch)
+        runrecord.truncate_metrics(self.run_dir, epoch)
         for run in ("train", "validation"):  # Keras's epoch scalars, not the example images
             purge_events(os.path.join(self.run_dir, run), epoch, tag_prefixes=("epoch_",))
 
@@ -930,33 +921,6 @@ class _CompactProgbar(keras.callbacks.ProgbarLogger):
         super().on_epoch_end(epoch, self._compact(logs))
 
 
-def _truncate_csv(path, start):
-    """Keeps the header and the rows of epochs before `start`, in place: `CSVLogger` holds the
-    file open for appending, and appends go to the new end."""
-    if not os.path.exists(path):
-        return
-    with open(path, "r+", newline="") as file:
-        rows = list(csv.reader(file))
-        if not rows:
-            return
-        header, body = rows[0], rows[1:]
-        epoch = header.index("epoch") if "epoch" in header else 0
-        kept = [row for row in body if row and _is_int(row[epoch]) and int(row[epoch]) < start]
-        if len(kept) == len(body):
-            return
-        file.seek(0)
-        csv.writer(file).writerows([header, *kept])
-        file.truncate()
-
-
-def _is_int(text):
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _write_first_summaries(run_dir, config, precision, train):
     """Hyper-parameters (HParams dashboard) and example training images, once per run."""
     from tensorboard.plugins.hparams import api as hp
@@ -972,13 +936,13 @@ def _write_first_summaries(run_dir, config, precision, train):
             + [
                 hp.Metric(f"{measure}/mean", group="stability", display_name=f"{measure} mean")
                 for measure in config["measures"]
-                if measure != "shift_consistency"
+                if plan.per_layer(measure)
             ]
-            + (
-                [hp.Metric("shift_consistency", group="stability")]
-                if "shift_consistency" in config["measures"]
-                else []
-            ),
+            + [  # one number, logged as it is
+                hp.Metric(measure, group="stability")
+                for measure in config["measures"]
+                if not plan.per_layer(measure)
+            ],
         )
         hparams = {**config, "precision": precision}
         hp.hparams({key: _hparam_value(hparams[key]) for key in _hparam_order(hparams)})
@@ -1016,13 +980,6 @@ def _hparam_value(value):
 def _save_model(model, path):
     temporary = path[: -len(".keras")] + ".tmp.keras"
     model.save(temporary)
-    os.replace(temporary, path)
-
-
-def _write_json(path, document):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(document, file, indent=1)
     os.replace(temporary, path)
 
 
@@ -1216,38 +1173,6 @@ def _is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def _work_around_keras_multi_worker(model, strategy, train):
-    """Two Keras 3 defects with `MultiWorkerMirroredStrategy` in `fit` (tensorflow#72388):
-
-    - `fit` first builds the model from a batch it reduces across workers with
-      `strategy.reduce` over the whole (images, labels) tuple, which the collectives reject;
-      the build needs shapes only, so it is done here from a local batch;
-    - the per-step logs (scalars) are reduced with `strategy.reduce("MEAN", v, axis=0)`, which
-      fails for rank-0 values; they are reduced with `axis=None` instead (the same mean).
-    """
-    from keras.src.backend.tensorflow import trainer as keras_trainer
-
-    with strategy.scope():
-        model._symbolic_build(data_batch=next(iter(train)))
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
-    original = keras_trainer.reduce_per_replica
-    if getattr(original, "_deformstab_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ):
-            return tf.nest.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0),
-                values,
-            )
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._deformstab_patched = True
-    keras_trainer.reduce_per_replica = reduce_per_replica
 
 
 def cpu_devices(count):

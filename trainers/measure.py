@@ -74,7 +74,9 @@ def main(argv):
     if not FLAGS.measures:
         raise app.UsageError("--measures is empty: name at least one measure.")
     image_size = _image_size(FLAGS.image_size)
-    sweep_measures = [m for m in FLAGS.measures if m in ("sensitivity", "relative_stability")]
+    from deformstab_tf.measures.plan import deformation_measures
+
+    sweep_measures = [m for m in FLAGS.measures if m in deformation_measures()]
     if sweep and not sweep_measures:
         raise app.UsageError(
             "--sweep measures sensitivity and relative stability; --measures has neither."

@@ -386,12 +386,9 @@ class Runner:
 
     def is_trained(self, experiment):
         """Whether the row's network has finished training (its run directory is complete)."""
-        from deformstab_tf.training import SUMMARY_FILE
+        from deformstab_tf.runrecord import is_complete
 
-        directory = self.run_directory(experiment)
-        return experiment.train is not None and os.path.exists(
-            os.path.join(directory, SUMMARY_FILE)
-        )
+        return experiment.train is not None and is_complete(self.run_directory(experiment))
 
     def train_config(self, experiment):
         """The `train_run` settings of a row's network."""
@@ -450,41 +447,47 @@ class Runner:
 
     def _machine(self, experiment):
         """The CPU's bfloat16 path the network was trained on (`config.json`), and this one's."""
-        from deformstab_tf.training import cpu_bfloat16_path, read_json
+        from deformstab_tf.runrecord import read_config_document
+        from deformstab_tf.training import cpu_bfloat16_path
 
-        recorded = read_json(os.path.join(self.run_directory(experiment), "config.json"))
+        recorded = read_config_document(self.run_directory(experiment))
         return {
             "cpu_bfloat16": recorded.get("cpu_bfloat16", "unrecorded"),
             "measured_on_cpu_bfloat16": cpu_bfloat16_path(),
         }
 
     def _measure(self, model, experiment):
+        """The row's measurements of its network (`Experiment.measure`), each a plan of the
+        package's measures (`deformstab_tf.measures.plan`) on its own probe images, prepared
+        once."""
         import deformstab_tf as ds
+        from deformstab_tf.measures.plan import measure
 
         s, seed, wanted = self.settings, experiment.fields["seed"], experiment.measure
-        out = {"smoothness": dict(ds.kernel_smoothness(model))}
+        out = {"smoothness": dict(measure(model, "smoothness")["smoothness"])}
         if "sensitivity" in wanted:
             tps = ds.deformation_layer("tps", seed=seed, **INIT_TPS)
-            result = ds.normalized_sensitivity(model, self.probe_images(s.probe_size), tps)
-            out["sensitivity"] = dict(result)
+            images = self.probe_images(s.probe_size)
+            out["sensitivity"] = dict(measure(model, "sensitivity", images, tps)["sensitivity"])
         if "relative_stability" in wanted:
             out.update(self._relative_stability(model, seed, "output" in wanted))
         if "channel_permutation" in wanted:
             out["channel_permutation"] = self._channel_permutation(model, seed, "output" in wanted)
         if "shift_consistency" in wanted:
             images = self.probe_images(s.shift_images)
-            result = ds.shift_consistency(model, images, max_shift=MAX_SHIFT, seed=seed)
-            out["shift_consistency"] = result["output"]
+            result = measure(model, "shift_consistency", images, max_shift=MAX_SHIFT, seed=seed)
+            out["shift_consistency"] = result["shift_consistency"]["output"]
         if "shift_consistency_test_set" in wanted:
             images = self.probe_images(self.test_size())
-            result = ds.shift_consistency(
+            result = measure(
                 model,
+                "shift_consistency",
                 images,
                 max_shift=MAX_SHIFT,
                 batch_size=500,
                 seed=seed,
                 pairs_per_image=TEST_SET_SHIFT_PAIRS,
-            )
+            )["shift_consistency"]
             out["shift_consistency_test_set"] = {
                 "value": result["output"],
                 "standard_error": result.details["standard_error"]["output"],
@@ -527,14 +530,15 @@ class Runner:
         layer, kept apart so the per-layer profile is the committed one)."""
         import deformstab_tf as ds
         from deformstab_tf.measures.features import default_probe_layer_names
+        from deformstab_tf.measures.plan import measure
 
         diffeo = ds.deformation_layer("diffeo", seed=seed, **DIFFEO)
         images = self.probe_images(self.settings.stability_probe_size)
         default, output = default_probe_layer_names(model), model.layers[-1].name
         layers = [*default, output] if at_output and output not in default else default
-        result = ds.relative_stability(
-            model, images, diffeo, layers=layers, batch_size=100, seed=seed
-        )
+        result = measure(
+            model, "relative_stability", images, diffeo, layers, batch_size=100, seed=seed
+        )["relative_stability"]
         components = {"R": dict(result), "D": result.details["D"], "G": result.details["G"]}
         out = {
             "relative_stability": {
@@ -917,15 +921,16 @@ def number(value):
 
 
 def write_json(path, document):
-    """`document` as JSON at `path`, written atomically (`write_text`)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_text(path, json.dumps(document, indent=1))
+    """`document` as JSON at `path`, written atomically: the package's one JSON writer
+    (`deformstab_tf.runrecord.write_json`)."""
+    from deformstab_tf.runrecord import write_json as write
+
+    write(path, document)
 
 
 def write_text(path, text):
-    """Written beside and moved into place: a cut-off write leaves the old file whole, never
-    half a result."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    """Written beside and moved into place (`deformstab_tf.runrecord.write_text`): a cut-off
+    write leaves the old file whole, never half a result."""
+    from deformstab_tf.runrecord import write_text as write
+
+    write(path, text)
