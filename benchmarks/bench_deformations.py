@@ -2,13 +2,19 @@
 
 For each image size (CIFAR-like 256x32x32x3 with a 3x3 TPS grid, ImageNet-like 32x224x224x3 with
 5x5) and each mode — on TensorFlow ``tf.function`` (``graph``) and ``tf.function(jit_compile=True)``
-(``xla``), on JAX ``jax.jit`` (``jax``) — it times, alternating the contenders round by round:
+(``xla``), on JAX ``jax.jit`` (``jax``), on PyTorch eager under ``torch.no_grad()`` (``torch``) — it
+times, alternating the contenders round by round:
 
 - ``resample floor``: `warp` with a precomputed field (what any warp must at least pay);
 - ``RandomThinPlateSpline``, ``RandomAffine``, ``RandomDiffeomorphism`` (this package);
 - ``per-sample TPS solve``: the (K+3)x(K+3) system solved for every image and evaluated at every
   pixel, then the same resample (what ``tfa.image.sparse_image_warp`` did on every call);
-- Keras's ``RandomRotation`` and ``RandomElasticTransform``.
+- Keras's ``RandomRotation`` and ``RandomElasticTransform``;
+- on PyTorch, when kornia is installed (the ``bench`` extra), kornia's ``RandomThinPlateSpline``,
+  ``RandomAffine`` and ``RandomElasticTransform`` (``p=1``, on channels-first images, kornia's
+  layout, made once outside the timing; displacement ranges matched to ours in normalised units,
+  the elastic one at kornia's defaults). They resample with ``torch.nn.functional.grid_sample``,
+  as our resampler does on PyTorch for float images.
 
 Each backend runs in its own process (``KERAS_BACKEND`` is read once, at import); with
 ``--rounds N`` the backends' processes alternate N times and the table shows the median over
@@ -17,8 +23,13 @@ seed state is threaded through the compiled function as Keras's JAX trainer does
 
 Prints a table (median ms per batch and images/s) and writes JSON. Usage::
 
-    python benchmarks/bench_deformations.py [--backends tensorflow,jax] [--repeats 7] \
-        [--rounds 1] [--out benchmarks/results/bench_deformations.json]
+    python benchmarks/bench_deformations.py [--backends tensorflow,jax,torch] [--repeats 7] \
+        [--rounds 1] [--sizes 256x32x32x3,32x224x224x3] [--skip "keras ,per-sample"] \
+        [--out benchmarks/results/bench_deformations.json]
+
+On PyTorch the torch threads follow ``OMP_NUM_THREADS`` (``OMP_NUM_THREADS=1`` gives steadier
+figures on a busy machine); ``targets`` then also hold our layers' speed as a multiple of kornia's
+and of the gather resampler's.
 """
 
 import argparse
@@ -166,6 +177,88 @@ def compile_jax(functions, images, field):
     return compiled
 
 
+def kornia_contenders(shape, grid_size, max_displacement):
+    """kornia's counterparts, ``{name: fn(images_nchw)}`` (empty without kornia)."""
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        return {}
+    _, height, width, _ = shape
+    # kornia's TPS moves its 5 control points (corners and centre) by up to `scale` in normalised
+    # coordinates ([-1, 1] across the image): our max_displacement in those units.
+    scale = 2.0 * max_displacement / min(height, width)
+    shear = float(np.degrees(np.arctan(0.1)))  # our shear factor 0.1, in degrees
+    return {
+        "kornia RandomThinPlateSpline": K.RandomThinPlateSpline(scale=scale, p=1.0),
+        "kornia RandomAffine": K.RandomAffine(
+            degrees=10,
+            translate=(0.1, 0.1),
+            scale=(0.9, 1.1),
+            shear=(-shear, shear, -shear, shear),
+            p=1.0,
+        ),
+        "kornia RandomElasticTransform": K.RandomElasticTransform(p=1.0),
+    }
+
+
+GATHER_PATH = " [gather resample]"  # the same contender on the ops resampler (PyTorch only)
+
+
+def compile_torch(functions, images, field, extra):
+    """Each contender run eagerly under ``torch.no_grad()`` (augmentation needs no autograd
+    graph); `extra` are kornia's, called on a channels-first copy of the images. The resample
+    floor and our layers run twice: on the PyTorch resampler (``grid_sample``) and, marked
+    ``[gather resample]``, on the resampler written in backend ops that PyTorch used before."""
+    import contextlib
+    import importlib
+
+    import keras
+    import torch
+
+    warp_module = importlib.import_module("deformstab_tf.deformations.warp")
+
+    @contextlib.contextmanager
+    def gather_path():
+        grid_sample_dtype = warp_module._grid_sample_dtype
+        warp_module._grid_sample_dtype = lambda *_: None
+        try:
+            yield
+        finally:
+            warp_module._grid_sample_dtype = grid_sample_dtype
+
+    def uniform(shape, low, high):
+        return torch.empty(shape, device=images.device).uniform_(low, high)
+
+    channels_first = images.permute(0, 3, 1, 2).contiguous()
+    ours = ("resample floor", "RandomThinPlateSpline", "RandomAffine", "RandomDiffeomorphism")
+    gathered = {name + GATHER_PATH: functions[name] for name in ours if name in functions}
+    contenders = {**functions, **gathered, **extra}
+    compiled = {}
+    for name, fn in contenders.items():
+        if name in extra:
+            call = lambda x, u, fn=fn: fn(channels_first)
+        elif isinstance(fn, keras.layers.Layer):
+            call = lambda x, u, layer=fn: layer(x, training=True)
+        else:
+            call = lambda x, u, fn=fn: fn(x, u, uniform)
+
+        gather = name.endswith(GATHER_PATH)
+
+        def run(x, u, call=call, gather=gather):
+            with torch.no_grad(), gather_path() if gather else contextlib.nullcontext():
+                out = call(x, u)
+            if out.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        try:
+            run(images, field)
+            run(images, field)
+            compiled[name] = run
+        except Exception as error:  # noqa: BLE001 - a contender that cannot run is reported
+            compiled[name] = f"fails: {type(error).__name__}"
+    return compiled
+
+
 def measure(compiled, images, field, repeats):
     times = {name: [] for name, fn in compiled.items() if callable(fn)}
     for _ in range(repeats):  # alternate so machine noise hits every contender alike
@@ -176,22 +269,39 @@ def measure(compiled, images, field, repeats):
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
-def run_backend(repeats):
-    """This process's backend: rows ``{size, mode, contender, ms_per_batch | error}``."""
+def _kept(contenders, skip, always=()):
+    """`contenders` less those whose name contains one of `skip` (but those in `always`)."""
+    return {
+        name: fn
+        for name, fn in contenders.items()
+        if name in always or not any(part in name for part in skip)
+    }
+
+
+def run_backend(repeats, sizes=tuple(SETTINGS), skip=()):
+    """This process's backend: rows ``{size, mode, contender, ms_per_batch | error}``; contenders
+    whose name contains one of `skip` are left out."""
     import keras
 
     backend = keras.backend.backend()
     rows = []
-    for setting, params in SETTINGS.items():
+    for setting in sizes:
+        params = SETTINGS[setting]
         images = keras.ops.convert_to_tensor(
             np.random.default_rng(1).random(params["shape"]).astype("float32")
         )
         field, functions = contenders(**params)
+        functions = _kept(functions, skip, always=("resample floor",))
         if backend == "tensorflow":
             modes = [("graph", compile_tensorflow(functions, images, field, jit=False))]
             modes.append(("xla", compile_tensorflow(functions, images, field, jit=True)))
         elif backend == "jax":
             modes = [("jax", compile_jax(functions, images, field))]
+        elif backend == "torch":
+            field = keras.ops.convert_to_tensor(field)
+            extra = kornia_contenders(**params)
+            extra = _kept(extra, skip)
+            modes = [("torch", compile_torch(functions, images, field, extra))]
         else:
             raise SystemExit(f"error: no benchmark mode for backend {backend!r}")
         for mode, compiled in modes:
@@ -217,16 +327,32 @@ def main():
     parser.add_argument("--backends", default="tensorflow,jax")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--sizes", default=",".join(SETTINGS), help="of " + ", ".join(SETTINGS))
+    parser.add_argument(
+        "--skip", default="", help="leave out contenders whose name contains one of these (a,b)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "bench_deformations.json")
     )
     args = parser.parse_args()
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SETTINGS]
+    if unknown:
+        raise SystemExit(f"error: unknown --sizes {unknown}; choose from {list(SETTINGS)}")
+    skip = tuple(part.strip() for part in args.skip.split(",") if part.strip())
     if args.child:  # one backend, in this process: rows as JSON on the last line of stdout
         import keras
 
         machine = {**machine_info(), keras.backend.backend(): _version(keras.backend.backend())}
-        print(json.dumps({"rows": run_backend(args.repeats), "machine": machine}))
+        if keras.backend.backend() == "torch":
+            machine["torch_threads"] = __import__("torch").get_num_threads()
+            try:
+                machine["kornia"] = _version("kornia")
+            except ImportError:
+                pass
+        rows = run_backend(args.repeats, sizes, skip)
+        print(json.dumps({"rows": rows, "machine": machine}))
         return
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -235,7 +361,8 @@ def main():
         for backend in backends:
             print(f"round {round_index + 1}/{args.rounds}: {backend} ...", flush=True)
             done = subprocess.run(
-                [sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
+                [sys.executable, __file__, "--child", "--repeats", str(args.repeats)]
+                + ["--sizes", ",".join(sizes), "--skip", ",".join(skip)],
                 env={**os.environ, "KERAS_BACKEND": backend},
                 capture_output=True,
                 text=True,
@@ -282,8 +409,8 @@ def main():
         return None
 
     targets = {}
-    for size in SETTINGS:
-        for mode in ("graph", "xla", "jax"):
+    for size in sizes:
+        for mode in ("graph", "xla", "jax", "torch"):
             targets[f"{size}/{mode}"] = {
                 "tps_vs_floor (target <= 1.3)": ratio(
                     size, mode, "RandomThinPlateSpline", mode, "resample floor"
@@ -298,6 +425,23 @@ def main():
                     size, mode, "RandomAffine", mode, "keras RandomRotation"
                 ),
             }
+        speed = lambda a, b, size=size: ratio(size, "torch", b, "torch", a)
+        targets[f"{size}/torch speed, x of"] = {
+            "kornia: TPS": speed("RandomThinPlateSpline", "kornia RandomThinPlateSpline"),
+            "kornia: affine": speed("RandomAffine", "kornia RandomAffine"),
+            "kornia: diffeo vs elastic": speed(
+                "RandomDiffeomorphism", "kornia RandomElasticTransform"
+            ),
+            **{
+                f"gather resample: {name}": speed(name, name + GATHER_PATH)
+                for name in (
+                    "resample floor",
+                    "RandomThinPlateSpline",
+                    "RandomAffine",
+                    "RandomDiffeomorphism",
+                )
+            },
+        }
         targets[f"{size}/jax_vs_xla"] = {
             "tps (target <= 1.5)": ratio(
                 size, "jax", "RandomThinPlateSpline", "xla", "RandomThinPlateSpline"

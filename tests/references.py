@@ -162,3 +162,51 @@ def numpy_measures(weights, images, deform, seed, max_shift=2):
     ]
     result["shift_consistency"] = float(np.mean(top1[0] == top1[1]))
     return result
+
+
+# -- the resampler, in float64 NumPy -------------------------------------------------------------
+
+
+def _read_folded(index, size, fill_mode):
+    """Integer sample coordinates mapped into ``[0, size)`` per `fill_mode`, and whether each one
+    lay inside the image (what ``"constant"`` replaces by the fill value)."""
+    inside = (index >= 0) & (index < size)
+    if fill_mode == "wrap":
+        return np.mod(index, size), inside
+    if fill_mode == "reflect":  # d c b a | a b c d | d c b a
+        period = np.mod(index, 2 * size)
+        return np.where(period >= size, 2 * size - 1 - period, period), inside
+    return np.clip(index, 0, size - 1), inside  # "nearest", and "constant" before its mask
+
+
+def numpy_warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fill_value=0.0):
+    """`warp` in float64 NumPy: ``out[b, y, x] = images[b, y - u[..., 0], x - u[..., 1]]``.
+
+    Pixel centres at integer coordinates; bilinear reads the four neighbours, each through
+    `fill_mode` on its own (the package folds the continuous coordinate once instead); nearest
+    reads ``floor(s + 0.5)`` (halves round up). Any (B, H, W, C) images, a (B or 1, H, W, 2) field.
+    """
+    images = np.asarray(images, np.float64)
+    batch, height, width, _ = images.shape
+    u = np.broadcast_to(np.asarray(displacement, np.float64), (batch, height, width, 2))
+    source_y = np.arange(height)[None, :, None] - u[..., 0]
+    source_x = np.arange(width)[None, None, :] - u[..., 1]
+    samples = np.arange(batch)[:, None, None]
+
+    def read(y, x):
+        (y, inside_y), (x, inside_x) = (
+            _read_folded(y.astype(np.int64), height, fill_mode),
+            _read_folded(x.astype(np.int64), width, fill_mode),
+        )
+        values = images[samples, y, x]
+        if fill_mode == "constant":
+            values = np.where((inside_y & inside_x)[..., None], values, fill_value)
+        return values
+
+    if interpolation == "nearest":
+        return read(np.floor(source_y + 0.5), np.floor(source_x + 0.5))
+    y0, x0 = np.floor(source_y), np.floor(source_x)
+    wy, wx = (source_y - y0)[..., None], (source_x - x0)[..., None]
+    top = (1 - wx) * read(y0, x0) + wx * read(y0, x0 + 1)
+    bottom = (1 - wx) * read(y0 + 1, x0) + wx * read(y0 + 1, x0 + 1)
+    return (1 - wy) * top + wy * bottom

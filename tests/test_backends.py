@@ -49,6 +49,7 @@ from tests.references import (
     TINY_CNN_PROBES,
     numpy_measures,
     numpy_sine_warp,
+    numpy_warp,
     tiny_cnn,
     tiny_cnn_weights,
 )
@@ -178,6 +179,166 @@ def test_tf_data_runs_on_tensorflow_ops_reproducibly_and_adds_no_weights(kind, t
     restored = keras.models.load_model(tmp_path / "model.keras")
     np.testing.assert_array_equal(as_numpy(restored.predict(images, verbose=0)), images)
     assert restored.layers[1].get_config() == layer.get_config()
+
+
+# -- the resampler against its float64 reference; PyTorch's grid_sample path ---------------------
+
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="PyTorch's grid_sample path")
+
+
+def reference_case(interpolation, seed=0):
+    """Non-square images and a field whose sources lie within the image, a few pixels outside
+    and several periods outside (per image); for nearest, quarter pixels (exact .5 ties)."""
+    rng = np.random.default_rng(seed)
+    images = rng.random((3, 9, 14, 2)).astype("float32")
+    magnitudes = np.float32([1.5, 6.0, 40.0])[:, None, None, None]
+    field = (rng.uniform(-1, 1, (3, 9, 14, 2)) * magnitudes).astype("float32")
+    if interpolation == "nearest":
+        field = np.round(field * 4) / 4
+    return images, field
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_warp_matches_the_float64_reference(interpolation, fill_mode):
+    images, field = reference_case(interpolation)
+    for fill_value in (0.0, 0.3, -2.0):
+        out = warp(images, field, interpolation, fill_mode, fill_value)
+        assert dtype_of(out) == "float32"
+        expected = numpy_warp(images, field, interpolation, fill_mode, fill_value)
+        np.testing.assert_allclose(as_numpy(out), expected, atol=1e-5, err_msg=f"{fill_value}")
+        if fill_mode != "constant":
+            break
+    # One field for the whole batch, and a single image.
+    out = warp(images, field[:1], interpolation, fill_mode, 0.3)
+    expected = numpy_warp(images, field[:1], interpolation, fill_mode, 0.3)
+    np.testing.assert_allclose(as_numpy(out), expected, atol=1e-5)
+    out = warp(images[2], field[2], interpolation, fill_mode, 0.3)
+    expected = numpy_warp(images[2:], field[2:], interpolation, fill_mode, 0.3)[0]
+    np.testing.assert_allclose(as_numpy(out), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_warp_of_integer_and_64_bit_images_matches_the_reference(fill_mode):
+    _, field = reference_case("nearest", seed=1)
+    rng = np.random.default_rng(2)
+    # Which input value each output copies (1-based; 0 reads the fill value), from the reference.
+    source = numpy_warp(
+        np.arange(3 * 9 * 14 * 2).reshape(3, 9, 14, 2) + 1, field, "nearest", fill_mode
+    )
+    source = source.astype(np.int64)
+    for dtype, high in (("uint8", 256), ("int16", 2**15), ("int32", 2**31), ("int64", 2**62)):
+        masks = rng.integers(0, high, (3, 9, 14, 2)).astype(dtype)
+        if dtype_of(keras.ops.convert_to_tensor(masks)) != dtype:
+            continue  # JAX without x64 holds no int64
+        out = warp(masks, field, "nearest", fill_mode, fill_value=9)
+        assert dtype_of(out) == dtype
+        # Nearest copies values exactly: 32- and 64-bit integers too (beyond float32's 2**24).
+        expected = np.where(source > 0, masks.reshape(-1)[source - 1], 9)
+        np.testing.assert_array_equal(as_numpy(out), expected, err_msg=dtype)
+    images = rng.integers(0, 256, (3, 9, 14, 2)).astype("uint8")
+    _, field = reference_case("bilinear", seed=3)
+    out = warp(images, field, "bilinear", fill_mode, fill_value=9)
+    assert dtype_of(out) == "float32"
+    expected = numpy_warp(images, field, "bilinear", fill_mode, 9)
+    np.testing.assert_allclose(as_numpy(out), expected, atol=256 * 1e-5)
+    doubles = rng.random((3, 9, 14, 2))
+    out = warp(doubles, field, "bilinear", fill_mode, fill_value=0.5)
+    assert dtype_of(out) == dtype_of(keras.ops.convert_to_tensor(doubles))  # JAX: float32
+    expected = numpy_warp(doubles, field, "bilinear", fill_mode, 0.5)
+    np.testing.assert_allclose(as_numpy(out), expected, atol=1e-5)
+
+
+@torch_only
+def test_on_torch_warp_resamples_with_grid_sample(monkeypatch):
+    import torch
+
+    calls = []
+    grid_sample = torch.nn.functional.grid_sample
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return grid_sample(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", spy)
+    padding = {"nearest": "border", "reflect": "reflection", "wrap": "border", "constant": "zeros"}
+    for interpolation in INTERPOLATIONS:
+        images, field = reference_case(interpolation)
+        for fill_mode in FILL_MODES:
+            calls.clear()
+            out = warp(images, field, interpolation, fill_mode, 0.3)
+            assert isinstance(out, torch.Tensor) and out.shape == images.shape
+            assert calls == [
+                {"mode": interpolation, "padding_mode": padding[fill_mode], "align_corners": False}
+            ]
+            expected = numpy_warp(images, field, interpolation, fill_mode, 0.3)
+            np.testing.assert_allclose(as_numpy(out), expected, atol=1e-5)
+    # A layer resamples through it; 64-bit integers (nearest) keep the gather path.
+    calls.clear()
+    LAYERS["tps"](seed=1)(images)
+    assert len(calls) == 1
+    calls.clear()
+    masks = np.arange(3 * 9 * 14 * 2).reshape(3, 9, 14, 2)
+    out = warp(masks, field, "nearest")
+    assert calls == [] and dtype_of(out) == "int64"
+    np.testing.assert_array_equal(as_numpy(out), numpy_warp(masks, field, "nearest"))
+    # Inside a TensorFlow graph (tf.data): TensorFlow ops, not grid_sample.
+    on_tensorflow(lambda x, u: warp(x, u), images, field)
+    assert calls == []
+
+
+@torch_only
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_on_torch_gradients_through_grid_sample_equal_tensorflows(fill_mode):
+    import torch
+
+    rng = np.random.default_rng(5)
+    images = rng.random((2, 7, 10, 3)).astype("float32")
+    field = rng.uniform(-6, 6, (2, 7, 10, 2)).astype("float32")
+    weights = rng.standard_normal((2, 7, 10, 3)).astype("float32")
+
+    x = torch.tensor(images, requires_grad=True)
+    u = torch.tensor(field, requires_grad=True)
+    (warp(x, u, fill_mode=fill_mode, fill_value=0.7) * torch.tensor(weights)).sum().backward()
+
+    def tf_gradients(images, field):
+        with tf.GradientTape() as tape:
+            tape.watch([images, field])
+            out = warp(images, field, fill_mode=fill_mode, fill_value=0.7)
+            loss = tf.reduce_sum(out * weights)
+        return tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(loss, [images, field])], 0)
+
+    expected = on_tensorflow(tf_gradients, images, field)
+    ours = np.concatenate([as_numpy(x.grad).ravel(), as_numpy(u.grad).ravel()])
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    # A zero field that wants a gradient gets grid_sample's (not the exact-identity shortcut's).
+    u = torch.zeros(field.shape, requires_grad=True)
+    warp(torch.tensor(images), u, fill_mode=fill_mode).sum().backward()
+    assert np.abs(as_numpy(u.grad)).max() > 0.1
+
+
+@torch_only
+def test_under_torch_compile_grid_sample_gives_the_same_images_and_nan_for_a_bad_field():
+    import torch
+
+    images, field = reference_case("bilinear")
+    images, field = images[:, :6, :7], field[:, :6, :7]
+    for fill_mode in ("nearest", "constant"):
+        compiled = torch.compile(lambda x, u, mode=fill_mode: warp(x, u, fill_mode=mode))
+        out = as_numpy(compiled(torch.tensor(images), torch.tensor(field)))
+        np.testing.assert_allclose(out, numpy_warp(images, field, "bilinear", fill_mode), atol=1e-5)
+        # Traced, the field is not checked: NaN gives NaN; inf too, except that "nearest"
+        # clamps it to the edge (as the ops path does).
+        bad = field.copy()
+        bad[0, 1, 2, 0], bad[1, 3, 4, 1] = np.nan, np.inf
+        out = as_numpy(compiled(torch.tensor(images), torch.tensor(bad)))
+        assert np.isnan(out[0, 1, 2]).all()
+        assert np.isnan(out[1, 3, 4]).all() == (fill_mode != "nearest")
+        finite = np.ones(out.shape[:3], bool)
+        finite[0, 1, 2] = finite[1, 3, 4] = False
+        np.testing.assert_allclose(
+            out[finite], numpy_warp(images, field, "bilinear", fill_mode)[finite], atol=1e-5
+        )
 
 
 # -- measures and the callback on every backend --------------------------------------------------
