@@ -166,7 +166,8 @@ def main(argv):
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
-    stages = ("--report_only", "--measure_trained", "--train_next", "--shard")  # not part of the command
+    # How a run is staged or sliced is not part of the command.
+    stages = ("--report_only", "--measure_trained", "--train_next", "--shard")
     run_args = [a for a in sys.argv if not a.startswith(stages)]
     settings.command = "python " + " ".join(shlex.quote(a) for a in run_args)
     if not os.path.isdir(os.path.join(settings.cifar10, "train")):
