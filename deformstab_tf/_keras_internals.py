@@ -5,8 +5,8 @@ graph (to probe nested layers and to tell which weights a probe point depends on
 between backend namespaces inside `tf.data`, ordering sibling callbacks, and working around two
 defects of `fit` under `MultiWorkerMirroredStrategy`. Each private name is used here only, with
 why and the Keras versions it was checked against: the installed Keras when this was written
-(3.15.1) and the oldest that `pyproject.toml` allows, which CI tests. After a Keras upgrade, what
-breaks is in this file.
+(3.15.1) and the oldest that `pyproject.toml` allows (3.14.0; CI runs the backend-independent
+tests on it, `.ci/run`). After a Keras upgrade, what breaks is in this file.
 
 (Names private to TensorFlow, used where the package configures TensorFlow itself, stay beside
 their use in `training.py`: op determinism's state and the coordination service of a
