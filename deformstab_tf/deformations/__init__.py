@@ -1,4 +1,5 @@
-"""Deformations: displacement fields, the one resampler, and random deformation layers."""
+"""Deformations: displacement fields, the one resampler, keypoints and boxes through a field,
+and random deformation layers."""
 
 from deformstab_tf.deformations.affine import affine_displacement, affine_matrices
 from deformstab_tf.deformations.diffeo import (
@@ -15,6 +16,7 @@ from deformstab_tf.deformations.layers import (
     RandomThinPlateSpline,
     deformation_layer,
 )
+from deformstab_tf.deformations.points import deform_boxes, deform_keypoints
 from deformstab_tf.deformations.tps import (
     control_grid,
     tps_displacement,
@@ -34,6 +36,8 @@ __all__ = [
     "affine_displacement",
     "affine_matrices",
     "control_grid",
+    "deform_boxes",
+    "deform_keypoints",
     "deformation_layer",
     "diffeo_displacement",
     "shift",

@@ -4,9 +4,11 @@ The layers build on the public ``keras.layers.Layer`` (not Keras's private
 ``BaseImagePreprocessingLayer``) but keep its shape: ``get_random_transformation`` draws the
 parameters and returns the dense displacement field, and ``transform_images`` /
 ``transform_segmentation_masks`` / ``transform_labels`` apply it, so images and masks in one dict
-get the *same* warp. Like Keras's own image preprocessing layers they run on every backend: on
-TensorFlow ops inside a ``tf.data`` pipeline whatever the Keras backend, and on the active
-backend's ops otherwise (eagerly, inside models, under XLA on TensorFlow and JAX).
+get the *same* warp; ``transform_bounding_boxes`` and ``transform_keypoints`` move boxes and
+keypoints to where the warped images show them (`deformstab_tf.deformations.points`). Like Keras's
+own image preprocessing layers they run on every backend: on TensorFlow ops inside a ``tf.data``
+pipeline whatever the Keras backend, and on the active backend's ops otherwise (eagerly, inside
+models, under XLA on TensorFlow and JAX).
 """
 
 import math
@@ -17,6 +19,7 @@ from deformstab_tf._validation import check_choice, standardize_data_format
 from deformstab_tf.deformations import _backend
 from deformstab_tf.deformations.affine import affine_displacement, affine_matrices
 from deformstab_tf.deformations.diffeo import _check_cutoff, diffeo_displacement
+from deformstab_tf.deformations.points import deform_boxes, deform_keypoints
 from deformstab_tf.deformations.tps import tps_displacement
 from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, warp
 
@@ -32,6 +35,30 @@ def _magnitude(argument, value):
             f"`{argument}` must be a finite number >= 0. Received: {argument}={value!r}"
         )
     return float(value)
+
+
+# Keras's bounding box formats (`keras.utils.bounding_boxes.convert_format`), case-insensitive.
+BOUNDING_BOX_FORMATS = (
+    "xyxy",
+    "yxyx",
+    "xywh",
+    "center_xywh",
+    "center_yxhw",
+    "rel_xyxy",
+    "rel_yxyx",
+    "rel_xywh",
+    "rel_center_xywh",
+)
+
+
+def _bounding_box_format(value):
+    """None, or one of `BOUNDING_BOX_FORMATS` (lower-cased), or raises a ValueError naming it."""
+    if value is None:
+        return None
+    name = value.lower() if isinstance(value, str) else value
+    if name not in BOUNDING_BOX_FORMATS:
+        check_choice("bounding_box_format", value, BOUNDING_BOX_FORMATS)
+    return name
 
 
 def _value_range(argument, value, symmetric=True, minimum=None):
@@ -73,8 +100,10 @@ class BaseRandomDeformation(keras.layers.Layer):
     Input shape:
         ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
         ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
-        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
-        ``"labels"`` (passed through).
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled),
+        ``"bounding_boxes"`` (Keras's ``{"boxes": (B, N, 4), "labels": (B, N)}`` in
+        `bounding_box_format`, moved with the images), ``"keypoints"`` (``(B, K, 2)``, ``(x, y)``
+        pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
         The input shape (a dict stays a dict); images in the layer's compute dtype.
@@ -95,6 +124,7 @@ class BaseRandomDeformation(keras.layers.Layer):
         same_on_batch=False,
         seed=None,
         data_format=None,
+        bounding_box_format=None,
         **kwargs,
     ):
         # Sampling happens in float32 whatever the policy; the output is cast to the compute dtype.
@@ -110,6 +140,7 @@ class BaseRandomDeformation(keras.layers.Layer):
         self.fill_value = float(fill_value)
         self.same_on_batch = bool(same_on_batch)
         self.data_format = standardize_data_format(data_format)
+        self.bounding_box_format = _bounding_box_format(bounding_box_format)
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
         self.built = True  # no weights to build: `stateless_call` works before a first call
@@ -259,6 +290,129 @@ class BaseRandomDeformation(keras.layers.Layer):
             segmentation_masks = self._apply(segmentation_masks, transformation, "nearest")
         return segmentation_masks
 
+    def transform_bounding_boxes(self, bounding_boxes, transformation, training=True):
+        """Boxes around the deformed outlines of the boxes, in the layer's `bounding_box_format`.
+
+        The boxes are converted to ``xyxy`` pixels with ``keras.utils.bounding_boxes``, each
+        box's outline moves to where the warped images show it, and the new box is the extent
+        of the moved outline (`deform_boxes`: 33 samples per edge, one per pixel on smaller
+        images, plus a refined extreme per edge and side; never larger than the deformed
+        outline's extent, and short of it by at most 0.022 px, measured at the package's
+        magnitudes on draws that do not fold). The new boxes are clipped to the image and
+        converted back, as Keras's layers do: a box that leaves the image keeps its slot with
+        zero area and label -1 (``keras.utils.bounding_boxes.clip_to_image_size``).
+
+        Args:
+            bounding_boxes: ``{"boxes": (B, N, 4) or (N, 4), "labels": (B, N) or (N,)}`` in
+                `bounding_box_format` (ragged ones, from ``tf.data``, are padded as Keras pads
+                them: boxes with 0, labels with -1).
+            transformation: `get_random_transformation`'s dict, or None.
+            training: when False, or without a transformation, the boxes are returned as they
+                are.
+
+        Returns:
+            The dict with float32 ``"boxes"`` of the same shape and ``"labels"`` -1 where a box
+            left the image.
+
+        Example:
+
+        >>> layer = RandomAffine(translation=(0.25, 0.25), bounding_box_format="xywh")
+        >>> out = layer({"images": np.zeros((1, 16, 16, 1), "float32"),
+        ...              "bounding_boxes": {"boxes": np.float32([[[2, 3, 4, 5], [14, 1, 2, 2]]]),
+        ...                                 "labels": np.int32([[1, 2]])}})
+        >>> np.asarray(out["bounding_boxes"]["boxes"]).round(4)       # 4 px right and down
+        array([[[ 6.,  7.,  4.,  5.],
+                [16.,  5.,  0.,  2.]]], dtype=float32)
+        >>> np.asarray(out["bounding_boxes"]["labels"])              # the second one left
+        array([[ 1, -1]], dtype=int32)
+        """
+        if self.bounding_box_format is None:
+            raise ValueError(
+                f"{self.__class__.__name__} received 'bounding_boxes' but no box format: pass "
+                "`bounding_box_format`, e.g. bounding_box_format='xyxy'. "
+                "Received: bounding_box_format=None"
+            )
+        bounding_boxes = self._dense_boxes(bounding_boxes)
+        if not training or transformation is None:
+            return bounding_boxes
+        utils = keras.utils.bounding_boxes
+        field = transformation["displacement"]
+        height, width = int(field.shape[1]), int(field.shape[2])
+        boxes = utils.convert_format(
+            bounding_boxes["boxes"],
+            source=self.bounding_box_format,
+            target="xyxy",
+            height=height,
+            width=width,
+        )
+        moved = dict(bounding_boxes, boxes=deform_boxes(boxes, field))
+        moved = utils.clip_to_image_size(
+            moved, height=height, width=width, bounding_box_format="xyxy"
+        )
+        moved["boxes"] = utils.convert_format(
+            moved["boxes"],
+            source="xyxy",
+            target=self.bounding_box_format,
+            height=height,
+            width=width,
+        )
+        return moved
+
+    def _dense_boxes(self, bounding_boxes):
+        """A copy of Keras's box dict with dense tensors (as Keras's ``densify_bounding_boxes``:
+        ragged boxes padded with 0, their labels with -1)."""
+        if not isinstance(bounding_boxes, dict) or "boxes" not in bounding_boxes:
+            raise ValueError(
+                "`bounding_boxes` must be a dict with 'boxes' (and 'labels'). "
+                f"Received: bounding_boxes={bounding_boxes!r}"
+            )
+        dense = dict(bounding_boxes)
+        for key, fill in (("boxes", 0.0), ("labels", -1)):
+            if key in dense:
+                value = dense[key]
+                if hasattr(value, "to_tensor"):  # a tf.RaggedTensor
+                    value = value.to_tensor(default_value=fill)
+                name = _backend.backend_name(value)
+                dense[key] = _backend.ops(name).convert_to_tensor(value)
+        name = _backend.backend_name(dense["boxes"])
+        dense["boxes"] = _backend.ops(name).cast(dense["boxes"], "float32")
+        return dense
+
+    def transform_keypoints(self, keypoints, transformation, training=True):
+        """Keypoints moved to where the warped images show them.
+
+        Coordinates are ``(x, y)`` in pixels, in the frame of Keras's boxes: the image covers
+        ``[0, W] x [0, H]``, so the pixel in row ``i`` and column ``j`` has its centre at
+        ``(j + 0.5, i + 0.5)`` (add 0.5 to pixel indices such as COCO's). A point ``p`` moves to
+        the ``q`` where ``q - u(q) = p`` (`deform_keypoints`: damped Newton steps on the field,
+        to float32 rounding, ~1e-5 px, at the package's magnitudes).
+
+        Args:
+            keypoints: ``(B, K, 2)``, or ``(K, 2)`` for a single image.
+            transformation: `get_random_transformation`'s dict, or None.
+            training: when False, or without a transformation, the keypoints are returned as
+                they are.
+
+        Returns:
+            float32 keypoints of the same shape. One that is not in the image, before or after
+            the warp, is ``(-1, -1)``: kept in its slot (never dropped), marked as Keras marks
+            boxes that leave the image (label -1). Test visibility with ``keypoints[..., 0] >= 0``.
+
+        Example:
+
+        >>> layer = RandomAffine(translation=(0.25, 0.25))
+        >>> out = layer({"images": np.zeros((1, 16, 16, 1), "float32"),
+        ...              "keypoints": np.float32([[[2.5, 3.5], [14.0, 1.0]]])})
+        >>> np.asarray(out["keypoints"]).round(4)
+        array([[[ 6.5,  7.5],
+                [-1. , -1. ]]], dtype=float32)
+        """
+        B = self._ops(keypoints)
+        keypoints = B.cast(B.convert_to_tensor(keypoints), "float32")
+        if not training or transformation is None:
+            return keypoints
+        return deform_keypoints(keypoints, transformation["displacement"])
+
     def transform_labels(self, labels, transformation, training=True):
         return labels
 
@@ -269,11 +423,6 @@ class BaseRandomDeformation(keras.layers.Layer):
                     f"{self.__class__.__name__} takes a tensor or a dict with an 'images' key. "
                     f"Received keys: {sorted(data)}"
                 )
-            if "bounding_boxes" in data:
-                raise ValueError(
-                    f"{self.__class__.__name__} cannot move bounding boxes through a non-rigid "
-                    "warp; drop the 'bounding_boxes' key."
-                )
             data = dict(data)
             data["images"] = self._checked(data["images"])
             transformation = self.get_random_transformation(data, training=training)
@@ -282,12 +431,32 @@ class BaseRandomDeformation(keras.layers.Layer):
                 data["segmentation_masks"] = self.transform_segmentation_masks(
                     data["segmentation_masks"], transformation, training
                 )
+            if "bounding_boxes" in data:
+                boxes = self._dense_boxes(data["bounding_boxes"])
+                self._check_shape("bounding_boxes['boxes']", boxes["boxes"], data["images"], 4)
+                data["bounding_boxes"] = self.transform_bounding_boxes(
+                    boxes, transformation, training
+                )
+            if "keypoints" in data:
+                keypoints = self._ops(data["keypoints"]).convert_to_tensor(data["keypoints"])
+                self._check_shape("keypoints", keypoints, data["images"], 2)
+                data["keypoints"] = self.transform_keypoints(keypoints, transformation, training)
             if "labels" in data:
                 data["labels"] = self.transform_labels(data["labels"], transformation, training)
             return data
         images = self._checked(data)
         transformation = self.get_random_transformation(images, training=training)
         return self.transform_images(images, transformation, training)
+
+    def _check_shape(self, argument, value, images, last):
+        """Raises a ValueError naming `argument` unless it is ``(B, N, last)`` for a batch of
+        images, ``(N, last)`` for a single image."""
+        expected = "(N, {})" if len(images.shape) == 3 else "(batch, N, {})"
+        if len(value.shape) != len(images.shape) - 1 or value.shape[-1] not in (last, None):
+            raise ValueError(
+                f"`{argument}` must have shape {expected.format(last)} for images of shape "
+                f"{tuple(images.shape)}. Received: {argument}.shape={tuple(value.shape)}"
+            )
 
     def _checked(self, images):
         images = self._ops(images).convert_to_tensor(images)
@@ -313,6 +482,7 @@ class BaseRandomDeformation(keras.layers.Layer):
                 "same_on_batch": self.same_on_batch,
                 "seed": self.seed,
                 "data_format": self.data_format,
+                "bounding_box_format": self.bounding_box_format,
             }
         )
         return config
@@ -344,12 +514,17 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         same_on_batch: draw one warp for the whole batch instead of one per image.
         seed: integer seed; the same seed gives the same sequence of warps.
         data_format: ``"channels_last"`` (default) or ``"channels_first"``.
+        bounding_box_format: the format of ``"bounding_boxes"`` in a dict input, one of Keras's
+            (``"xyxy"``, ``"yxyx"``, ``"xywh"``, ``"center_xywh"``, ``"center_yxhw"`` and their
+            ``"rel_"`` forms); needed only for boxes, as in Keras's layers.
 
     Input shape:
         ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
         ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
-        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
-        ``"labels"`` (passed through).
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled),
+        ``"bounding_boxes"`` (Keras's ``{"boxes": (B, N, 4), "labels": (B, N)}`` in
+        `bounding_box_format`, moved with the images), ``"keypoints"`` (``(B, K, 2)``, ``(x, y)``
+        pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
         The input shape (a dict stays a dict); images in the layer's compute dtype.
@@ -410,14 +585,17 @@ class RandomAffine(BaseRandomDeformation):
         translation: fraction of the image size; ``t`` draws from ``[-t, t]`` (times H for y, W
             for x), or a pair.
         anisotropic_scale: draw the y and x zoom independently instead of one factor.
-        interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
+        interpolation, fill_mode, fill_value, same_on_batch, seed, data_format,
+            bounding_box_format: as in
             `RandomThinPlateSpline`; the default fill mode is ``"reflect"``, as in Keras.
 
     Input shape:
         ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
         ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
-        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
-        ``"labels"`` (passed through).
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled),
+        ``"bounding_boxes"`` (Keras's ``{"boxes": (B, N, 4), "labels": (B, N)}`` in
+        `bounding_box_format`, moved with the images), ``"keypoints"`` (``(B, K, 2)``, ``(x, y)``
+        pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
         The input shape (a dict stays a dict); images in the layer's compute dtype.
@@ -500,14 +678,17 @@ class RandomDiffeomorphism(BaseRandomDeformation):
         temperature: ``T`` or a range ``(low, high)`` drawn uniformly per image.
         displacement: ``delta`` in pixels or a range ``(low, high)``; the default is 1.0 when
             neither this nor `temperature` is given.
-        interpolation, fill_mode, fill_value, same_on_batch, seed, data_format: as in
+        interpolation, fill_mode, fill_value, same_on_batch, seed, data_format,
+            bounding_box_format: as in
             `RandomThinPlateSpline`; the default fill mode clamps to the edge, as the authors'.
 
     Input shape:
         ``(B, H, W, C)`` or ``(H, W, C)`` (``(B, C, H, W)`` / ``(C, H, W)`` with
         ``channels_first``), any numeric dtype, a static ``H`` and ``W``; or a dict with
-        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled) and
-        ``"labels"`` (passed through).
+        ``"images"`` and optionally ``"segmentation_masks"`` (warped alike, nearest-sampled),
+        ``"bounding_boxes"`` (Keras's ``{"boxes": (B, N, 4), "labels": (B, N)}`` in
+        `bounding_box_format`, moved with the images), ``"keypoints"`` (``(B, K, 2)``, ``(x, y)``
+        pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
         The input shape (a dict stays a dict); images in the layer's compute dtype.
