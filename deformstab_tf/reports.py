@@ -5,6 +5,8 @@
 - `magnitude_sweep(model, images, name, magnitudes)`: sensitivity (and R) per probe point as the
   deformation grows.
 - `write_report(directory, results, sweep=None)`: JSON, CSV, Markdown and PNG figures.
+- `measure_model(model, ...)`: all of `deformstab-measure` from Python: the data, the checks,
+  the report and its sweep, and the report's files.
 - `read_run(directory)` / `group_runs(runs, by)`: what `train_run` left in run directories.
 - `compare_runs(runs, directory, by, measure)`: the papers' figures from several runs.
 """
@@ -18,21 +20,26 @@ import math
 import os
 import shutil
 import tempfile
+import zipfile
 
 import keras
 
-from deformstab_tf import runrecord
+from deformstab_tf import data, runrecord
 from deformstab_tf._validation import (
+    check_bool,
     check_choice,
     check_model,
     check_names,
+    check_non_negative,
     check_output_directory,
+    check_positive_int,
     check_seed,
 )
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
 from deformstab_tf.measures import plan
 from deformstab_tf.measures._common import check_deformation
-from deformstab_tf.training import read_config
+from deformstab_tf.measures.features import SELECTIONS, image_input_index
+from deformstab_tf.training import read_config, run_dataset_arguments
 
 REPORT_MEASURES = plan.NAMES  # every measure a report takes (the registry's, `measures.plan`)
 
@@ -94,13 +101,69 @@ def stability_report(
 
 
 def _load(model):
-    """A Keras model, loaded when `model` is the path of a saved one."""
+    """A Keras model, loaded (in Keras's safe mode) when `model` is the path of a saved one."""
     if isinstance(model, (str, os.PathLike)):
-        if not os.path.isfile(model):
-            raise ValueError(f"`model` is not a saved model file; received model={model!r}.")
-        model = keras.models.load_model(model)
+        model = load_saved_model(model)
     check_model("model", model)
     return model
+
+
+def load_saved_model(
+    path,
+    trust=False,
+    argument="model",
+    trust_hint="keras.models.load_model(path, safe_mode=False), then pass the model",
+):
+    """`keras.models.load_model(path)` with one-line errors that name the file.
+
+    Keras reports a `.keras` file that is not a zip archive as "File not found", a zip archive
+    that is not a saved model as a `KeyError`, and a model that holds Python code (a `Lambda`
+    layer) with a hint about its own loading function; here each is a `ValueError` naming the
+    file (and `argument`), the last with `trust_hint`: how the caller turns safe mode off.
+
+    Args:
+        path: a saved model (`.keras`, or a legacy `.h5`).
+        trust: load with Keras's safe mode off (`safe_mode=False`): code in the file (a
+            `Lambda` layer's function) runs as it loads. Only for files you trust.
+        argument: the name of `path` in error messages.
+        trust_hint: what the safe-mode error tells the caller to pass to trust the file.
+
+    Returns:
+        The model.
+
+    Example:
+
+    >>> _ = open("notes.keras", "w").write("not a model")
+    >>> load_saved_model("notes.keras")
+    Traceback (most recent call last):
+    ValueError: model='notes.keras' is not a `.keras` archive (a zip file that model.save writes).
+    """
+    check_bool("trust", trust)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"`{argument}` is not a saved model file; received {argument}={os.fspath(path)!r}, "
+            "which is not a file."
+        )
+    path = os.fspath(path)
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{argument}={path!r} is not a `.keras` archive (a zip file that model.save writes)."
+        )
+    try:
+        return keras.models.load_model(path, safe_mode=not trust)
+    except (KeyError, zipfile.BadZipFile) as error:
+        detail = error.args[0] if error.args else type(error).__name__
+        raise ValueError(
+            f"{argument}={path!r} is a zip archive but not a saved Keras model ({detail})."
+        ) from None
+    except ValueError as error:
+        if "safe_mode" not in str(error):
+            raise
+        reason = " ".join(str(error).split()).split(". ")[0]
+        raise ValueError(
+            f"Keras's safe mode refuses to load {argument}={path!r}: {reason}. Its code would "
+            f"run as the model loads; if you trust the file, pass {trust_hint}."
+        ) from None
 
 
 def _check_measures(measures, choices=None):
@@ -198,6 +261,11 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
     if not isinstance(results, dict) or not results:
         raise ValueError(
             f"`results` must be a non-empty dict {{measure: MeasureResult}}; received {results!r}."
+        )
+    if not any(len(result) for result in results.values()):
+        raise ValueError(
+            f"`results` hold no values: nothing to report (received {results!r}; e.g. "
+            "smoothness of a model without convolutions)."
         )
     with _staged(directory) as staging:
         document = {
@@ -305,6 +373,360 @@ def _cell(value):
     if isinstance(value, str):
         return value
     return "NaN" if math.isnan(value) else f"{value:.4g}"
+
+
+# -- measuring a saved model -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReport:
+    """What `measure_model` measured and wrote.
+
+    Attributes:
+        results: `{measure: MeasureResult}` (`stability_report`).
+        sweep: `{magnitude: {measure: MeasureResult}}` (`magnitude_sweep`), or None without one.
+        images: the probe images measured, `(N, H, W, C)` float32 (resized, if they were).
+        context: what the report lists: the model, the data, the deformation, the seed.
+        files: the paths written (`write_report`), or `[]` without an output directory.
+    """
+
+    results: dict
+    sweep: dict
+    images: object
+    context: dict
+    files: list
+
+
+@dataclasses.dataclass(frozen=True)
+class _Names:
+    """How `measure_model`'s errors name its arguments: as Python arguments (`magnitude`) or,
+    with the prefix `"--"`, as the flags of `deformstab-measure` (`--magnitude`)."""
+
+    prefix: str = ""
+
+    def __call__(self, argument):
+        """The name in `received name=value` and in the `_validation` checks."""
+        return self.prefix + argument
+
+    def mention(self, argument):
+        """The name in a sentence: `` `magnitude` `` or `--magnitude`."""
+        return self(argument) if self.prefix else f"`{argument}`"
+
+    def setting(self, argument, value):
+        """How a user passes `value`: `image_size=(24, 32)` or `--image_size=24,32`."""
+        if not self.prefix:
+            return f"{argument}={value!r}"
+        if value is True:
+            return self(argument)
+        if isinstance(value, (tuple, list)):
+            value = ",".join(str(v) for v in value)
+        return f"{self(argument)}={value}"
+
+
+def report_name(model):
+    """The name a report of `model` takes: a saved model's file name without its extension
+    (for `<run>/model.keras`, the run directory's name), or a `keras.Model`'s name.
+
+    Example:
+
+    >>> report_name("runs/cifar_vgg_max_s0/model.keras"), report_name("mobilenet_v2.keras")
+    ('cifar_vgg_max_s0', 'mobilenet_v2')
+    """
+    if isinstance(model, keras.Model):
+        return model.name
+    path = os.fspath(model)
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name == os.path.splitext(runrecord.MODEL_FILE)[0]:
+        name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return name
+
+
+def measure_model(
+    model,
+    *,
+    dataset=None,
+    data_dir=None,
+    download=True,
+    split="test",
+    num_images=128,
+    deformation="tps",
+    magnitude=2.0,
+    grid_size=3,
+    cutoff=3,
+    measures=("sensitivity", "relative_stability", "smoothness"),
+    sweep=(),
+    layers=None,
+    image_size=None,
+    resize_method="bilinear",
+    batch_size=64,
+    seed=0,
+    output_dir=None,
+    trust_model=False,
+    verbose=1,
+    argument_prefix="",
+):
+    """A stability report of a saved model on a data source: `deformstab-measure` in Python.
+
+    Chooses the probe images (the model's own run's data by default), checks every setting
+    against the model and the data, resizes the images if asked, takes the measures
+    (`stability_report`) and the sweep (`magnitude_sweep`), and with `output_dir` writes the
+    report (`write_report`: report.json, .csv, .md and PNG figures). Every setting is checked
+    before the slow part and before anything is written: the output directory, the deformation
+    at each magnitude, the measures, the data source, the model and its image size, the number
+    of probe images; a model without what a measure of its weights measures (no convolution
+    for `smoothness`) is an error too, not an empty table.
+
+    Args:
+        model: a saved model (`.keras`), or a `keras.Model`.
+        dataset: `"synthetic"`, a TFDS name or `"folder:PATH"`. Default: the data of the
+            model's run (for `<run>/model.keras` beside its `config.json`: the run's synthetic
+            settings and seed), else `"synthetic"`.
+        data_dir: TFDS data directory.
+        download: TFDS: download and prepare a dataset missing from `data_dir`.
+        split: `"test"` or `"train"`: where the probe images come from.
+        num_images: probe images (at least 2).
+        deformation: `"tps"`, `"affine"` or `"diffeo"` (`deformation_layer`).
+        magnitude: TPS max displacement in pixels, rotation in degrees, or diffeo delta.
+        grid_size: TPS control grid size.
+        cutoff: the diffeomorphism's cut-off c.
+        measures: any of `REPORT_MEASURES` (a list, or one name).
+        sweep: magnitudes of a sweep of the deformation measures among `measures` (sensitivity,
+            relative stability); empty for none.
+        layers: probe points: layer names, or one named selection (`"units"`, the default,
+            `"activations"`, `"blocks"`, `"all"`); see `normalized_sensitivity`.
+        image_size: resize the probe images to `N` (N x N) or `(H, W)` pixels before deforming
+            them, for a model whose input size differs from the data (the magnitude is then in
+            resized pixels); None: no resizing.
+        resize_method: a `tf.image.resize` method (`data.RESIZE_METHODS`).
+        batch_size: images per forward pass.
+        seed: seed of the deformations and noise.
+        output_dir: where the report's files go (created; files of the same names replaced);
+            None writes nothing.
+        trust_model: load `model` with Keras's safe mode off: a model holding Python code (a
+            `Lambda` layer), which runs as it loads, is refused without it. Only for files you
+            trust.
+        verbose: 1 shows progress bars.
+        argument_prefix: how errors name the arguments: `""` (`magnitude=-1`), or `"--"` for
+            the flags of a command line (`--magnitude=-1`, as `deformstab-measure` passes).
+
+    Returns:
+        A `ModelReport`: the results, the sweep, the probe images, the context, the files.
+
+    Raises:
+        ValueError / TypeError: naming the argument and the value received (or the file).
+
+    Example:
+
+    >>> model = ds.build_vgg([(4,), (8,)], input_shape=(32, 32, 3), num_classes=3)
+    >>> report = measure_model(model, num_images=8, measures="sensitivity", sweep=[1, 2],
+    ...                        output_dir="reports/mine", verbose=0)
+    >>> list(report.results), list(report.sweep), [os.path.basename(f) for f in report.files]
+    (['sensitivity'], [1.0, 2.0], ['profile.png', 'report.csv', 'report.json', 'report.md', \
+'sweep_sensitivity.png'])
+    >>> measure_model(model, magnitude=-1)
+    Traceback (most recent call last):
+    ValueError: `magnitude` must be a finite number >= 0; received magnitude=-1.
+    """
+    check_choice("argument_prefix", argument_prefix, ("", "--"))
+    names = _Names(argument_prefix)
+    measures, sweep = _check_report_measures(measures, sweep, names)
+    requested_size, image_size = image_size, _check_image_size(image_size, names)
+    is_path = isinstance(model, (str, os.PathLike))
+    if not is_path:
+        check_model(names("model"), model)
+    elif not os.path.isfile(model):
+        load_saved_model(model, argument=names("model"))  # the error naming the path
+    if output_dir is not None:
+        output_dir = check_output_directory(names("output_dir"), output_dir)
+    check_choice(names("deformation"), deformation, tuple(sorted(DEFORMATION_LAYERS)))
+    check_seed(names("seed"), seed)
+    check_non_negative(names("magnitude"), magnitude)
+    for value in sweep:
+        check_non_negative(names("sweep"), value)
+    options = {"grid_size": grid_size} if deformation == "tps" else {}
+    if deformation == "diffeo":
+        options["cutoff"] = cutoff
+    layer = deformation_layer(deformation, magnitude, seed=seed, **options)
+    for value in sweep:  # each a valid strength of the deformation
+        deformation_layer(deformation, value, seed=seed, **options)
+    layers = _check_layers(layers, names)
+    check_choice(names("split"), split, ("test", "train"))
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 2:
+        raise ValueError(
+            f"{names.mention('num_images')} must be an integer >= 2 (probe images); received "
+            f"{names('num_images')}={num_images!r}."
+        )
+    check_positive_int(names("batch_size"), batch_size)
+    check_choice(names("resize_method"), resize_method, data.RESIZE_METHODS)
+    check_bool(names("download"), download)
+    check_bool(names("trust_model"), trust_model)
+
+    # The model, then its data: a file that is no model is known before any download.
+    if is_path:
+        hint = names.setting("trust_model", True)
+        path = os.fspath(model)
+        model = load_saved_model(path, trust_model, names("model"), trust_hint=hint)
+    label = repr(path) if is_path else f"{model.name!r}"
+    run_config = read_config(os.path.dirname(os.path.abspath(path))) if is_path else None
+    if dataset is None and run_config is not None:
+        # The model's own run: its data, synthetic settings and seed (prototypes, splits).
+        source = run_dataset_arguments(run_config)
+        if data_dir is not None:
+            source["data_dir"] = data_dir
+    else:
+        source = {"source": "synthetic" if dataset is None else dataset, "data_dir": data_dir}
+    try:
+        train, test, info = data.load_dataset(
+            batch_size=max(batch_size, 256), download=download, **source
+        )
+    except ValueError as error:  # the argument is `dataset`, load_dataset's `source`
+        message = str(error).replace("`source`", names.mention("dataset"))
+        raise ValueError(message.replace("source=", names("dataset") + "=")) from None
+    split_size = info.test_size if split == "test" else info.train_size
+    if num_images > split_size:
+        raise ValueError(
+            f"{names('num_images')}={num_images} exceeds the {split_size} images of the {split} "
+            f"split of {info.name!r}."
+        )
+    layer.check_image_size(*(image_size or info.image_shape[:2]))
+    _check_model_input(model, tuple(info.image_shape), source["source"], image_size,
+                       requested_size, resize_method, names)  # fmt: skip
+    _check_weight_measures(model, measures, label, names)
+
+    # The slow part.
+    images = data.take_images(test if split == "test" else train, num_images)
+    resized = ""
+    if image_size is not None and tuple(images.shape[1:3]) != image_size:
+        resized = (
+            f", resized from {images.shape[1]}x{images.shape[2]} to {image_size[0]}x"
+            f"{image_size[1]} ({resize_method}) before deforming"
+        )
+        images = data.resize_images(images, image_size, resize_method).numpy()
+    results = stability_report(model, images, layer, measures, layers, batch_size, seed,
+                               verbose=verbose)  # fmt: skip
+    swept = None
+    if sweep:
+        swept = magnitude_sweep(
+            model, images, deformation, sweep, plan.needs_deformation(measures), layers,
+            batch_size, seed, verbose=verbose, **options,
+        )  # fmt: skip
+    context = {
+        "model": path if is_path else f"{model.name} (a keras.Model)",
+        "data": f"{source['source']} ({split} split, {len(images)} images, "
+        f"seed {source.get('seed', 0)}{resized})",
+        "deformation": f"{deformation}, magnitude {magnitude:g}, {options}",
+        "seed": seed,
+    }
+    files = []
+    if output_dir is not None:
+        title = f"Stability of {report_name(path if is_path else model)}"
+        files = write_report(output_dir, results, swept, title=title, context=context)
+    return ModelReport(results, swept, images, context, files)
+
+
+def _check_report_measures(measures, sweep, names):
+    """`(measures, sweep)` checked: registry names, and a list of magnitudes of a sweep of the
+    deformation measures among them."""
+    measures = check_names(names("measures"), measures)
+    if not measures:
+        raise ValueError(f"{names.mention('measures')} is empty: name at least one measure.")
+    for measure in measures:
+        check_choice(names("measures"), measure, REPORT_MEASURES)
+    measures = tuple(dict.fromkeys(measures))
+    if not isinstance(sweep, (list, tuple)):
+        raise TypeError(
+            f"{names.mention('sweep')} must be a list of magnitudes; received "
+            f"{names('sweep')}={sweep!r}."
+        )
+    if sweep and not plan.needs_deformation(measures):
+        swept = " and ".join(repr(m) for m in plan.deformation_measures())
+        raise ValueError(
+            f"{names.mention('sweep')} measures {swept}; {names.mention('measures')} has "
+            f"neither (received {names('measures')}={list(measures)!r})."
+        )
+    return measures, list(sweep)
+
+
+def _check_image_size(image_size, names):
+    """`image_size` as `(height, width)`, or None."""
+    if image_size is None:
+        return None
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+    ):
+        raise ValueError(
+            f"{names.mention('image_size')} must be a positive integer N (N x N) or a pair "
+            f"(H, W); received {names('image_size')}={image_size!r}."
+        )
+    return tuple(size)
+
+
+def _check_layers(layers, names):
+    """`layers` as `normalize_sensitivity` takes them: None, a named selection or names."""
+    if layers is None or isinstance(layers, str):
+        return layers
+    layers = check_names(names("layers"), layers)
+    if len(layers) == 1 and layers[0] in SELECTIONS:
+        return layers[0]  # a named selection, not a layer name
+    if set(layers) & set(SELECTIONS):
+        raise ValueError(
+            f"{names.mention('layers')} takes layer names or one named selection alone; "
+            f"received {names('layers')}={','.join(layers)!r}."
+        )
+    return list(layers) or None
+
+
+def _check_model_input(model, data_shape, source, image_size, requested, resize_method, names):
+    """Raises a ValueError naming `image_size` or `dataset`, whichever gives the probe images a
+    shape the model's image input does not take."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return  # a model without a graph: `stability_report` checks the images
+    expected = tuple(inputs[image_input_index(model)].shape[1:])
+    shape = data_shape if image_size is None else (*image_size, *data_shape[2:])
+    if len(expected) == len(shape) and all(
+        e is None or e == r for e, r in zip(expected, shape, strict=True)
+    ):
+        return
+    fixed = len(expected) == len(shape) and None not in expected[:2]
+    size = expected[0] if fixed and expected[0] == expected[1] else expected[:2]
+    if image_size is not None and fixed and expected[2:] == shape[2:]:
+        # The resizing is what is wrong (the channels agree).
+        if expected == data_shape:
+            fix = f"leave {names.mention('image_size')} out: the data's images are {data_shape}"
+        else:
+            fix = f"pass {names.setting('image_size', size)} instead"
+        raise ValueError(
+            f"The model expects images of shape {expected}; "
+            f"{names.setting('image_size', requested)} resizes the probe images to {shape}; "
+            f"{fix}."
+        )
+    hint = ""
+    if fixed and expected[2:] == shape[2:]:
+        hint = f"; pass {names.setting('image_size', size)} to resize them ({resize_method})"
+    raise ValueError(
+        f"The model expects images of shape {expected}; {names('dataset')}={source!r} gives "
+        f"{shape}{hint}."
+    )
+
+
+def _check_weight_measures(model, measures, label, names):
+    """Raises a ValueError when a measure of the weights alone (`smoothness`: no model run,
+    no images) finds nothing to measure in the model, before the slow part."""
+    weight_measures = [m for m in measures if not plan.MEASURES[m].runs_model]
+    for measure, result in plan.measure(model, weight_measures).items() if weight_measures else ():
+        if len(result):
+            continue
+        skipped = result.metadata.get("skipped") or {}
+        note = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise ValueError(
+            f"{names.mention('measures')} names {measure!r}, but the model {label} has nothing "
+            f"it measures: {measure} is {plan.MEASURES[measure].description}, and it has no such "
+            f"layer{f' ({note})' if note else ''}; leave {measure!r} out."
+        )
 
 
 # -- run directories --------------------------------------------------------------------------
