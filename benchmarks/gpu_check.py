@@ -46,10 +46,10 @@ from deformstab_tf.layers import (  # noqa: E402
     RandomThinPlateSpline,
 )
 from deformstab_tf.measures import normalized_sensitivity, relative_stability  # noqa: E402
+from deformstab_tf.measures.plan import NAMES as MEASURES  # noqa: E402  (every measure)
 from deformstab_tf.models import cifar_vgg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURES = ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
 
 
 def synchronize(x):
