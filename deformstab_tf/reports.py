@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 
 import keras
@@ -39,7 +40,12 @@ from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_la
 from deformstab_tf.measures import plan
 from deformstab_tf.measures._common import check_deformation
 from deformstab_tf.measures.features import SELECTIONS, image_input_index
-from deformstab_tf.training import read_config, run_dataset_arguments
+from deformstab_tf.training import (
+    DEFAULTS,
+    SWITCH_SETTINGS,
+    read_config,
+    run_dataset_arguments,
+)
 
 REPORT_MEASURES = plan.NAMES  # every measure a report takes (the registry's, `measures.plan`)
 
@@ -531,11 +537,11 @@ def measure_model(
     names = _Names(argument_prefix)
     measures, sweep = _check_report_measures(measures, sweep, names)
     requested_size, image_size = image_size, _check_image_size(image_size, names)
-    is_path = isinstance(model, (str, os.PathLike))
-    if not is_path:
+    path = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if path is None:
         check_model(names("model"), model)
-    elif not os.path.isfile(model):
-        load_saved_model(model, argument=names("model"))  # the error naming the path
+    elif not os.path.isfile(path):
+        load_saved_model(path, argument=names("model"))  # the error naming the path
     if output_dir is not None:
         output_dir = check_output_directory(names("output_dir"), output_dir)
     check_choice(names("deformation"), deformation, tuple(sorted(DEFORMATION_LAYERS)))
@@ -562,12 +568,12 @@ def measure_model(
     check_bool(names("trust_model"), trust_model)
 
     # The model, then its data: a file that is no model is known before any download.
-    if is_path:
+    run_config = None
+    if path is not None:
         hint = names.setting("trust_model", True)
-        path = os.fspath(model)
         model = load_saved_model(path, trust_model, names("model"), trust_hint=hint)
-    label = repr(path) if is_path else f"{model.name!r}"
-    run_config = read_config(os.path.dirname(os.path.abspath(path))) if is_path else None
+        run_config = read_config(os.path.dirname(os.path.abspath(path)))
+    label = repr(path or model.name)
     if dataset is None and run_config is not None:
         # The model's own run: its data, synthetic settings and seed (prototypes, splits).
         source = run_dataset_arguments(run_config)
@@ -611,7 +617,7 @@ def measure_model(
             batch_size, seed, verbose=verbose, **options,
         )  # fmt: skip
     context = {
-        "model": path if is_path else f"{model.name} (a keras.Model)",
+        "model": path or f"{model.name} (a keras.Model)",
         "data": f"{source['source']} ({split} split, {len(images)} images, "
         f"seed {source.get('seed', 0)}{resized})",
         "deformation": f"{deformation}, magnitude {magnitude:g}, {options}",
@@ -619,7 +625,7 @@ def measure_model(
     }
     files = []
     if output_dir is not None:
-        title = f"Stability of {report_name(path if is_path else model)}"
+        title = f"Stability of {report_name(path or model)}"
         files = write_report(output_dir, results, swept, title=title, context=context)
     return ModelReport(results, swept, images, context, files)
 
@@ -627,12 +633,9 @@ def measure_model(
 def _check_report_measures(measures, sweep, names):
     """`(measures, sweep)` checked: registry names, and a list of magnitudes of a sweep of the
     deformation measures among them."""
-    measures = check_names(names("measures"), measures)
-    if not measures:
+    if not check_names(names("measures"), measures):
         raise ValueError(f"{names.mention('measures')} is empty: name at least one measure.")
-    for measure in measures:
-        check_choice(names("measures"), measure, REPORT_MEASURES)
-    measures = tuple(dict.fromkeys(measures))
+    measures = plan.check_measures(measures, names("measures"))
     if not isinstance(sweep, (list, tuple)):
         raise TypeError(
             f"{names.mention('sweep')} must be a list of magnitudes; received "
@@ -834,6 +837,89 @@ def epoch_groups(groups, measure):
     return out
 
 
+# What makes a run's architecture: runs of one group of `compare_runs` must agree in these.
+ARCHITECTURE_SETTINGS = ("model", "blocks", *SWITCH_SETTINGS)
+# Settings in which seeds of one group may differ: the seed, how a run executes, and which
+# measures it took and when (not what it trains, nor how a measure measures).
+SEED_SETTINGS = (
+    "seed", "data_dir", "strategy", "mixed_precision", "deterministic", "jit_compile",
+    "measures", "measure_every", "validate_every",
+)  # fmt: skip
+
+
+class ComparisonWarning(UserWarning):
+    """Runs averaged as seeds of one group differ in a setting that is neither their
+    architecture (an error) nor one seeds may differ in (`SEED_SETTINGS`)."""
+
+
+def check_comparable(groups, by):
+    """Checks that the runs of each group are seeds of one experiment, as `compare_runs`
+    averages them.
+
+    Every run must be finished (its last measurement is then "after training"), and the runs of
+    a group must share an architecture (`ARCHITECTURE_SETTINGS`, `by` aside). A run that differs
+    from the rest of its group in another setting (`epochs`, `learning_rate`, `dataset`, ...;
+    not in `SEED_SETTINGS`) is a `ComparisonWarning`.
+
+    Args:
+        groups: `group_runs` output.
+        by: the setting that grouped them.
+
+    Returns:
+        The warnings' messages (also issued with `warnings.warn`).
+
+    Raises:
+        ValueError: naming an unfinished run, or a run whose architecture differs from the
+            rest of its group (and the setting).
+    """
+    for runs in groups.values():
+        for run in runs:
+            if run.summary is None:
+                raise ValueError(
+                    f"Run {run.directory!r} is unfinished (no summary.json; last measured after "
+                    f"epoch {run.history[-1]['epoch']} of {run.config.get('epochs', '?')}): its "
+                    "last measurement is not after training. Finish it (rerun its train "
+                    "command: it resumes) or leave it out of the runs compared."
+                )
+    messages = []
+    for label, runs in groups.items():
+        settings = dict.fromkeys(key for run in runs for key in run.config)
+        for setting in settings:
+            if setting == by or setting in SEED_SETTINGS:
+                continue
+            odd = _odd_run(runs, setting)
+            if odd is None:
+                continue
+            run, value, reference, example = odd
+            where = (
+                f"run {run.directory!r} has {setting}={value!r}, the other runs of {by}={label!r} "
+                f"{reference!r} (e.g. {example.directory!r})"
+            )
+            if setting in ARCHITECTURE_SETTINGS:
+                raise ValueError(
+                    f"Not seeds of one model: {where}. compare_runs averages the runs of a "
+                    f"group as seeds; group them by a setting that tells them apart (`by`) or "
+                    "leave one out."
+                )
+            messages.append(f"Averaged as seeds of one setting: {where}.")
+    for message in messages:
+        warnings.warn(message, ComparisonWarning, stacklevel=3)
+    return messages
+
+
+def _odd_run(runs, setting):
+    """`(run, its value, the group's usual value, a run with it)` for the first run whose
+    `setting` differs from the most common value of its group, or None when all agree."""
+    values = [run.config.get(setting, DEFAULTS.get(setting)) for run in runs]
+    keys = [json.dumps(v, sort_keys=True, default=repr) for v in values]
+    usual = collections.Counter(keys).most_common(1)[0][0]
+    if all(key == usual for key in keys):
+        return None
+    example = keys.index(usual)
+    index = next(i for i, key in enumerate(keys) if key != usual)
+    return runs[index], values[index], values[example], runs[example]
+
+
 def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
     """Draws the papers' figures from training runs and writes a summary, into `directory`.
 
@@ -847,6 +933,12 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
     `summary.json` the plotted profiles (`profiles[init|final][group][probe]` = mean, low, high).
     Everything is written into a temporary directory and moved into place at the end.
 
+    The runs of a group are averaged as seeds of one experiment, so they are checked first
+    (`check_comparable`): an unfinished run, or a run whose architecture (`model`, `blocks`,
+    the downsampling switches) differs from the rest of its group, is an error naming it; one
+    that differs in another setting (`epochs`, `learning_rate`, ...) a `ComparisonWarning`,
+    also listed under `warnings` in the summary.
+
     Args:
         runs: `Run`s (`read_run`).
         directory: the output directory (created if missing).
@@ -858,7 +950,8 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
 
     Raises:
         ValueError: if `runs` is empty, `by` is not a setting of every run, `measure` is unknown
-            or no run measured it.
+            or no run measured it, a run is unfinished, or the runs of a group differ in their
+            architecture.
 
     Example:
 
@@ -876,6 +969,7 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
     groups = group_runs(runs, by)
     if not any(measure in record["results"] for run in runs for record in run.history):
         raise ValueError(f"No run measured `measure`={measure!r}.")
+    notes = check_comparable(groups, by)
     log = plan.log_scale(measure)
     stages = {"init": "at initialisation", "final": "after training"}
     figures = {}
@@ -920,6 +1014,7 @@ def compare_runs(runs, directory, by="downsample", measure="sensitivity"):
             for which in stages
         },
         "figures": sorted(figures),
+        "warnings": notes,
     }
     with _staged(directory) as staging:
         for name, figure in figures.items():
@@ -963,5 +1058,6 @@ def _comparison_markdown(summary):
         ]
         lines.append(f"| {label} | {len(entry['runs'])} | " + " | ".join(cells) + " |")
     lines += ["", f"Bands: {summary['band']}.", ""]
+    lines += [f"Warning: {note}\n" for note in summary.get("warnings", ())]
     lines += [f"![{name}]({name})" for name in summary["figures"]]
     return "\n".join(lines) + "\n"

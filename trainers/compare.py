@@ -7,10 +7,16 @@ Per-layer `--measure` at initialisation beside after training, one line per grou
 downsampling variant) with mean +- 2 SD over the group's runs (seeds); kernel smoothness per conv
 layer; the measure's mean over epochs. Writes PNGs and a summary (summary.json, summary.md) to
 --output_dir, all at once at the end (nothing half-written on an error).
+
+The runs of a group are averaged as seeds: an unfinished run, or runs of one group with
+different architectures (model, blocks, downsampling switches), are an error naming the run;
+runs of one group that differ in another setting (epochs, learning rate, ...) are listed as a
+warning in the summary.
 """
 
 import glob
 import os
+import warnings
 
 from absl import app, flags
 
@@ -45,6 +51,9 @@ def main(argv):
     from deformstab_tf import reports
 
     runs = [reports.read_run(d) for d in directories]  # errors name the directory
+    # Runs of a group that differ in a setting besides their seed: summary.md, printed below,
+    # lists them (an unfinished run or another architecture is an error).
+    warnings.simplefilter("ignore", reports.ComparisonWarning)
     summary = reports.compare_runs(runs, FLAGS.output_dir, by=FLAGS.by, measure=FLAGS.measure)
     with open(os.path.join(FLAGS.output_dir, "summary.md")) as file:
         print(file.read().split("\n![")[0].rstrip())
