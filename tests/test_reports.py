@@ -4,9 +4,11 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from unittest import mock
 
 import keras
@@ -396,3 +398,254 @@ def test_one_line_errors_drop_colour_codes_and_kerass_call_wrapper():
     expected = "RandomThinPlateSpline: `grid_size` must be at most the image size 2"
     assert one_line(wrapped) == expected
     assert one_line("two\nlines \x1b[31mred\x1b[0m") == "two lines red"
+
+
+def test_measure_model_is_the_measure_script_in_python(tiny_runs, tmp_path):
+    model_path = str(tiny_runs / "max_0" / "model.keras")
+    out = tmp_path / "report"
+    measures = ["sensitivity", "relative_stability", "smoothness"]
+    report = reports.measure_model(
+        model_path, num_images=12, measures=measures, sweep=[0, 2], output_dir=out, verbose=0
+    )
+    written = [
+        "profile.png", "report.csv", "report.json", "report.md",
+        "sweep_relative_stability.png", "sweep_sensitivity.png",
+    ]  # fmt: skip
+    assert [os.path.basename(path) for path in report.files] == written
+    assert sorted(os.listdir(out)) == written
+    # The data of the model's run (3 synthetic classes of 16x16 images), and the numbers of
+    # stability_report and magnitude_sweep on those images.
+    _, test, _ = data.synthetic(**SYNTHETIC, batch_size=256)
+    images = data.take_images(test, 12)
+    np.testing.assert_array_equal(report.images, images)
+    model = keras.models.load_model(model_path)
+    tps = deformation_layer("tps", 2.0, seed=0, grid_size=3)
+    expected = reports.stability_report(model, images, tps, measures, verbose=0)
+    assert list(report.results) == measures
+    for name in measures:
+        assert list(report.results[name]) == list(expected[name])
+        np.testing.assert_allclose(
+            list(report.results[name].values()), list(expected[name].values()), rtol=1e-6
+        )
+    swept = reports.magnitude_sweep(
+        model, images, "tps", [0, 2], measures[:2], verbose=0, grid_size=3
+    )
+    assert list(report.sweep) == [0.0, 2.0]
+    for magnitude, results in swept.items():
+        for name, result in results.items():
+            np.testing.assert_allclose(
+                list(report.sweep[magnitude][name].values()), list(result.values()), rtol=1e-6
+            )
+    with open(out / "report.json") as file:
+        document = json.load(file)
+    assert document["context"] == json.loads(json.dumps(report.context))
+    assert document["results"]["sensitivity"]["values"] == pytest.approx(
+        dict(report.results["sensitivity"])
+    )
+    assert "# Stability of max_0" in (out / "report.md").read_text()
+    # A keras.Model, resized images, no output directory: nothing written.
+    again = reports.measure_model(
+        model, dataset="synthetic", num_images=6, measures="sensitivity", image_size=16,
+        verbose=0,
+    )  # fmt: skip
+    assert again.files == [] and again.images.shape == (6, 16, 16, 3)
+    assert "resized from 32x32 to 16x16 (bilinear)" in again.context["data"]
+    assert os.listdir(tmp_path) == ["report"]
+
+
+def test_measure_model_errors_name_its_arguments_and_write_nothing(tiny_runs, tmp_path):
+    model_path = str(tiny_runs / "max_0" / "model.keras")
+    out = tmp_path / "report"
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        ({"magnitude": -1}, ValueError, "received magnitude=-1."),
+        ({"sweep": [1, -2]}, ValueError, "received sweep=-2."),
+        ({"sweep": "1,2"}, TypeError, "`sweep` must be a list of magnitudes"),
+        ({"measures": []}, ValueError, "`measures` is empty"),
+        ({"measures": "curvature"}, ValueError, "received measures='curvature'"),
+        ({"sweep": [1], "measures": "smoothness"}, ValueError, "`sweep` measures 'sensitivity'"),
+        ({"deformation": "twirl"}, ValueError, "received deformation='twirl'"),
+        ({"split": "validation"}, ValueError, "received split='validation'"),
+        ({"num_images": 1}, ValueError, "`num_images` must be an integer >= 2"),
+        ({"num_images": 5000}, ValueError, "num_images=5000 exceeds the 1000 images"),
+        ({"batch_size": 0}, ValueError, "received batch_size=0"),
+        ({"seed": -1}, ValueError, "received seed=-1"),
+        ({"layers": ["units", "all"]}, ValueError, "`layers` takes layer names or one named"),
+        ({"image_size": (16,)}, ValueError, "`image_size` must be a positive integer N"),
+        ({"resize_method": "cubic"}, ValueError, "received resize_method='cubic'"),
+        ({"trust_model": "yes"}, TypeError, "received trust_model='yes'"),
+        ({"dataset": "no_such"}, ValueError, "`dataset`='no_such'"),
+        ({"dataset": "synthetic"}, ValueError,
+         "dataset='synthetic' gives (32, 32, 3); pass image_size=16 to resize them (bilinear)"),
+        ({"image_size": 24}, ValueError,
+         "image_size=24 resizes the probe images to (24, 24, 3); leave `image_size` out"),
+        ({"output_dir": tmp_path / "a_file"}, ValueError, "`output_dir` is an existing file"),
+        ({"argument_prefix": "-"}, ValueError, "received argument_prefix='-'"),
+        ({"model": str(tmp_path / "missing.keras")}, ValueError,
+         "`model` is not a saved model file"),
+        ({"model": 42}, TypeError, "`model` must be a keras.Model"),
+    ]  # fmt: skip
+    for kwargs, error, message in cases:
+        arguments = {"model": model_path, "output_dir": out, "verbose": 0, **kwargs}
+        with pytest.raises(error, match=re.escape(message)):
+            reports.measure_model(arguments.pop("model"), **arguments)
+        assert not out.exists(), kwargs
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def _odd_models(directory):
+    """Saved models that are hard to measure, and files that are no model."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Lambda(lambda t: 2.0 * t, name="double")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(directory / "lambda.keras")
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Dense(2, name="dense")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, outputs).save(directory / "dense.keras")
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inputs, outputs).save(directory / "m24.keras")
+    (directory / "text.keras").write_text("not a model")
+    with zipfile.ZipFile(directory / "zip.keras", "w") as archive:
+        archive.writestr("notes.txt", "not a model either")
+
+
+def test_measure_says_what_is_wrong_with_the_model(tmp_path, capsys):
+    _odd_models(tmp_path)
+    out = tmp_path / "report"
+    common = ["--num_images=6", "--dataset=synthetic", f"--output_dir={out}"]
+    cases = [
+        # a .keras file that is no zip (Keras: "File not found"), a zip that is no model (a
+        # KeyError traceback): the file named
+        ([f"--model={tmp_path}/text.keras"],
+         f"--model='{tmp_path}/text.keras' is not a `.keras` archive"),
+        ([f"--model={tmp_path}/zip.keras"],
+         f"--model='{tmp_path}/zip.keras' is a zip archive but not a saved Keras model "
+         "(There is no item named 'config.json' in the archive)"),
+        # Keras's safe mode: the file and the flag that trusts it
+        ([f"--model={tmp_path}/lambda.keras"],
+         f"safe mode refuses to load --model='{tmp_path}/lambda.keras': Requested the "
+         "deserialization of a `Lambda` layer"),
+        ([f"--model={tmp_path}/lambda.keras"], "if you trust the file, pass --trust_model."),
+        # smoothness of a model without convolutions, before measuring (was an IndexError)
+        ([f"--model={tmp_path}/dense.keras", "--measures=smoothness", "--image_size=16"],
+         f"--measures names 'smoothness', but the model '{tmp_path}/dense.keras' has nothing it "
+         "measures"),
+        # a wrong --image_size is blamed, not --dataset
+        ([f"--model={tmp_path}/m24.keras", "--image_size=64"],
+         "expects images of shape (24, 24, 3); --image_size=64 resizes the probe images to "
+         "(64, 64, 3); pass --image_size=24 instead"),
+        ([f"--model={tmp_path}/m24.keras", "--image_size=32"], "pass --image_size=24 instead"),
+        ([f"--model={tmp_path}/m24.keras", "--image_size=24,20"], "pass --image_size=24 instead"),
+        ([f"--model={tmp_path}/lambda.keras", "--trust_model", "--image_size=32"],
+         "--image_size=32 resizes the probe images to (32, 32, 3); pass --image_size=16 instead"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        code, lines = _run_script(measure, [*argv, *common], capsys)
+        assert code == 1 and len(lines) == 1 and message in lines[0], (argv, lines)
+        assert not out.exists(), argv
+    # --trust_model loads the model that holds a Lambda layer
+    argv = [f"--model={tmp_path}/lambda.keras", "--trust_model", "--image_size=16",
+            "--measures=sensitivity,smoothness", *common]  # fmt: skip
+    code, lines = _run_script(measure, argv, capsys)
+    assert code in (None, 0), lines
+    with open(out / "report.json") as file:
+        assert list(json.load(file)["results"]["smoothness"]["values"]) == ["conv"]
+    # In Python: the same errors, naming the argument (and trust_model=True)
+    for kwargs, message in [
+        ({"model": tmp_path / "text.keras"}, "model='"),
+        ({"model": tmp_path / "lambda.keras"}, "if you trust the file, pass trust_model=True."),
+        ({"model": tmp_path / "dense.keras", "measures": ["sensitivity", "smoothness"],
+          "image_size": 16}, "`measures` names 'smoothness'"),
+        ({"model": tmp_path / "m24.keras", "image_size": (24, 20)},
+         "image_size=(24, 20) resizes the probe images to (24, 20, 3); pass image_size=24"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(message)):
+            reports.measure_model(**kwargs, dataset="synthetic", num_images=6, verbose=0)
+    report = reports.measure_model(
+        tmp_path / "lambda.keras", trust_model=True, image_size=16, num_images=6,
+        measures="sensitivity", verbose=0,
+    )  # fmt: skip
+    assert list(report.results["sensitivity"])[:2] == ["input", "conv"]
+    # stability_report on a path: the way forward is to load it with safe_mode=False
+    images = np.zeros((4, 16, 16, 3), "float32")
+    with pytest.raises(ValueError, match=re.escape("load_model(path, safe_mode=False)")):
+        reports.stability_report(str(tmp_path / "lambda.keras"), images, None, "smoothness")
+    # write_report: results without a value are an error, not an IndexError
+    empty = reports.stability_report(
+        keras.models.load_model(tmp_path / "dense.keras"), images, None, "smoothness", verbose=0
+    )
+    assert len(empty["smoothness"]) == 0
+    with pytest.raises(ValueError, match="`results` hold no values"):
+        reports.write_report(tmp_path / "empty", empty)
+    assert not (tmp_path / "empty").exists()
+
+
+def _copy_run(source, target, config=None, unfinished_after=None):
+    """A copy of a run directory, its settings edited, or stopped after an epoch (no summary,
+    its later records and metrics gone), as `train_run` leaves a run it was killed in."""
+    shutil.copytree(source, target)
+    if config:
+        with open(target / "config.json") as file:
+            document = json.load(file)
+        document["config"].update(config)
+        (target / "config.json").write_text(json.dumps(document))
+    if unfinished_after is not None:
+        os.remove(target / "summary.json")
+        os.remove(target / "model.keras")
+        path = target / "stability" / "measurements.json"
+        document = json.loads(path.read_text())
+        document["history"] = [r for r in document["history"] if r["epoch"] <= unfinished_after]
+        path.write_text(json.dumps(document))
+        with open(target / "metrics.csv") as file:
+            rows = file.read().splitlines()
+        (target / "metrics.csv").write_text("\n".join(rows[: 1 + unfinished_after]) + "\n")
+    return target
+
+
+def test_compare_refuses_runs_that_are_not_seeds_of_one_model(tiny_runs, tmp_path):
+    wider = _copy_run(tiny_runs / "max_1", tmp_path / "max_wider", {"blocks": [[8], [16]]})
+    resnet = _copy_run(tiny_runs / "max_1", tmp_path / "max_resnet", {"model": "resnet18"})
+    stopped = _copy_run(tiny_runs / "max_1", tmp_path / "max_stopped", unfinished_after=1)
+    slower = _copy_run(tiny_runs / "max_1", tmp_path / "max_slower", {"learning_rate": 0.01})
+    same = [reports.read_run(tiny_runs / name) for name in ("max_0", "max_1", "avg_0")]
+    for odd, message in [
+        (wider, f"run '{wider}' has blocks=[[8], [16]], the other runs of downsample='max' "
+                "[[4], [8]]"),
+        (resnet, f"run '{resnet}' has model='resnet18', the other runs of downsample='max' "
+                 "'vgg'"),
+        (stopped, f"Run '{stopped}' is unfinished (no summary.json; last measured after epoch "
+                  "1 of 2)"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(message)):
+            reports.compare_runs([*same, reports.read_run(odd)], tmp_path / "figures")
+        assert not (tmp_path / "figures").exists()
+    # another architecture in a group of its own is a comparison, not an error
+    summary = reports.compare_runs(
+        [*same[:2], reports.read_run(resnet)], tmp_path / "by_model", by="model"
+    )
+    assert list(summary["groups"]) == ["vgg", "resnet18"] and summary["warnings"] == []
+    # another training setting: averaged, with a warning naming the run
+    with pytest.warns(reports.ComparisonWarning, match=re.escape(f"'{slower}' has learning_r")):
+        summary = reports.compare_runs([*same, reports.read_run(slower)], tmp_path / "slower")
+    assert len(summary["warnings"]) == 1 and "learning_rate=0.01" in summary["warnings"][0]
+    markdown = (tmp_path / "slower" / "summary.md").read_text()
+    assert "Warning: Averaged as seeds of one setting" in markdown
+    # the script: one line naming the run; the warning in the summary it prints
+    cases = [
+        [f"--runs={tiny_runs}/max_*,{wider}", f"--output_dir={tmp_path}/cli_wider"],
+        [f"--runs={tiny_runs}/max_*,{stopped}", f"--output_dir={tmp_path}/cli_stopped"],
+        [f"--runs={tiny_runs}/max_*,{slower}", f"--output_dir={tmp_path}/cli_slower"],
+    ]
+    (wider_code, wider_lines), (stopped_code, stopped_lines), (slower_code, _) = run_cases(
+        "trainers.compare", cases
+    )
+    assert wider_code == 1 and len(wider_lines) == 1 and f"'{wider}' has blocks" in wider_lines[0]
+    assert stopped_code == 1 and len(stopped_lines) == 1 and "is unfinished" in stopped_lines[0]
+    assert slower_code == 0 and "learning_rate=0.01" in (
+        tmp_path / "cli_slower" / "summary.md"
+    ).read_text()
+    assert not (tmp_path / "cli_wider").exists() and not (tmp_path / "cli_stopped").exists()
