@@ -259,6 +259,11 @@ def test_the_same_draw_compiled_and_in_a_model(kind):
 
 @pytest.mark.parametrize("bounding_box_format", FORMATS)
 def test_every_keras_box_format_gives_the_same_boxes(bounding_box_format):
+    keras_version = tuple(int(part) for part in keras.__version__.split(".")[:2])
+    if bounding_box_format == "rel_center_xywh" and keras_version < (3, 15):
+        # Keras 3.14's rel_center_xywh -> xyxy is no inverse of xyxy -> rel_center_xywh
+        # ([2, 3, 10, 12] comes back as [1.5, 4, 7.5, 16] at 24 x 32); 3.15 fixed it.
+        pytest.skip("Keras < 3.15 converts rel_center_xywh boxes wrongly")
     convert = keras.utils.bounding_boxes.convert_format
     size = (24, 32)
     images = np.zeros((2, *size, 1), "float32")
