@@ -9,6 +9,8 @@
   the report and its sweep, and the report's files.
 - `read_run(directory)` / `group_runs(runs, by)`: what `train_run` left in run directories.
 - `compare_runs(runs, directory, by, measure)`: the papers' figures from several runs.
+- `markdown_table(header, rows)`: the Markdown tables of these reports (and of the
+  replication's, `benchmarks/replication/report.py`).
 """
 
 import collections
@@ -357,22 +359,44 @@ def _markdown(title, context, results, rows, sweep, figures):
     lines = [f"# {title}", ""]
     for key, value in (context or {}).items():
         lines.append(f"- {key}: `{value}`")
-    lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(v) for v in row.values()) + " |")
+    lines += ["", *markdown_table(list(rows[0]), [list(row.values()) for row in rows])]
     means = ", ".join(f"{m} {r.mean():.4g}" for m, r in results.items())
     lines += ["", f"Means over probe points: {means}.", ""]
     if sweep:
         lines += ["## Magnitude sweep (mean over probe points)", ""]
         measures = list(next(iter(sweep.values())))
-        lines += ["| magnitude | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
-        for magnitude, by_measure in sweep.items():
-            cells = " | ".join(_cell(by_measure[m].mean()) for m in measures)
-            lines.append(f"| {magnitude:g} | {cells} |")
+        lines += markdown_table(
+            ["magnitude", *measures],
+            [[f"{k:g}", *(row[m].mean() for m in measures)] for k, row in sweep.items()],
+        )
         lines.append("")
     for caption, name in figures:
         lines += [f"![{caption}]({name})", ""]
     return "\n".join(lines)
+
+
+def markdown_table(header, rows):
+    """A Markdown table, as lines: the reports' one table writer.
+
+    Args:
+        header: the column names.
+        rows: per row, its cells: a string as it is, a number to 4 significant digits (`NaN`
+            for NaN).
+
+    Returns:
+        The lines: the header, its rule and a line per row.
+
+    Example:
+
+    >>> for line in markdown_table(["probe", "sensitivity"], [["conv1", 0.123456], ["x", "-"]]):
+    ...     print(line)
+    | probe | sensitivity |
+    |---|---|
+    | conv1 | 0.1235 |
+    | x | - |
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
 
 
 def _cell(value):
@@ -1044,19 +1068,17 @@ def _group_summary(runs, measure):
 
 def _comparison_markdown(summary):
     measure = summary["measure"]
-    lines = [
-        f"# {measure} by {summary['by']}",
-        "",
-        f"| {summary['by']} | runs | epochs | test accuracy | mean {measure} at init "
-        "| after training |",
-        "|---|---|---|---|---|---|",
-    ]
-    for label, entry in summary["groups"].items():
-        cells = [
+    header = [summary["by"], "runs", "epochs", "test accuracy", f"mean {measure} at init",
+              "after training"]  # fmt: skip
+    rows = [
+        [label, str(len(entry["runs"]))]
+        + [
             ", ".join("-" if v is None else _cell(v) for v in entry[key])
             for key in ("epochs", "test_accuracy", "mean_init", "mean_final")
         ]
-        lines.append(f"| {label} | {len(entry['runs'])} | " + " | ".join(cells) + " |")
+        for label, entry in summary["groups"].items()
+    ]
+    lines = [f"# {measure} by {summary['by']}", "", *markdown_table(header, rows)]
     lines += ["", f"Bands: {summary['band']}.", ""]
     lines += [f"Warning: {note}\n" for note in summary.get("warnings", ())]
     lines += [f"![{name}]({name})" for name in summary["figures"]]
