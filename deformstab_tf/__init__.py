@@ -5,8 +5,9 @@
 - `deformstab_tf.layers`: every Keras layer of the package in one namespace.
 - `deformstab_tf.models`: VGG / ResNet builders whose downsampling is a switch, and reference
   architectures (fully connected, LeNet, MobileNetV2, EfficientNetB0).
-- `deformstab_tf.measures`: per-layer sensitivity, relative stability, shift consistency and
-  kernel smoothness; `StabilityCallback` runs them during `model.fit`.
+- `deformstab_tf.measures`: per-layer sensitivity, relative stability, shift consistency,
+  translation-sensitivity maps and kernel smoothness (and images' local homogeneity);
+  `StabilityCallback` runs them during `model.fit`.
 - `deformstab_tf.data`: the synthetic task, TFDS and image-folder sources for training.
 - `deformstab_tf.training`: resumable training runs (what `trainers/train.py` runs).
 - `deformstab_tf.reports`: stability reports of saved models; reading run directories.
@@ -32,10 +33,13 @@ from deformstab_tf.deformations import (
 from deformstab_tf.measures import (
     MeasureResult,
     kernel_smoothness,
+    local_homogeneity,
     normalized_sensitivity,
     relative_stability,
     shift_consistency,
+    similarity_map,
     smooth_kernels,
+    translation_sensitivity_map,
 )
 from deformstab_tf.models import (
     DOWNSAMPLING,
@@ -81,6 +85,7 @@ __all__ = [
     "imagenet_vgg",
     "kernel_smoothness",
     "lenet",
+    "local_homogeneity",
     "mobilenet_v2",
     "normalized_sensitivity",
     "permute_input_channels",
@@ -91,8 +96,10 @@ __all__ = [
     "resnet18",
     "shift",
     "shift_consistency",
+    "similarity_map",
     "smooth_kernels",
     "tps_displacement",
     "tps_displacement_from_points",
+    "translation_sensitivity_map",
     "warp",
 ]

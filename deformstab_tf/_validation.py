@@ -24,6 +24,14 @@ def check_positive_int(argument, value):
         raise ValueError(f"`{argument}` must be a positive integer; received {argument}={value!r}.")
 
 
+def check_non_negative_int(argument, value):
+    """Raises a ValueError naming `argument` unless `value` is an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(
+            f"`{argument}` must be a non-negative integer; received {argument}={value!r}."
+        )
+
+
 def standardize_data_format(data_format):
     """`data_format`, or Keras's configured default when None; anything else is an error."""
     if data_format is None:

@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from deformstab_tf import _keras_internals, runrecord
-from deformstab_tf._validation import check_positive_int
+from deformstab_tf._validation import check_choice, check_positive_int
 from deformstab_tf.deformations._backend import to_numpy
+from deformstab_tf.deformations.warp import FILL_MODES
 from deformstab_tf.measures import plan
 from deformstab_tf.measures._common import resolve_seed
 from deformstab_tf.measures.features import DEFAULT_CACHE, check_distinct_images
@@ -30,7 +31,8 @@ class StabilityCallback(keras.callbacks.Callback):
 
     - adds scalars to the epoch `logs`, so `History`, `CSVLogger` and `EarlyStopping` see them:
       `stability/sensitivity/<probe>`, `stability/relative_stability/{R,D,G}/<probe>`,
-      `stability/smoothness/<layer>`, each with a `.../mean` over probe points
+      `stability/smoothness/<layer>`, `stability/translation_map/<probe>` (the mean of each
+      probe point's map), each with a `.../mean` over probe points
       (`stability/relative_stability/mean` is the mean of `R`), and
       `stability/shift_consistency`. On epochs without a measurement the same keys hold NaN
       ("not measured"), so every epoch has the same keys (as `CSVLogger` requires) and no stale
@@ -46,7 +48,8 @@ class StabilityCallback(keras.callbacks.Callback):
     TensorBoard: scalars are tagged `sensitivity/<probe>`, `relative_stability/R/<probe>`, ...,
     `<measure>/mean`, so TensorBoard groups them by measure; a custom-scalars layout draws one
     chart per measure with a line per probe point; the image `profile` shows the per-layer
-    profile of each measure, the initial one beside the current one. Steps are Keras's epoch
+    profile of each measure, the initial one beside the current one, and the image
+    `translation_map` the maps of each probe point. Steps are Keras's epoch
     indices, the axis of Keras's own `epoch_loss`: the measurement after the epoch Keras numbers
     `e` is at step `e` (beside that epoch's loss and accuracy), and **the initial measurement is
     at step -1**. Only measurements are written: nothing on skipped epochs, and non-finite values
@@ -76,8 +79,9 @@ class StabilityCallback(keras.callbacks.Callback):
             `"sensitivity"` and `"relative_stability"`; may be `None` otherwise.
         layers: probe points (names, or a predicate on a layer); `None` for the default probe
             points (see `normalized_sensitivity`).
-        measures: any of `"sensitivity"`, `"relative_stability"`, `"shift_consistency"`,
-            `"smoothness"`.
+        measures: any of `measures.plan.MEASURES`: `"sensitivity"`, `"relative_stability"`,
+            `"shift_consistency"`, `"translation_map"` (off by default: 81 forward passes per
+            probe image with `max_shift=4`), `"smoothness"`.
         every_n_epochs: measure after every n-th epoch (`>= 1`).
         log_dir: directory for TensorBoard summaries and the JSON file (the same directory as
             `keras.callbacks.TensorBoard`'s, which uses `log_dir/train` and `log_dir/validation`);
@@ -86,7 +90,9 @@ class StabilityCallback(keras.callbacks.Callback):
         seed: seeds the callback's randomness (noise of relative stability, shifts, `seed=` of a
             deformation callable that accepts one). A deformation layer uses its own seed.
         verbose: 1 prints a one-line summary per measurement.
-        max_shift: largest shift per axis for `"shift_consistency"` (wrap-around shifts).
+        max_shift: largest shift per axis for `"shift_consistency"` and `"translation_map"`.
+        fill_mode: what their shifts bring in at the border: `"wrap"` (circular, the
+            default), `"constant"`, `"nearest"` or `"reflect"`.
         reduction: `"median"` or `"mean"`, for `"relative_stability"`.
         feature_cache_bytes: memory for keeping the clean features of the probe set between
             batches (default 1 GiB), so a measurement costs one clean pass per batch; see
@@ -124,6 +130,7 @@ class StabilityCallback(keras.callbacks.Callback):
         max_shift=4,
         reduction="median",
         feature_cache_bytes=DEFAULT_CACHE,
+        fill_mode="wrap",
     ):
         super().__init__()
         if isinstance(measures, str):
@@ -168,6 +175,8 @@ class StabilityCallback(keras.callbacks.Callback):
         self.seed = seed
         self.verbose = verbose
         self.max_shift = max_shift
+        check_choice("fill_mode", fill_mode, FILL_MODES)
+        self.fill_mode = fill_mode
         self.reduction = reduction
         self.feature_cache_bytes = feature_cache_bytes
         self.history = []
@@ -233,6 +242,7 @@ class StabilityCallback(keras.callbacks.Callback):
             deform_once=True,
             reduction=self.reduction,
             max_shift=self.max_shift,
+            fill_mode=self.fill_mode,
             feature_cache_bytes=self.feature_cache_bytes,
             images_argument="probe_images",
         )
@@ -323,7 +333,7 @@ class StabilityCallback(keras.callbacks.Callback):
     # -- files ----------------------------------------------------------------------------------
 
     def _write_summaries(self, record, values):
-        from deformstab_tf.plots import profile_image
+        from deformstab_tf.plots import figure_to_array, profile_image
 
         if self._writer is None:
             directory = runrecord.stability_directory(self.log_dir)
@@ -344,6 +354,12 @@ class StabilityCallback(keras.callbacks.Callback):
                 title = "initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}"
                 image = profile_image(profiles, initial=initial or None, title=title)
                 tf.summary.image("profile", image[None], max_outputs=1)
+            for measure, result in results.items():
+                figure = plan.MEASURES[measure].figure
+                if figure is not None and len(result):
+                    title = "initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}"
+                    image = figure_to_array(figure(result, title))
+                    tf.summary.image(measure, image[None], max_outputs=1)
         self._writer.flush()
 
     def _write_json(self):

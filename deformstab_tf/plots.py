@@ -169,6 +169,79 @@ def plot_profiles(current, initial=None, title=None, figure=None):
     return figure
 
 
+# The translation maps' colour scale: 1 - similarity on a log axis, so that 0.9, 0.99 and 0.999
+# are as far apart as 0.9 and 0 (a linear scale shows every trained layer as the same colour).
+MAP_FLOOR = 1e-4
+
+
+def plot_translation_maps(results, layers=None, title=None, figure=None):
+    """Translation-sensitivity maps side by side: one panel per probe point (and per result).
+
+    Each panel is a map of `translation_sensitivity_map`: the mean cosine similarity of the
+    representation to that of the image translated by `(dy, dx)` (rows `dy`, columns `dx`). The
+    colour is `1 - similarity` on a log scale from 1 (similarity 0) down to 1e-4 (0.9999), with
+    the colour bar labelled in similarity, so 0.9, 0.99 and 0.999 stand apart.
+
+    Args:
+        results: a `translation_map` `MeasureResult`, or a mapping `label -> result` (e.g. one
+            per network: a row of panels each).
+        layers: the probe points drawn (default: all of the first result's).
+        title: the figure title.
+        figure: a matplotlib `Figure` to draw into; None creates one (without pyplot state).
+
+    Returns:
+        The `Figure`.
+
+    Example:
+
+    >>> maps = {"input": [[0.9, 0.99, 0.9], [0.99, 1.0, 0.99], [0.9, 0.99, 0.9]]}
+    >>> result = ds.MeasureResult("translation_map", {"input": 0.95},
+    ...                           metadata={"max_shift": 1, "maps": maps})
+    >>> figure = plot_translation_maps(result)
+    >>> [ax.get_title() for ax in figure.axes]
+    ['input', '']
+    """
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    from deformstab_tf.measures.translation import similarity_map
+
+    rows = results if not isinstance(results, MeasureResult) else {None: results}
+    if not rows:
+        raise ValueError("`results` holds no translation map to plot.")
+    first = next(iter(rows.values()))
+    layers = list(first) if layers is None else list(layers)
+    if figure is None:
+        figure = Figure(
+            figsize=(1.9 * len(layers) + 0.9, 1.9 * len(rows) + 0.5), layout="constrained"
+        )
+    axes = figure.subplots(len(rows), len(layers), squeeze=False)
+    norm = LogNorm(vmin=MAP_FLOOR, vmax=1.0)
+    image = None
+    for row, (label, result) in zip(axes, rows.items(), strict=True):
+        shift = int(result.metadata.get("max_shift", 0))
+        for ax, layer in zip(row, layers, strict=True):
+            dissimilarity = np.clip(1.0 - similarity_map(result, layer), MAP_FLOOR, 1.0)
+            image = ax.imshow(
+                dissimilarity,
+                cmap="magma",
+                norm=norm,
+                extent=(-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5),
+            )
+            ax.set_title(layer if label is None else f"{label}: {layer}", fontsize="small")
+            ax.tick_params(labelsize="x-small")
+        row[0].set_ylabel("dy", fontsize="small")
+    for ax in axes[-1]:
+        ax.set_xlabel("dx", fontsize="small")
+    bar = figure.colorbar(image, ax=axes, shrink=0.8)
+    ticks = [1.0, 0.1, 0.01, 0.001, 0.0001]
+    bar.set_ticks(ticks, labels=[f"{1 - t:g}" for t in ticks])
+    bar.set_label("cosine similarity", fontsize="small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    return figure
+
+
 def plot_profile_bands(groups, title=None, ylabel=None, log=False, ax=None):
     """Per-layer profiles with mean and +-2 SD bands over seeds, one line per group.
 

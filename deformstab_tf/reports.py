@@ -34,11 +34,13 @@ from deformstab_tf._validation import (
     check_model,
     check_names,
     check_non_negative,
+    check_non_negative_int,
     check_output_directory,
     check_positive_int,
     check_seed,
 )
 from deformstab_tf.deformations.layers import DEFORMATION_LAYERS, deformation_layer
+from deformstab_tf.deformations.warp import FILL_MODES
 from deformstab_tf.measures import plan
 from deformstab_tf.measures._common import check_deformation
 from deformstab_tf.measures.features import SELECTIONS, image_input_index
@@ -62,6 +64,7 @@ def stability_report(
     seed=0,
     max_shift=4,
     verbose=1,
+    fill_mode="wrap",
 ):
     """The chosen measures of `model` on `images` (a progress bar over the measures).
 
@@ -79,7 +82,8 @@ def stability_report(
             relative stability), e.g. `deformation_layer("tps", 2.0, seed=0)`.
         measures: any of `REPORT_MEASURES`: a list, or one name.
         layers: probe points (see `normalized_sensitivity`).
-        batch_size, seed, max_shift: as in the measures.
+        batch_size, seed, max_shift, fill_mode: as in the measures (`max_shift` and
+            `fill_mode` of shift consistency and the translation map).
         verbose: 1 shows a `keras.utils.Progbar`.
 
     Returns:
@@ -103,7 +107,7 @@ def stability_report(
     check_seed("seed", seed, allow_none=True, limit=2**63)
     probe = plan.prepare(
         model, measures, images, deformation, layers, batch_size=batch_size, seed=seed,
-        max_shift=max_shift,
+        max_shift=max_shift, fill_mode=fill_mode,
     )  # fmt: skip
     return _run(probe, verbose)
 
@@ -298,6 +302,12 @@ def write_report(directory, results, sweep=None, title="Stability report", conte
                 os.path.join(staging, "profile.png"), dpi=90
             )
             figures.append(("Per-layer profile", "profile.png"))
+        for measure, result in results.items():
+            spec = plan.entry(measure)
+            if spec is not None and spec.figure is not None and len(result):
+                name = f"{measure}.png"
+                spec.figure(result, title).savefig(os.path.join(staging, name), dpi=90)
+                figures.append((spec.description[:1].upper() + spec.description[1:], name))
         if sweep:
             for measure in next(iter(sweep.values())):
                 groups = {
@@ -490,6 +500,8 @@ def measure_model(
     resize_method="bilinear",
     batch_size=64,
     seed=0,
+    max_shift=4,
+    fill_mode="wrap",
     output_dir=None,
     trust_model=False,
     verbose=1,
@@ -530,6 +542,10 @@ def measure_model(
         resize_method: a `tf.image.resize` method (`data.RESIZE_METHODS`).
         batch_size: images per forward pass.
         seed: seed of the deformations and noise.
+        max_shift: largest shift in pixels per axis of shift consistency and the translation
+            map (a map of `(2 max_shift + 1)^2` offsets).
+        fill_mode: what their shifts bring in at the border: `"wrap"`, `"constant"`,
+            `"nearest"` or `"reflect"`.
         output_dir: where the report's files go (created; files of the same names replaced);
             None writes nothing.
         trust_model: load `model` with Keras's safe mode off: a model holding Python code (a
@@ -587,6 +603,8 @@ def measure_model(
             f"{names('num_images')}={num_images!r}."
         )
     check_positive_int(names("batch_size"), batch_size)
+    check_non_negative_int(names("max_shift"), max_shift)
+    check_choice(names("fill_mode"), fill_mode, FILL_MODES)
     check_choice(names("resize_method"), resize_method, data.RESIZE_METHODS)
     check_bool(names("download"), download)
     check_bool(names("trust_model"), trust_model)
@@ -633,7 +651,7 @@ def measure_model(
         )
         images = data.resize_images(images, image_size, resize_method).numpy()
     results = stability_report(model, images, layer, measures, layers, batch_size, seed,
-                               verbose=verbose)  # fmt: skip
+                               max_shift, verbose, fill_mode)  # fmt: skip
     swept = None
     if sweep:
         swept = magnitude_sweep(

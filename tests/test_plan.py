@@ -26,7 +26,13 @@ def _images(count=8):
 def test_the_registry_is_the_one_list_of_measures():
     assert plan.NAMES == tuple(plan.MEASURES)
     assert callbacks.MEASURES == reports.REPORT_MEASURES == plan.NAMES
-    assert plan.NAMES == ("sensitivity", "relative_stability", "shift_consistency", "smoothness")
+    assert plan.NAMES == (
+        "sensitivity",
+        "relative_stability",
+        "shift_consistency",
+        "translation_map",
+        "smoothness",
+    )
     assert plan.deformation_measures() == ("sensitivity", "relative_stability")
     assert not plan.needs_images(["smoothness"])
     assert plan.needs_images(["smoothness", "sensitivity"])
@@ -53,6 +59,7 @@ def test_a_plan_prepared_once_gives_what_the_measures_give_alone():
             model, images, tps, batch_size=4, seed=0
         ),
         "shift_consistency": measures.shift_consistency(model, images, 4, batch_size=4, seed=0),
+        "translation_map": measures.translation_sensitivity_map(model, images, 4, batch_size=4),
         "smoothness": measures.kernel_smoothness(model),
     }
     for name, result in results.items():

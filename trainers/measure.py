@@ -40,7 +40,7 @@ flags.DEFINE_integer("cutoff", 3, "Diffeomorphism cut-off c.")
 flags.DEFINE_list(
     "measures",
     ["sensitivity", "relative_stability", "smoothness"],
-    "Any of sensitivity, relative_stability, shift_consistency, smoothness.",
+    "Any of sensitivity, relative_stability, shift_consistency, translation_map, smoothness.",
 )
 flags.DEFINE_list("sweep", [], "Magnitudes of a sweep (sensitivity, and R if measured).")
 flags.DEFINE_list(
@@ -63,6 +63,14 @@ flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1
 flags.DEFINE_integer(
     "seed", 0, "Seed of the deformations and noise.", lower_bound=0, upper_bound=2**32 - 1
 )
+flags.DEFINE_integer(
+    "max_shift", 4,
+    "Largest shift per axis (px) of shift_consistency and translation_map.", lower_bound=0,
+)  # fmt: skip
+flags.DEFINE_enum(
+    "fill_mode", "wrap", ["wrap", "constant", "nearest", "reflect"],
+    "What the shifts bring in at the border (shift_consistency, translation_map).",
+)  # fmt: skip
 flags.DEFINE_string("output_dir", None, "Where the report goes; default reports/<model name>.")
 flags.DEFINE_bool(
     "trust_model", False,
@@ -99,7 +107,7 @@ def main(argv):
 _SETTINGS = (
     "dataset", "data_dir", "download", "split", "num_images", "deformation", "magnitude",
     "grid_size", "cutoff", "measures", "layers", "resize_method", "batch_size", "seed",
-    "trust_model",
+    "max_shift", "fill_mode", "trust_model",
 )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from deformstab_tf import _keras_internals as internals
-from deformstab_tf._validation import check_choice, check_positive_int
+from deformstab_tf._validation import check_choice, check_non_negative_int, check_positive_int
 from deformstab_tf.deformations._backend import (
     compiled_reading,
     full_float32_precision,
@@ -150,10 +150,7 @@ def shift_consistency_from_predictor(
 ):
     """`shift_consistency` given `top1_predictor(model)`, checked `images` and the model's other
     inputs `extras` (checked tensors, see `check_probe_inputs`), for reuse."""
-    if isinstance(max_shift, bool) or not isinstance(max_shift, (int, np.integer)) or max_shift < 0:
-        raise ValueError(
-            f"`max_shift` must be a non-negative integer. Received: max_shift={max_shift!r}"
-        )
+    check_non_negative_int("max_shift", max_shift)
     check_positive_int("batch_size", batch_size)
     check_choice("fill_mode", fill_mode, FILL_MODES)
     check_positive_int("pairs_per_image", pairs_per_image)

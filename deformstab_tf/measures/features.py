@@ -877,7 +877,8 @@ class ProbeFeatures:
         Args:
             images: `(N, H, W, C)` probe images (a checked tensor).
             perturb: `perturb(batch, batch_index, start) -> list` of P perturbed copies of a batch
-                (`start` is the index of the batch's first image in `images`).
+                (`start` is the index of the batch's first image in `images`), or any sequence
+                with a length whose copies are made as they are read (one at a time in memory).
             batch_size: images per forward pass.
             metric: `"cosine"` (`1 - cos`, with the zero-vector rule below) or `"sqeuclidean"`.
             feature_cache_bytes: memory budget for keeping clean features (default 1 GiB);
@@ -949,16 +950,16 @@ class ProbeFeatures:
             row_vectors = [u for u, _ in row]
             self._store_gram(self._gram(row_vectors, row_vectors), rows, rows, gram)
 
-            perturbed = [
-                keras.ops.cast(keras.ops.convert_to_tensor(p), batch.dtype)
-                for p in perturb(batch, i, rows.start)
-            ]
+            perturbed = perturb(batch, i, rows.start)  # read one copy at a time
             if paired is None:
                 paired = [np.zeros((len(perturbed), num_images)) for _ in range(num_layers)]
                 paired_zero = [
                     np.zeros((len(perturbed), num_images), bool) for _ in range(num_layers)
                 ]
             for p, perturbed_batch in enumerate(perturbed):
+                perturbed_batch = keras.ops.cast(
+                    keras.ops.convert_to_tensor(perturbed_batch), batch.dtype
+                )
                 if tuple(perturbed_batch.shape) != tuple(batch.shape):
                     raise ValueError(
                         f"The perturbation returned shape {tuple(perturbed_batch.shape)} for a "

@@ -61,6 +61,7 @@ from deformstab_tf.measures.features import (
 from deformstab_tf.measures.relative_stability import relative_stability_from_probe
 from deformstab_tf.measures.sensitivity import normalized_sensitivity_from_probe
 from deformstab_tf.measures.smoothness import kernel_smoothness
+from deformstab_tf.measures.translation import translation_map_from_probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,9 @@ class Measure:
             for sensitivity, whose details are its numerator and denominator).
         log_scale: ratios drawn on a log axis (and banded multiplicatively over runs).
         axis_label: the quantity on a figure's y-axis.
+        figure: `figure(result, title) -> matplotlib Figure`, a figure of the measure's own
+            beyond the profile (the translation maps), written by the reports as
+            `<name>.png` and by `StabilityCallback` as a TensorBoard image; None for none.
     """
 
     name: str
@@ -105,6 +109,7 @@ class Measure:
     table_details: bool = True
     log_scale: bool = False
     axis_label: str = ""
+    figure: Callable = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +127,8 @@ class Probe:
         predictor: the model's `top1_predictor`, or None.
         batch_size, seed: as in the measures.
         reduction: relative stability's `"median"` or `"mean"`.
-        max_shift, pairs_per_image: shift consistency's.
+        max_shift, pairs_per_image, fill_mode: shift consistency's (`max_shift` and
+            `fill_mode` also the translation map's).
         feature_cache_bytes: see `normalized_sensitivity`.
     """
 
@@ -139,6 +145,7 @@ class Probe:
     max_shift: int = 4
     pairs_per_image: int = 1
     feature_cache_bytes: int = DEFAULT_CACHE
+    fill_mode: str = "wrap"
 
     def measure(self, name):
         """The measure `name` of this probe (a `MeasureResult`)."""
@@ -176,9 +183,27 @@ def _shift_consistency(probe):
         probe.images,
         probe.max_shift,
         probe.batch_size,
+        probe.fill_mode,
         seed=probe.seed,
         pairs_per_image=probe.pairs_per_image,
     )
+
+
+def _translation_map(probe):
+    return translation_map_from_probe(
+        probe.features,
+        probe.images,
+        probe.max_shift,
+        probe.batch_size,
+        probe.fill_mode,
+        probe.feature_cache_bytes,
+    )
+
+
+def _translation_map_figure(result, title=None):
+    from deformstab_tf.plots import plot_translation_maps  # plots reads this registry
+
+    return plot_translation_maps(result, title=title)
 
 
 def _smoothness(probe):
@@ -216,6 +241,15 @@ MEASURES = {
             needs_predictor=True,
             per_layer=False,
             axis_label="top-1 agreement",
+        ),
+        Measure(
+            "translation_map",
+            _translation_map,
+            "cosine similarity to translated copies over a grid of offsets, per probe point "
+            "(Myburgh et al. 2021)",
+            needs_features=True,
+            axis_label="similarity to translations",
+            figure=_translation_map_figure,
         ),
         Measure(
             "smoothness",
@@ -296,6 +330,7 @@ def prepare(
     max_shift=4,
     pairs_per_image=1,
     feature_cache_bytes=DEFAULT_CACHE,
+    fill_mode="wrap",
     images_argument="images",
 ):
     """Prepares `model` and its probe images for the measures of a plan, once.
@@ -313,8 +348,8 @@ def prepare(
         images: `(N, H, W, C)` probe images (unused by measures of the weights alone).
         deformation: a deformation layer or callable (for the measures that need one).
         layers: probe points; see `normalized_sensitivity`.
-        batch_size, seed, reduction, max_shift, pairs_per_image, feature_cache_bytes: the
-            measures' own arguments, kept in the `Probe`.
+        batch_size, seed, reduction, max_shift, pairs_per_image, feature_cache_bytes,
+            fill_mode: the measures' own arguments, kept in the `Probe`.
         deform_once: deform the probe images now, once (`Probe.deformed`).
         images_argument: the name of `images` in error messages.
 
@@ -353,6 +388,7 @@ def prepare(
         max_shift,
         pairs_per_image,
         feature_cache_bytes,
+        fill_mode,
     )
 
 
