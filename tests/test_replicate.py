@@ -2,11 +2,13 @@
 and runs outside CI): it writes the report, the figures and results.json with the documented
 keys, and a rerun skips finished experiments."""
 
+import dataclasses
 import functools
 import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -800,3 +802,89 @@ def test_two_shards_one_after_the_other_equal_one_unsharded_run(tmp_path):
     assert results["sharded"] == results["whole"]
     bad = run([*common, *where("bad"), "--shard=3/2"])
     assert bad.returncode != 0 and "--shard must be K/N with 1 <= K <= N" in bad.stderr
+
+
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "replication")
+
+
+def _report_from_fixture(tmp_path):
+    """replication.md as `replicate.py --report_only` draws it, at paper scale and then for the
+    extended studies, from the fixture: CPU-sized results.json (max, blur, strided) and
+    committed experiment JSONs (paper scale, Keras's BatchNormalization, retrained), the paths
+    of this run replaced by `<tmp>`."""
+    docs = tmp_path / "docs"
+    shutil.copytree(os.path.join(FIXTURE, "docs"), docs)
+    for split in ("train", "test"):
+        (tmp_path / "cifar10" / split).mkdir(parents=True)  # no images: nothing is trained
+    common = [
+        sys.executable, "benchmarks/replicate.py", f"--cifar10={tmp_path / 'cifar10'}",
+        f"--output_dir={tmp_path / 'runs'}", f"--docs_dir={docs}", "--variants=max,blur,strided",
+        "--report_only",
+    ]  # fmt: skip
+    for scale in (
+        ["--scale=paper", "--paper_seeds=2"],
+        ["--scale=extended", "--z1_seeds=2", "--t2_seeds=1", "--t3_seeds=1",
+         "--p1_architectures=lenet", "--p1_sizes=1000"],
+    ):  # fmt: skip
+        run = subprocess.run(
+            [*common, *scale], cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()  # drawn from the committed JSONs alone
+    return (docs / "replication.md").read_text().replace(str(tmp_path), "<tmp>")
+
+
+def test_report_regenerates_identically_from_committed_experiments(tmp_path):
+    # The expected report was drawn by the report code before it went through
+    # `reports.markdown_table`, the findings tables and notes.json: the refactor kept every
+    # byte. A change meant to alter the report replaces it (the file this test drew is in
+    # pytest's temporary directory, `<tmp>/docs/replication.md`).
+    text = _report_from_fixture(tmp_path)
+    with open(os.path.join(FIXTURE, "replication.md")) as file:
+        expected = file.read()
+    assert text == expected, f"see {tmp_path / 'docs' / 'replication.md'}"
+
+
+def test_a_finding_is_one_row_of_its_table_and_every_report_reads_its_verdict(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication import findings
+    from replication.report import extended_markdown, paper_markdown, report_markdown
+
+    cpu, paper = _committed_results()
+    # A row changed (its claim and how it is decided) and a row added: one entry each.
+    monkeypatch.setitem(
+        findings.FINDINGS, "F1", dataclasses.replace(
+            findings.FINDINGS["F1"], claim="The test's claim",
+            decide=lambda results: findings.Decision(False, "the test's number", "all of them"),
+        ),
+    )  # fmt: skip
+    monkeypatch.setitem(
+        findings.FINDINGS, "X1", findings.Finding(
+            "X1", "A finding of the test", lambda results: findings.Decision(True, "x", "xs")
+        ),
+    )  # fmt: skip
+    cpu_findings = findings.evaluate_findings(cpu)
+    assert [f["finding"] for f in cpu_findings][-1] == "X1"
+    text = report_markdown(cpu, cpu_findings, {})
+    assert "| F1 | The test's claim | the test's number | **no** |" in text
+    assert "| X1 | A finding of the test | x | yes |" in text
+    assert "Holds here: **no**. Measured: all of them." in text
+    text = paper_markdown(paper, cpu, cpu_findings, {}, [])
+    row = "| F1 | The test's claim | the test's number | **no** | the test's number | **no** |"
+    assert row in text
+    assert "| X1 | A finding of the test | x | yes | x | yes |" in text
+    # The extended studies' table: a finding not measured yet has no row; an undecided one
+    # says why it is n/a.
+    with open(os.path.join(ROOT, "docs", "replication", "results.json")) as file:
+        extended = json.load(file)["extended"]
+    monkeypatch.setitem(
+        findings.EXTENDED_FINDINGS, "X2", findings.Finding(
+            "X2", "Another finding", lambda x: findings.Decision(None, "y"), "no seeds of it"
+        ),
+    )  # fmt: skip
+    monkeypatch.setitem(
+        findings.EXTENDED_FINDINGS, "X3", findings.Finding("X3", "Unmeasured", lambda x: None)
+    )
+    text = extended_markdown(extended)
+    assert "| X2 | Another finding | y | n/a (no seeds of it) |" in text
+    assert "| X3 |" not in text

@@ -39,22 +39,6 @@ RECIPE = {
 }
 
 
-# How the paper-scale recipe was found (shown in the report; add a line per pilot tried).
-PAPER_PILOTS = [
-    "max pooling, all 50,000 images, flips + 4-px translations, batch 128, SGD 0.1 cosine, "
-    "weight decay 5e-4, bfloat16, 20 epochs: test accuracy 0.8545, train 0.914 and still "
-    "rising at the end (66-75 s per epoch on an idle machine) -> too short; 30 epochs chosen "
-    "(about 35 minutes per network), the first paper-scale network (max, seed 0) being the "
-    "check that it reaches the 0.87 target.",
-    "30 epochs, the same recipe (decoupled weight decay 5e-4), max pooling, seed 0: test "
-    "accuracy 0.8664 (< 0.87), train 0.949 with a gap of 8 points "
-    "(docs/replication/experiments/paper_pilots/max_s0_30ep_wd5e-4.json). Keras's SGD decays "
-    "weights decoupled (w -= lr * wd * w), so 5e-4 there is 10x weaker than the papers' L2 5e-4 "
-    "coupled with momentum 0.9 -> decoupled weight decay 5e-3 (--paper_weight_decay), the "
-    "papers' regularisation; 30 epochs kept.",
-]
-
-
 # The kinds of experiment trained at paper scale, whose results are committed under docs/.
 COMMITTED_KINDS = ("paper", "retrained", "noisy", "p1")
 
@@ -832,14 +816,20 @@ def network_headline(r):
 def committed_paper_networks(s):
     """`{variant: {seed: headline}}` of the committed paper-scale networks (docs/replication/
     experiments/paper/), to compare retrained ones with."""
-    directory = os.path.join(s.docs_dir, "replication", "experiments", "paper")
     networks = {}
+    for _, r in _committed_records(s, "paper"):
+        networks.setdefault(r["variant"], {})[r["seed"]] = network_headline(r)
+    return networks
+
+
+def _committed_records(s, kind):
+    """`(name, record)` of each committed result under docs/replication/experiments/<kind>/,
+    by name (nothing when the directory is missing)."""
+    directory = os.path.join(s.docs_dir, "replication", "experiments", kind)
     for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
         if name.endswith(".json"):
             with open(os.path.join(directory, name)) as file:
-                r = json.load(file)
-            networks.setdefault(r["variant"], {})[r["seed"]] = network_headline(r)
-    return networks
+                yield name[: -len(".json")], json.load(file)
 
 
 def _permutation(record, statistics):
@@ -868,17 +858,10 @@ KERAS_BATCH_NORM_DIR = "paper_keras_bn"
 def keras_batch_norm_runs(s):
     """`{"<variant>_s<seed>": {test_accuracy, shift_consistency}}` of the networks trained with
     Keras's unfused BatchNormalization (same recipe and seeds), from docs/replication/."""
-    directory = os.path.join(s.docs_dir, "replication", "experiments", KERAS_BATCH_NORM_DIR)
-    runs = {}
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        if name.endswith(".json"):
-            with open(os.path.join(directory, name)) as file:
-                r = json.load(file)
-            runs[name[: -len(".json")]] = {
-                "test_accuracy": r["test_accuracy"],
-                "shift_consistency": r["shift_consistency"],
-            }
-    return runs
+    return {
+        name: {"test_accuracy": r["test_accuracy"], "shift_consistency": r["shift_consistency"]}
+        for name, r in _committed_records(s, KERAS_BATCH_NORM_DIR)
+    }
 
 
 def other_synthetic_settings(s):

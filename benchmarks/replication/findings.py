@@ -1,24 +1,393 @@
-"""Each finding of SPEC (F1-F6, T1, Z1) decided from the gathered results: per finding the
-claim, every number it rests on (`measured`), a one-line digest of the deciding number
-(`summary`, for the report's findings table) and the verdict."""
+"""The findings of SPEC decided from the gathered results, as tables: per finding its key, the
+paper's claim and how it is decided (`Finding`). `evaluate_findings` evaluates a table, the one
+place where verdicts are made; the report reads every verdict from its rows.
 
+- `FINDINGS`: F1-F6, T1 and Z1, at the CPU-sized and the paper scale (T1 and Z1 over seeds
+  where the results hold their statistics, `_stats.t1_statistics` / `z1_statistics`).
+- `EXTENDED_FINDINGS`: the extended studies: Z1 on the whole test set, T2, P1 and T3.
+
+The prose that records history (why a verdict may differ, pilot runs, machines and timings) is
+data: `notes.json` beside this module (`NOTES`)."""
+
+import dataclasses
+import json
 import math
+import os
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from _stats import spearman  # benchmarks/ is on sys.path
 
 POOLING, NO_POOLING = ("max", "avg", "blur"), ("subsample", "strided", "strided_relu")
-FINDINGS = {
-    "F1": "At init, pooling nets are less sensitive than nets without pooling",
-    "F2": "Pooling nets' sensitivity increases during training",
-    "F3": "After training, all variants converge to similar profiles",
-    "F4": "Filters get smoother during training (TV/L1 below ~1.87), every variant",
-    "F4b": "Smoother initial filters (Gaussian sigma) -> lower sensitivity",
-    "F5": "With random labels, variants converge to very different profiles",
-    "F6": "Synthetic task: larger C -> smoother filters and lower sensitivity",
-    "T1": "After training, D falls with depth while G rises",
-    "Z1": "Anti-aliased (blur) downsampling raises shift consistency",
-}
+
+
+# The hand-written records of the replication (`notes.json`; its "about" says what each holds).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.json")) as _file:
+    NOTES = json.load(_file)
+WHY_IT_MAY_DIFFER = NOTES["why_it_may_differ"]
+WHY_THE_SCALES_DIFFER = NOTES["why_the_scales_differ"]
+
+
+class Decision(NamedTuple):
+    """What a finding's `decide` returns.
+
+    Attributes:
+        holds: True, False, or None (undecided: too few seeds or networks).
+        summary: the deciding number in one short line (the findings table's).
+        measured: every number the verdict rests on (the finding's section); None where the
+            report's section of the finding lists them itself (the extended studies).
+    """
+
+    holds: bool
+    summary: str
+    measured: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One row of a findings table.
+
+    Attributes:
+        key: the finding's name in SPEC (`"F1"`, ...).
+        claim: what the paper claims.
+        decide: how it is decided: `decide(results)` -> `Decision`, or None while the results
+            do not measure it.
+        undecided: why a verdict of None is n/a, shown beside it ("": a plain n/a).
+    """
+
+    key: str
+    claim: str
+    decide: Callable
+    undecided: str = ""
+
+
+# -- how each finding is decided ---------------------------------------------------------------
+
+
+def _f1(results):
+    """Pooling vs no pooling: the mean of the variants' mean sensitivity at init."""
+    init = _stage_means(results["sensitivity"], "init")
+    pool = [init[v] for v in POOLING if v in init]
+    nopool = [init[v] for v in NO_POOLING if v in init]
+    if not (pool and nopool):
+        return None
+    return Decision(
+        bool(np.mean(pool) < np.mean(nopool)),
+        f"mean S at init: pooling {np.mean(pool):.3f}, no pooling {np.mean(nopool):.3f}",
+        f"mean S at init: pooling {np.mean(pool):.3f} ({_listing(init, POOLING)}); "
+        f"no pooling {np.mean(nopool):.3f} ({_listing(init, NO_POOLING)})",
+    )
+
+
+def _f2(results):
+    """Every pooling variant's mean sensitivity rises from its init to after training."""
+    sens = results["sensitivity"]
+    trained, before = _stage_means(sens, "trained"), _stage_means(sens, "init_of_trained")
+    changes = {v: trained[v] - before[v] for v in trained if v in before and v in POOLING}
+    if not changes:
+        return None
+    return Decision(
+        all(c > 0 for c in changes.values()),
+        _count_summary(
+            "S rises in", "pooling variants", {v: c > 0 for v, c in changes.items()},
+            changes, lambda v: f"{v} {before[v]:.3f} -> {trained[v]:.3f}",
+        ),
+        ", ".join(f"{v}: {before[v]:.3f} -> {trained[v]:.3f}" for v in changes),
+    )  # fmt: skip
+
+
+def _f3(results):
+    """The SD of the sensitivity profiles across variants falls from init to trained."""
+    sens = results["sensitivity"]
+    both = [v for v in sens if "init" in sens[v] and "trained" in sens[v]]
+    if len(both) < 2:
+        return None
+    s_init = _spread([sens[v]["init"] for v in both])
+    s_trained = _spread([sens[v]["trained"] for v in both])
+    return Decision(
+        bool(s_trained < s_init),
+        f"SD of S across variants: init {s_init:.3f} -> trained {s_trained:.3f}",
+        f"SD across variants (mean over layers): init {s_init:.3f}, trained {s_trained:.3f}",
+    )
+
+
+def _f4(results):
+    """Every variant's trained TV/L1 lies below its init (1.87 without one)."""
+    tv = _stage_means(results["smoothness"], "trained")
+    tv0 = _stage_means(results["smoothness"], "init")
+    if not tv:
+        return None
+    return Decision(
+        all(value < tv0.get(v, 1.87) for v, value in tv.items()),
+        _count_summary(
+            "TV/L1 falls in", "variants", {v: x < tv0.get(v, 1.87) for v, x in tv.items()},
+            {v: tv0.get(v, 1.87) - x for v, x in tv.items()},
+            lambda v: f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}",
+        ),
+        "TV/L1 init -> trained: "
+        + ", ".join(f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}" for v in tv),
+    )  # fmt: skip
+
+
+def _f4b(results):
+    """The mean sensitivity falls at every step of sigma (max pooling at init as sigma 0)."""
+    smoothing = results.get("smoothing_intervention", {})
+    if not smoothing:
+        return None
+    pairs = sorted((float(k), _profile_mean(v["sensitivity"])) for k, v in smoothing.items())
+    base = _stage_means(results["sensitivity"], "init").get("max")
+    text = ", ".join(f"sigma {k:g}: S {m:.3f}" for k, m in pairs)
+    falls = all(b[1] <= a[1] + 1e-9 for a, b in zip(pairs, pairs[1:], strict=False)) and (
+        base is None or pairs[0][1] < base
+    )
+    first = (0.0, base) if base is not None else pairs[0]
+    return Decision(
+        falls,
+        f"S {first[1]:.3f} at sigma {first[0]:g} -> {pairs[-1][1]:.3f} at sigma "
+        f"{pairs[-1][0]:g}, {'falling' if falls else 'not falling'} at every step",
+        (f"sigma 0: S {base:.3f}, " if base is not None else "") + text,
+    )
+
+
+def _f5(results):
+    """The SD of the profiles across variants: random labels above true labels."""
+    random, sens = results.get("random_labels", {}), results["sensitivity"]
+    if len(random) < 2:
+        return None
+    learned = {v: (r["train_accuracy"][0], r["train_accuracy"][-1]) for v, r in random.items()}
+    s_random = _spread([{k: [x] for k, x in r["sensitivity"].items()} for r in random.values()])
+    s_true = _spread([sens[v]["trained"] for v in sens if "trained" in sens[v]])
+    return Decision(
+        bool(s_random > s_true) if not math.isnan(s_true) else None,
+        f"SD of S across variants: random labels {s_random:.3f}, true {s_true:.3f}",
+        f"SD across variants: random labels {s_random:.3f} vs true labels {s_true:.3f}; "
+        "train accuracy first -> last epoch: "
+        + ", ".join(f"{v} {a:.2f} -> {b:.2f}" for v, (a, b) in learned.items()),
+    )
+
+
+def _f6(results):
+    """TV/L1 and S both fall with C (`_synthetic_trend`)."""
+    synthetic = results.get("synthetic", {})
+    if len(synthetic) < 2:
+        return None
+    settings = results["settings"]
+    summary, holds, (r_tv, r_s) = _synthetic_trend(synthetic)
+    others = "; ".join(
+        f"also tried {name}: {_synthetic_trend(runs)[0]}"
+        for name, runs in results.get("synthetic_other_settings", {}).items()
+        if len(runs) >= 2
+    )
+    return Decision(
+        holds,
+        f"rank corr. with C: TV/L1 {r_tv:+.2f}, S {r_s:+.2f} "
+        f"({settings['synthetic_prototypes']}/{settings['synthetic_downsample']})",
+        f"{settings['synthetic_prototypes']} prototypes, {settings['synthetic_downsample']}, "
+        f"mean of {settings['synthetic_seeds']} seeds: {summary}"
+        + (f"; {others}" if others else ""),
+    )
+
+
+def _t1(results):
+    """D's rank correlation with depth below 0 and G's above, in every variant: over seeds
+    (95% t intervals) where the results hold `T1` (paper scale), else of the seed-mean
+    profiles."""
+    t1 = results.get("T1", {})
+    if t1.get("variants"):
+        measured = "; ".join(
+            f"{v}: D {e['D']['mean']:+.2f}{interval_text(e['D']['ci'])}, "
+            f"G {e['G']['mean']:+.2f}{interval_text(e['G']['ci'])}"
+            for v, e in t1["variants"].items()
+        )
+        return Decision(
+            _holds_everywhere(t1),
+            t1_summary(_t1_entries(t1)),
+            f"holds in {t1['holds_in']} of {t1['decided']} variants with 2+ seeds: {measured}"
+            if t1["decided"]
+            else f"one seed per variant so far, no intervals yet: {measured}",
+        )
+    correlations = depth_correlations(results["relative_stability"])
+    if not correlations:
+        return None
+    texts = [
+        f"{v}: rank corr. with depth D {c['D']:+.2f}, G {c['G']:+.2f}"
+        for v, c in correlations.items()
+    ]
+    holds = [c["D"] < 0 < c["G"] for c in correlations.values()]
+    return Decision(
+        all(holds),
+        t1_summary(
+            {
+                v: {"D": (c["D"], None), "G": (c["G"], None), "holds": c["D"] < 0 < c["G"]}
+                for v, c in correlations.items()
+            }
+        ),
+        f"holds in {sum(holds)} of {len(holds)} variants: " + "; ".join(texts),
+    )
+
+
+def _z1(results):
+    """Blur's shift consistency above max's: the paired difference's 95% t interval above 0
+    where the results hold `Z1` (paper scale), else the means."""
+    shift = results["shift_consistency"]
+    if "max" not in shift or "blur" not in shift:
+        return None
+    m, b = float(np.mean(shift["max"])), float(np.mean(shift["blur"]))
+    measured = (
+        f"max {m:.3f} (seeds: {', '.join(f'{x:.3f}' for x in shift['max'])}), "
+        f"blur {b:.3f} (seeds: {', '.join(f'{x:.3f}' for x in shift['blur'])})"
+    )
+    z1 = results.get("Z1")
+    if not z1:
+        return Decision(
+            b > m,
+            f"blur - max {b - m:+.3f} (means: blur {count(len(shift['blur']), 'seed')}, max "
+            f"{count(len(shift['max']), 'seed')})",
+            measured,
+        )
+    over_seeds = f"blur - max {z1['mean_difference']:+.4f}"
+    if z1["ci"]:
+        over_seeds += f", 95% CI{interval_text(z1['ci'], 4)}, Welch p = {z1['p_value']:.3g}"
+    return Decision(
+        z1["holds"],
+        f"blur - max {z1['mean_difference']:+.3f}{interval_text(z1['ci'], 3)}, "
+        f"{count(len(z1['difference_per_seed']), 'paired seed')}",
+        f"{over_seeds}; {measured}",
+    )
+
+
+def _z1_test_set(x):
+    """Z1 on the whole test set: the paired difference's 95% t interval above 0."""
+    z1 = x.get("Z1", {})
+    zt = z1.get("test_set", {})
+    if zt.get("mean_difference") is None:
+        return None
+    return Decision(
+        zt["holds"],
+        f"blur - max {zt['mean_difference']:+.4f}{interval_text(zt['ci'], 4)}, "
+        f"{count(len(z1['seeds']), 'paired seed')}",
+    )
+
+
+def _t2(x):
+    """In every variant with 2+ seeds, the log ratio's rank correlation with depth and its
+    value at the last probe have intervals above 0 (`_stats.t2_statistics`)."""
+    t2 = x.get("T2", {})
+    if not t2.get("variants"):
+        return None
+    return Decision(_holds_everywhere(t2), _t2_summary(t2))
+
+
+def _p1(x):
+    """The Spearman correlation of test error with R has its Fisher-z interval above 0
+    (`_stats.p1_statistics`)."""
+    p1 = x.get("P1", {})
+    if p1.get("slope") is None:
+        return None
+    return Decision(
+        p1["holds"],
+        f"Spearman(error, R) {p1['spearman_R']:+.2f}{interval_text(p1['spearman_R_ci'])}; "
+        f"slope {p1['slope']:.2f}{interval_text(p1['slope_ci'])} (paper 0.5), "
+        f"{p1['networks']} networks",
+    )
+
+
+def _t3(x):
+    """T1's test in every noisy training condition with 2+ seeds."""
+    t3 = x.get("T3", {})
+    if not t3.get("variants"):
+        return None
+    return Decision(_holds_everywhere(t3), t1_summary(_t1_entries(t3), "conditions"))
+
+
+# -- the tables ----------------------------------------------------------------------------------
+
+
+def _table(*findings):
+    return {finding.key: finding for finding in findings}
+
+
+FINDINGS = _table(
+    Finding("F1", "At init, pooling nets are less sensitive than nets without pooling", _f1),
+    Finding("F2", "Pooling nets' sensitivity increases during training", _f2),
+    Finding("F3", "After training, all variants converge to similar profiles", _f3),
+    Finding("F4", "Filters get smoother during training (TV/L1 below ~1.87), every variant", _f4),
+    Finding("F4b", "Smoother initial filters (Gaussian sigma) -> lower sensitivity", _f4b),
+    Finding("F5", "With random labels, variants converge to very different profiles", _f5),
+    Finding("F6", "Synthetic task: larger C -> smoother filters and lower sensitivity", _f6),
+    Finding("T1", "After training, D falls with depth while G rises", _t1),
+    Finding("Z1", "Anti-aliased (blur) downsampling raises shift consistency", _z1),
+)
+_SEEDS = "fewer than 2 seeds"
+EXTENDED_FINDINGS = _table(
+    Finding("Z1", FINDINGS["Z1"].claim + ", on the whole test set", _z1_test_set, _SEEDS),
+    Finding("T2", "Permuting input channels raises D in later layers, not early ones", _t2, _SEEDS),
+    Finding("P1", "R at the output predicts test error across architectures and sizes", _p1,
+            "fewer than 4 networks"),
+    Finding("T3", "After training with noise too, D falls with depth while G rises", _t3, _SEEDS),
+)  # fmt: skip
+
+
+def evaluate_findings(results, table=FINDINGS, unmeasured=True):
+    """Evaluates a findings table: one row per finding, in the table's order.
+
+    Args:
+        results: the gathered results (results.json's layout; its `"paper"` object with the
+            CPU-sized experiments it does not repeat; its `"extended"` object).
+        table: `FINDINGS` or `EXTENDED_FINDINGS`.
+        unmeasured: whether a finding the results do not measure yet has a row ("not measured
+            yet", verdict n/a) or none.
+
+    Returns:
+        `[{"finding", "claim", "measured", "holds", "summary", "verdict"}]`: the claim, every
+        number here (`measured`, complete), the deciding number in one short line (`summary`),
+        whether it holds here (True, False, None) and that in words (`verdict`).
+
+    Example:
+
+    >>> rows = evaluate_findings(results)  # doctest: +SKIP
+    >>> [(r["finding"], r["verdict"]) for r in rows][:2]  # doctest: +SKIP
+    [('F1', 'yes'), ('F2', '**no**')]
+    """
+    rows = []
+    for finding in table.values():
+        decision = finding.decide(results)
+        if decision is None:
+            if not unmeasured:
+                continue
+            decision = Decision(
+                None, "not measured yet", "not measured yet (experiments missing from this run)"
+            )
+        rows.append(
+            {"finding": finding.key, "claim": finding.claim, "measured": decision.measured,
+             "holds": decision.holds, "summary": decision.summary,
+             "verdict": verdict(decision.holds, finding.undecided)}
+        )  # fmt: skip
+    return rows
+
+
+def verdict(holds, undecided=""):
+    """`holds` in words: yes, **no**, or n/a (with why, when `undecided` says)."""
+    if holds is None:
+        return f"n/a ({undecided})" if undecided else "n/a"
+    return "yes" if holds else "**no**"
+
+
+def _holds_everywhere(statistics):
+    """A finding decided per variant (`t1_statistics`, `t2_statistics`) holds when it holds in
+    every decided variant; None when none is decided."""
+    if not statistics["decided"]:
+        return None
+    return statistics["holds_in"] == statistics["decided"]
+
+
+# -- what the decisions share ------------------------------------------------------------------
+
+
+def _stage_means(tree, stage):
+    """`{variant: mean profile}` of the variants measured at `stage` ("init", "trained", ...)."""
+    return {v: _profile_mean(tree[v][stage]) for v in tree if stage in tree[v]}
 
 
 def _profile_mean(per_probe):
@@ -52,165 +421,6 @@ def _synthetic_trend(synthetic):
     return text, bool(r_tv <= -0.8 and r_s <= -0.8), (r_tv, r_s)
 
 
-def evaluate_findings(results):
-    """One row per finding: the claim, the numbers here (`measured`, complete), the deciding
-    number in one short line (`summary`), whether it holds here (or n/a)."""
-    sens, smooth, rs = results["sensitivity"], results["smoothness"], results["relative_stability"]
-    rows = []
-
-    def row(key, claim, measured, holds, summary):
-        rows.append(
-            {"finding": key, "claim": claim, "measured": measured, "holds": holds,
-             "summary": summary}
-        )  # fmt: skip
-
-    init = {v: _profile_mean(sens[v]["init"]) for v in sens if "init" in sens[v]}
-    pool = [init[v] for v in POOLING if v in init]
-    nopool = [init[v] for v in NO_POOLING if v in init]
-    if pool and nopool:
-        row(
-            "F1",
-            "At init, pooling nets are less sensitive than nets without pooling",
-            f"mean S at init: pooling {np.mean(pool):.3f} ({_listing(init, POOLING)}); "
-            f"no pooling {np.mean(nopool):.3f} ({_listing(init, NO_POOLING)})",
-            bool(np.mean(pool) < np.mean(nopool)),
-            f"mean S at init: pooling {np.mean(pool):.3f}, no pooling {np.mean(nopool):.3f}",
-        )
-    trained = {v: _profile_mean(sens[v]["trained"]) for v in sens if "trained" in sens[v]}
-    before = {
-        v: _profile_mean(sens[v]["init_of_trained"]) for v in sens if "init_of_trained" in sens[v]
-    }
-    changes = {v: trained[v] - before[v] for v in trained if v in before and v in POOLING}
-    if changes:
-        row(
-            "F2",
-            "Pooling nets' sensitivity increases during training",
-            ", ".join(f"{v}: {before[v]:.3f} -> {trained[v]:.3f}" for v in changes),
-            all(c > 0 for c in changes.values()),
-            _count_summary(
-                "S rises in", "pooling variants", {v: c > 0 for v, c in changes.items()},
-                changes, lambda v: f"{v} {before[v]:.3f} -> {trained[v]:.3f}",
-            ),
-        )  # fmt: skip
-    both = [v for v in sens if "init" in sens[v] and "trained" in sens[v]]
-    if len(both) >= 2:
-        s_init = _spread([sens[v]["init"] for v in both])
-        s_trained = _spread([sens[v]["trained"] for v in both])
-        row(
-            "F3",
-            "After training, all variants converge to similar profiles",
-            f"SD across variants (mean over layers): init {s_init:.3f}, trained {s_trained:.3f}",
-            bool(s_trained < s_init),
-            f"SD of S across variants: init {s_init:.3f} -> trained {s_trained:.3f}",
-        )
-    tv = {v: _profile_mean(smooth[v]["trained"]) for v in smooth if "trained" in smooth[v]}
-    tv0 = {v: _profile_mean(smooth[v]["init"]) for v in smooth if "init" in smooth[v]}
-    if tv:
-        row(
-            "F4",
-            "Filters get smoother during training (TV/L1 below ~1.87), every variant",
-            "TV/L1 init -> trained: "
-            + ", ".join(f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}" for v in tv),
-            all(value < tv0.get(v, 1.87) for v, value in tv.items()),
-            _count_summary(
-                "TV/L1 falls in", "variants", {v: x < tv0.get(v, 1.87) for v, x in tv.items()},
-                {v: tv0.get(v, 1.87) - x for v, x in tv.items()},
-                lambda v: f"{v} {tv0.get(v, math.nan):.3f} -> {tv[v]:.3f}",
-            ),
-        )  # fmt: skip
-    smoothing = results.get("smoothing_intervention", {})
-    if smoothing:
-        pairs = sorted((float(k), _profile_mean(v["sensitivity"])) for k, v in smoothing.items())
-        base = init.get("max")
-        text = ", ".join(f"sigma {k:g}: S {m:.3f}" for k, m in pairs)
-        falls = all(b[1] <= a[1] + 1e-9 for a, b in zip(pairs, pairs[1:], strict=False)) and (
-            base is None or pairs[0][1] < base
-        )
-        first = (0.0, base) if base is not None else pairs[0]
-        row(
-            "F4b",
-            "Smoother initial filters (Gaussian sigma) -> lower sensitivity",
-            (f"sigma 0: S {base:.3f}, " if base is not None else "") + text,
-            falls,
-            f"S {first[1]:.3f} at sigma {first[0]:g} -> {pairs[-1][1]:.3f} at sigma "
-            f"{pairs[-1][0]:g}, {'falling' if falls else 'not falling'} at every step",
-        )
-    random = results.get("random_labels", {})
-    if len(random) >= 2:
-        learned = {v: (r["train_accuracy"][0], r["train_accuracy"][-1]) for v, r in random.items()}
-        s_random = _spread([{k: [x] for k, x in r["sensitivity"].items()} for r in random.values()])
-        s_true = _spread([sens[v]["trained"] for v in sens if "trained" in sens[v]])
-        row(
-            "F5",
-            "With random labels, variants converge to very different profiles",
-            f"SD across variants: random labels {s_random:.3f} vs true labels {s_true:.3f}; "
-            "train accuracy first -> last epoch: "
-            + ", ".join(f"{v} {a:.2f} -> {b:.2f}" for v, (a, b) in learned.items()),
-            bool(s_random > s_true) if not math.isnan(s_true) else None,
-            f"SD of S across variants: random labels {s_random:.3f}, true {s_true:.3f}",
-        )
-    synthetic = results.get("synthetic", {})
-    if len(synthetic) >= 2:
-        settings = results["settings"]
-        summary, holds, (r_tv, r_s) = _synthetic_trend(synthetic)
-        others = "; ".join(
-            f"also tried {name}: {_synthetic_trend(runs)[0]}"
-            for name, runs in results.get("synthetic_other_settings", {}).items()
-            if len(runs) >= 2
-        )
-        row(
-            "F6",
-            "Synthetic task: larger C -> smoother filters and lower sensitivity",
-            f"{settings['synthetic_prototypes']} prototypes, {settings['synthetic_downsample']}, "
-            f"mean of {settings['synthetic_seeds']} seeds: {summary}"
-            + (f"; {others}" if others else ""),
-            holds,
-            f"rank corr. with C: TV/L1 {r_tv:+.2f}, S {r_s:+.2f} "
-            f"({settings['synthetic_prototypes']}/{settings['synthetic_downsample']})",
-        )
-    correlations = depth_correlations(rs)
-    if correlations:
-        texts = [
-            f"{v}: rank corr. with depth D {c['D']:+.2f}, G {c['G']:+.2f}"
-            for v, c in correlations.items()
-        ]
-        holds = [c["D"] < 0 < c["G"] for c in correlations.values()]
-        summary = f"holds in {sum(holds)} of {len(holds)} variants: " + "; ".join(texts)
-        row(
-            "T1",
-            "After training, D falls with depth while G rises",
-            summary,
-            all(holds),
-            t1_summary(
-                {
-                    v: {"D": (c["D"], None), "G": (c["G"], None), "holds": c["D"] < 0 < c["G"]}
-                    for v, c in correlations.items()
-                }
-            ),
-        )
-    shift = results["shift_consistency"]
-    if "max" in shift and "blur" in shift:
-        m, b = float(np.mean(shift["max"])), float(np.mean(shift["blur"]))
-        row(
-            "Z1",
-            "Anti-aliased (blur) downsampling raises shift consistency",
-            f"max {m:.3f} (seeds: {', '.join(f'{x:.3f}' for x in shift['max'])}), "
-            f"blur {b:.3f} (seeds: {', '.join(f'{x:.3f}' for x in shift['blur'])})",
-            b > m,
-            f"blur - max {b - m:+.3f} (means: blur {_seeds(len(shift['blur']))}, max "
-            f"{_seeds(len(shift['max']))})",
-        )
-    measured = {r["finding"] for r in rows}
-    for key, claim in FINDINGS.items():
-        if key not in measured:
-            row(
-                key, claim, "not measured yet (experiments missing from this run)", None,
-                "not measured yet",
-            )  # fmt: skip
-    order = list(FINDINGS)
-    return sorted(rows, key=lambda r: order.index(r["finding"]))
-
-
 def _count_summary(verb, kind, passed, margin, describe):
     """ "<verb> k of n <kind>; least: <the one closest to failing>" when every one passes, else
     "...; not in: <those that fail>" (`passed`, `margin`: per name; `describe(name)`: its
@@ -220,6 +430,17 @@ def _count_summary(verb, kind, passed, margin, describe):
     if failing:
         return text + "; not in " + ", ".join(describe(v) for v in failing)
     return text + "; least: " + describe(min(margin, key=margin.get))
+
+
+def _decided_count(variants, unit):
+    """`(decided, failing, "k of n <unit> (m more with 1 seed)")` of per-variant verdicts
+    (`{name: {"holds": True, False or None}}`)."""
+    decided = {v: e for v, e in variants.items() if e["holds"] is not None}
+    failing = [v for v, e in decided.items() if not e["holds"]]
+    text = f"{len(decided) - len(failing)} of {len(decided)} {unit}"
+    if len(decided) < len(variants):
+        text += f" ({len(variants) - len(decided)} more with 1 seed)"
+    return decided, failing, text
 
 
 def t1_summary(variants, unit="variants"):
@@ -243,15 +464,11 @@ def t1_summary(variants, unit="variants"):
 
     def number(entry, component):
         value, ci = entry[component]
-        return f"{component} {value:+.2f}" + _interval_text(ci)
+        return f"{component} {value:+.2f}" + interval_text(ci)
 
-    decided = {v: e for v, e in variants.items() if e["holds"] is not None}
+    decided, failing, text = _decided_count(variants, unit)
     if variants and not decided:
-        return f"{_counted(len(variants), unit)}, 1 seed each: no intervals yet"
-    failing = [v for v, e in decided.items() if not e["holds"]]
-    text = f"{len(decided) - len(failing)} of {len(decided)} {unit}"
-    if len(decided) < len(variants):
-        text += f" ({len(variants) - len(decided)} more with 1 seed)"
+        return f"{count(len(variants), unit[:-1])}, 1 seed each: no intervals yet"
     if failing:
         against = {
             v: [c for c in "DG" if (end(decided[v], c) >= 0) == (c == "D")] or ["D", "G"]
@@ -271,9 +488,48 @@ def t1_summary(variants, unit="variants"):
     return text + f"; closest to 0: {v} {number(decided[v], c)}"
 
 
-def _interval_text(ci, digits=2):
-    """` [lo, hi]` with signs; nothing without an interval."""
+def _t1_entries(t1):
+    """`t1_statistics` variants as `t1_summary` takes them."""
+    return {
+        v: {"D": (e["D"]["mean"], e["D"]["ci"]), "G": (e["G"]["mean"], e["G"]["ci"]),
+            "holds": e["holds"]}
+        for v, e in t1["variants"].items()
+    }  # fmt: skip
+
+
+def _t2_summary(t2):
+    """T2 in one line: in how many variants it holds; where it fails, the interval that does
+    not clear 0; else the variant whose rank correlation comes closest to 0."""
+    variants = t2["variants"]
+    decided, failing, text = _decided_count(variants, "variants")
+    if not decided:
+        return f"{count(len(variants), 'variant')}, 1 seed each: no intervals yet"
+
+    def correlation(e):
+        return f"rank corr. {e['rank_corr_mean']:+.2f}{interval_text(e['rank_corr_ci'])}"
+
+    if failing:
+        parts = []
+        for v in failing:
+            e = decided[v]
+            name, last = list(e["per_probe"].items())[-1]
+            if e["rank_corr_ci"][0] > 0:  # the correlation holds: the last probe does not
+                parts.append(f"{v} (at {name} {last['mean']:+.2f}{interval_text(last['ci'])})")
+            else:
+                parts.append(f"{v} ({correlation(e)})")
+        return text + "; fails in " + ", ".join(parts)
+    v = min(decided, key=lambda name: decided[name]["rank_corr_ci"][0])
+    return text + f"; closest to 0: {v} {correlation(decided[v])}"
+
+
+def interval_text(ci, digits=2):
+    """` [lo, hi]` with signs; nothing without an interval (one seed: no spread)."""
     return "" if ci is None else f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def count(n, noun):
+    """`n` `noun`s: "1 seed", "3 seeds", "50,000 images"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def depth_correlations(relative):
@@ -295,58 +551,6 @@ def trained_smoothness(results, variant):
     """Mean TV/L1 over the layers of `variant`'s trained filters (NaN if not trained)."""
     stages = results.get("smoothness", {}).get(variant, {})
     return _profile_mean(stages["trained"]) if "trained" in stages else math.nan
-
-
-# Why a finding may not hold at the CPU-sized scale (shown next to findings that do not).
-WHY_IT_MAY_DIFFER = {
-    "F2": "12 epochs on 10,000 images is a short run: the increase builds up with training.",
-    "F3": "Profiles converge late in training; a short run with one or two seeds per variant "
-    "leaves the init differences and seed noise visible.",
-    "F4": "Smoothing needs enough gradient steps; weight decay and a short cosine schedule "
-    "shape how far TV/L1 falls.",
-    "F5": "Random labels are memorised only slowly; with 1,000 images and a short run the "
-    "networks may not have fitted them far enough to drift apart.",
-    "F6": "The synthetic task is solved quickly at this size (test accuracy ~1.00 at every C "
-    "within 10 epochs), so the filters move little from initialisation and one or two seeds "
-    "per C leave the trend within seed noise. Smooth stroke prototypes with max pooling put "
-    "even less pressure on the filters (reported as 'also tried'); more classes, fewer "
-    "samples or longer training would make C matter more.",
-    "T1": "Measured per variant after a short run with one or two training seeds; the "
-    "per-variant rank correlations show where it holds. Tomasini et al. trained to "
-    "convergence on the full data set.",
-    "Z1": "Shift consistency is measured with wrap-around shifts of up to 4 px on 1,000 test "
-    "images, not Zhang's ImageNet crops; on 32x32 images both nets may be near the ceiling, "
-    "and the seed-to-seed spread of a short run (see the per-seed values) is as large as the "
-    "effect Zhang reports.",
-}
-
-
-# Why we think a verdict changes from the CPU-sized scale to the paper scale (shown, with the
-# numbers behind it, under the paper-scale table for each finding whose verdict changed).
-WHY_THE_SCALES_DIFFER = {
-    "T1": "Tomasini et al. explain both trends by spatial pooling that training builds: pooling "
-    "averages away the small displacements of a diffeomorphism (D falls with depth) but sums up "
-    "rectified noise, whose mean after a ReLU is not zero (G rises). The variants without fixed "
-    "pooling have to learn it in their stride-2 convolutions, and the numbers above show how "
-    "far they got: a short run on 10,000 images left their filters rough and G not rising; "
-    "trained to convergence their filters are far smoother and G rises with depth as in the "
-    "pooling nets. What changes is training, not the architecture.",
-    "Z1": "Zhang's effect is a fixed one: the low-pass filter removes the aliasing of each "
-    "stride-2 step, worth a point or two of consistency. At 58-72% test accuracy many test "
-    "images lie near a decision boundary, where any change of the input flips the top-1 "
-    "class, and the two max seeds of the short run differed by more than the effect; "
-    "converged networks are confident on most test images, their seeds agree more closely "
-    "(the SDs above), and the effect shows in the paired per-seed differences.",
-}
-
-
-def _seeds(n):
-    return f"{n} seed" + ("" if n == 1 else "s")
-
-
-def _counted(n, plural):
-    """`n` and `plural` ("variants"), singular for 1."""
-    return f"{n} {plural[:-1] if n == 1 else plural}"
 
 
 def _listing(values, keys):

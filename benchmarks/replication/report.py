@@ -1,5 +1,8 @@
 """replication.md and its figures, drawn with the package's `plots` (the band panels that
-`reports.compare_runs` draws for training runs)."""
+`reports.compare_runs` draws for training runs) and its tables written by
+`reports.markdown_table`. Every verdict is read from `findings.evaluate_findings`; the
+hand-written records placed in the text (pilots, timings, why a verdict differs) come from
+`findings.NOTES` (`notes.json`)."""
 
 import json
 import math
@@ -9,18 +12,21 @@ import re
 import numpy as np
 from _stats import t_quantile  # benchmarks/ is on sys.path
 
-from .experiments import PAPER_PILOTS, write_json, write_text
+from deformstab_tf.reports import markdown_table
+
+from .experiments import write_json, write_text
 from .findings import (
-    FINDINGS,
+    EXTENDED_FINDINGS,
+    NOTES,
     WHY_IT_MAY_DIFFER,
     WHY_THE_SCALES_DIFFER,
+    count,
     depth_correlations,
     evaluate_findings,
-    t1_summary,
+    interval_text,
     trained_smoothness,
+    verdict,
 )
-
-VERDICT = {True: "yes", False: "**no**", None: "n/a"}
 
 
 def draw_figures(results, directory):
@@ -45,33 +51,26 @@ def draw_figures(results, directory):
             out[label] = groups
         return out
 
-    if results["sensitivity"]:
-        save(
-            plot_stage_bands(
-                stages(results["sensitivity"]),
-                title="TPS sensitivity (3x3 grid, C=2), mean +- 2 SD over seeds",
-                ylabel="normalised sensitivity",
-            ),
-            "sensitivity_profiles.png",
-            "Sensitivity per layer, at initialisation and after training",
-        )
-    if results["smoothness"]:
-        save(
-            plot_stage_bands(stages(results["smoothness"]), title="Kernel TV/L1", ylabel="TV / L1"),
-            "smoothness_profiles.png",
-            "Kernel smoothness per layer, at initialisation and after training",
-        )
-    for component in ("D", "G", "R"):
-        if results["relative_stability"]:
+    # (results key, component, file, figure title, y label, log axis, what it shows)
+    bands = [
+        ("sensitivity", None, "sensitivity_profiles.png",
+         "TPS sensitivity (3x3 grid, C=2), mean +- 2 SD over seeds", "normalised sensitivity",
+         False, "Sensitivity per layer"),
+        ("smoothness", None, "smoothness_profiles.png", "Kernel TV/L1", "TV / L1", False,
+         "Kernel smoothness per layer"),
+    ] + [
+        ("relative_stability", c, f"relative_stability_{c}.png",
+         f"{c} per layer (diffeomorphisms delta=1 px, c=3)", c, True, f"{c} per layer")
+        for c in ("D", "G", "R")
+    ]  # fmt: skip
+    for key, component, name, title, ylabel, log, shows in bands:
+        if results[key]:
             save(
                 plot_stage_bands(
-                    stages(results["relative_stability"], component),
-                    title=f"{component} per layer (diffeomorphisms delta=1 px, c=3)",
-                    ylabel=component,
-                    log=True,
+                    stages(results[key], component), title=title, ylabel=ylabel, log=log
                 ),
-                f"relative_stability_{component}.png",
-                f"{component} per layer, at initialisation and after training",
+                name,
+                f"{shows}, at initialisation and after training",
             )
     smoothing = results.get("smoothing_intervention", {})
     if smoothing:
@@ -128,7 +127,7 @@ def report_markdown(results, findings, figures):
         "```",
         "",
         f"CPU time of the finished experiments: {results['cpu_seconds'] / 3600:.2f} h "
-        f"(2 CPU cores). Finished {len(results['finished'])} of "
+        f"({NOTES['cpu']['machine']}). Finished {len(results['finished'])} of "
         f"{len(results['finished']) + len(results['missing'])} experiments.",
         "",
     ]
@@ -150,11 +149,11 @@ def report_markdown(results, findings, figures):
         "One line per finding with the number that decides it; every number behind it is in "
         "the finding's section below the table.",
         "",
-        "| finding | paper's claim | measured here | holds here |",
-        "|---|---|---|---|",
     ]
-    for f in findings:
-        lines.append(f"| {f['finding']} | {f['claim']} | {f['summary']} | {VERDICT[f['holds']]} |")
+    lines += markdown_table(
+        ["finding", "paper's claim", "measured here", "holds here"],
+        [[f["finding"], f["claim"], f["summary"], f["verdict"]] for f in findings],
+    )
     differing = [f["finding"] for f in findings if f["holds"] is False]
     if differing:
         lines += [
@@ -167,20 +166,17 @@ def report_markdown(results, findings, figures):
             "",
             f"### {f['finding']}: {f['claim']}",
             "",
-            f"Holds here: {VERDICT[f['holds']]}. Measured: {f['measured']}.",
+            f"Holds here: {f['verdict']}. Measured: {f['measured']}.",
         ]
         if f["holds"] is False and f["finding"] in WHY_IT_MAY_DIFFER:
             lines += ["", f"Why it may not hold here: {WHY_IT_MAY_DIFFER[f['finding']]}"]
     if results["test_accuracy"]:
-        lines += [
-            "",
-            "## Test accuracy after training",
-            "",
-            "| variant | seeds | accuracy |",
-            "|---|---|---|",
-        ]
-        for v, acc in results["test_accuracy"].items():
-            lines.append(f"| {v} | {len(acc)} | {', '.join(f'{a:.3f}' for a in acc)} |")
+        lines += ["", "## Test accuracy after training", ""]
+        lines += markdown_table(
+            ["variant", "seeds", "accuracy"],
+            [[v, str(len(acc)), ", ".join(f"{a:.3f}" for a in acc)]
+             for v, acc in results["test_accuracy"].items()],
+        )  # fmt: skip
     lines += _figure_lines(figures, "## Figures", "", "replication")
     return "\n".join(lines) + "\n"
 
@@ -194,15 +190,14 @@ CPU_SIZED_ONLY = (
     "synthetic_other_settings",
 )
 CPU_SIZED_FINDINGS = ("F4b", "F5", "F6")
-MINUTES_PER_NETWORK = 22  # 30 epochs of 391 bfloat16 steps, plus the measurements (measured)
 
 
 def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
-    """The paper-scale section: settings, budget, a one-line-per-finding table beside the
-    CPU-sized verdicts, the interval figure (`intervals`: the rows `draw_interval_figure`
-    drew), a section per finding with every number (T1 and Z1 over seeds), accuracies and
-    figures."""
-    s = paper["settings"]
+    """The paper-scale section: settings, budget and pilot runs (`NOTES["paper"]`), a
+    one-line-per-finding table beside the CPU-sized verdicts, the interval figure
+    (`intervals`: the rows `draw_interval_figure` drew), a section per finding with every
+    number (T1 and Z1 over seeds), accuracies and figures."""
+    s, notes = paper["settings"], NOTES["paper"]
     total = len(paper["finished"]) + len(paper["missing"])
     findings = evaluate_findings(
         {
@@ -211,7 +206,7 @@ def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
             "settings": {**cpu.get("settings", {}), **s},
         }
     )
-    z1 = paper["Z1"]
+    minutes = notes["minutes_per_network"]
     lines = [
         "",
         "# Paper scale: converged networks",
@@ -225,10 +220,9 @@ def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
         f"Settings: all {s['train_size']:,} CIFAR-10 training images, {s['epochs']} epochs, "
         f"batch {s['batch_size']}, {s['recipe']}; {s['seeds']} training seeds per variant; "
         "probes as above (init-stage numbers are the CPU-sized run's initialisations: the same "
-        f"networks). Budget: about {MINUTES_PER_NETWORK} minutes of wall time per network on "
-        "2 cores (bfloat16, 36-57 s per epoch on an idle machine, avg the fastest and blur the "
-        "slowest; 66-75 s with Keras's unfused BatchNormalization), "
-        f"{total} networks, about {total * MINUTES_PER_NETWORK / 60:.1f} hours; so far "
+        f"networks). Budget: about {minutes} minutes of wall time per network "
+        f"{notes['per_network']}, {total} networks, about {total * minutes / 60:.1f} hours; "
+        "so far "
         f"{paper['wall_seconds'] / 3600:.2f} h wall, {paper['cpu_seconds'] / 3600:.2f} CPU-h.",
         "",
     ]
@@ -239,9 +233,9 @@ def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
             "",
         ]
     lines += ["How the recipe was chosen (pilot runs):", ""]
-    lines += [f"- {pilot}" for pilot in PAPER_PILOTS] + [""]
+    lines += [f"- {pilot}" for pilot in notes["pilots"]] + [""]
     cpu_rows = {f["finding"]: f for f in cpu_findings}
-    rows = _paper_rows(findings, paper, cpu_rows)
+    rows = _paper_rows(findings, cpu_rows)
     shown = {r["finding"]: r["holds"] for r in rows}
     changed = [
         key
@@ -253,7 +247,7 @@ def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
     # A verdict can stay "no" while what it rests on turns around (T1 is decided per variant;
     # Z1's difference can change sign without its interval clearing 0): say so, and why.
     turned = {} if "T1" in changed else _t1_turned(cpu, paper)
-    turned |= {} if "Z1" in changed else _z1_turned(cpu, z1)
+    turned |= {} if "Z1" in changed else _z1_turned(cpu, paper["Z1"])
     lines += [
         "## Findings at both scales",
         "",
@@ -261,16 +255,16 @@ def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
         "there are 2+); every number behind it, and why verdicts differ, in the finding's "
         "section below the table.",
         "",
-        f"| finding | paper's claim | {_cpu_column(cpu)} | holds | paper scale "
-        f"({s['train_size']:,} images, {_count(s['epochs'], 'epoch')}, "
-        f"{_count(s['seeds'], 'seed')}) | holds |",
-        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['finding']} | {r['claim']} | {r['cpu']['summary']} | "
-            f"{VERDICT[r['cpu']['holds']]} | {r['summary']} | {VERDICT[r['holds']]} |"
-        )
+    paper_column = (
+        f"paper scale ({s['train_size']:,} images, {count(s['epochs'], 'epoch')}, "
+        f"{count(s['seeds'], 'seed')})"
+    )
+    lines += markdown_table(
+        ["finding", "paper's claim", _cpu_column(cpu), "holds", paper_column, "holds"],
+        [[r["finding"], r["claim"], r["cpu"]["summary"], verdict(r["cpu"]["holds"]),
+          r["summary"], r["verdict"]] for r in rows],
+    )  # fmt: skip
     lines += [
         "",
         "Findings whose verdict differs between the scales: "
@@ -290,22 +284,15 @@ def paper_markdown(paper, cpu, cpu_findings, figures, intervals=None):
     for r in rows:
         lines += _paper_finding_lines(r, cpu, paper, changed, turned, shown)
     if paper["test_accuracy"]:
-        lines += [
-            "",
-            "## Test accuracy at paper scale",
-            "",
-            "| variant | test accuracy per seed | mean |",
-            "|---|---|---|",
-        ]
-        for v, acc in paper["test_accuracy"].items():
-            lines.append(f"| {v} | {', '.join(f'{a:.4f}' for a in acc)} | {np.mean(acc):.4f} |")
+        lines += ["", "## Test accuracy at paper scale", ""]
+        lines += markdown_table(
+            ["variant", "test accuracy per seed", "mean"],
+            [[v, ", ".join(f"{a:.4f}" for a in acc), f"{np.mean(acc):.4f}"]
+             for v, acc in paper["test_accuracy"].items()],
+        )  # fmt: skip
     lines += _keras_batch_norm_lines(paper)
     lines += _figure_lines(figures, "## Paper-scale figures", " (paper scale)", "replication/paper")
     return "\n".join(lines) + "\n"
-
-
-def _count(n, noun):
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _cpu_column(cpu):
@@ -313,66 +300,29 @@ def _cpu_column(cpu):
     s = cpu.get("settings", {})
     if not s:
         return "CPU-sized"
-    return f"CPU-sized ({s.get('train_size') or 50000:,} images, {_count(s['epochs'], 'epoch')})"
+    return f"CPU-sized ({s.get('train_size') or 50000:,} images, {count(s['epochs'], 'epoch')})"
 
 
-def _paper_rows(findings, paper, cpu_rows):
-    """Per finding: its paper-scale `summary` (one line), `measured` (every number) and
-    `holds`, T1 and Z1 decided over seeds; `cpu`: the CPU-sized finding beside it."""
-    t1, z1 = paper["T1"], paper["Z1"]
+def _paper_rows(findings, cpu_rows):
+    """The paper-scale findings (`evaluate_findings` rows) as the table shows them: those kept
+    at their CPU-sized settings say so; `cpu`: the CPU-sized finding beside each."""
     rows = []
     for f in findings:
         key = f["finding"]
-        cpu = cpu_rows.get(key, {"summary": "", "measured": "", "holds": None})
-        summary, measured, holds = f["summary"], f["measured"], f["holds"]
-        if key in CPU_SIZED_FINDINGS and holds is not None:
-            measured = (
+        row = {**f, "cpu": cpu_rows.get(key, {"summary": "", "measured": "", "holds": None})}
+        if key in CPU_SIZED_FINDINGS and f["holds"] is not None:
+            row["measured"] = (
                 "CPU-sized settings (as planned)"
                 + (", against the paper-scale networks: " if key == "F5" else ": ")
-                + measured
+                + f["measured"]
             )
-            summary = (
-                f"{summary} (random labels: CPU-sized run)"
+            row["summary"] = (
+                f"{f['summary']} (random labels: CPU-sized run)"
                 if key == "F5"
                 else "the CPU-sized run (as planned)"
             )
-        if key == "T1" and t1.get("variants"):
-            measured = "; ".join(
-                f"{v}: D {e['D']['mean']:+.2f}{_interval(e['D']['ci'], 2)}, "
-                f"G {e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)}"
-                for v, e in t1["variants"].items()
-            )
-            measured = (
-                f"holds in {t1['holds_in']} of {t1['decided']} variants with 2+ seeds: {measured}"
-                if t1["decided"]
-                else f"one seed per variant so far, no intervals yet: {measured}"
-            )
-            holds = None if not t1["decided"] else t1["holds_in"] == t1["decided"]
-            summary = t1_summary(_t1_entries(t1))
-        if key == "Z1" and z1:
-            measured = f"blur - max {z1['mean_difference']:+.4f}"
-            if z1["ci"]:
-                measured += f", 95% CI{_interval(z1['ci'], 4)}, Welch p = {z1['p_value']:.3g}"
-            measured += "; " + f["measured"]
-            holds = z1["holds"]
-            summary = (
-                f"blur - max {z1['mean_difference']:+.3f}{_interval(z1['ci'], 3)}, "
-                f"{_count(len(z1['difference_per_seed']), 'paired seed')}"
-            )
-        rows.append(
-            {"finding": key, "claim": f["claim"], "summary": summary, "measured": measured,
-             "holds": holds, "cpu": cpu}
-        )  # fmt: skip
+        rows.append(row)
     return rows
-
-
-def _t1_entries(t1):
-    """`t1_statistics` variants as `t1_summary` takes them."""
-    return {
-        v: {"D": (e["D"]["mean"], e["D"]["ci"]), "G": (e["G"]["mean"], e["G"]["ci"]),
-            "holds": e["holds"]}
-        for v, e in t1["variants"].items()
-    }  # fmt: skip
 
 
 def _paper_finding_lines(row, cpu, paper, changed, turned, shown):
@@ -381,11 +331,11 @@ def _paper_finding_lines(row, cpu, paper, changed, turned, shown):
     key, c = row["finding"], row["cpu"]
     lines = ["", f"### {key} at both scales: {row['claim']}", ""]
     if c["measured"]:
-        lines.append(f"- CPU-sized (holds: {VERDICT[c['holds']]}): {c['measured']}.")
+        lines.append(f"- CPU-sized (holds: {verdict(c['holds'])}): {c['measured']}.")
     paper_text = row["measured"]
     if key in CPU_SIZED_FINDINGS and row["holds"] is not None and key != "F5":
         paper_text = "CPU-sized settings (as planned): the same run and numbers as above"
-    lines.append(f"- Paper scale (holds: {VERDICT[row['holds']]}): {paper_text}.")
+    lines.append(f"- Paper scale (holds: {row['verdict']}): {paper_text}.")
     why = _scale_change_text(key, cpu, paper)
     if key in changed and why:
         lines.append(f"- Why the verdict changed: {why}")
@@ -501,7 +451,7 @@ def _paper_failure_text(key, shown, t1, z1):
             f"positive in {positive} of {len(per_seed)} seeds"
             + (
                 "; every seed points Zhang's way, but over this few seeds the t interval "
-                f"{_interval(z1['ci'], 4)[1:]} reaches 0."
+                f"{interval_text(z1['ci'], 4)[1:]} reaches 0."
                 if positive == len(per_seed)
                 else "; the seeds disagree on the direction, so the effect is not larger "
                 "than the seed noise here."
@@ -533,7 +483,7 @@ def _t1_failure(t1):
             reasons.add("width")
             texts.append(
                 f"{v} ({per_seed}): every seed has D falling and G rising, but the intervals "
-                f"D{_interval(e['D']['ci'], 2)}, G{_interval(e['G']['ci'], 2)} are not both "
+                f"D{interval_text(e['D']['ci'])}, G{interval_text(e['G']['ci'])} are not both "
                 f"clear of 0 (with {len(seeds)} seeds a 95% t interval reaches "
                 f"{t_quantile(len(seeds)):.1f} standard errors either side of the mean)"
             )
@@ -566,7 +516,7 @@ def _z1_disagreement_lines(z1):
         return []
     return [
         "",
-        f"Z1's two statistics disagree: the per-seed interval {_interval(z1['ci'], 4)[1:]} "
+        f"Z1's two statistics disagree: the per-seed interval {interval_text(z1['ci'], 4)[1:]} "
         f"{'lies above 0' if z1['ci'][0] > 0 else 'reaches 0'}, Welch's p = "
         f"{z1['p_value']:.3g}. Seed k of blur and of max see the same data order and "
         "augmentations, so the per-seed difference is paired and removes that part of the "
@@ -575,30 +525,14 @@ def _z1_disagreement_lines(z1):
     ]
 
 
-def _interval(ci, digits):
-    """` [lo, hi]` with signs; nothing for one seed (no spread, so no interval)."""
-    return "" if ci is None else f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
-
-
 def _keras_batch_norm_lines(paper):
     """The networks first trained with Keras's unfused BatchNormalization beside the same
-    variant and seed with the fused layer: their difference is what rounding alone makes."""
+    variant and seed with the fused layer: their difference is what rounding alone makes (the
+    record of why: `NOTES["paper"]["keras_batch_norm"]`)."""
     earlier = paper.get("keras_batch_norm", {})
     if not earlier:
         return []
-    lines = [
-        "",
-        "The first networks were trained with Keras's own BatchNormalization (unfused ops), "
-        "before the builders' layer ran TensorFlow's fused kernel, which made a training step "
-        "2x faster; every network above was trained again with the fused layer. The same "
-        "computation in another order: the two columns differ by rounding, grown over 30 "
-        "epochs into a different network (their numbers: "
-        "docs/replication/experiments/paper_keras_bn/). The CPU-sized networks above were "
-        "trained with Keras's layer too: a rerun of that part differs from them the same way.",
-        "",
-        "| network | test accuracy, Keras's BN | fused | shift consistency, Keras's BN | fused |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for name, r in earlier.items():
         variant, seed = name.rsplit("_s", 1)
         accuracies = paper["test_accuracy"].get(variant, [])
@@ -612,11 +546,13 @@ def _keras_batch_norm_lines(paper):
         index = done.index(seed) if seed in done else None
         fused_acc = "not yet" if index is None else f"{accuracies[index]:.4f}"
         fused_shift = "not yet" if index is None else f"{shifts[index]:.3f}"
-        lines.append(
-            f"| {name} | {r['test_accuracy']:.4f} | {fused_acc} | "
-            f"{r['shift_consistency']:.3f} | {fused_shift} |"
-        )
-    return lines
+        rows.append(
+            [name, f"{r['test_accuracy']:.4f}", fused_acc, f"{r['shift_consistency']:.3f}",
+             fused_shift]
+        )  # fmt: skip
+    header = ["network", "test accuracy, Keras's BN", "fused", "shift consistency, Keras's BN",
+              "fused"]  # fmt: skip
+    return ["", NOTES["paper"]["keras_batch_norm"], "", *markdown_table(header, rows)]
 
 
 def _figure_lines(figures, heading, suffix, directory):
@@ -716,7 +652,7 @@ def _interval_digits(rows):
 
 
 def _estimate_text(row, digits):
-    return f"{row['estimate']:+.{digits}f}{_interval(row['ci'], digits)}"
+    return f"{row['estimate']:+.{digits}f}{interval_text(row['ci'], digits)}"
 
 
 def _interval_figure_lines(rows, link):
@@ -903,8 +839,7 @@ def _training_minutes(networks):
         return ""
     return (
         f"Training took {min(minutes):.0f}-{max(minutes):.0f} min per paper-scale network "
-        f"here ({len(minutes)} networks; the committed ones took about 22 min on an AMX "
-        "machine). "
+        f"here ({len(minutes)} networks; {NOTES['extended']['committed_training']}). "
     )
 
 
@@ -917,8 +852,9 @@ def _missing_lines(missing, lead):
 
 
 def extended_markdown(x):
-    """The extended studies' section: one line per finding, then a section per finding."""
-    x = _with_studies(x)
+    """The extended studies' section: one line per finding (`EXTENDED_FINDINGS`), then a
+    section per finding; machines and plans from `NOTES["extended"]`."""
+    x, notes = _with_studies(x), NOTES["extended"]
     total = len(x["finished"]) + len(x["missing"])
     lines = [
         "# Extended studies at paper scale: Z1 decided, T2, T3, P1",
@@ -928,13 +864,13 @@ def extended_markdown(x):
         f"({x['wall_seconds'] / 3600:.2f} h wall"
         + (
             f", {x['wall_seconds'] / 60 / len(x['finished']):.0f} min per network, training and "
-            "measuring, on 2 cores shared with other work"
+            f"measuring, {notes['machine']}"
             if x["finished"]
             else ""
         )
         + "). "
         + _training_minutes(x["networks"])
-        + f"Planned: at most 12 h on this machine for the {total} networks.",
+        + f"Planned: {notes['plan']} for the {total} networks.",
         "",
     ]
     lines += _missing_lines(x["missing"], "**Partial**")
@@ -950,18 +886,17 @@ def extended_markdown(x):
         "One line per finding with the number that decides it; every number behind it in the "
         "finding's section below.",
         "",
-        "| finding | claim | deciding number (95% interval over seeds) | holds |",
-        "|---|---|---|---|",
     ]
-    lines += [f"| {key} | {claim} | {number} | {verdict} |"
-              for key, claim, number, verdict in _extended_rows(x)]  # fmt: skip
+    lines += markdown_table(
+        ["finding", "claim", "deciding number (95% interval over seeds)", "holds"],
+        [[f["finding"], f["claim"], f["summary"], f["verdict"]]
+         for f in evaluate_findings(x, EXTENDED_FINDINGS, unmeasured=False)],
+    )  # fmt: skip
     if "intervals" in x.get("figures", {}):
         lines += _interval_figure_lines(
             interval_rows(extended_interval_groups(x)), x["figures"]["intervals"]
         )
-    lines += ["", "## Networks", "", "| network | test accuracy | shift consistency, 1,000 "
-              "images x 1 pair | all 10,000 x 5 pairs (SE) | R last probe | R logits |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+    rows = []
     for name, n in x["networks"].items():
         full = (
             f"{n['shift_consistency_test_set']:.4f} ({n['shift_consistency_test_set_se']:.4f})"
@@ -969,24 +904,22 @@ def extended_markdown(x):
             else "-"
         )
         consistency = f"{n['shift_consistency']:.3f}" if "shift_consistency" in n else "-"
-        lines.append(
-            f"| {name} | {n['test_accuracy']:.4f} | {consistency} | {full} "
-            f"| {n.get('R_last', math.nan):.3f} | {n.get('R_output', math.nan):.3f} |"
-        )
+        rows.append(
+            [name, f"{n['test_accuracy']:.4f}", consistency, full,
+             f"{n.get('R_last', math.nan):.3f}", f"{n.get('R_output', math.nan):.3f}"]
+        )  # fmt: skip
+    lines += ["", "## Networks", ""]
+    lines += markdown_table(
+        ["network", "test accuracy", "shift consistency, 1,000 images x 1 pair",
+         "all 10,000 x 5 pairs (SE)", "R last probe", "R logits"],
+        rows,
+    )  # fmt: skip
     lines += _p1_lines(x["P1"], x.get("figures", {}))
     lines += _z1_extended_lines(x["Z1"])
     lines += _t2_lines(x["T2"], x.get("T2_stale_statistics"))
     lines += _t3_lines(x["T3"])
     lines += _reproducibility_lines(x["reproducibility"])
     return "\n".join(lines) + "\n"
-
-
-EXTENDED_CLAIMS = {
-    "Z1": FINDINGS["Z1"] + ", on the whole test set",
-    "T2": "Permuting input channels raises D in later layers, not early ones",
-    "P1": "R at the output predicts test error across architectures and sizes",
-    "T3": "After training with noise too, D falls with depth while G rises",
-}
 
 
 def _with_studies(x):
@@ -1002,71 +935,6 @@ def _with_studies(x):
     return {**empty, **x}
 
 
-def _extended_rows(x):
-    """`(finding, claim, deciding number, verdict)` per finding of the extended studies."""
-    x = _with_studies(x)
-    z1, t2, p1, t3 = x["Z1"], x["T2"], x["P1"], x["T3"]
-    rows = []
-    zt = z1["test_set"]
-    if zt.get("mean_difference") is not None:
-        rows.append(
-            ("Z1", EXTENDED_CLAIMS["Z1"],
-             f"blur - max {zt['mean_difference']:+.4f}{_interval(zt['ci'], 4)}, "
-             f"{_count(len(z1['seeds']), 'paired seed')}", _verdict(zt["holds"]))
-        )  # fmt: skip
-    if t2["variants"]:
-        rows.append(("T2", EXTENDED_CLAIMS["T2"], _t2_summary(t2), _overall(t2)))
-    if p1.get("slope") is not None:
-        rows.append(
-            ("P1", EXTENDED_CLAIMS["P1"],
-             f"Spearman(error, R) {p1['spearman_R']:+.2f}{_interval(p1['spearman_R_ci'], 2)}; "
-             f"slope {p1['slope']:.2f}{_interval(p1['slope_ci'], 2)} (paper 0.5), "
-             f"{p1['networks']} networks", _verdict(p1["holds"], "fewer than 4 networks"))
-        )  # fmt: skip
-    if t3["variants"]:
-        rows.append(
-            ("T3", EXTENDED_CLAIMS["T3"], t1_summary(_t1_entries(t3), "conditions"),
-             _overall(t3))
-        )  # fmt: skip
-    return rows
-
-
-def _overall(statistics):
-    """A finding decided per variant holds when it holds in every decided one."""
-    if not statistics["decided"]:
-        return _verdict(None)
-    return _verdict(statistics["holds_in"] == statistics["decided"])
-
-
-def _t2_summary(t2):
-    """T2 in one line: in how many variants it holds; where it fails, the interval that does
-    not clear 0; else the variant whose rank correlation comes closest to 0."""
-    variants = t2["variants"]
-    decided = {v: e for v, e in variants.items() if e["holds"] is not None}
-    if not decided:
-        return f"{_count(len(variants), 'variant')}, 1 seed each: no intervals yet"
-    failing = [v for v, e in decided.items() if not e["holds"]]
-    text = f"{len(decided) - len(failing)} of {len(decided)} variants"
-    if len(decided) < len(variants):
-        text += f" ({len(variants) - len(decided)} more with 1 seed)"
-
-    def correlation(e):
-        return f"rank corr. {e['rank_corr_mean']:+.2f}{_interval(e['rank_corr_ci'], 2)}"
-
-    if failing:
-        parts = []
-        for v in failing:
-            e = decided[v]
-            name, last = list(e["per_probe"].items())[-1]
-            if e["rank_corr_ci"][0] > 0:  # the correlation holds: the last probe does not
-                parts.append(f"{v} (at {name} {last['mean']:+.2f}{_interval(last['ci'], 2)})")
-            else:
-                parts.append(f"{v} ({correlation(e)})")
-        return text + "; fails in " + ", ".join(parts)
-    v = min(decided, key=lambda name: decided[name]["rank_corr_ci"][0])
-    return text + f"; closest to 0: {v} {correlation(decided[v])}"
-
-
 def _p1_lines(p1, figures):
     if not p1.get("points"):
         return []
@@ -1078,23 +946,21 @@ def _p1_lines(p1, figures):
         "of the same norm), test error on all 10,000 test images; one seed per architecture and "
         "size.",
         "",
-        "| network | test error | R logits | D logits | G logits | R last probe |",
-        "|---|---|---|---|---|---|",
     ]
-    for point in sorted(p1["points"], key=lambda q: q["R"]):
-        lines.append(
-            f"| {point['name']} | {point['error']:.3f} | {point['R']:.3g} | {point['D']:.3g} | "
-            f"{point['G']:.3g} | {point['R_last']:.3g} |"
-        )
+    lines += markdown_table(
+        ["network", "test error", "R logits", "D logits", "G logits", "R last probe"],
+        [[q["name"], f"{q['error']:.3f}", *(f"{q[c]:.3g}" for c in ("R", "D", "G", "R_last"))]
+         for q in sorted(p1["points"], key=lambda q: q["R"])],
+    )  # fmt: skip
     if p1.get("slope") is not None:
         d = p1["spearman_D"]
         lines += [
             "",
             f"Fit over {p1['networks']} networks: error = {p1['prefactor']:.2f} R^"
-            f"{p1['slope']:.2f} (slope 95% interval {_interval(p1['slope_ci'], 2).strip()}, "
+            f"{p1['slope']:.2f} (slope 95% interval {interval_text(p1['slope_ci']).strip()}, "
             f"R^2 = {p1['r_squared']:.2f}); the paper: error = 0.2 R^0.5. Spearman correlation of "
-            f"the error with R {p1['spearman_R']:+.2f}{_interval(p1['spearman_R_ci'], 2)}, "
-            f"with D {d:+.2f}{_interval(p1['spearman_D_ci'], 2)}.",
+            f"the error with R {p1['spearman_R']:+.2f}{interval_text(p1['spearman_R_ci'])}, "
+            f"with D {d:+.2f}{interval_text(p1['spearman_D_ci'])}.",
         ]
     if "p1" in figures:
         lines += ["", f"![P1: test error against R]({figures['p1']})"]
@@ -1137,10 +1003,6 @@ def draw_p1_figure(p1, path):
     return True
 
 
-def _verdict(holds, undecided="fewer than 2 seeds"):
-    return {True: "yes", False: "**no**", None: f"n/a ({undecided})"}[holds]
-
-
 def _z1_extended_lines(z1):
     zt, first = z1["test_set"], z1["first_1000"]
     if zt.get("mean_difference") is None:
@@ -1151,7 +1013,7 @@ def _z1_extended_lines(z1):
         "",
         "Per seed (blur - max, all 10,000 test images, 5 shift pairs each): "
         + ", ".join(f"{d:+.4f}" for d in zt["difference_per_seed"])
-        + f"; mean {zt['mean_difference']:+.4f}, 95% t interval{_interval(zt['ci'], 4)}, "
+        + f"; mean {zt['mean_difference']:+.4f}, 95% t interval{interval_text(zt['ci'], 4)}, "
         f"Welch's p = {_p(zt['p_value'])}.",
         "",
     ]
@@ -1168,7 +1030,7 @@ def _z1_extended_lines(z1):
     if first.get("mean_difference") is not None:
         lines += [
             f"The same networks measured as before (1,000 images, one pair each): "
-            f"{first['mean_difference']:+.4f}{_interval(first['ci'], 4)}.",
+            f"{first['mean_difference']:+.4f}{interval_text(first['ci'], 4)}.",
             "",
         ]
     return lines
@@ -1194,8 +1056,9 @@ def _t2_lines(t2, stale=None):
             ""
             if e["rank_corr_mean"] is None
             else f"rank corr. of the log ratio with depth {e['rank_corr_mean']:+.2f}"
-            f"{_interval(e['rank_corr_ci'], 2)} (per seed "
-            f"{', '.join(f'{r:+.2f}' for r in e['rank_corr'])}), holds: {_verdict(e['holds'])}; "
+            f"{interval_text(e['rank_corr_ci'])} (per seed "
+            f"{', '.join(f'{r:+.2f}' for r in e['rank_corr'])}), holds: "
+            f"{verdict(e['holds'], EXTENDED_FINDINGS['T2'].undecided)}; "
         )
         lines.append(
             f"- **{v}**: {rank}"
@@ -1207,7 +1070,7 @@ def _t2_lines(t2, stale=None):
                 else "no crossover to tell (1 seed); "
             )
             + ", ".join(
-                f"{name} {p['mean']:+.2f}{_interval(p['ci'], 2)}"
+                f"{name} {p['mean']:+.2f}{interval_text(p['ci'])}"
                 for name, p in e["per_probe"].items()
             )
         )
@@ -1242,14 +1105,14 @@ def _t3_lines(t3):
     for group, e in t3["variants"].items():
         lines.append(
             f"- **{group}**: rank corr. with depth D {e['D']['mean']:+.2f}"
-            f"{_interval(e['D']['ci'], 2)}, G {e['G']['mean']:+.2f}{_interval(e['G']['ci'], 2)}; "
+            f"{interval_text(e['D']['ci'])}, G {e['G']['mean']:+.2f}{interval_text(e['G']['ci'])}; "
             "per seed "
             + ", ".join(
                 f"s{k} D {d:+.2f} G {g:+.2f}"
                 for k, (d, g) in enumerate(zip(e["D"]["rank_corr"], e["G"]["rank_corr"],
                                                strict=True))
             )
-            + f"; holds: {_verdict(e['holds'])}"
+            + f"; holds: {verdict(e['holds'], EXTENDED_FINDINGS['T3'].undecided)}"
         )  # fmt: skip
     return lines
 
@@ -1262,23 +1125,22 @@ def _reproducibility_lines(reproducibility):
         "",
         "## Reproducibility across machines",
         "",
-        "Retrained network - committed network of the same variant and seed (the committed ones "
-        "were trained on another CPU bfloat16 path), against the committed seed-to-seed SD:",
+        "Retrained network - committed network of the same variant and seed "
+        f"({NOTES['extended']['committed_networks']}), against the committed seed-to-seed SD:",
         "",
-        "| quantity | differences | mean abs | committed seed SD | ratio |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for key, entry in r.items():
         if not entry["differences"]:
             continue
         spread = entry["committed_seed_sd"]
         sd = np.mean(list(spread.values())) if spread else math.nan
         ratio = entry["ratio"] if entry["ratio"] is not None else math.nan
-        lines.append(
-            f"| {key} | "
-            + ", ".join(f"{n} {d:+.4f}" for n, d in entry["differences"].items())
-            + f" | {entry['mean_abs']:.4f} | {sd:.4f} | {ratio:.1f} |"
-        )
+        differences = ", ".join(f"{n} {d:+.4f}" for n, d in entry["differences"].items())
+        rows.append([key, differences, f"{entry['mean_abs']:.4f}", f"{sd:.4f}", f"{ratio:.1f}"])
+    lines += markdown_table(
+        ["quantity", "differences", "mean abs", "committed seed SD", "ratio"], rows
+    )
     accuracy = r.get("test_accuracy", {}).get("seed_sd", {})
     spreads = []
     for v, sds in accuracy.items():
