@@ -68,8 +68,8 @@ def test_stateless_call_threads_the_seed_state_as_calls_advance_it(kind):
 def test_zero_magnitude_is_exact_identity(kind, dtype):
     images = keras.ops.cast(np.random.default_rng(1).integers(0, 255, (2, 12, 12, 3)), dtype)
     out = ZERO[kind](seed=0, fill_mode="constant")(images)
-    assert dtype_of(out) == "float32"
-    np.testing.assert_array_equal(as_numpy(out), as_numpy(images).astype("float32"))
+    assert dtype_of(out) == ("uint8" if dtype == "uint8" else "float32")  # integers keep theirs
+    np.testing.assert_array_equal(as_numpy(out), as_numpy(images).astype(dtype_of(out)))
 
 
 @pytest.mark.parametrize("kind", LAYERS)
@@ -268,3 +268,46 @@ def test_every_layer_documents_its_shapes_where_it_runs_and_an_example():
         doc = inspect.getdoc(getattr(deformstab_tf.layers, name))
         for section in ("Input shape:", "Output shape:", "Where it runs:", "Example:", ">>> "):
             assert section in doc, (name, section)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("fill_mode", ["reflect", "constant"])
+def test_uint8_images_come_back_uint8_rounded_from_the_float_path(kind, fill_mode):
+    images = np.round(smooth_images(3) * 255).astype("uint8")
+    out = LAYERS[kind](seed=2, fill_mode=fill_mode, fill_value=255.0)(images)
+    assert dtype_of(out) == "uint8"
+    floats = as_numpy(
+        LAYERS[kind](seed=2, fill_mode=fill_mode, fill_value=255.0)(images.astype("float32"))
+    )
+    expected = np.clip(np.round(floats), 0, 255)
+    # The same float32 arithmetic compiled apart: a value within rounding of a half may round
+    # the other way.
+    assert np.abs(as_numpy(out).astype(int) - expected).max() <= 1
+    assert (as_numpy(out) != expected).mean() < 1e-3
+    assert np.abs(as_numpy(out).astype(int) - images).max() > 10  # it did warp
+    # Not training, or zero magnitude: the images as they came.
+    np.testing.assert_array_equal(LAYERS[kind](seed=2)(images, training=False), images)
+    assert dtype_of(ZERO[kind](seed=2)(images)) == "uint8"
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_uint8_images_keep_masks_exact_in_a_dict_channels_first_and_in_tf_data(kind):
+    images = np.round(smooth_images(4, channels=3) * 255).astype("uint8")
+    masks = np.random.default_rng(3).integers(0, 5, (4, 16, 20, 1)).astype("int32")
+    as_uint8 = LAYERS[kind](seed=9)({"images": images, "segmentation_masks": masks})
+    as_float = LAYERS[kind](seed=9)(
+        {"images": images.astype("float32"), "segmentation_masks": masks}
+    )
+    assert dtype_of(as_uint8["images"]) == "uint8"
+    assert dtype_of(as_uint8["segmentation_masks"]) == "int32"
+    np.testing.assert_array_equal(
+        as_numpy(as_uint8["segmentation_masks"]), as_numpy(as_float["segmentation_masks"])
+    )
+    first = LAYERS[kind](seed=9, data_format="channels_first")(images.transpose(0, 3, 1, 2))
+    assert dtype_of(first) == "uint8"
+    np.testing.assert_array_equal(
+        as_numpy(first).transpose(0, 2, 3, 1), as_numpy(as_uint8["images"])
+    )
+    data = tf.data.Dataset.from_tensor_slices(images).batch(2).map(LAYERS[kind](seed=1))
+    for batch in data:
+        assert batch.dtype == tf.uint8 and tuple(batch.shape) == (2, 16, 20, 3)

@@ -7,9 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from deformstab_tf.deformations import FILL_MODES, shift, warp
+from deformstab_tf.deformations import (
+    FILL_MODES,
+    affine_displacement,
+    affine_matrices,
+    shift,
+    warp,
+    warp_affine,
+)
 from tests.backends import as_numpy, dtype_of, traced
-from tests.references import numpy_padded_shift
+from tests.references import numpy_padded_shift, numpy_warp
 
 # Backend-independent: CI also runs this file with KERAS_BACKEND=jax (see README).
 pytestmark = pytest.mark.backends
@@ -203,3 +210,111 @@ def test_non_finite_displacement_is_an_error_eagerly_and_never_a_plausible_value
         finite = np.ones_like(out, bool)
         finite[0, 1, 2, 0] = False
         np.testing.assert_array_equal(out[finite], images[finite])
+
+
+def float64_affine_field(matrices, height, width):
+    """The field of `affine_displacement`, in float64 from the (float32) matrices."""
+    m = np.asarray(matrices, np.float64)
+    a, b, t_y, c, d, t_x = (m[:, i, j] for i, j in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)))
+    det = a * d - b * c
+    inv = [v[:, None, None] / det[:, None, None] for v in (d, -b, -c, a)]
+    ys = np.arange(height)[None, :, None] - (height - 1) / 2
+    xs = np.arange(width)[None, None, :] - (width - 1) / 2
+    qy, qx = ys - t_y[:, None, None], xs - t_x[:, None, None]
+    return np.stack([ys - (inv[0] * qy + inv[1] * qx), xs - (inv[2] * qy + inv[3] * qx)], -1)
+
+
+def random_matrices(batch, seed):
+    rng = np.random.default_rng(seed)
+    return np.asarray(
+        affine_matrices(
+            rotation=rng.uniform(-25, 25, batch).astype("float32"),
+            scale=(rng.uniform(0.7, 1.3, batch).astype("float32"), np.float32(1.1)),
+            shear=(rng.uniform(-0.2, 0.2, batch).astype("float32"), np.float32(0.1)),
+            translation=(rng.uniform(-5, 5, batch).astype("float32"), np.float32(-2.0)),
+        )
+    )
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+@pytest.mark.parametrize("size", [(13, 17), (64, 48)])
+def test_warp_affine_matches_the_dense_field_and_the_float64_reference(fill_mode, size):
+    height, width = size
+    images = np.random.default_rng(1).random((4, height, width, 3)).astype("float32")
+    matrices = random_matrices(4, seed=2)
+    fast = as_numpy(warp_affine(images, matrices, fill_mode=fill_mode, fill_value=0.25))
+    dense = as_numpy(
+        warp(
+            images,
+            affine_displacement(matrices, height, width),
+            fill_mode=fill_mode,
+            fill_value=0.25,
+        )
+    )
+    field = float64_affine_field(matrices, height, width)
+    reference = numpy_warp(images.astype(np.float64), field, "bilinear", fill_mode, 0.25)
+    np.testing.assert_allclose(fast, reference, atol=1e-5)
+    np.testing.assert_allclose(fast, dense, atol=1e-5)
+    # Nearest reads the same pixels (a coordinate within float32 rounding of a half-pixel tie
+    # may round the other way: none in these draws).
+    fast = as_numpy(warp_affine(images, matrices, "nearest", fill_mode, 0.25))
+    reference = numpy_warp(images.astype(np.float64), field, "nearest", fill_mode, 0.25)
+    np.testing.assert_array_equal(fast, reference.astype("float32"))
+
+
+def test_warp_affine_single_image_shared_matrix_traced_and_bad_matrices():
+    images = np.random.default_rng(3).random((3, 9, 11, 2)).astype("float32")
+    matrix = random_matrices(1, seed=4)
+    shared = as_numpy(warp_affine(images, matrix))
+    np.testing.assert_allclose(as_numpy(warp_affine(images[1], matrix[0])), shared[1], atol=1e-6)
+    np.testing.assert_allclose(
+        as_numpy(warp_affine(images, np.repeat(matrix, 3, axis=0))), shared, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        as_numpy(traced(lambda x, a: warp_affine(x, a))(images, matrix)), shared, atol=1e-6
+    )
+    identity = np.float32([[1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(as_numpy(warp_affine(images, identity)), images)
+    with pytest.raises(ValueError, match="matrices.shape"):
+        warp_affine(images, np.zeros((3, 2, 2), "float32"))
+    with pytest.raises(ValueError, match="one matrix per image"):
+        warp_affine(images, np.repeat(matrix, 2, axis=0))
+    with pytest.raises(ValueError, match="`matrices` must be finite and invertible"):
+        warp_affine(images, np.float32([[1, 2, 0], [2, 4, 0]]))
+    with pytest.raises(ValueError, match="`matrices` must be finite and invertible"):
+        warp_affine(images, np.float32([[np.nan, 0, 0], [0, 1, 0]]))
+    with pytest.raises(ValueError, match="fill_mode='mirror'"):
+        warp_affine(images, identity, fill_mode="mirror")
+
+
+@pytest.mark.parametrize("fill_mode", FILL_MODES)
+def test_integer_output_dtype_rounds_and_clips_the_float_path(fill_mode):
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (3, 10, 12, 3)).astype("uint8")
+    field = rng.uniform(-4, 4, (3, 10, 12, 2)).astype("float32")
+    for fill_value in (0.0, 300.0, -7.0, 127.5):
+        floats = as_numpy(warp(images, field, fill_mode=fill_mode, fill_value=fill_value))
+        out = warp(images, field, fill_mode=fill_mode, fill_value=fill_value, dtype="uint8")
+        assert dtype_of(out) == "uint8"
+        expected = np.clip(np.round(floats), 0, 255)
+        # The same float32 arithmetic, compiled apart: a value within rounding of a half may
+        # round the other way.
+        assert np.abs(as_numpy(out).astype(int) - expected).max() <= 1
+        assert (as_numpy(out) != expected).mean() < 1e-3
+        matrices = random_matrices(3, seed=7)
+        floats = as_numpy(warp_affine(images, matrices, "bilinear", fill_mode, fill_value))
+        out = warp_affine(images, matrices, "bilinear", fill_mode, fill_value, dtype="uint8")
+        assert dtype_of(out) == "uint8"
+        expected = np.clip(np.round(floats), 0, 255)
+        assert np.abs(as_numpy(out).astype(int) - expected).max() <= 1
+        assert (as_numpy(out) != expected).mean() < 1e-3
+    # Halves round to even, as np.round; nearest copies and casts.
+    ramp = np.float32([0.5, 1.5, 2.5, -0.5, 254.5, 255.5, 300.0, -3.0]).reshape(1, 1, 8, 1)
+    out = warp(ramp, np.zeros((1, 1, 8, 2), "float32"), dtype="uint8")
+    np.testing.assert_array_equal(as_numpy(out).ravel(), [0, 2, 2, 0, 254, 255, 255, 0])
+    out = warp(ramp, np.zeros((1, 1, 8, 2), "float32"), "nearest", dtype="int16")
+    np.testing.assert_array_equal(as_numpy(out).ravel(), [0, 2, 2, 0, 254, 256, 300, -3])
+    with pytest.raises(TypeError, match="dtype='bool'"):
+        warp(ramp, np.zeros((1, 1, 8, 2), "float32"), dtype="bool")
+    with pytest.raises(TypeError, match="dtype='pixels'"):
+        warp_affine(ramp, np.float32([[1, 0, 0], [0, 1, 0]]), dtype="pixels")

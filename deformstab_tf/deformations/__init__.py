@@ -23,7 +23,7 @@ from deformstab_tf.deformations.tps import (
     tps_displacement_from_points,
     tps_interpolation_matrix,
 )
-from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, shift, warp
+from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, shift, warp, warp_affine
 
 __all__ = [
     "DEFORMATION_LAYERS",
@@ -48,4 +48,5 @@ __all__ = [
     "tps_interpolation_matrix",
     "typical_displacement",
     "warp",
+    "warp_affine",
 ]

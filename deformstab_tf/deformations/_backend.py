@@ -323,6 +323,12 @@ def stateless_normal(name, shape, seed, stream):
     return ops(name).random.normal(tuple(shape), dtype="float32", seed=_stream_int(seed, stream))
 
 
+def standardize_dtype(dtype):
+    """A dtype's standardized name (``"uint8"``, ``"float32"``, ...) from a name, a NumPy or a
+    backend dtype; raises for what is no dtype."""
+    return keras.backend.standardize_dtype(dtype)
+
+
 def dtype_name(x):
     """The standardized dtype name of a tensor, e.g. ``"float32"``, ``"uint8"``, ``"string"``."""
     return keras.backend.standardize_dtype(x.dtype)

@@ -101,6 +101,14 @@ def affine_displacement(matrices, height, width):
     check_positive_int("width", width)
     name = _backend.backend_name(matrices)
     B = _backend.ops(name)
+    matrices = check_matrices(B, matrices)
+    field = _backend.compiled(_affine_field, name, static_argnames=("height", "width"))
+    return field(matrices, height=int(height), width=int(width))
+
+
+def check_matrices(B, matrices):
+    """`matrices` as float32 ``(B, 2 or 3, 3)`` (a single ``(2, 3)`` / ``(3, 3)`` gets a batch
+    axis), or raises a ValueError naming the argument."""
     matrices = B.cast(B.convert_to_tensor(matrices), "float32")
     if len(matrices.shape) == 2:
         matrices = matrices[None]
@@ -109,22 +117,46 @@ def affine_displacement(matrices, height, width):
             f"`matrices` must have shape (B, 2, 3), (B, 3, 3) or (2, 3). "
             f"Received: matrices.shape={tuple(matrices.shape)}"
         )
-    field = _backend.compiled(_affine_field, name, static_argnames=("height", "width"))
-    return field(matrices, height=int(height), width=int(width))
+    return matrices
 
 
-# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size ops.
-def _affine_field(B, matrices, height, width):
+def _inverse(B, matrices):
+    """The inverse maps' entries ``(i00, i01, i10, i11)`` and the translation ``(t_y, t_x)``,
+    each ``(B,)``: content at ``q`` came from ``inv (q - t)`` (centred coordinates)."""
     a, b, t_y = matrices[:, 0, 0], matrices[:, 0, 1], matrices[:, 0, 2]
     c, d, t_x = matrices[:, 1, 0], matrices[:, 1, 1], matrices[:, 1, 2]
     determinant = a * d - b * c
     # Closed-form 2x2 inverse: exact for the identity, so zero magnitude is an exact no-op.
     inv = B.numpy.stack([d, -b, -c, a], axis=-1) / determinant[:, None]
-    inv = inv[:, None, None, :]
+    return (inv[:, 0], inv[:, 1], inv[:, 2], inv[:, 3]), (t_y, t_x)
+
+
+def affine_source(B, matrices, height, width):
+    """Where each output pixel of an affine warp reads, in pixel coordinates, without a dense
+    field: ``(source_y, source_x)``, each the sum of a ``(B, H, 1)`` and a ``(B, 1, W)`` term
+    (an affine map is a row term plus a column term), broadcast by the caller.
+
+    The resampler's affine path (`warp_affine`) builds its sampling coordinates here; they
+    equal ``q - affine_displacement(matrices)`` to float32 rounding.
+    """
+    (i00, i01, i10, i11), (t_y, t_x) = _inverse(B, matrices)
+    # (sizes may be tensors in a shape-generic trace)
+    centre_y = (B.cast(height, "float32") - 1.0) / 2.0
+    centre_x = (B.cast(width, "float32") - 1.0) / 2.0
+    qy = B.numpy.arange(height, dtype="float32")[None, :] - (centre_y + t_y[:, None])
+    qx = B.numpy.arange(width, dtype="float32")[None, :] - (centre_x + t_x[:, None])
+    source_y = (centre_y + i00[:, None] * qy)[:, :, None] + (i01[:, None] * qx)[:, None, :]
+    source_x = (i10[:, None] * qy)[:, :, None] + (centre_x + i11[:, None] * qx)[:, None, :]
+    return source_y, source_x
+
+
+# Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size ops.
+def _affine_field(B, matrices, height, width):
+    (i00, i01, i10, i11), (t_y, t_x) = _inverse(B, matrices)
     ys = B.numpy.arange(height, dtype="float32")[None, :, None] - (height - 1) / 2.0
     xs = B.numpy.arange(width, dtype="float32")[None, None, :] - (width - 1) / 2.0
     qy = ys - t_y[:, None, None]
     qx = xs - t_x[:, None, None]
-    source_y = inv[..., 0] * qy + inv[..., 1] * qx
-    source_x = inv[..., 2] * qy + inv[..., 3] * qx
+    source_y = i00[:, None, None] * qy + i01[:, None, None] * qx
+    source_x = i10[:, None, None] * qy + i11[:, None, None] * qx
     return B.numpy.stack([ys - source_y, xs - source_x], axis=-1)

@@ -21,7 +21,33 @@ from deformstab_tf.deformations.affine import affine_displacement, affine_matric
 from deformstab_tf.deformations.diffeo import _check_cutoff, diffeo_displacement
 from deformstab_tf.deformations.points import deform_boxes, deform_keypoints
 from deformstab_tf.deformations.tps import tps_displacement
-from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, warp
+from deformstab_tf.deformations.warp import FILL_MODES, INTERPOLATIONS, warp, warp_affine
+
+
+class Transformation(dict):
+    """A layer's drawn deformation, the dict `get_random_transformation` returns.
+
+    ``{"displacement": (B or 1, H, W, 2)}`` for the field layers. `RandomAffine`'s holds
+    ``"matrices"`` ``(B or 1, 2, 3)`` and builds its ``"displacement"`` from them on first read
+    (`affine_displacement`), so that images and masks, which `warp_affine` resamples from the
+    matrices, never pay for a dense field; boxes and keypoints read it.
+
+    Example:
+
+    >>> t = RandomAffine(rotation=10, seed=0).get_random_transformation(np.zeros((2, 8, 8, 1)))
+    >>> sorted(t), tuple(t["displacement"].shape), sorted(t)
+    (['matrices'], (2, 8, 8, 2), ['displacement', 'matrices'])
+    """
+
+    def __init__(self, *args, image_size=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image_size = image_size
+
+    def __missing__(self, key):
+        if key == "displacement" and "matrices" in self and self.image_size is not None:
+            self[key] = affine_displacement(self["matrices"], *self.image_size)
+            return self[key]
+        raise KeyError(key)
 
 
 def _magnitude(argument, value):
@@ -106,7 +132,8 @@ class BaseRandomDeformation(keras.layers.Layer):
         pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
-        The input shape (a dict stays a dict); images in the layer's compute dtype.
+        The input shape (a dict stays a dict); float images in the layer's compute dtype,
+        integer images (``uint8``) in their own, rounded and clipped to its range.
 
     Example:
 
@@ -218,8 +245,9 @@ class BaseRandomDeformation(keras.layers.Layer):
         return int(spatial[0]), int(spatial[1])
 
     def get_random_transformation(self, data, training=True, seed=None):
-        """Draws this call's deformation: ``{"displacement": (B or 1, H, W, 2)}``, or None when
-        not training.
+        """Draws this call's deformation, a `Transformation`: ``{"displacement": (B or 1, H, W,
+        2)}`` (`RandomAffine`: ``{"matrices": (B or 1, 2, 3)}``, its field built on first read),
+        or None when not training.
 
         Args:
             data: the images, or a dict with an ``"images"`` entry.
@@ -256,29 +284,46 @@ class BaseRandomDeformation(keras.layers.Layer):
             seed = B.convert_to_tensor([0, seed], B.random_seed_dtype())
         else:
             seed = B.convert_to_tensor(seed)
-        return {"displacement": self.random_displacement(batch_size, height, width, seed)}
+        return self.random_transformation(batch_size, height, width, seed)
 
-    def _apply(self, images, transformation, interpolation):
+    def random_transformation(self, batch_size, height, width, seed):
+        """This draw's `Transformation`: ``{"displacement": random_displacement(...)}``;
+        `RandomAffine` draws matrices instead."""
+        field = self.random_displacement(batch_size, height, width, seed)
+        return Transformation(displacement=field, image_size=(height, width))
+
+    def _apply(self, images, transformation, interpolation, dtype=None):
         B = self._ops(images)
         single = len(images.shape) == 3
         if single:
             images = images[None]
         if self.data_format == "channels_first":
             images = B.numpy.transpose(images, (0, 2, 3, 1))
-        images = warp(
+        # An affine draw is resampled from its matrices (`warp_affine`), without a dense field.
+        affine = "matrices" in transformation
+        images = (warp_affine if affine else warp)(
             images,
-            transformation["displacement"],
+            transformation["matrices" if affine else "displacement"],
             interpolation=interpolation,
             fill_mode=self.fill_mode,
             fill_value=self.fill_value,
+            dtype=dtype,
         )
         if self.data_format == "channels_first":
             images = B.numpy.transpose(images, (0, 3, 1, 2))
         return images[0] if single else images
 
     def transform_images(self, images, transformation, training=True):
+        """The images warped by `transformation`: float images in the layer's compute dtype,
+        integer images (``uint8`` as ``tf.data`` pipelines carry them) in their own dtype,
+        rounded half to even (as ``np.round``) and clipped to the dtype's range."""
         B = self._ops(images)
         images = B.convert_to_tensor(images)
+        dtype = _backend.dtype_name(images)
+        if "int" in dtype:
+            if training and transformation is not None:
+                images = self._apply(images, transformation, self.interpolation, dtype=dtype)
+            return images
         if training and transformation is not None:
             images = self._apply(images, transformation, self.interpolation)
         return B.cast(images, self.compute_dtype)
@@ -527,7 +572,8 @@ class RandomThinPlateSpline(BaseRandomDeformation):
         pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
-        The input shape (a dict stays a dict); images in the layer's compute dtype.
+        The input shape (a dict stays a dict); float images in the layer's compute dtype,
+        integer images (``uint8``) in their own, rounded and clipped to its range.
 
     Example:
 
@@ -598,7 +644,8 @@ class RandomAffine(BaseRandomDeformation):
         pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
-        The input shape (a dict stays a dict); images in the layer's compute dtype.
+        The input shape (a dict stays a dict); float images in the layer's compute dtype,
+        integer images (``uint8``) in their own, rounded and clipped to its range.
 
     Example:
 
@@ -631,7 +678,9 @@ class RandomAffine(BaseRandomDeformation):
         self.translation = _value_range("translation", translation)
         self.anisotropic_scale = bool(anisotropic_scale)
 
-    def random_displacement(self, batch_size, height, width, seed):
+    def random_matrices(self, batch_size, height, width, seed):
+        """Forward ``(batch_size, 2, 3)`` matrices of this draw (`affine_matrices`)."""
+
         def draw(value_range, stream):
             low, high = value_range
             return self._uniform((batch_size,), low, high, seed, stream)
@@ -641,8 +690,15 @@ class RandomAffine(BaseRandomDeformation):
         scale_x = draw(self.scale, 2) if self.anisotropic_scale else scale_y
         shear = (draw(self.shear, 3), draw(self.shear, 4))
         translation = (draw(self.translation, 5) * height, draw(self.translation, 6) * width)
-        matrices = affine_matrices(rotation, (scale_y, scale_x), shear, translation)
+        return affine_matrices(rotation, (scale_y, scale_x), shear, translation)
+
+    def random_displacement(self, batch_size, height, width, seed):
+        matrices = self.random_matrices(batch_size, height, width, seed)
         return affine_displacement(matrices, height, width)
+
+    def random_transformation(self, batch_size, height, width, seed):
+        matrices = self.random_matrices(batch_size, height, width, seed)
+        return Transformation(matrices=matrices, image_size=(height, width))
 
     def get_config(self):
         config = super().get_config()
@@ -691,7 +747,8 @@ class RandomDiffeomorphism(BaseRandomDeformation):
         pixels, moved with the images) and ``"labels"`` (passed through).
 
     Output shape:
-        The input shape (a dict stays a dict); images in the layer's compute dtype.
+        The input shape (a dict stays a dict); float images in the layer's compute dtype,
+        integer images (``uint8``) in their own, rounded and clipped to its range.
 
     Example:
 

@@ -16,8 +16,11 @@ PyTorch has no such compiler for it eagerly, so there the resampler is
 same images to float32 precision, several times faster than the ops run one by one.
 """
 
+import numpy as np
+
 from deformstab_tf._validation import check_choice
 from deformstab_tf.deformations import _backend
+from deformstab_tf.deformations.affine import _affine_field, affine_source, check_matrices
 
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 INTERPOLATIONS = ("bilinear", "nearest")
@@ -32,7 +35,14 @@ def _check_numeric(argument, tensor):
         )
 
 
-def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fill_value=0.0):
+def warp(
+    images,
+    displacement,
+    interpolation="bilinear",
+    fill_mode="nearest",
+    fill_value=0.0,
+    dtype=None,
+):
     """Resamples images along a dense displacement field ("content moves by u").
 
     ``out[b, y, x] = images[b, y - u[b, y, x, 0], x - u[b, y, x, 1]]``, sampled bilinearly (or at
@@ -55,11 +65,14 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
         interpolation: ``"bilinear"`` or ``"nearest"``.
         fill_mode: one of ``"nearest"``, ``"reflect"``, ``"wrap"``, ``"constant"``.
         fill_value: the value read outside the image with ``fill_mode="constant"``.
+        dtype: the output dtype. By default bilinear output keeps a floating input dtype and is
+            float32 for integer input, and nearest output keeps the input dtype (so masks stay
+            masks). An integer dtype (``"uint8"`` for images as ``tf.data`` pipelines carry
+            them) rounds half to even, as ``np.round``, and clips to the dtype's range, inside
+            the compiled resample.
 
     Returns:
-        The warped images, same shape, a tensor of the backend that ran. Bilinear output keeps a
-        floating input dtype and is float32 for integer input; nearest output keeps the input
-        dtype (so masks stay masks).
+        The warped images, same shape, a tensor of the backend that ran, in `dtype`.
 
     Raises:
         ValueError: on bad shapes, and, when called eagerly, on a non-finite `displacement`.
@@ -74,25 +87,13 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
     >>> tuple(warp(images, shift_right, fill_mode="wrap").shape)
     (2, 8, 8, 3)
     """
-    check_choice("interpolation", interpolation, INTERPOLATIONS)
-    check_choice("fill_mode", fill_mode, FILL_MODES)
-    if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
-        raise TypeError(f"`fill_value` must be a number. Received: fill_value={fill_value!r}")
-    name = _backend.backend_name(images)
-    B = _backend.ops(name)
-    images = B.convert_to_tensor(images)
+    name, B, images, dtype = _check_arguments(images, interpolation, fill_mode, fill_value, dtype)
     displacement = B.convert_to_tensor(displacement)
-    _check_numeric("images", images)
     _check_numeric("displacement", displacement)
     if len(images.shape) == 3:
         if len(displacement.shape) == 3:
             displacement = displacement[None]
-        return warp(images[None], displacement, interpolation, fill_mode, fill_value)[0]
-    if len(images.shape) != 4:
-        raise ValueError(
-            "`images` must have rank 4 (B, H, W, C) or 3 (H, W, C). "
-            f"Received: images.shape={tuple(images.shape)}"
-        )
+        return warp(images[None], displacement, interpolation, fill_mode, fill_value, dtype)[0]
     if len(displacement.shape) != 4 or displacement.shape[-1] not in (2, None):
         raise ValueError(
             "`displacement` must have shape (B, H, W, 2) with last axis (dy, dx). "
@@ -114,16 +115,118 @@ def warp(images, displacement, interpolation="bilinear", fill_mode="nearest", fi
             raise ValueError(
                 f"`displacement` must be finite; it holds NaN or inf at {count} entries."
             )
-    resample = _backend.compiled(
-        _resample, name, static_argnames=("interpolation", "fill_mode", "fill_value")
-    )
+    resample = _backend.compiled(_resample, name, static_argnames=_STATIC)
     return resample(
         images,
         displacement,
         interpolation=interpolation,
         fill_mode=fill_mode,
         fill_value=float(fill_value),
+        dtype=dtype,
     )
+
+
+_STATIC = ("interpolation", "fill_mode", "fill_value", "dtype")
+
+
+def warp_affine(
+    images,
+    matrices,
+    interpolation="bilinear",
+    fill_mode="nearest",
+    fill_value=0.0,
+    dtype=None,
+):
+    """`warp` along affine maps, from their matrices: the same images as
+    ``warp(images, affine_displacement(matrices, H, W))`` (to float32 rounding), without the
+    dense field.
+
+    The sampling coordinates of an affine map are a row term plus a column term (`affine_source`),
+    so the resample reads them from ``(B, H)`` and ``(B, W)`` arrays instead of a ``(B, H, W, 2)``
+    field. On TensorFlow and JAX the bilinear resample reads the four neighbours of a pixel at
+    fixed offsets from one index into the image padded by a pixel (the fill mode's pixel), one
+    index computed per pixel instead of four. On PyTorch it is the field path
+    (``grid_sample``).
+
+    Args:
+        images: ``(B, H, W, C)`` or a single ``(H, W, C)`` image, channels last, any numeric dtype.
+        matrices: forward maps about the image centre, ``(B, 2, 3)``, ``(B, 3, 3)`` or one
+            ``(2, 3)`` matrix for every image, on ``(y, x, 1)`` (see `affine_matrices`): content
+            at ``p`` moves to ``A p + t``.
+        interpolation, fill_mode, fill_value, dtype: as in `warp`.
+
+    Returns:
+        The warped images, as `warp` returns them.
+
+    Raises:
+        ValueError: on bad shapes, and, when called eagerly, on matrices that are not finite or
+            not invertible.
+
+    Example:
+
+    >>> from deformstab_tf.deformations import affine_displacement, affine_matrices
+    >>> images = np.random.rand(2, 8, 8, 3).astype("float32")
+    >>> A = affine_matrices(rotation=[10.0, -5.0], scale=1.1)
+    >>> fast = warp_affine(images, A, fill_mode="reflect")
+    >>> dense = warp(images, affine_displacement(A, 8, 8), fill_mode="reflect")
+    >>> float(np.abs(np.asarray(fast) - np.asarray(dense)).max()) < 1e-5
+    True
+    """
+    name, B, images, dtype = _check_arguments(images, interpolation, fill_mode, fill_value, dtype)
+    matrices = check_matrices(B, matrices)
+    if len(images.shape) == 3:
+        return warp_affine(images[None], matrices, interpolation, fill_mode, fill_value, dtype)[0]
+    if matrices.shape[0] not in (1, None) and images.shape[0] not in (None, matrices.shape[0]):
+        raise ValueError(
+            "`matrices` must hold one matrix per image, or one for all. Received: "
+            f"images.shape={tuple(images.shape)}, matrices.shape={tuple(matrices.shape)}"
+        )
+    if _backend.is_concrete(matrices):
+        entries = _backend.to_numpy(matrices[:, :2, :2], "float64")
+        determinant = entries[:, 0, 0] * entries[:, 1, 1] - entries[:, 0, 1] * entries[:, 1, 0]
+        if not (np.all(np.isfinite(_backend.to_numpy(matrices))) and np.all(determinant != 0)):
+            raise ValueError(
+                "`matrices` must be finite and invertible. Received: "
+                f"matrices={_backend.to_numpy(matrices).tolist()!r}"
+            )
+    resample = _backend.compiled(_resample_affine, name, static_argnames=_STATIC)
+    return resample(
+        images,
+        matrices,
+        interpolation=interpolation,
+        fill_mode=fill_mode,
+        fill_value=float(fill_value),
+        dtype=dtype,
+    )
+
+
+def _check_arguments(images, interpolation, fill_mode, fill_value, dtype):
+    """The checks `warp` and `warp_affine` share: ``(backend name, ops, images as a tensor of
+    rank 3 or 4, the output dtype name or None)``."""
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
+    check_choice("fill_mode", fill_mode, FILL_MODES)
+    if isinstance(fill_value, bool) or not isinstance(fill_value, (int, float)):
+        raise TypeError(f"`fill_value` must be a number. Received: fill_value={fill_value!r}")
+    if dtype is not None:
+        try:
+            name = _backend.standardize_dtype(dtype)
+        except (TypeError, ValueError, AttributeError):
+            name = None
+        if name is None or not _backend.is_numeric(name):
+            raise TypeError(
+                f"`dtype` must be a numeric (float or integer) dtype. Received: dtype={dtype!r}"
+            )
+        dtype = name
+    name = _backend.backend_name(images)
+    B = _backend.ops(name)
+    images = B.convert_to_tensor(images)
+    _check_numeric("images", images)
+    if len(images.shape) not in (3, 4):
+        raise ValueError(
+            "`images` must have rank 4 (B, H, W, C) or 3 (H, W, C). "
+            f"Received: images.shape={tuple(images.shape)}"
+        )
+    return name, B, images, dtype
 
 
 def _finite_on_torch(name, displacement):
@@ -144,26 +247,45 @@ def _finite_on_torch(name, displacement):
 # Compiled whatever the caller does (eager, graph, tf.data, jit, or inside an XLA model): the
 # index arithmetic and the gather fuse, which makes the resample ~4x faster on CPU than the same
 # ops run one by one. XLA compiles once per input shape and argument combination.
-def _resample(B, images, displacement, interpolation, fill_mode, fill_value):
+def _resample(B, images, displacement, interpolation, fill_mode, fill_value, dtype):
     if B.name == "torch":
         sample_dtype = _grid_sample_dtype(_backend.dtype_name(images), interpolation)
         if sample_dtype is not None:
-            return _grid_sample(
+            out = _grid_sample(
                 images, displacement, interpolation, fill_mode, fill_value, sample_dtype
             )
-    batch, height, width, channels = B.core.shape(images)
+            return out if dtype is None else _to_dtype(B, out, dtype)
+    batch, height, width, _ = B.core.shape(images)
     displacement = B.cast(displacement, "float32")
     displacement = B.numpy.broadcast_to(displacement, (batch, height, width, 2))
     rows = B.numpy.arange(height, dtype="float32")[None, :, None]
     cols = B.numpy.arange(width, dtype="float32")[None, None, :]
     source_y = rows - displacement[..., 0]
     source_x = cols - displacement[..., 1]
+    return _sample(B, images, source_y, source_x, interpolation, fill_mode, fill_value, dtype)
 
-    # One flat gather for all the pixels that are read: (B*H*W, C) rows.
-    flat = B.numpy.reshape(images, (-1, channels))
+
+def _resample_affine(B, images, matrices, interpolation, fill_mode, fill_value, dtype):
+    batch, height, width, _ = B.core.shape(images)
+    if B.name == "torch":  # grid_sample takes the field
+        field = _affine_field(B, matrices, height, width)
+        return _resample(B, images, field, interpolation, fill_mode, fill_value, dtype)
+    source_y, source_x = affine_source(B, matrices, height, width)
+    shape = (batch, height, width)
+    source_y = B.numpy.broadcast_to(source_y, shape)
+    source_x = B.numpy.broadcast_to(source_x, shape)
+    return _sample(B, images, source_y, source_x, interpolation, fill_mode, fill_value, dtype)
+
+
+def _sample(B, images, source_y, source_x, interpolation, fill_mode, fill_value, dtype):
+    """The resample proper: `images` ``(B, H, W, C)`` read at ``(source_y, source_x)``, each
+    ``(B, H, W)`` in pixel coordinates, the way `warp` documents."""
+    batch, height, width, channels = B.core.shape(images)
     image_dtype = _backend.dtype_name(images)
 
     if interpolation == "nearest":
+        # One flat gather for all the pixels that are read: (B*H*W, C) rows.
+        flat = B.numpy.reshape(images, (-1, channels))
         iy, inside_y = _fold_index(B, B.numpy.floor(source_y + 0.5), height, fill_mode)
         ix, inside_x = _fold_index(B, B.numpy.floor(source_x + 0.5), width, fill_mode)
         base = B.numpy.reshape(B.numpy.arange(batch, dtype="int32") * (height * width), (-1, 1, 1))
@@ -172,33 +294,76 @@ def _resample(B, images, displacement, interpolation, fill_mode, fill_value):
             inside = B.numpy.logical_and(inside_y, inside_x)[..., None]
             fill = B.cast(B.convert_to_tensor(fill_value, "float32"), image_dtype)
             values = B.numpy.where(inside, values, fill)
-        return values
+        return values if dtype is None else _to_dtype(B, values, dtype)
 
-    out_dtype = image_dtype if "float" in image_dtype else "float32"
-    y0, y1, wy, inside_y = _bilinear_axis(B, source_y, height, fill_mode)
-    x0, x1, wx, inside_x = _bilinear_axis(B, source_x, width, fill_mode)
-    # The four neighbours stacked on one axis: (B, H, W, 4) -> one gather -> (B, H, W, 4, C).
-    base = B.numpy.reshape(B.numpy.arange(batch, dtype="int32") * (height * width), (-1, 1, 1, 1))
-    rows = B.numpy.stack([y0, y0, y1, y1], axis=-1) * width
-    index = base + rows + B.numpy.stack([x0, x1, x0, x1], axis=-1)
-    values = B.cast(_backend.take_rows(B, flat, index), "float32")
-    if fill_mode == "constant":
-        both = B.numpy.logical_and
-        inside = B.numpy.stack(
-            [
-                both(inside_y[0], inside_x[0]),
-                both(inside_y[0], inside_x[1]),
-                both(inside_y[1], inside_x[0]),
-                both(inside_y[1], inside_x[1]),
-            ],
-            axis=-1,
-        )
-        values = B.numpy.where(inside[..., None], values, fill_value)
+    # Bilinear: the image padded by the pixel that the fill mode reads next to its last row and
+    # column (and, for "constant", a border of fill_value all round), so that the four
+    # neighbours of a sample lie at fixed offsets from its top-left one: one index per pixel,
+    # one gather of the four stacked -> (B, H, W, 4, C).
+    padded = _pad(B, images, fill_mode, fill_value)
+    padded_height, padded_width = B.core.shape(padded)[1:3]
+    y0, wy = _bilinear_axis(B, source_y, height, fill_mode)
+    x0, wx = _bilinear_axis(B, source_x, width, fill_mode)
+    base = B.numpy.arange(batch, dtype="int32") * (padded_height * padded_width)
+    index = B.numpy.reshape(base, (-1, 1, 1)) + y0 * padded_width + x0
+    offsets = B.convert_to_tensor([0, 1, padded_width, padded_width + 1], "int32")
+    flat = B.numpy.reshape(padded, (-1, channels))
+    values = B.cast(_backend.take_rows(B, flat, index[..., None] + offsets), "float32")
     wy, wx = wy[..., None], wx[..., None]
     top = values[..., 0, :] * (1.0 - wx) + values[..., 1, :] * wx
     bottom = values[..., 2, :] * (1.0 - wx) + values[..., 3, :] * wx
     out = top * (1.0 - wy) + bottom * wy
-    return B.cast(out, out_dtype)
+    if dtype is None:
+        dtype = image_dtype if "float" in image_dtype else "float32"
+    return _to_dtype(B, out, dtype)
+
+
+def _to_dtype(B, values, dtype):
+    """`values` cast to `dtype`; to an integer dtype rounded half to even (as ``np.round``) and
+    clipped to its range."""
+    source = _backend.dtype_name(values)
+    if source == dtype:
+        return values
+    if "int" in dtype:
+        info = np.iinfo(dtype)
+        low, high = int(info.min), int(info.max)
+        if "float" in source:
+            values = B.numpy.round(values)
+            # The range's ends as the float dtype holds them (float32(2**31 - 1) is 2**31).
+            top = np.float32(high)
+            high = float(top if int(top) <= high else np.nextafter(top, np.float32(0)))
+            low = float(low)
+        else:
+            source_info = np.iinfo(source)
+            low, high = max(low, int(source_info.min)), min(high, int(source_info.max))
+        values = B.numpy.clip(values, low, high)
+    return B.cast(values, dtype)
+
+
+def _pad(B, images, fill_mode, fill_value):
+    """`images` with the pixels that bilinear sampling reads beyond the last row and column
+    (see `_bilinear_axis`): the edge ("nearest", and "reflect" after folding), the first row
+    and column ("wrap"), or a border of `fill_value` on every side ("constant", in float32
+    where the images' dtype cannot hold `fill_value` exactly)."""
+    if fill_mode == "constant":
+        dtype = _backend.dtype_name(images)
+        if not _holds(dtype, fill_value):
+            images, dtype = B.cast(images, "float32"), "float32"
+        fill = int(fill_value) if "int" in dtype else fill_value
+        return B.numpy.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=fill)
+    edge = (slice(0, 1),) if fill_mode == "wrap" else (slice(-1, None),)
+    images = B.numpy.concatenate([images, images[(slice(None), *edge)]], axis=1)
+    return B.numpy.concatenate([images, images[(slice(None), slice(None), *edge)]], axis=2)
+
+
+def _holds(dtype, value):
+    """Whether `dtype` represents `value` exactly, as float32 reads it."""
+    if dtype in ("float32", "float64"):
+        return True
+    if "int" in dtype:
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return False
 
 
 # -- PyTorch: torch.nn.functional.grid_sample -----------------------------------------------------
@@ -357,46 +522,47 @@ def _fold_index(B, index, size, fill_mode):
 
 
 def _bilinear_axis(B, source, size, fill_mode):
-    """The two neighbours (int32, inside ``[0, size)``) and the weight of the second along one
-    axis, and for ``"constant"`` whether each neighbour lies inside the image.
+    """The first neighbour of each sample along one axis, as an int32 index into the image
+    padded by `_pad`, and the weight of the second (the neighbour at index + 1).
 
     The fill mode is applied once to the continuous coordinate rather than to each neighbour:
     mirroring and tiling commute with linear interpolation, so this reads exactly the values that
-    per-neighbour folding reads, for half the integer work.
+    per-neighbour folding reads, for half the integer work. The first neighbour is clamped into
+    the image, so the second is at most the padding pixel; a non-finite coordinate gives a NaN
+    weight (a NaN sample), except that "nearest" clamps an infinite one to the edge.
     """
     size_f = B.cast(size, "float32")
     if fill_mode == "constant":
-        low = B.numpy.floor(source)
-        weight = source - low
-        low = B.cast(low, "int32")
-        high = low + 1
-        inside = (
-            B.numpy.logical_and(low >= 0, low < size),
-            B.numpy.logical_and(high >= 0, high < size),
-        )
-        return (
-            B.numpy.clip(low, 0, size - 1),
-            B.numpy.clip(high, 0, size - 1),
-            weight,
-            inside,
-        )
+        # In the image padded by one pixel of fill_value on each side: a sample in (-1, size)
+        # reads one or two image pixels, one further out reads the border with weight 1 or 0.
+        clamped = B.numpy.clip(source, -1.0, size_f)
+        low = B.numpy.clip(B.cast(B.numpy.floor(clamped), "int32"), -1, size - 1)
+        # source - source: 0, or NaN for an infinite source (as for a NaN one).
+        weight = clamped - B.cast(low, "float32") + (source - source)
+        return low + 1, weight
     if fill_mode == "wrap":
-        source = B.numpy.mod(source, size_f)
+        source = _fold(B, source, size_f)
+        # Into [0, size): the fold may round to `size` (that is 0) or a hair below 0.
+        source = B.numpy.maximum(B.numpy.where(source >= size_f, source - size_f, source), 0.0)
         low = B.numpy.floor(source)
         weight = source - low
-        low = B.numpy.minimum(B.cast(low, "int32"), size - 1)  # mod may round up to `size`
-        high = B.numpy.where(low + 1 >= size, 0, low + 1)
-        return low, high, weight, None
+        return B.numpy.clip(B.cast(low, "int32"), 0, size - 1), weight
     if fill_mode == "reflect":
         # Mirror about -0.5 and size - 0.5 (d c b a | a b c d | d c b a), period 2 * size.
-        folded = B.numpy.mod(source + 0.5, 2.0 * size_f)
+        folded = _fold(B, source + 0.5, 2.0 * size_f)
         source = B.numpy.where(folded < size_f, folded, 2.0 * size_f - folded) - 0.5
     # "nearest", and "reflect" after folding: clamp to the outermost pixel centres.
     source = B.numpy.clip(source, 0.0, size_f - 1.0)
     low = B.numpy.floor(source)
     weight = source - low
-    low = B.cast(low, "int32")
-    return low, B.numpy.minimum(low + 1, size - 1), weight, None
+    return B.numpy.clip(B.cast(low, "int32"), 0, size - 1), weight
+
+
+def _fold(B, source, period):
+    """`source` modulo `period` as ``x - period * floor(x / period)``: 15% faster over the
+    resample than ``mod`` (floating ``floormod``) under XLA on CPU. It may round to `period`
+    itself or to a hair below 0; the callers map both into the image."""
+    return source - period * B.numpy.floor(source / period)
 
 
 def shift(images, dy, dx, fill_mode="wrap", fill_value=0.0):
