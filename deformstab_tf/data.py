@@ -48,6 +48,11 @@ AUGMENTATIONS = ("standard", "flip", "translate", "noise", *DEFORMATION_LAYERS)
 # stateless draws from the same seed pair (the synthetic task's pixel noise, `(seed, batch)`).
 NOISE_STREAM = 0x6E6F6973  # b"nois"
 AUTOTUNE = tf.data.AUTOTUNE
+TRANSFORMS = ("noise", "resample")
+# Folded into the draw seeds of a `transform`'s noise: a derived data set's noise is its own
+# stream, fixed whatever the training seed (the same data set for every seed).
+TRANSFORM_STREAM = 0x74726E73  # b"trns"
+TRANSFORM_CHUNK = 1024  # images transformed per step of an in-memory split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +88,7 @@ def load_dataset(
     validation_fraction=0.1,
     synthetic_options=None,
     download=True,
+    transform=(),
 ):
     """`(train, test, info)` from `"synthetic"`, `"folder:PATH"` or a TFDS dataset name.
 
@@ -98,6 +104,9 @@ def load_dataset(
         synthetic_options: keyword arguments of `synthetic` (`num_classes`, ...).
         download: TFDS: download and prepare a dataset missing from `data_dir` (the default,
             as `tfds.load`); `False` for offline use: a missing dataset is then an error.
+        transform: specs of a derived data set (see `transform_images`), applied to every
+            image of both splits before anything else (`train_size`, augmentation): e.g.
+            `["resample:2"]` (smoother: more local homogeneity), `["noise:0.1"]` (less).
 
     Returns:
         `(train, test, info)`.
@@ -129,6 +138,8 @@ def load_dataset(
     check_seed("seed", seed)
     augment = check_names("augment", augment)
     parse_augmentations(augment)  # the specs' syntax, before any data is read
+    transform = check_names("transform", transform)
+    parse_transforms(transform)
     _check_fraction(validation_fraction)
     if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
         raise TypeError(
@@ -153,6 +164,7 @@ def load_dataset(
         "random_labels": random_labels,
         "augment": augment,
         "seed": seed,
+        "transform": transform,
     }
     if source == "synthetic":
         options = dict(synthetic_options or {})
@@ -259,6 +271,7 @@ def synthetic(
     seed=0,
     augment=(),
     random_labels=False,
+    transform=(),
 ):
     """The synthetic task: each class one prototype, samples its random TPS deformations.
 
@@ -276,7 +289,8 @@ def synthetic(
         noise: std of the Gaussian pixel noise added to every sample.
         prototypes: the prototypes' style, `"strokes"` or `"texture"` (see
             `synthetic_prototypes`).
-        batch_size, seed, augment, random_labels: see `load_dataset`.
+        batch_size, seed, augment, random_labels, transform: see `load_dataset` (a
+            transform's noise is drawn afresh with each training sample).
 
     Returns:
         `(train, test, info)`.
@@ -313,11 +327,17 @@ def synthetic(
     constant = tf.constant(images)
     noise = float(noise)
 
+    transform = parse_transforms(check_names("transform", transform))
+
     def sample(labels, layer, noise_seed):
         images = layer(tf.gather(constant, labels), training=True)
         if noise > 0:
             images += noise * tf.random.stateless_normal(tf.shape(images), noise_seed)
-        return tf.clip_by_value(images, 0.0, 1.0)
+        images = tf.clip_by_value(images, 0.0, 1.0)
+        if transform:
+            stream = tf.stack([noise_seed[0], noise_seed[1] + TRANSFORM_STREAM])
+            images = transform_images(images, transform, stream)
+        return images
 
     # The test split is drawn in a tf.data pipeline too: TensorFlow ops and seed streams on every
     # Keras backend (as Keras's own preprocessing layers in tf.data), so it is the same split.
@@ -371,6 +391,7 @@ def image_folder(
     augment=(),
     seed=0,
     validation_fraction=0.1,
+    transform=(),
 ):
     """`(train, test, info)` from a folder tree of images, one subfolder per class.
 
@@ -393,7 +414,7 @@ def image_folder(
     Args:
         path: the tree's root directory.
         validation_fraction: without a `test/` tree, the fraction of each class held out.
-        batch_size, train_size, random_labels, augment, seed: see `load_dataset`.
+        batch_size, train_size, random_labels, augment, seed, transform: see `load_dataset`.
 
     Returns:
         `(train, test, info)`; `info.name` is `"folder:<absolute path>"`.
@@ -441,6 +462,7 @@ def image_folder(
         random_labels=random_labels,
         augment=augment,
         seed=seed,
+        transform=transform,
     )
 
 
@@ -594,6 +616,7 @@ def tfds_dataset(
     augment=(),
     seed=0,
     download=True,
+    transform=(),
 ):
     """`(train, test, info)` from a TensorFlow Datasets dataset, downloaded when missing.
 
@@ -610,7 +633,7 @@ def tfds_dataset(
     Args:
         name: the TFDS name, e.g. `"cifar10"`, `"mnist"`.
         data_dir: the TFDS data directory (TFDS's default, `~/tensorflow_datasets`, if None).
-        batch_size, train_size, random_labels, augment, seed: see `load_dataset`.
+        batch_size, train_size, random_labels, augment, seed, transform: see `load_dataset`.
         download: download and prepare the dataset when it is not in `data_dir` (default);
             `False` for offline use (a missing dataset is an error).
 
@@ -675,6 +698,7 @@ def tfds_dataset(
         random_labels=random_labels,
         augment=augment,
         seed=seed,
+        transform=transform,
     )
 
 
@@ -746,7 +770,17 @@ def _unreachable(hosts, timeout=None):
 
 
 def _from_arrays(
-    name, train, test, class_names, *, batch_size, train_size, random_labels, augment, seed
+    name,
+    train,
+    test,
+    class_names,
+    *,
+    batch_size,
+    train_size,
+    random_labels,
+    augment,
+    seed,
+    transform=(),
 ):
     check_positive_int("batch_size", batch_size)
     _check_classes(repr(name), len(class_names))
@@ -754,6 +788,10 @@ def _from_arrays(
     x_test, y_test = test
     if x_train.ndim == 3:
         x_train, x_test = x_train[..., None], x_test[..., None]
+    transform = parse_transforms(check_names("transform", transform))
+    if transform:  # the derived data set, whole (before any subset), the same for every seed
+        x_train = _transform_array(x_train, transform, split=0)
+        x_test = _transform_array(x_test, transform, split=1)
     if train_size is not None:
         check_positive_int("train_size", train_size)
         if train_size > len(x_train):
@@ -792,6 +830,96 @@ def _test_pipeline(images, labels, batch_size):
 def _random_labels(count, num_classes, seed):
     """Labels drawn uniformly once per example (fixed across epochs)."""
     return np.random.default_rng([seed, 101]).integers(0, num_classes, count).astype(np.int32)
+
+
+# -- derived data sets ---------------------------------------------------------------------
+
+
+def transform_images(images, specs, seed):
+    """Images of a derived data set: `images` (float, in `[0, 1]`) transformed by `specs`, in
+    order, then clipped to `[0, 1]`.
+
+    Specs: `"resample:F"` shrinks the images by the factor `F >= 1` (area averaging) and
+    enlarges them back (bilinear): neighbouring pixels grow more alike, the local homogeneity
+    of Mouton et al. (2021) rises; `"noise:SIGMA"` adds i.i.d. Gaussian noise of standard
+    deviation `SIGMA` (pixel units) to every pixel and channel: it falls. See
+    `measures.local_homogeneity`.
+
+    Args:
+        images: `(N, H, W, C)` float images in `[0, 1]`.
+        specs: a spec or a list of them (or `parse_transforms` output).
+        seed: a stateless seed pair (two integers) of the noise.
+
+    Returns:
+        The transformed float32 images, same shape.
+
+    Example:
+
+    >>> images = np.random.default_rng(0).random((2, 8, 8, 1), dtype="float32")
+    >>> smooth = transform_images(images, "resample:2", seed=(0, 0))
+    >>> bool(np.abs(np.diff(smooth, axis=1)).mean() < np.abs(np.diff(images, axis=1)).mean())
+    True
+    """
+    if not (isinstance(specs, list) and all(isinstance(s, tuple) for s in specs)):
+        specs = parse_transforms(specs)
+    images = tf.cast(images, tf.float32)
+    size = tf.shape(images)[1:3]
+    for _, name, value in specs:
+        if name == "resample" and value != 1:
+            small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) / value), tf.int32), 1)
+            images = tf.image.resize(tf.image.resize(images, small, "area"), size, "bilinear")
+        if name == "noise" and value > 0:
+            images += value * tf.random.stateless_normal(tf.shape(images), seed)
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def parse_transforms(specs):
+    """The syntax of derived-data-set specs (see `transform_images`), checked without reading
+    data.
+
+    Returns:
+        `[(spec, name, value)]`.
+
+    Raises:
+        ValueError: naming `transform` and the spec for an unknown or malformed spec.
+
+    Example:
+
+    >>> parse_transforms(["resample:2", "noise:0.1"])
+    [('resample:2', 'resample', 2.0), ('noise:0.1', 'noise', 0.1)]
+    """
+    parsed = []
+    for spec in check_names("transform", specs):
+        name, _, argument = spec.partition(":")
+        name = name.strip()
+        if name not in TRANSFORMS:
+            raise ValueError(
+                f"Unknown transform in `transform`: {spec!r}. Valid: resample:FACTOR, noise:SIGMA."
+            )
+        value = _number(spec, argument) if argument.strip() else None
+        low = 1 if name == "resample" else 0
+        if isinstance(value, (bool, str, type(None))) or not low <= value < np.inf:
+            what = "a factor >= 1" if name == "resample" else "a standard deviation >= 0"
+            raise ValueError(
+                f"Malformed transform in `transform`: {spec!r}; {name!r} takes {what}, e.g. "
+                f"'{name}:{2 if name == 'resample' else 0.1}'."
+            )
+        parsed.append((spec, name, float(value)))
+    return parsed
+
+
+def _transform_array(images, specs, split):
+    """An in-memory split transformed in fixed chunks (the noise of chunk `i` of split `s` from
+    the seed `(TRANSFORM_STREAM, s, i)`: every image gets the same noise in every run), in its
+    own dtype (uint8 rounded, as an image folder written from it would hold)."""
+    out = np.empty_like(images)
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    for index, start in enumerate(range(0, len(images), TRANSFORM_CHUNK)):
+        chunk = images[start : start + TRANSFORM_CHUNK].astype(np.float32) / scale
+        seed = tf.constant([TRANSFORM_STREAM, split * 2**20 + index], tf.int64)
+        result = transform_images(chunk, specs, seed).numpy() * scale
+        out[start : start + TRANSFORM_CHUNK] = np.round(result) if scale != 1 else result
+    return out
 
 
 # -- augmentation ---------------------------------------------------------------------------

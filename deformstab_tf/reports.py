@@ -502,6 +502,7 @@ def measure_model(
     seed=0,
     max_shift=4,
     fill_mode="wrap",
+    transform=None,
     output_dir=None,
     trust_model=False,
     verbose=1,
@@ -546,6 +547,9 @@ def measure_model(
             map (a map of `(2 max_shift + 1)^2` offsets).
         fill_mode: what their shifts bring in at the border: `"wrap"`, `"constant"`,
             `"nearest"` or `"reflect"`.
+        transform: specs of a derived data set the probe images come from
+            (`data.transform_images`, e.g. `["noise:0.1"]`); None: the run's own when the
+            data are the model's run's, else none.
         output_dir: where the report's files go (created; files of the same names replaced);
             None writes nothing.
         trust_model: load `model` with Keras's safe mode off: a model holding Python code (a
@@ -608,6 +612,13 @@ def measure_model(
     check_choice(names("resize_method"), resize_method, data.RESIZE_METHODS)
     check_bool(names("download"), download)
     check_bool(names("trust_model"), trust_model)
+    if transform is not None:
+        try:
+            data.parse_transforms(transform)
+        except (TypeError, ValueError) as error:
+            raise type(error)(
+                str(error).replace("`transform`", names.mention("transform"))
+            ) from None
 
     # The model, then its data: a file that is no model is known before any download.
     run_config = None
@@ -623,6 +634,8 @@ def measure_model(
             source["data_dir"] = data_dir
     else:
         source = {"source": "synthetic" if dataset is None else dataset, "data_dir": data_dir}
+    if transform is not None:
+        source["transform"] = transform
     try:
         train, test, info = data.load_dataset(
             batch_size=max(batch_size, 256), download=download, **source
@@ -661,7 +674,8 @@ def measure_model(
     context = {
         "model": path or f"{model.name} (a keras.Model)",
         "data": f"{source['source']} ({split} split, {len(images)} images, "
-        f"seed {source.get('seed', 0)}{resized})",
+        f"seed {source.get('seed', 0)}{resized})"
+        + (f", transform {list(source['transform'])}" if source.get("transform") else ""),
         "deformation": f"{deformation}, magnitude {magnitude:g}, {options}",
         "seed": seed,
     }

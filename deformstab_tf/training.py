@@ -103,6 +103,7 @@ DEFAULTS = {
     "train_size": None,
     "random_labels": False,
     "augment": (),
+    "transform": (),
     "synthetic_classes": 10,
     "synthetic_displacement": 2.0,
     "synthetic_samples": 4096,
@@ -171,6 +172,8 @@ def check_config(config):
         raise ValueError(f"Unknown training settings {unknown}. Known: {sorted(DEFAULTS)}")
     config = _upgrade({**DEFAULTS, **config})
     config["augment"] = check_names("augment", config["augment"] or ())
+    config["transform"] = check_names("transform", config["transform"] or ())
+    data_sources.parse_transforms(config["transform"])  # the specs' syntax
     config["measures"] = check_names("measures", config["measures"] or ())
     data_sources.parse_augmentations(config["augment"])  # the specs' syntax
     check_choice("model", config["model"], MODELS)
@@ -491,7 +494,8 @@ def train_run(output_dir, verbose=1, download=True, cluster_timeout=CLUSTER_TIME
             Not a setting of the run.
         **config: settings, see `DEFAULTS`: data (`dataset` = `"synthetic"`, a TFDS name or
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
-            synthetic task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
+            `transform` specs of a derived data set (`data.transform_images`), the synthetic
+            task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
             `downsample`, `head`, `pool_size`, `strides`, `blur_size`, `batch_norm_momentum`
             (default 0.9; runs recorded without it trained with 0.99): not for the
             `REFERENCE_MODELS`), optimisation (`epochs`,
@@ -695,12 +699,13 @@ def run_dataset_arguments(config):
         config: a run's settings (`Run.config`, `read_config`).
 
     Returns:
-        `{"source", "data_dir", "seed", "synthetic_options"}`.
+        `{"source", "data_dir", "seed", "transform", "synthetic_options"}`.
     """
     return {
         "source": config["dataset"],
         "data_dir": config.get("data_dir"),
         "seed": config.get("seed", 0),
+        "transform": tuple(config.get("transform", ())),
         "synthetic_options": {
             option: config[key] for option, key in SYNTHETIC_SETTINGS if key in config
         },

@@ -522,3 +522,59 @@ def test_folders_that_cannot_make_a_classification_task(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"class folders \['dog'\] hold no images"):
         load_dataset(f"folder:{tmp_path / 'hollow'}")
     assert not os.path.exists(tmp_path / "cache")  # rejected before any image was decoded
+
+
+def test_derived_data_sets_are_fixed_per_image_and_shift_local_homogeneity(tmp_path, monkeypatch):
+    from deformstab_tf.measures import local_homogeneity
+
+    monkeypatch.setenv("DEFORMSTAB_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            for i in range(40):  # mid-grey textures: noise of 0.1 is rarely clipped
+                image = 90 + rng.integers(0, 80, (12, 12, 3))
+                _write_png(str(tmp_path / "tree" / split / label / f"{i}.png"), image)
+    source = f"folder:{tmp_path / 'tree'}"
+    plain = _all(load_dataset(source, batch_size=128)[1])[0]
+    noisy = _all(load_dataset(source, batch_size=128, transform="noise:0.1")[1])[0]
+    smooth = _all(load_dataset(source, batch_size=128, transform=["resample:2"])[1])[0]
+    # the noise is the same image by image whatever the training seed, and in both splits
+    again = _all(load_dataset(source, batch_size=128, transform="noise:0.1", seed=5)[1])[0]
+    np.testing.assert_array_equal(noisy, again)
+    train_plain = _all(load_dataset(source, batch_size=128, train_size=8, seed=3)[0])
+    train_noisy = _all(
+        load_dataset(source, batch_size=128, train_size=8, seed=3, transform="noise:0.1")[0]
+    )
+    np.testing.assert_array_equal(train_plain[1], train_noisy[1])  # the same images, subset
+    assert np.abs(train_plain[0] - train_noisy[0]).mean() > 0.05
+    # closed forms: noise of std 0.1 (rounded to uint8), resampling keeps the mean brightness
+    difference = noisy - plain
+    assert abs(difference.mean()) < 0.005 and difference.std() == pytest.approx(0.1, rel=0.03)
+    assert smooth.mean() == pytest.approx(plain.mean(), abs=0.003)
+    # local homogeneity orders them; identity specs change nothing
+    h = {name: local_homogeneity(x)["input"] for name, x in
+         [("noisy", noisy), ("plain", plain), ("smooth", smooth)]}  # fmt: skip
+    assert h["noisy"] < h["plain"] < h["smooth"]
+    unchanged = _all(load_dataset(source, batch_size=128, transform=["resample:1", "noise:0"])[1])
+    np.testing.assert_array_equal(unchanged[0], plain)
+    # the synthetic task takes them too (a fresh draw per training sample)
+    base = _all(synthetic(**SMALL)[1])[0]
+    resampled = _all(synthetic(**SMALL, transform="resample:4")[1])[0]
+    assert local_homogeneity(resampled)["input"] > local_homogeneity(base)["input"]
+
+
+def test_transform_specs_are_checked_before_any_data_is_read(tmp_path):
+    from deformstab_tf.training import check_config, run_dataset_arguments
+
+    for spec in ["blur:2", "resample:0.5", "noise:-1", "noise", "resample:x"]:
+        with pytest.raises(ValueError, match="transform") as error:
+            load_dataset(f"folder:{tmp_path / 'missing'}", transform=spec)
+        assert "\n" not in str(error.value)
+    with pytest.raises(TypeError, match="transform"):
+        load_dataset("synthetic", transform=3)
+    config = check_config({"transform": "resample:2"})
+    assert config["transform"] == ("resample:2",)
+    assert run_dataset_arguments(config)["transform"] == ("resample:2",)
+    assert run_dataset_arguments({"dataset": "synthetic"})["transform"] == ()  # older runs
+    with pytest.raises(ValueError, match="transform"):
+        check_config({"transform": ["noise:0.1", "sharpen:1"]})

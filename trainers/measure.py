@@ -71,6 +71,11 @@ flags.DEFINE_enum(
     "fill_mode", "wrap", ["wrap", "constant", "nearest", "reflect"],
     "What the shifts bring in at the border (shift_consistency, translation_map).",
 )  # fmt: skip
+flags.DEFINE_list(
+    "transform", None,
+    "A derived data set the probe images come from: resample:2, noise:0.1 (see "
+    "deformstab_tf.data.transform_images). Default: the run's own with its data, else none.",
+)  # fmt: skip
 flags.DEFINE_string("output_dir", None, "Where the report goes; default reports/<model name>.")
 flags.DEFINE_bool(
     "trust_model", False,
@@ -107,7 +112,7 @@ def main(argv):
 _SETTINGS = (
     "dataset", "data_dir", "download", "split", "num_images", "deformation", "magnitude",
     "grid_size", "cutoff", "measures", "layers", "resize_method", "batch_size", "seed",
-    "max_shift", "fill_mode", "trust_model",
+    "max_shift", "fill_mode", "transform", "trust_model",
 )  # fmt: skip
 
 

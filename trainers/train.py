@@ -39,6 +39,12 @@ flags.DEFINE_list(
     "tps:grid_size=3;max_displacement=2, affine:rotation=10, diffeo:cutoff=3;displacement=1 "
     "(comma-separated list; ';' separates a layer's arguments).",
 )
+flags.DEFINE_list(
+    "transform",
+    [],
+    "A derived data set, both splits: resample:2 (shrunk by 2 and enlarged back: smoother), "
+    "noise:0.1 (fixed Gaussian pixel noise per image); see deformstab_tf.data.transform_images.",
+)
 flags.DEFINE_integer("synthetic_classes", 10, "Synthetic task: number of classes (prototypes).")
 flags.DEFINE_float("synthetic_displacement", 2.0, "Synthetic task: TPS strength C of the samples.")
 flags.DEFINE_integer("synthetic_samples", 4096, "Synthetic task: training samples per epoch.")
@@ -132,7 +138,8 @@ flags.DEFINE_integer(
 def config_from_flags():
     """The `train_run` settings the flags give."""
     names = [
-        "dataset", "data_dir", "train_size", "random_labels", "augment", "synthetic_classes",
+        "dataset", "data_dir", "train_size", "random_labels", "augment", "transform",
+        "synthetic_classes",
         "synthetic_displacement", "synthetic_samples", "synthetic_grid_size",
         "synthetic_image_size", "synthetic_channels", "synthetic_prototypes", "model",
         "downsample", "head", "pool_size", "strides", "blur_size", "batch_norm_momentum", "epochs",
