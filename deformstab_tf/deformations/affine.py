@@ -131,30 +131,14 @@ def _inverse(B, matrices):
     return (inv[:, 0], inv[:, 1], inv[:, 2], inv[:, 3]), (t_y, t_x)
 
 
-def affine_source(B, matrices, height, width):
-    """Where each output pixel of an affine warp reads, in pixel coordinates, without a dense
-    field: ``(source_y, source_x)``, each the sum of a ``(B, H, 1)`` and a ``(B, 1, W)`` term
-    (an affine map is a row term plus a column term), broadcast by the caller.
-
-    The resampler's affine path (`warp_affine`) builds its sampling coordinates here; they
-    equal ``q - affine_displacement(matrices)`` to float32 rounding.
-    """
-    (i00, i01, i10, i11), (t_y, t_x) = _inverse(B, matrices)
-    # (sizes may be tensors in a shape-generic trace)
-    centre_y = (B.cast(height, "float32") - 1.0) / 2.0
-    centre_x = (B.cast(width, "float32") - 1.0) / 2.0
-    qy = B.numpy.arange(height, dtype="float32")[None, :] - (centre_y + t_y[:, None])
-    qx = B.numpy.arange(width, dtype="float32")[None, :] - (centre_x + t_x[:, None])
-    source_y = (centre_y + i00[:, None] * qy)[:, :, None] + (i01[:, None] * qx)[:, None, :]
-    source_x = (i10[:, None] * qy)[:, :, None] + (centre_x + i11[:, None] * qx)[:, None, :]
-    return source_y, source_x
-
-
 # Elementwise over (B, H, W): fused by XLA into one loop instead of ~15 full-size ops.
 def _affine_field(B, matrices, height, width):
     (i00, i01, i10, i11), (t_y, t_x) = _inverse(B, matrices)
-    ys = B.numpy.arange(height, dtype="float32")[None, :, None] - (height - 1) / 2.0
-    xs = B.numpy.arange(width, dtype="float32")[None, None, :] - (width - 1) / 2.0
+    # (the sizes are tensors in a shape-generic trace, as inside the resample's)
+    centre_y = (B.cast(height, "float32") - 1.0) / 2.0
+    centre_x = (B.cast(width, "float32") - 1.0) / 2.0
+    ys = B.numpy.arange(height, dtype="float32")[None, :, None] - centre_y
+    xs = B.numpy.arange(width, dtype="float32")[None, None, :] - centre_x
     qy = ys - t_y[:, None, None]
     qx = xs - t_x[:, None, None]
     source_y = i00[:, None, None] * qy + i01[:, None, None] * qx
