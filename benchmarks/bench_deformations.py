@@ -16,6 +16,15 @@ times, alternating the contenders round by round:
   the elastic one at kornia's defaults). They resample with ``torch.nn.functional.grid_sample``,
   as our resampler does on PyTorch for float images.
 
+With ``--compare`` it also times, in one TensorFlow process and alternating round by round, what
+users pick instead at batch 64: our layers in a ``tf.data`` map (``Dataset.from_tensors(batch)
+.repeat().map(layer)``, one batch per step), albumentations per image (``ThinPlateSpline``,
+``ElasticTransform``, ``Affine``; and the bare ``cv2.warpAffine`` it calls) and, in a process of
+its own, kornia batched on PyTorch's CPU (channels first; ``--rounds`` alternates the two
+processes), each on float32 and on uint8 images (uint8 in, uint8 out: kornia
+takes floats, so its uint8 time includes the conversions). Rows ``mode="compare"`` carry wall
+images/s and images per CPU second of this process (steadier on a shared host).
+
 Each backend runs in its own process (``KERAS_BACKEND`` is read once, at import); with
 ``--rounds N`` the backends' processes alternate N times and the table shows the median over
 rounds. Under JAX the layers run through ``layer.stateless_call`` inside ``jax.jit``, so their
@@ -25,7 +34,7 @@ Prints a table (median ms per batch and images/s) and writes JSON. Usage::
 
     python benchmarks/bench_deformations.py [--backends tensorflow,jax,torch] [--repeats 7] \
         [--rounds 1] [--sizes 256x32x32x3,32x224x224x3] [--skip "keras ,per-sample"] \
-        [--out benchmarks/results/bench_deformations.json]
+        [--compare] [--out benchmarks/results/bench_deformations.json]
 
 On PyTorch the torch threads follow ``OMP_NUM_THREADS`` (``OMP_NUM_THREADS=1`` gives steadier
 figures on a busy machine); ``targets`` then also hold our layers' speed as a multiple of kornia's
@@ -33,6 +42,7 @@ and of the gather resampler's.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -316,6 +326,183 @@ def run_backend(repeats, sizes=tuple(SETTINGS), skip=()):
     return rows
 
 
+COMPARE_SIZES = {"64x32x32x3": (64, 32, 32, 3), "64x224x224x3": (64, 224, 224, 3)}
+COMPARE_KINDS = ("TPS", "elastic", "affine")
+
+
+def comparison_contenders(shape, dtype, group):
+    """``{(kind, who): step}`` for one image batch of `shape` and `dtype`: each step warps one
+    batch of 64 (ours: one ``tf.data`` element). `group` ``"tensorflow"``: ours,
+    albumentations and OpenCV; ``"torch"``: kornia (PyTorch's and TensorFlow's thread pools
+    in one process slow each other down)."""
+    if group == "torch":
+        return _kornia_steps(shape, dtype)
+    import tensorflow as tf
+
+    from deformstab_tf.layers import RandomAffine, RandomDiffeomorphism, RandomThinPlateSpline
+
+    batch, height, width, _ = shape
+    setting = SETTINGS["256x32x32x3" if height <= 32 else "32x224x224x3"]
+    grid, c = setting["grid_size"], setting["max_displacement"]
+    rng = np.random.default_rng(1)
+    images = rng.random(shape).astype("float32")
+    if dtype == "uint8":
+        images = np.round(images * 255).astype("uint8")
+    ours = {
+        "TPS": RandomThinPlateSpline(grid, c, seed=0),
+        "elastic": RandomDiffeomorphism(cutoff=3, displacement=1.0, seed=0),
+        "affine": RandomAffine(rotation=10, scale=0.1, shear=0.1, translation=0.1, seed=0),
+    }
+    steps = {}
+    # One batch per step, computed when asked for: no prefetch (tf.data injects one by default,
+    # which would compute the next batch while the others are timed), no autotuned parallelism.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    options.experimental_optimization.map_parallelization = False
+    for kind, layer in ours.items():
+        data = tf.data.Dataset.from_tensors(images).repeat().map(layer)
+        steps[(kind, "ours (tf.data)")] = functools.partial(next, iter(data.with_options(options)))
+    try:
+        import albumentations as A
+        import cv2
+    except ImportError:
+        A = None
+    if A is not None:
+        shear = float(np.degrees(np.arctan(0.1)))
+        reflect = cv2.BORDER_REFLECT  # d c b a | a b c d: our "reflect"
+        # albumentations' TPS scale is the control points' displacement spread as a fraction
+        # of the image: our largest control displacement, in those units.
+        transforms = {
+            "TPS": A.ThinPlateSpline(
+                scale_range=(c / height, c / height), num_control_points=grid, p=1.0
+            ),
+            "elastic": A.ElasticTransform(p=1.0),
+            "affine": A.Affine(
+                rotate=(-10, 10),
+                scale=(0.9, 1.1),
+                translate_percent=(-0.1, 0.1),
+                shear=(-shear, shear),
+                border_mode=reflect,
+                p=1.0,
+            ),
+        }
+        for kind, transform in transforms.items():
+            steps[(kind, "albumentations")] = lambda t=transform: [
+                t(image=image)["image"] for image in images
+            ]
+        matrix = np.float32([[0.98, -0.17, 10.0], [0.17, 0.98, -5.0]])
+        steps[("affine", "cv2.warpAffine")] = lambda: [
+            cv2.warpAffine(image, matrix, (width, height), borderMode=reflect) for image in images
+        ]
+    return steps
+
+
+def _kornia_steps(shape, dtype):
+    steps = {}
+    height = shape[1]
+    setting = SETTINGS["256x32x32x3" if height <= 32 else "32x224x224x3"]
+    grid, c = setting["grid_size"], setting["max_displacement"]
+    images = np.random.default_rng(1).random(shape).astype("float32")
+    if dtype == "uint8":
+        images = np.round(images * 255).astype("uint8")
+    try:
+        import torch
+
+        kornia = kornia_contenders(shape, grid, c)
+    except ImportError:
+        kornia = {}
+    if kornia:
+        channels_first = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        names = {
+            "TPS": "kornia RandomThinPlateSpline",
+            "elastic": "kornia RandomElasticTransform",
+            "affine": "kornia RandomAffine",
+        }
+        for kind, name in names.items():
+
+            def step(augment=kornia[name]):
+                with torch.no_grad():
+                    if dtype == "uint8":  # kornia takes floats: uint8 in, uint8 out
+                        out = augment(channels_first.float() / 255.0)
+                        return (out * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+                    return augment(channels_first)
+
+            steps[(kind, "kornia")] = step
+    return steps
+
+
+def run_comparison(repeats, group, sizes=tuple(COMPARE_SIZES)):
+    """Rows ``{size, mode="compare", dtype, transform, contender, ms_per_batch,
+    cpu_ms_per_batch}`` of `group`'s contenders (see `comparison_contenders`): every one of
+    every dtype timed alternately, one batch each, `repeats` times (medians)."""
+    steps = {}
+    for size in sizes:
+        for dtype in ("float32", "uint8"):
+            shape = COMPARE_SIZES[size]
+            for (kind, who), step in comparison_contenders(shape, dtype, group).items():
+                step()  # compile, warm up
+                step()
+                steps[(size, dtype, kind, who)] = step
+    wall = {key: [] for key in steps}
+    cpu = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+    return [
+        {
+            "size": size,
+            "mode": "compare",
+            "dtype": dtype,
+            "transform": kind,
+            "contender": who,
+            "ms_per_batch": statistics.median(wall[key]) * 1e3,
+            "cpu_ms_per_batch": statistics.median(cpu[key]) * 1e3,
+        }
+        for key in steps
+        for size, dtype, kind, who in [key]
+    ]
+
+
+def comparison_table(rows):
+    """The comparison as printed lines: images/s (wall) per transform, dtype and contender, and
+    the affine targets (ours / kornia, ours / (cv2.warpAffine / 2))."""
+    lines, targets = [], {}
+    who_order = ("ours (tf.data)", "albumentations", "kornia", "cv2.warpAffine")
+    for size in COMPARE_SIZES:
+        for dtype in ("float32", "uint8"):
+            found = {
+                (r["transform"], r["contender"]): r
+                for r in rows
+                if r["size"] == size and r["dtype"] == dtype
+            }
+            if not found:
+                continue
+            lines.append(f"{size} {dtype}: images/s wall (per CPU second)")
+            for kind in COMPARE_KINDS:
+                cells = []
+                for who in who_order:
+                    row = found.get((kind, who))
+                    if row:
+                        cells.append(f"{who} {row['images_per_s']:,} ({row['images_per_cpu_s']:,})")
+                lines.append(f"  {kind:<8} " + " / ".join(cells))
+            ours = found.get(("affine", "ours (tf.data)"))
+            for other, key, factor in (
+                ("kornia", "affine_vs_kornia (target >= 1)", 1.0),
+                ("cv2.warpAffine", "affine_vs_half_opencv (target >= 1 at 224 px)", 0.5),
+            ):
+                theirs = found.get(("affine", other))
+                if ours and theirs:
+                    targets.setdefault(f"{size}/{dtype}", {})[key] = {
+                        measure: round(ours[measure] / (factor * theirs[measure]), 2)
+                        for measure in ("images_per_s", "images_per_cpu_s")
+                    }
+    return lines, targets
+
+
 def _version(backend):
     import importlib
 
@@ -331,7 +518,13 @@ def main():
     parser.add_argument(
         "--skip", default="", help="leave out contenders whose name contains one of these (a,b)"
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time ours in tf.data against albumentations and kornia (batch 64)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child_compare", default="", help=argparse.SUPPRESS)
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "bench_deformations.json")
     )
@@ -341,6 +534,16 @@ def main():
     if unknown:
         raise SystemExit(f"error: unknown --sizes {unknown}; choose from {list(SETTINGS)}")
     skip = tuple(part.strip() for part in args.skip.split(",") if part.strip())
+    if args.child_compare:  # the comparison, on TensorFlow: rows as JSON on the last line
+        machine = {**machine_info(), "tensorflow": _version("tensorflow")}
+        for package in ("albumentations", "cv2", "kornia", "torch"):
+            try:
+                machine[package] = _version(package)
+            except ImportError:
+                pass
+        rows = run_comparison(args.repeats, args.child_compare)
+        print(json.dumps({"rows": rows, "machine": machine}))
+        return
     if args.child:  # one backend, in this process: rows as JSON on the last line of stdout
         import keras
 
@@ -374,6 +577,42 @@ def main():
             for row in result["rows"]:
                 key = (row["size"], row["mode"], row["contender"])
                 measured.setdefault(key, []).append(row.get("ms_per_batch", row.get("error")))
+
+    compared, timings = [], {}
+    for round_index in range(args.rounds if args.compare else 0):
+        # Ours with albumentations and OpenCV in one process, kornia in another, alternating.
+        for group in ("tensorflow", "torch"):
+            print(f"comparison round {round_index + 1}/{args.rounds}: {group} ...", flush=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child_compare", group, "--repeats"]
+                + [str(args.repeats)],
+                env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"error: the comparison failed:\n{done.stderr[-2000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            machine.update(result["machine"])
+            for row in result["rows"]:
+                key = tuple(row[k] for k in ("size", "mode", "dtype", "transform", "contender"))
+                timings.setdefault(key, []).append(row)
+    for (size, mode, dtype, kind, who), runs in timings.items():
+        images = COMPARE_SIZES[size][0]
+        wall = statistics.median(run["ms_per_batch"] for run in runs)
+        cpu = statistics.median(run["cpu_ms_per_batch"] for run in runs)
+        compared.append(
+            {
+                "size": size,
+                "mode": mode,
+                "dtype": dtype,
+                "transform": kind,
+                "contender": who,
+                "ms_per_batch": round(wall, 2),
+                "images_per_s": round(images / wall * 1e3),
+                "images_per_cpu_s": round(images / cpu * 1e3),
+            }
+        )
 
     rows = []
     for (size, mode, name), values in measured.items():
@@ -450,6 +689,12 @@ def main():
             "affine": ratio(size, "jax", "RandomAffine", "xla", "RandomAffine"),
             "diffeo": ratio(size, "jax", "RandomDiffeomorphism", "xla", "RandomDiffeomorphism"),
         }
+    if compared:
+        lines, compare_targets = comparison_table(compared)
+        print("\nComparison (batch 64):")
+        print("\n".join(lines))
+        targets.update({f"compare {key}": value for key, value in compare_targets.items()})
+        rows.extend(compared)
     print("\nTargets:")
     for key, values in targets.items():
         if any(v is not None for v in values.values()):
