@@ -115,6 +115,10 @@ def warp(
             raise ValueError(
                 f"`displacement` must be finite; it holds NaN or inf at {count} entries."
             )
+    if name != "torch" and interpolation == "bilinear":
+        return _in_two_stages(
+            name, _field_neighbours, images, displacement, fill_mode, fill_value, dtype
+        )
     resample = _backend.compiled(_resample, name, static_argnames=_STATIC)
     return resample(
         images,
@@ -129,6 +133,30 @@ def warp(
 _STATIC = ("interpolation", "fill_mode", "fill_value", "dtype")
 
 
+def _in_two_stages(name, neighbours, images, transform, fill_mode, fill_value, dtype):
+    """Bilinear resampling as two compiled functions: `neighbours` (`_field_neighbours` or
+    `_affine_neighbours`) computes each output pixel's first neighbour and weights once, and
+    `_blend` gathers and blends them.
+
+    In one compiled function XLA fuses the index arithmetic into the gather's loop and recomputes
+    it for every channel of every neighbour: 1.6x (float32) to 2.2x (uint8) slower on CPU at
+    224 px. Inside an outer compiled function (a model under XLA, ``jax.jit``) the two are
+    inlined and fuse as one.
+    """
+    stage = _backend.compiled(neighbours, name, static_argnames=("fill_mode",))
+    index, weight_y, weight_x = stage(images, transform, fill_mode=fill_mode)
+    blend = _backend.compiled(_blend, name, static_argnames=("fill_mode", "fill_value", "dtype"))
+    return blend(
+        images,
+        index,
+        weight_y,
+        weight_x,
+        fill_mode=fill_mode,
+        fill_value=float(fill_value),
+        dtype=dtype,
+    )
+
+
 def warp_affine(
     images,
     matrices,
@@ -138,10 +166,11 @@ def warp_affine(
     dtype=None,
 ):
     """`warp` along affine maps, from their matrices: the same images as
-    ``warp(images, affine_displacement(matrices, H, W))``, in one compiled function.
+    ``warp(images, affine_displacement(matrices, H, W))``, without a dense field.
 
-    On TensorFlow and JAX, XLA fuses the affine map into the resample's loop: no dense field is
-    stored, and the call is one compiled function where the field path is two. On PyTorch it is
+    On TensorFlow and JAX, bilinear sampling is two compiled functions, as in `warp`: the affine
+    map fused into the computation of each pixel's neighbour index and weights, then the gather
+    and blend; the field path is three (field, indices, gather). On PyTorch it is
     the field path (``grid_sample``).
 
     Args:
@@ -185,6 +214,10 @@ def warp_affine(
                 "`matrices` must be finite and invertible. Received: "
                 f"matrices={_backend.to_numpy(matrices).tolist()!r}"
             )
+    if name != "torch" and interpolation == "bilinear":
+        return _in_two_stages(
+            name, _affine_neighbours, images, matrices, fill_mode, fill_value, dtype
+        )
     resample = _backend.compiled(_resample_affine, name, static_argnames=_STATIC)
     return resample(
         images,
@@ -242,7 +275,9 @@ def _finite_on_torch(name, displacement):
 
 # Compiled whatever the caller does (eager, graph, tf.data, jit, or inside an XLA model): the
 # index arithmetic and the gather fuse, which makes the resample ~4x faster on CPU than the same
-# ops run one by one. XLA compiles once per input shape and argument combination.
+# ops run one by one. XLA compiles once per input shape and argument combination. Nearest
+# sampling, and PyTorch; bilinear sampling on TensorFlow and JAX runs the same ops in two
+# compiled functions (`_in_two_stages`).
 def _resample(B, images, displacement, interpolation, fill_mode, fill_value, dtype):
     if B.name == "torch":
         sample_dtype = _grid_sample_dtype(_backend.dtype_name(images), interpolation)
@@ -262,10 +297,11 @@ def _resample(B, images, displacement, interpolation, fill_mode, fill_value, dty
 
 
 def _resample_affine(B, images, matrices, interpolation, fill_mode, fill_value, dtype):
-    # The affine field's formula inside the resample's compiled function: XLA fuses it into the
-    # gather's loop, so no field is stored. (Sampling coordinates built as a row term plus a
-    # column term, which an affine map is, made the same fused loop 2.2x slower on CPU under
-    # XLA, with the same operations; PyTorch's grid_sample takes the field.)
+    # (Nearest sampling, and PyTorch; see `_affine_neighbours` for bilinear.) The affine field's
+    # formula inside the resample's compiled function: XLA fuses it into the gather's loop, so
+    # no field is stored. (Sampling coordinates built as a row term plus a column term, which an
+    # affine map is, made the same fused loop 2.2x slower on CPU under XLA, with the same
+    # operations; PyTorch's grid_sample takes the field.)
     _, height, width, _ = B.core.shape(images)
     field = _affine_field(B, matrices, height, width)
     return _resample(B, images, field, interpolation, fill_mode, fill_value, dtype)
@@ -290,16 +326,57 @@ def _sample(B, images, source_y, source_x, interpolation, fill_mode, fill_value,
             values = B.numpy.where(inside, values, fill)
         return values if dtype is None else _to_dtype(B, values, dtype)
 
-    # Bilinear: the image padded by the pixel that the fill mode reads next to its last row and
-    # column (and, for "constant", a border of fill_value all round), so that the four
-    # neighbours of a sample lie at fixed offsets from its top-left one: one index per pixel,
-    # one gather of the four stacked -> (B, H, W, 4, C).
-    padded = _pad(B, images, fill_mode, fill_value)
-    padded_height, padded_width = B.core.shape(padded)[1:3]
+    index, wy, wx = _neighbours(B, images, source_y, source_x, fill_mode)
+    return _blend(B, images, index, wy, wx, fill_mode, fill_value, dtype)
+
+
+def _field_neighbours(B, images, displacement, fill_mode):
+    """`_neighbours` of the samples that `displacement` reads (the first stage of `warp`)."""
+    batch, height, width, _ = B.core.shape(images)
+    displacement = B.cast(displacement, "float32")
+    displacement = B.numpy.broadcast_to(displacement, (batch, height, width, 2))
+    rows = B.numpy.arange(height, dtype="float32")[None, :, None]
+    cols = B.numpy.arange(width, dtype="float32")[None, None, :]
+    source_y = rows - displacement[..., 0]
+    source_x = cols - displacement[..., 1]
+    return _neighbours(B, images, source_y, source_x, fill_mode)
+
+
+def _affine_neighbours(B, images, matrices, fill_mode):
+    """`_neighbours` of the samples that affine `matrices` read (the first stage of
+    `warp_affine`): the affine field's formula, fused by XLA into the index arithmetic (no field
+    is stored)."""
+    _, height, width, _ = B.core.shape(images)
+    field = _affine_field(B, matrices, height, width)
+    return _field_neighbours(B, images, field, fill_mode)
+
+
+def _neighbours(B, images, source_y, source_x, fill_mode):
+    """Where bilinear sampling of `images` at ``(source_y, source_x)`` reads: the flat int32
+    index of each sample's first (top-left) neighbour in the image that `_pad` pads, and the
+    weights ``(wy, wx)`` of the neighbours below and to the right, each ``(B, H, W)``.
+
+    Padded by the pixel that the fill mode reads next to its last row and column (and, for
+    "constant", a border of fill_value all round), the image holds the four neighbours of a
+    sample at fixed offsets from its top-left one: one index per pixel.
+    """
+    batch, height, width, _ = B.core.shape(images)
+    border = 2 if fill_mode == "constant" else 1
+    padded_height, padded_width = height + border, width + border
     y0, wy = _bilinear_axis(B, source_y, height, fill_mode)
     x0, wx = _bilinear_axis(B, source_x, width, fill_mode)
     base = B.numpy.arange(batch, dtype="int32") * (padded_height * padded_width)
     index = B.numpy.reshape(base, (-1, 1, 1)) + y0 * padded_width + x0
+    return index, wy, wx
+
+
+def _blend(B, images, index, wy, wx, fill_mode, fill_value, dtype):
+    """Bilinear samples of `images` from `_neighbours`' ``(index, wy, wx)``: one gather of the
+    four neighbours stacked -> ``(B, H, W, 4, C)``, blended in float32, cast to `dtype`."""
+    channels = B.core.shape(images)[3]
+    image_dtype = _backend.dtype_name(images)
+    padded = _pad(B, images, fill_mode, fill_value)
+    padded_width = B.core.shape(padded)[2]
     offsets = B.convert_to_tensor([0, 1, padded_width, padded_width + 1], "int32")
     flat = B.numpy.reshape(padded, (-1, channels))
     values = B.cast(_backend.take_rows(B, flat, index[..., None] + offsets), "float32")
