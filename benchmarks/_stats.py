@@ -292,3 +292,97 @@ def p1_statistics(points):
         "spearman_D_ci": ci_d,
         "holds": None if ci_r is None else bool(ci_r[0] > 0),
     }
+
+
+def paired_differences(before, after):
+    """`after - before` per seed (seed k of each), their mean and 95% t interval (None below
+    2 seeds)."""
+    differences = [float(b - a) for a, b in zip(before, after, strict=False)]
+    return {
+        "per_seed": differences,
+        "mean": float(np.mean(differences)) if differences else None,
+        "ci": t_interval(differences),
+    }
+
+
+def m1_statistics(invariance):
+    """M1: per seed, how much more the strided network's invariance grows from the least to the
+    most homogeneous data set than the max-pooled one's: `(strided[smooth] - strided[noise]) -
+    (max[smooth] - max[noise])`; holds when its 95% t interval lies above 0.
+
+    Args:
+        invariance: `{variant: {level: [value per seed]}}` for variants `max`, `strided` and
+            levels `noise`, `plain`, `smooth`.
+    """
+    try:
+        gains = {
+            v: [
+                b - a
+                for a, b in zip(*(invariance[v][k] for k in ("noise", "smooth")), strict=False)
+            ]
+            for v in ("max", "strided")
+        }
+    except KeyError:
+        return {}
+    difference = paired_differences(gains["max"], gains["strided"])
+    return {
+        "method": "per seed: strided's gain in invariance from the noisy to the smoothed data "
+        "minus max pooling's; 95% Student-t interval over seeds; holds when it lies above 0",
+        "invariance": invariance,
+        "gain": gains,
+        "difference": difference,
+        "holds": None if difference["ci"] is None else bool(difference["ci"][0] > 0),
+    }
+
+
+def m2_statistics(points):
+    """M2: per seed, the Spearman rank correlation of the pooling window with invariance and
+    with test accuracy; holds when invariance's 95% t interval lies above 0 and accuracy's
+    below 0 (the trade-off).
+
+    Args:
+        points: `{seed: {window: {"invariance": float, "test_accuracy": float}}}`.
+    """
+    seeds = [seed for seed, windows in sorted(points.items()) if len(windows) >= 3]
+    entry = {}
+    for key in ("invariance", "test_accuracy"):
+        correlations = [
+            spearman(sorted(points[s]), [points[s][k][key] for k in sorted(points[s])])
+            for s in seeds
+        ]
+        entry[key] = {
+            "rank_corr": correlations,
+            "mean": float(np.mean(correlations)) if correlations else None,
+            "ci": _within_correlation_range(t_interval(correlations)),
+        }
+    up, down = entry["invariance"]["ci"], entry["test_accuracy"]["ci"]
+    return {
+        "method": "Spearman rank correlation with the pooling window per seed; 95% Student-t "
+        "interval over seeds, clipped to [-1, 1]; holds when invariance's interval > 0 > test "
+        "accuracy's",
+        "points": {str(s): {str(k): v for k, v in w.items()} for s, w in sorted(points.items())},
+        **entry,
+        "holds": None if up is None or down is None else bool(down[1] < 0 < up[0]),
+    }
+
+
+def m3_statistics(pairs):
+    """M3: per feature, the invariance of the network with it minus the network without it,
+    per seed, with a 95% t interval; a feature raises invariance when the interval lies above
+    0; holds when every feature does.
+
+    Args:
+        pairs: `{feature: (values without, values with)}`, each `[value per seed]`.
+    """
+    entries = {
+        feature: paired_differences(without, with_) for feature, (without, with_) in pairs.items()
+    }
+    for entry in entries.values():
+        entry["raises"] = None if entry["ci"] is None else bool(entry["ci"][0] > 0)
+    decided = [e["raises"] for e in entries.values() if e["raises"] is not None]
+    return {
+        "method": "per seed: the invariance of the network with the feature minus without it "
+        "(seed k of each: the same data order); 95% Student-t interval over seeds",
+        "changes": entries,
+        "holds": None if len(decided) < len(entries) or not entries else all(decided),
+    }

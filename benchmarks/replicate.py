@@ -67,6 +67,7 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_integer("z1_seeds", 5, "Extended: training seeds of max and blur (Z1).")
 flags.DEFINE_integer("t2_seeds", 3, "Extended: training seeds of strided (T2).")
+flags.DEFINE_integer("mouton_seeds", 3, "Extended: training seeds of Mouton et al.'s M1-M3.")
 flags.DEFINE_integer("t3_seeds", 2, "Extended: training seeds per noise level (T3).")
 flags.DEFINE_list(
     "p1_architectures",
@@ -161,8 +162,8 @@ def main(argv):
         "synthetic_strengths", "synthetic_epochs", "synthetic_samples", "synthetic_seeds",
         "synthetic_prototypes", "synthetic_downsample", "probe_size",
         "stability_probe_size", "shift_images", "sigmas", "batch_size", "model", "blocks",
-        "synthetic_image_size", "z1_seeds", "t2_seeds", "t3_seeds", "p1_architectures",
-        "p1_sizes", "p1_steps",
+        "synthetic_image_size", "z1_seeds", "t2_seeds", "t3_seeds", "mouton_seeds",
+        "p1_architectures", "p1_sizes", "p1_steps",
     ]  # fmt: skip
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).

@@ -132,6 +132,29 @@ def test_extended_statistics_against_closed_forms():
     assert p1["spearman_D_ci"] == pytest.approx([np.tanh(z - half), np.tanh(z + half)], abs=1e-5)
     assert p1["holds"] is True
     assert replicate.p1_statistics(points[:2])["holds"] is None
+    # M1: strided gains (0.9 - 0.7, 0.85 - 0.7) against max's (0.1, 0.1) per seed.
+    invariance = {
+        "strided": {"noise": [0.7, 0.7], "plain": [0.8, 0.8], "smooth": [0.9, 0.85]},
+        "max": {"noise": [0.8, 0.8], "plain": [0.85, 0.85], "smooth": [0.9, 0.9]},
+    }
+    m1 = replicate.m1_statistics(invariance)
+    assert m1["difference"]["per_seed"] == pytest.approx([0.1, 0.05])
+    half = 12.706205 * 0.025  # t(1) quantile x standard error of [0.1, 0.05]
+    assert m1["difference"]["ci"] == pytest.approx([0.075 - half, 0.075 + half])
+    assert m1["holds"] is False  # 2 seeds: the interval reaches below 0
+    # M2: per seed, invariance rises and accuracy falls with the window in rank order.
+    points = {
+        seed: {k: {"invariance": 0.9 + 0.01 * k + e, "test_accuracy": 0.9 - 0.01 * k}
+               for k, e in zip((2, 3, 4), (0.0, 0.002, -0.001), strict=True)}
+        for seed in (0, 1, 2)
+    }  # fmt: skip
+    m2 = replicate.m2_statistics(points)
+    assert m2["invariance"]["rank_corr"] == [1.0, 1.0, 1.0] and m2["holds"] is True
+    assert m2["test_accuracy"]["ci"] == [-1.0, -1.0]
+    # M3: a feature's invariance with minus without it, per seed.
+    m3 = replicate.m3_statistics({"blur": ([0.9, 0.8, 0.85], [0.95, 0.86, 0.9])})
+    assert m3["changes"]["blur"]["per_seed"] == pytest.approx([0.05, 0.06, 0.05])
+    assert m3["changes"]["blur"]["raises"] is True and m3["holds"] is True
 
 
 def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypatch):
@@ -625,7 +648,7 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     extended_args = [*args, "--scale=extended", "--z1_seeds=2", "--t2_seeds=1",
                      "--t3_seeds=1", "--paper_epochs=1", "--paper_train_size=24",
                      "--p1_architectures=lenet,fully_connected", "--p1_sizes=24",
-                     "--p1_steps=5"]  # fmt: skip
+                     "--p1_steps=5", "--mouton_seeds=1"]  # fmt: skip
     run = functools.partial(subprocess.run, cwd=ROOT, capture_output=True, text=True, timeout=600)
     trained = run([*extended_args, "--train_next"])
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -636,7 +659,9 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert os.listdir(docs / "replication" / "experiments" / "retrained") == ["max_s0.json"]
     with open(docs / "replication" / "results.json") as file:
         partial = json.load(file)["extended"]
-    assert partial["finished"] == ["retrained/max_s0"] and "retrained/blur_s0" in partial["missing"]
+    # (and Mouton's M2 window 2, the same network measured again)
+    assert partial["finished"] == ["retrained/max_s0", "mouton/m2_k2_s0"]
+    assert "retrained/blur_s0" in partial["missing"]
     rest = run(extended_args)
     assert rest.returncode == 0, rest.stderr[-3000:]
     with open(docs / "replication" / "results.json") as file:
@@ -729,6 +754,40 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     )
     assert (docs / "replication" / "extended" / "intervals.png").exists()
     assert "](replication/extended/intervals.png)" in report.split("# Extended studies")[1]
+    # Mouton et al.'s study: the maps of every network on its own data, M2's window 2 is the
+    # retrained max_s0 measured again, M1's data sets derived from the folder.
+    mouton = extended["mouton_networks"]
+    assert sorted(mouton) == sorted(
+        [f"m1_{v}_{level}_s0" for v in ("max", "strided") for level in ("noise", "plain", "smooth")]
+        + [f"m3_{change}_s0" for change in ("flatten", "blur", "translate")]
+        + [f"m2_k{k}_s0" for k in (2, 3, 4, 5)]
+    )
+    k2 = json.loads((docs / "replication" / "experiments" / "mouton" / "m2_k2_s0.json").read_text())
+    assert k2["test_accuracy"] == record["test_accuracy"]  # the same network, not retrained
+    assert not (tmp_path / "runs" / "mouton" / "m2_k2_s0").exists()
+    maps = k2["translation_map"]
+    assert list(maps["maps"]) == ["input", "block2_down", "logits"]
+    assert np.asarray(maps["maps"]["logits"]).shape == (9, 9)
+    assert maps["maps"]["logits"][4][4] == pytest.approx(1.0)  # no shift
+    assert mouton["m2_k2_s0"]["invariance"] == maps["mean"]["logits"]
+    noisy_m1 = json.loads((tmp_path / "runs" / "mouton" / "m1_strided_noise_s0" / "config.json")
+                          .read_text())  # fmt: skip
+    assert noisy_m1["config"]["transform"] == ["noise:0.1"]
+    assert noisy_m1["config"]["augment"] == ["flip"]
+    k5 = json.loads((tmp_path / "runs" / "mouton" / "m2_k5_s0" / "config.json").read_text())
+    assert k5["config"]["pool_size"] == 5
+    assert extended["M2"]["points"]["0"]["5"]["invariance"] == mouton["m2_k5_s0"]["invariance"]
+    assert extended["M1"]["holds"] is None and extended["M3"]["seeds"] == [0]  # one seed
+    m3 = extended["M3"]["invariance"]["changes"]
+    assert m3["gap"]["per_seed"] == [
+        pytest.approx(
+            mouton["m1_max_plain_s0"]["invariance"] - mouton["m3_flatten_s0"]["invariance"]
+        )
+    ]
+    assert "## Mouton et al.: stride, pooling window" in report
+    assert "| M2 | Larger pooling windows at stride 2" in report
+    assert (docs / "replication" / "extended" / "mouton_maps.png").exists()
+    assert (docs / "replication" / "extended" / "m2_tradeoff.png").exists()
     # Rewriting the paper-scale report keeps the extended section below it.
     assert run([*paper_args, "--report_only"]).returncode == 0
     rewritten = (docs / "replication.md").read_text()

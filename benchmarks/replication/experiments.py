@@ -24,6 +24,22 @@ T3_NOISE = (0.05, 0.15)
 # T2: training images on which a permuted network's BatchNormalization statistics are re-estimated
 # (with the old statistics the permuted network is broken, not just permuted).
 RECALIBRATION_IMAGES = 2000
+# Mouton et al.'s stride study. M2: max pooling windows at stride 2 (2 is the retrained `max`).
+M2_KERNELS = (2, 3, 4, 5)
+# M1: the data sets of three levels of local homogeneity (`data.transform_images`; CIFAR-10's
+# test split: 0.940, 0.976, 0.993 by `measures.local_homogeneity`).
+M1_HOMOGENEITY = {"noise": ["noise:0.1"], "plain": [], "smooth": ["resample:2"]}
+# M3: each change from M1's max-pooled network on the plain data (global average pooling,
+# flips only), one at a time; and the feature each compares (`gap` is the base network's,
+# compared with the flatten head).
+M3_CHANGES = {
+    "flatten": {"head": "flatten"},
+    "blur": {"downsample": "blur"},
+    "translate": {"augment": ["standard"]},
+}
+M3_FEATURES = {"gap": "flatten", "blur": "blur", "translate": "translate"}  # feature: change
+# The translation maps Mouton et al.'s measure keeps whole (the others: means and rings).
+MAP_PROBES = ("input", "block2_down", "logits")
 
 # The training recipe every trained experiment starts from (a row overrides what it changes).
 RECIPE = {
@@ -40,7 +56,7 @@ RECIPE = {
 
 
 # The kinds of experiment trained at paper scale, whose results are committed under docs/.
-COMMITTED_KINDS = ("paper", "retrained", "noisy", "p1")
+COMMITTED_KINDS = ("paper", "retrained", "noisy", "p1", "mouton")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +72,12 @@ class Experiment:
             `"shift_consistency"` (`--shift_images`, one pair each),
             `"shift_consistency_test_set"` (every test image, `TEST_SET_SHIFT_PAIRS` pairs each),
             `"channel_permutation"` (D/G/R of the network with its convolutions' input
-            channels permuted, T2).
+            channels permuted, T2), `"translation_map"` (Mouton et al.'s translation maps on
+            `--stability_probe_size` test images of the row's data, wrap-around shifts up to
+            `MAX_SHIFT`, at the default probe points and the logits).
         smooth_sigma: Gaussian smoothing of the initial kernels (the F4b intervention).
+        network: the name of another row whose network this row measures (the same `train`
+            settings): its run directory is shared, so the network is trained once.
     """
 
     name: str
@@ -65,6 +85,7 @@ class Experiment:
     train: dict = None
     measure: tuple = ()
     smooth_sigma: float = 0.0
+    network: str = None
 
     @property
     def kind(self):
@@ -126,8 +147,12 @@ def plan(s):
             weight_decay=s.paper_weight_decay,
         )
 
+    def short_recipe(v, seed):  # the CPU-sized recipe, flips only
+        return {**cifar(v, seed, train_size=s.train_size, epochs=s.epochs), "augment": ["flip"]}
+
     if s.scale == "extended":
-        return extended_plan(s, paper_recipe, trained_measures)
+        rows = extended_plan(s, paper_recipe, trained_measures)
+        return rows + mouton_plan(s, paper_recipe, short_recipe)
     if s.scale == "paper":
         return [
             Experiment(
@@ -270,6 +295,52 @@ def extended_plan(s, paper_recipe, trained_measures):
     return rows
 
 
+def mouton_plan(s, paper_recipe, short_recipe):
+    """Mouton et al.'s stride study, `--mouton_seeds` seeds each, after the other studies.
+
+    `mouton/m2_k<k>_s<seed>`: M2 at paper scale (generalisation needs it): max pooling of
+    window `k` in `M2_KERNELS` at stride 2; `k = 2` is `retrained/max_s<seed>`, measured again
+    (not retrained). `mouton/m1_<variant>_<level>_s<seed>`: M1 at the CPU-sized scale (an
+    invariance comparison, decided within seeds): `max` and `strided` on the data sets of
+    `M1_HOMOGENEITY`. `mouton/m3_<change>_s<seed>`: M3 at the CPU-sized scale, each change of
+    `M3_CHANGES` from `m1_max_plain`. Every network's translation maps are measured on its own
+    data's test images.
+    """
+    rows, invariance = [], ("translation_map", "shift_consistency_test_set")
+    for seed in range(s.mouton_seeds):
+        for level, transform in M1_HOMOGENEITY.items():
+            for v in ("max", "strided"):
+                rows.append(
+                    Experiment(
+                        f"mouton/m1_{v}_{level}_s{seed}",
+                        {"study": "M1", "variant": v, "homogeneity": level, "seed": seed},
+                        {**short_recipe(v, seed), "transform": transform},
+                        invariance,
+                    )
+                )
+        for change, settings in M3_CHANGES.items():
+            rows.append(
+                Experiment(
+                    f"mouton/m3_{change}_s{seed}",
+                    {"study": "M3", "change": change, "seed": seed},
+                    {**short_recipe("max", seed), **settings},
+                    invariance,
+                )
+            )
+    for seed in range(s.mouton_seeds):
+        for k in M2_KERNELS:
+            rows.append(
+                Experiment(
+                    f"mouton/m2_k{k}_s{seed}",
+                    {"study": "M2", "variant": "max", "pool_size": k, "seed": seed},
+                    {**paper_recipe("max", seed), "pool_size": k},
+                    invariance,
+                    network=f"retrained/max_s{seed}" if k == 2 else None,
+                )
+            )
+    return rows
+
+
 # P1 networks not trained: the VGG on all images is `retrained/max_s0`; EfficientNetB0 on all
 # images would take about 2.5 h on 2 CPU cores (about 1 s per step).
 P1_LEFT_OUT = {("cifar_vgg", 50000), ("efficientnet_b0", 50000)}
@@ -338,15 +409,19 @@ class Runner:
         write_json(self.result_path(experiment), result)
         return result
 
-    def probe_images(self, count):
-        """The first `count` CIFAR-10 test images (decoded once per process)."""
-        if count not in self._probes:
+    def probe_images(self, count, transform=()):
+        """The first `count` CIFAR-10 test images, of the derived data set `transform`
+        (decoded once per process)."""
+        key = (count, *transform) if transform else count
+        if key not in self._probes:
             from deformstab_tf.data import load_dataset, take_images
 
-            _, test, info = load_dataset(f"folder:{self.settings.cifar10}", batch_size=256)
+            _, test, info = load_dataset(
+                f"folder:{self.settings.cifar10}", batch_size=256, transform=list(transform)
+            )
             self._num_classes = info.num_classes
-            self._probes[count] = take_images(test, count)
-        return self._probes[count]
+            self._probes[key] = take_images(test, count)
+        return self._probes[key]
 
     def _initial_model(self, experiment):
         import keras
@@ -366,7 +441,7 @@ class Runner:
         return model
 
     def run_directory(self, experiment):
-        return os.path.join(self.root, experiment.name)
+        return os.path.join(self.root, experiment.network or experiment.name)
 
     def is_trained(self, experiment):
         """Whether the row's network has finished training (its run directory is complete)."""
@@ -448,6 +523,7 @@ class Runner:
         from deformstab_tf.measures.plan import measure
 
         s, seed, wanted = self.settings, experiment.fields["seed"], experiment.measure
+        transform = tuple((experiment.train or {}).get("transform", ()))
         out = {"smoothness": dict(measure(model, "smoothness")["smoothness"])}
         if "sensitivity" in wanted:
             tps = ds.deformation_layer("tps", seed=seed, **INIT_TPS)
@@ -461,8 +537,10 @@ class Runner:
             images = self.probe_images(s.shift_images)
             result = measure(model, "shift_consistency", images, max_shift=MAX_SHIFT, seed=seed)
             out["shift_consistency"] = result["shift_consistency"]["output"]
+        if "translation_map" in wanted:
+            out["translation_map"] = self._translation_map(model, transform)
         if "shift_consistency_test_set" in wanted:
-            images = self.probe_images(self.test_size())
+            images = self.probe_images(self.test_size(), transform)
             result = measure(
                 model,
                 "shift_consistency",
@@ -478,6 +556,31 @@ class Runner:
                 **{k: result.metadata[k] for k in ("num_images", "pairs_per_image", "seed")},
             }
         return out
+
+    def _translation_map(self, model, transform):
+        """Mouton et al.'s measure: per probe point (the defaults and the logits) the mean of
+        its translation map and of each ring, and the whole maps at `MAP_PROBES`."""
+        from deformstab_tf.measures.features import default_probe_layer_names
+        from deformstab_tf.measures.plan import measure
+        from deformstab_tf.measures.translation import similarity_map
+
+        images = self.probe_images(self.settings.stability_probe_size, transform)
+        default, output = default_probe_layer_names(model), model.layers[-1].name
+        layers = [*default, output] if output not in default else default
+        result = measure(
+            model, "translation_map", images, layers=layers, batch_size=100, max_shift=MAX_SHIFT
+        )["translation_map"]
+        return {
+            "mean": dict(result),
+            "rings": result.details,
+            "output_layer": output,
+            "maps": {
+                name: np.round(similarity_map(result, name), 6).tolist()
+                for name in MAP_PROBES
+                if name in result
+            },
+            **{k: result.metadata[k] for k in ("num_images", "max_shift", "fill_mode")},
+        }
 
     def _channel_permutation(self, model, seed, at_output):
         """T2: D/G/R of the network with its convolutions' input channels permuted (seeded
@@ -659,12 +762,16 @@ def gather_extended(settings, experiments, finished):
     s, done = settings, []
     cpu = wall = 0.0
     groups = {"retrained": {}, "noisy": {}, "p1": {}}  # kind -> group -> seed -> result
+    mouton = []
     for experiment, r in finished:
         done.append(experiment.name)
         cpu += r.get("cpu_seconds", 0.0)
         wall += r.get("wall_seconds", 0.0)
         if r.get("trained_separately"):
             wall += r.get("train_wall_seconds") or 0.0
+        if experiment.kind == "mouton":
+            mouton.append((experiment, r))
+            continue
         if experiment.kind == "p1":
             group = f"{r['architecture']}_n{r['train_size']}"
         elif experiment.kind in groups:
@@ -735,7 +842,9 @@ def gather_extended(settings, experiments, finished):
 
     committed = committed_paper_networks(s)
     keys = ("test_accuracy", "shift_consistency", "R_last", "D_last", "G_last", "sensitivity")
+    studies = gather_mouton([(e, r) for e, r in mouton if r.get("cpu_bfloat16") == used])
     return {
+        **studies,
         "settings": {
             "recipe": "the paper-scale recipe (see paper.settings), retrained on this machine",
             "z1_seeds": s.z1_seeds,
@@ -775,6 +884,86 @@ def gather_extended(settings, experiments, finished):
             committed,
             keys,
         ),  # fmt: skip
+    }
+
+
+def gather_mouton(finished):
+    """Mouton et al.'s findings from the finished `mouton/` rows (`M1`, `M2`, `M3`; none
+    without a finished row). Invariance is the mean of the translation map at the logits; the
+    shift consistency on the whole test set is kept beside it."""
+    from _stats import m1_statistics, m2_statistics, m3_statistics  # benchmarks/ on sys.path
+
+    if not finished:
+        return {}
+    m1, m2, m3 = {}, {}, {}
+    networks = {}
+    for experiment, r in finished:
+        point = mouton_point(r)
+        networks[experiment.name.split("/", 1)[1]] = point
+        study, seed = r["study"], r["seed"]
+        if study == "M1":
+            m1.setdefault(r["variant"], {}).setdefault(r["homogeneity"], {})[seed] = point
+        elif study == "M2":
+            m2.setdefault(seed, {})[r["pool_size"]] = point
+        else:
+            m3.setdefault(r["change"], {})[seed] = point
+
+    def seeds_of(groups):  # the seeds finished in every group
+        sets = [set(seeds) for seeds in groups]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def values(by_seed, seeds, key="invariance"):
+        return [by_seed[k][key] for k in seeds]
+
+    m1_groups = [
+        m1.get(v, {}).get(level, {}) for v in ("max", "strided") for level in M1_HOMOGENEITY
+    ]
+    m1_seeds = seeds_of(m1_groups)
+    base = m1.get("max", {}).get("plain", {})
+    m3_seeds = seeds_of([base, *(m3.get(change, {}) for change in M3_CHANGES)])
+    out = {"mouton_networks": networks}
+    out["M1"] = {
+        "seeds": m1_seeds,
+        **m1_statistics(
+            {
+                v: {level: values(m1[v][level], m1_seeds) for level in M1_HOMOGENEITY}
+                for v in ("max", "strided")
+            }
+            if m1_seeds
+            else {}
+        ),
+    }
+    out["M2"] = m2_statistics(
+        {
+            seed: {
+                k: {key: p[key] for key in ("invariance", "test_accuracy")} for k, p in w.items()
+            }
+            for seed, w in m2.items()
+        }
+    )
+    out["M3"] = {"seeds": m3_seeds}
+    for key in ("invariance", "shift_consistency"):
+        pairs = {}
+        for feature, change in M3_FEATURES.items():
+            changed = values(m3.get(change, {}), m3_seeds, key)
+            plain = values(base, m3_seeds, key)
+            # gap is the base network's own feature: with it = base, without = flatten
+            pairs[feature] = (changed, plain) if feature == "gap" else (plain, changed)
+        out["M3"][key] = m3_statistics(pairs) if m3_seeds else {}
+    return out
+
+
+def mouton_point(r):
+    """A Mouton network's numbers: invariance (the translation map's mean at the logits), the
+    map's mean per probe point, shift consistency on the test set, test accuracy."""
+    maps = r["translation_map"]
+    return {
+        "invariance": maps["mean"][maps["output_layer"]],
+        "map_mean": maps["mean"],
+        "shift_consistency": r["shift_consistency_test_set"]["value"],
+        "test_accuracy": r["test_accuracy"],
+        "maps": maps["maps"],
+        "max_shift": maps["max_shift"],
     }
 
 

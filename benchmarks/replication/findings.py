@@ -301,6 +301,50 @@ def _t3(x):
     return Decision(_holds_everywhere(t3), t1_summary(_t1_entries(t3), "conditions"))
 
 
+def _m1(x):
+    """The strided network's gain in invariance from the noisy to the smoothed data, minus max
+    pooling's: its 95% t interval over seeds above 0 (`_stats.m1_statistics`)."""
+    m1 = x.get("M1", {})
+    if not m1.get("difference"):
+        return None
+    d = m1["difference"]
+    return Decision(
+        m1["holds"],
+        f"strided - max gain {d['mean']:+.4f}{interval_text(d['ci'], 4)}, "
+        f"{count(len(m1['seeds']), 'seed')}",
+    )
+
+
+def _m2(x):
+    """Per seed, the rank correlation of the pooling window with invariance above 0 and with
+    test accuracy below 0, each interval over seeds (`_stats.m2_statistics`)."""
+    m2 = x.get("M2", {})
+    if not m2.get("invariance", {}).get("rank_corr"):
+        return None
+    up, down = m2["invariance"], m2["test_accuracy"]
+    return Decision(
+        m2["holds"],
+        f"rank corr. with the window: invariance {up['mean']:+.2f}{interval_text(up['ci'])}, "
+        f"test accuracy {down['mean']:+.2f}{interval_text(down['ci'])}, "
+        f"{count(len(up['rank_corr']), 'seed')}",
+    )
+
+
+def _m3(x):
+    """Every feature (global average pooling vs flatten, blur, translation augmentation) raises
+    invariance: each paired interval over seeds above 0 (`_stats.m3_statistics`)."""
+    m3 = x.get("M3", {}).get("invariance", {})
+    if not m3.get("changes"):
+        return None
+    return Decision(
+        m3["holds"],
+        "; ".join(
+            f"{feature} {e['mean']:+.4f}{interval_text(e['ci'], 4)}"
+            for feature, e in m3["changes"].items()
+        ),
+    )
+
+
 # -- the tables ----------------------------------------------------------------------------------
 
 
@@ -326,6 +370,17 @@ EXTENDED_FINDINGS = _table(
     Finding("P1", "R at the output predicts test error across architectures and sizes", _p1,
             "fewer than 4 networks"),
     Finding("T3", "After training with noise too, D falls with depth while G rises", _t3, _SEEDS),
+)  # fmt: skip
+
+
+# Mouton et al.'s stride study (issue 28): invariance is the translation map's mean at the logits.
+MOUTON_FINDINGS = _table(
+    Finding("M1", "Stride gains more invariance than max pooling as data grow locally "
+            "homogeneous", _m1, _SEEDS),
+    Finding("M2", "Larger pooling windows at stride 2: more invariance, lower test accuracy",
+            _m2, _SEEDS),
+    Finding("M3", "Global average pooling (vs flatten), anti-aliasing and translation "
+            "augmentation each raise invariance", _m3, _SEEDS),
 )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from deformstab_tf.reports import markdown_table
 from .experiments import write_json, write_text
 from .findings import (
     EXTENDED_FINDINGS,
+    MOUTON_FINDINGS,
     NOTES,
     WHY_IT_MAY_DIFFER,
     WHY_THE_SCALES_DIFFER,
@@ -809,6 +810,9 @@ def write_extended_report(docs_dir, extended):
     figures = {}
     if draw_p1_figure(extended.get("P1", {}), os.path.join(directory, "p1_error_vs_R.png")):
         figures["p1"] = "replication/extended/p1_error_vs_R.png"
+    for name, draw in (("mouton_maps", draw_mouton_maps), ("m2_tradeoff", draw_m2_tradeoff)):
+        if draw(extended, os.path.join(directory, f"{name}.png")):
+            figures[name] = f"replication/extended/{name}.png"
     if draw_interval_figure(
         extended_interval_groups(extended),
         os.path.join(directory, "intervals.png"),
@@ -918,6 +922,7 @@ def extended_markdown(x):
     lines += _z1_extended_lines(x["Z1"])
     lines += _t2_lines(x["T2"], x.get("T2_stale_statistics"))
     lines += _t3_lines(x["T3"])
+    lines += _mouton_lines(x)
     lines += _reproducibility_lines(x["reproducibility"])
     return "\n".join(lines) + "\n"
 
@@ -1001,6 +1006,102 @@ def draw_p1_figure(p1, path):
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
+
+
+# The networks whose maps the Mouton section shows side by side (those finished).
+MAP_NETWORKS = ("m1_max_noise_s0", "m1_max_smooth_s0", "m1_strided_noise_s0",
+                "m1_strided_smooth_s0", "m2_k2_s0", "m2_k5_s0")  # fmt: skip
+
+
+def draw_mouton_maps(x, path):
+    """Translation maps (input, a middle layer, the logits) of a few Mouton networks, a row
+    each, on the package's colour scale (`plots.plot_translation_maps`)."""
+    from deformstab_tf.measures import MeasureResult
+    from deformstab_tf.plots import plot_translation_maps
+
+    networks = x.get("mouton_networks", {})
+    shown = {name: networks[name] for name in MAP_NETWORKS if name in networks}
+    if not shown:
+        return False
+    results = {
+        name: MeasureResult(
+            "translation_map",
+            {layer: n["map_mean"].get(layer, math.nan) for layer in n["maps"]},
+            metadata={"max_shift": n["max_shift"], "maps": n["maps"]},
+        )
+        for name, n in shown.items()
+    }
+    figure = plot_translation_maps(results, title="Translation maps (cosine similarity)")
+    figure.savefig(path, dpi=90)
+    return True
+
+
+def draw_m2_tradeoff(x, path):
+    """M2's trade-off: invariance at the logits against test accuracy, a point per network,
+    coloured by the pooling window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = x.get("M2", {}).get("points", {})
+    if not points:
+        return False
+    windows = sorted({int(k) for seed in points.values() for k in seed})
+    colours = dict(zip(windows, plt.cm.viridis(np.linspace(0, 0.9, len(windows))), strict=True))
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for seed in points.values():
+        for k, p in seed.items():
+            axis.scatter(p["test_accuracy"], 1 - p["invariance"], color=colours[int(k)], s=40)
+    for k, colour in colours.items():
+        axis.scatter([], [], color=colour, label=f"max pool {k}x{k}, stride 2")
+    axis.set(yscale="log", xlabel="test accuracy",
+             ylabel="1 - translation similarity at the logits (log)")  # fmt: skip
+    axis.legend(fontsize=7)
+    axis.set_title("M2: invariance against generalisation")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _mouton_lines(x):
+    networks = x.get("mouton_networks", {})
+    if not networks:
+        return []
+    figures = x.get("figures", {})
+    lines = [
+        "",
+        "## Mouton et al.: stride, pooling window, head, anti-aliasing, augmentation",
+        "",
+        "Invariance is Myburgh et al.'s translation map at the logits: the mean cosine "
+        "similarity of the logits of a test image and of the image shifted by (dy, dx), over "
+        "all 81 offsets in [-4, 4]^2 (wrap-around shifts, 500 test images of the network's own "
+        "data). M2 at paper scale (max pooling windows 2-5 at stride 2; window 2 is "
+        "retrained/max); M1 and M3 at the CPU-sized scale (10,000 images, 12 epochs, flips "
+        "only): they compare invariance within a seed, not accuracy. M1's data sets: CIFAR-10 "
+        "with fixed Gaussian pixel noise of SD 0.1, as it is, and shrunk by 2 and enlarged "
+        "back (local homogeneity 0.940, 0.976, 0.993). Budget: "
+        + NOTES["extended"]["mouton_budget"]
+        + ".",
+        "",
+    ]
+    lines += markdown_table(
+        ["finding", "claim", "measured (95% interval over seeds)", "holds"],
+        [[f["finding"], f["claim"], f["summary"], f["verdict"]]
+         for f in evaluate_findings(x, MOUTON_FINDINGS)],
+    )  # fmt: skip
+    lines += ["", "| network | test accuracy | invariance (logits) | shift consistency |"]
+    lines += ["|---|---|---|---|"]
+    for name, n in networks.items():
+        lines.append(
+            f"| {name} | {n['test_accuracy']:.4f} | {n['invariance']:.5f} | "
+            f"{n['shift_consistency']:.4f} |"
+        )
+    for key, caption in (("mouton_maps", "Translation maps"), ("m2_tradeoff", "M2 trade-off")):
+        if key in figures:
+            lines += ["", f"![{caption}]({figures[key]})"]
+    return lines
 
 
 def _z1_extended_lines(z1):
