@@ -115,19 +115,10 @@ def warp(
             raise ValueError(
                 f"`displacement` must be finite; it holds NaN or inf at {count} entries."
             )
-    if name != "torch" and interpolation == "bilinear":
-        return _in_two_stages(
-            name, _field_neighbours, images, displacement, fill_mode, fill_value, dtype
-        )
-    resample = _backend.compiled(_resample, name, static_argnames=_STATIC)
-    return resample(
-        images,
-        displacement,
-        interpolation=interpolation,
-        fill_mode=fill_mode,
-        fill_value=float(fill_value),
-        dtype=dtype,
-    )
+    return _dispatch(
+        name, _field_neighbours, _resample, images, displacement, interpolation, fill_mode,
+        fill_value, dtype,
+    )  # fmt: skip
 
 
 _STATIC = ("interpolation", "fill_mode", "fill_value", "dtype")
@@ -214,14 +205,24 @@ def warp_affine(
                 "`matrices` must be finite and invertible. Received: "
                 f"matrices={_backend.to_numpy(matrices).tolist()!r}"
             )
+    return _dispatch(
+        name, _affine_neighbours, _resample_affine, images, matrices, interpolation, fill_mode,
+        fill_value, dtype,
+    )  # fmt: skip
+
+
+def _dispatch(
+    name, neighbours, resample, images, transform, interpolation, fill_mode, fill_value, dtype
+):
+    """Samples `images` where `transform` (a field or matrices) sends each pixel: bilinear in two
+    compiled stages on TensorFlow and JAX (`_in_two_stages`, with `neighbours`), else in one
+    (`resample`, compiled)."""
     if name != "torch" and interpolation == "bilinear":
-        return _in_two_stages(
-            name, _affine_neighbours, images, matrices, fill_mode, fill_value, dtype
-        )
-    resample = _backend.compiled(_resample_affine, name, static_argnames=_STATIC)
+        return _in_two_stages(name, neighbours, images, transform, fill_mode, fill_value, dtype)
+    resample = _backend.compiled(resample, name, static_argnames=_STATIC)
     return resample(
         images,
-        matrices,
+        transform,
         interpolation=interpolation,
         fill_mode=fill_mode,
         fill_value=float(fill_value),
