@@ -287,13 +287,7 @@ def _resample(B, images, displacement, interpolation, fill_mode, fill_value, dty
                 images, displacement, interpolation, fill_mode, fill_value, sample_dtype
             )
             return out if dtype is None else _to_dtype(B, out, dtype)
-    batch, height, width, _ = B.core.shape(images)
-    displacement = B.cast(displacement, "float32")
-    displacement = B.numpy.broadcast_to(displacement, (batch, height, width, 2))
-    rows = B.numpy.arange(height, dtype="float32")[None, :, None]
-    cols = B.numpy.arange(width, dtype="float32")[None, None, :]
-    source_y = rows - displacement[..., 0]
-    source_x = cols - displacement[..., 1]
+    source_y, source_x = _field_sources(B, images, displacement)
     return _sample(B, images, source_y, source_x, interpolation, fill_mode, fill_value, dtype)
 
 
@@ -333,6 +327,11 @@ def _sample(B, images, source_y, source_x, interpolation, fill_mode, fill_value,
 
 def _field_neighbours(B, images, displacement, fill_mode):
     """`_neighbours` of the samples that `displacement` reads (the first stage of `warp`)."""
+    return _neighbours(B, images, *_field_sources(B, images, displacement), fill_mode)
+
+
+def _field_sources(B, images, displacement):
+    """The pixel coordinates ``(source_y, source_x)`` that a backward `displacement` reads."""
     batch, height, width, _ = B.core.shape(images)
     displacement = B.cast(displacement, "float32")
     displacement = B.numpy.broadcast_to(displacement, (batch, height, width, 2))
@@ -340,7 +339,7 @@ def _field_neighbours(B, images, displacement, fill_mode):
     cols = B.numpy.arange(width, dtype="float32")[None, None, :]
     source_y = rows - displacement[..., 0]
     source_x = cols - displacement[..., 1]
-    return _neighbours(B, images, source_y, source_x, fill_mode)
+    return source_y, source_x
 
 
 def _affine_neighbours(B, images, matrices, fill_mode):
