@@ -102,3 +102,16 @@ def test_the_installed_console_scripts_run_from_another_directory(wheel, tmp_pat
     assert f"package: {site / 'deformstab_tf' / '__init__.py'}" in result.stdout
     assert "deformstab_tf.trainers.train:" in result.stdout  # absl lists the trainer's flags
     assert "--dataset" in result.stdout and "--output_dir" in result.stdout
+
+
+@pytest.mark.parametrize("trainer", ["train", "measure", "compare"])
+def test_a_trainer_runs_as_a_script_by_its_path(trainer, tmp_path):
+    # `python trainers/train.py` runs the file outside its package: a relative import fails.
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "trainers" / f"{trainer}.py"), "--helpshort"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"{trainer}.py:" in result.stdout  # absl lists the script's own flags

@@ -19,8 +19,7 @@ import os
 import warnings
 
 from absl import app, flags
-
-from ._cli import run_main
+from deformstab_tf.trainers._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run directories or glob patterns of them (comma-separated).")

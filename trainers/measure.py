@@ -14,8 +14,7 @@ it loads). See `deformstab_tf.reports.measure_model`, the same in Python.
 import os
 
 from absl import app, flags
-
-from ._cli import run_main
+from deformstab_tf.trainers._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved .keras model.", required=True)

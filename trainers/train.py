@@ -15,8 +15,7 @@ directory with other flags is an error. See `deformstab_tf.training.train_run`.
 import os
 
 from absl import app, flags
-
-from ._cli import run_main
+from deformstab_tf.trainers._cli import run_main
 
 FLAGS = flags.FLAGS
 
