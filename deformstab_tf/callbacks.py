@@ -3,6 +3,7 @@
 import hashlib
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -36,8 +37,9 @@ class StabilityCallback(keras.callbacks.Callback):
       (`stability/relative_stability/mean` is the mean of `R`), and
       `stability/shift_consistency`. On epochs without a measurement the same keys hold NaN
       ("not measured"), so every epoch has the same keys (as `CSVLogger` requires) and no stale
-      value passes for a measurement. Place this callback before `CSVLogger` / `EarlyStopping`
-      in the `callbacks` list.
+      value passes for a measurement. A per-layer measure with no probe point in the model
+      (`smoothness` of a model without a kernel larger than 1x1) is left out of `logs`, with a
+      warning. Place this callback before `CSVLogger` / `EarlyStopping` in the `callbacks` list.
     - keeps every measurement in `self.history`: a list of `{"epoch": int, "step": int,
       "results": {measure: MeasureResult}}`, where `epoch` counts the training epochs completed
       (0 = at initialisation) and `step` is the TensorBoard step (below).
@@ -255,6 +257,13 @@ class StabilityCallback(keras.callbacks.Callback):
         values = self._log_values(results)
         if self._log_keys is None:
             self._log_keys = list(values)
+            for measure, result in results.items():
+                if plan.MEASURES[measure].per_layer and not len(result):
+                    warnings.warn(
+                        f"`measures`: {measure!r} has no probe point in model "
+                        f"{self.model.name!r}; it is left out of the logs.",
+                        stacklevel=2,
+                    )
         if self.log_dir is not None:
             self._write_summaries(record, values)
             self._write_json()  # last: the JSON file is the record of what is complete
@@ -279,7 +288,8 @@ class StabilityCallback(keras.callbacks.Callback):
             parts += [(f"{key}/{c}", result.details[c]) for c in spec.components]
             for prefix, per_probe in parts:
                 values.update({f"{prefix}/{name}": v for name, v in per_probe.items()})
-            values[f"{key}/mean"] = result.mean()
+            if len(result):  # no probe point in this model (smoothness without kernels): no mean
+                values[f"{key}/mean"] = result.mean()
         return values
 
     # -- resuming -------------------------------------------------------------------------------

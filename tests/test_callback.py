@@ -381,3 +381,21 @@ def test_smoothness_alone_needs_no_probe_images(data):
     history = small_model().fit(x, y, epochs=1, verbose=0, callbacks=[stability])
     assert list(stability.history[0]["results"]) == ["smoothness"]
     assert "stability/smoothness/block1_conv1" in history.history
+
+
+def test_smoothness_of_a_model_without_spatial_kernels_is_left_out_not_nan(data):
+    x, y = data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(SHAPE)
+    hidden = keras.layers.Conv2D(4, 1, name="pointwise")(inputs)  # 1x1: no spatial neighbours
+    outputs = keras.layers.Dense(3)(keras.layers.Flatten()(hidden))
+    model = keras.Model(inputs, outputs, name="no_spatial_kernels")
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    stability = StabilityCallback(
+        x[:4], NoiseDeformation(0), measures=("sensitivity", "smoothness")
+    )
+    with pytest.warns(UserWarning, match="'smoothness' has no probe point in model"):
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=[stability])
+    assert not any(key.startswith("stability/smoothness") for key in history.history)
+    assert all(math.isfinite(v) for v in history.history["stability/sensitivity/mean"])
+    assert len(stability.history[-1]["results"]["smoothness"]) == 0
