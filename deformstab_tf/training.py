@@ -668,7 +668,9 @@ def _train(
     }
     if stability is not None:
         final = stability.history[-1]["results"]
-        summary["stability"] = {m: r.mean() for m, r in final.items()}
+        # A measure with no probe point in this model (smoothness of a fully-connected net) has
+        # no mean: left out, as from the callback's logs.
+        summary["stability"] = {m: r.mean() for m, r in final.items() if len(r)}
     _save_model(model, os.path.join(run_dir, MODEL_FILE))
     _write_hparams_metrics(run_dir, config, summary)
     runrecord.write_json(os.path.join(run_dir, SUMMARY_FILE), summary)  # last: marks it complete

@@ -746,6 +746,13 @@ def test_a_reference_model_trains_and_rejects_the_switch_settings(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             check_config(settings)
+    # No kernel, so no smoothness: left out of the summary (not a NaN mean), with a warning.
+    run_dir = str(tmp_path / "fully_connected")
+    with pytest.warns(UserWarning, match="'smoothness' has no probe point"):
+        summary = train_run(run_dir, verbose=0, **{**TINY, "model": "fully_connected",
+                                                   "blocks": None, "epochs": 1})  # fmt: skip
+    assert list(summary["stability"]) == ["sensitivity"]
+    assert np.isfinite(summary["stability"]["sensitivity"])
 
 
 def test_validate_every_validates_only_every_nth_epoch_and_the_last(tmp_path):
