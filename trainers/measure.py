@@ -16,6 +16,8 @@ import os
 from absl import app, flags
 from deformstab_tf.trainers._cli import run_main
 
+from deformstab_tf.measures.plan import MEASURES
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved .keras model.", required=True)
 flags.DEFINE_string(
@@ -39,7 +41,7 @@ flags.DEFINE_integer("cutoff", 3, "Diffeomorphism cut-off c.")
 flags.DEFINE_list(
     "measures",
     ["sensitivity", "relative_stability", "smoothness"],
-    "Any of sensitivity, relative_stability, shift_consistency, translation_map, smoothness.",
+    f"Any of {', '.join(MEASURES)}.",
 )
 flags.DEFINE_list("sweep", [], "Magnitudes of a sweep (sensitivity, and R if measured).")
 flags.DEFINE_list(

@@ -17,6 +17,8 @@ import os
 from absl import app, flags
 from deformstab_tf.trainers._cli import run_main
 
+from deformstab_tf.measures.plan import MEASURES
+
 FLAGS = flags.FLAGS
 
 # Data
@@ -86,7 +88,7 @@ flags.DEFINE_integer("probe_size", 128, "Probe images (from the test split).")
 flags.DEFINE_list(
     "measures",
     ["sensitivity", "smoothness"],
-    "Any of sensitivity, relative_stability, shift_consistency, smoothness; empty = none.",
+    f"Any of {', '.join(MEASURES)}; empty = none.",
 )
 flags.DEFINE_string("deformation", "tps", "Probe deformation: tps, affine or diffeo.")
 flags.DEFINE_float(
