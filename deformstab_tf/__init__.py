@@ -1,7 +1,9 @@
 """deformstab_tf: deformation layers, switchable-downsampling CNNs and stability measures.
 
 - `deformstab_tf.deformations`: displacement fields (TPS, affine, diffeomorphism), the one
-  resampler `warp`, integer `shift`, and the random deformation layers.
+  resampler `warp` (and `warp_affine`, straight from 2x3 matrices), integer `shift`, boxes and
+  keypoints through a field (`deform_boxes`, `deform_keypoints`), and the random deformation
+  layers.
 - `deformstab_tf.layers`: every Keras layer of the package in one namespace.
 - `deformstab_tf.models`: VGG / ResNet builders whose downsampling is a switch, and reference
   architectures (fully connected, LeNet, MobileNetV2, EfficientNetB0).
@@ -23,12 +25,15 @@ from deformstab_tf.deformations import (
     RandomThinPlateSpline,
     affine_displacement,
     affine_matrices,
+    deform_boxes,
+    deform_keypoints,
     deformation_layer,
     diffeo_displacement,
     shift,
     tps_displacement,
     tps_displacement_from_points,
     warp,
+    warp_affine,
 )
 from deformstab_tf.measures import (
     MeasureResult,
@@ -78,6 +83,8 @@ __all__ = [
     "build_vgg",
     "cifar_vgg",
     "data",
+    "deform_boxes",
+    "deform_keypoints",
     "deformation_layer",
     "diffeo_displacement",
     "efficientnet_b0",
@@ -102,4 +109,5 @@ __all__ = [
     "tps_displacement_from_points",
     "translation_sensitivity_map",
     "warp",
+    "warp_affine",
 ]
