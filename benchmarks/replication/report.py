@@ -1043,6 +1043,7 @@ def draw_m2_tradeoff(x, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     points = x.get("M2", {}).get("points", {})
     if not points:
@@ -1057,6 +1058,10 @@ def draw_m2_tradeoff(x, path):
         axis.scatter([], [], color=colour, label=f"max pool {k}x{k}, stride 2")
     axis.set(yscale="log", xlabel="test accuracy",
              ylabel="1 - translation similarity at the logits (log)")  # fmt: skip
+    # Plain numbers at 1, 1.5, 2, 3, 5, 7 x 10^k, no minor labels: a narrow range stays legible.
+    axis.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 1.5, 2, 3, 5, 7)))
+    axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axis.yaxis.set_minor_formatter(ticker.NullFormatter())
     axis.legend(fontsize=7)
     axis.set_title("M2: invariance against generalisation")
     figure.tight_layout()
