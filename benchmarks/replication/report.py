@@ -1127,19 +1127,24 @@ def _z1_extended_lines(z1):
     ]
     if zt.get("mean_difference_standard_error") is not None:
         se, sd = zt["mean_difference_standard_error"], zt.get("seed_sd_of_differences")
-        resolved = abs(zt["mean_difference"]) >= 3 * se
-        lines += [
-            f"The measurement's own standard error of one seed's difference is at most {se:.4f} "
-            "(mean over seeds; an upper bound: both networks see the same images and offsets, "
-            "which makes the difference's error smaller), "
-            + (
-                f"{abs(zt['mean_difference']) / se:.1f} times below the difference itself: each "
-                "seed's difference stands clear of 0 by its own measurement (on 1,000 images "
-                "with one pair each, the error of one network alone was about 0.0095, as large "
-                "as the effect), so the measurement no longer limits the verdict"
-                if resolved
-                else "not far below the difference itself: the measurement still limits it"
+        if se == 0:  # each network agreed on every shift pair, or on none
+            error = "is 0 (each network agreed on every pair, or on none): it adds nothing"
+        else:
+            error = (
+                f"is at most {se:.4f} (mean over seeds; an upper bound: both networks see the "
+                "same images and offsets, which makes the difference's error smaller), "
             )
+            if abs(zt["mean_difference"]) >= 3 * se:
+                error += (
+                    f"{abs(zt['mean_difference']) / se:.1f} times below the difference itself: "
+                    "each seed's difference stands clear of 0 by its own measurement (on 1,000 "
+                    "images with one pair each, the error of one network alone was about 0.0095, "
+                    "as large as the effect), so the measurement no longer limits the verdict"
+                )
+            else:
+                error += "not far below the difference itself: the measurement still limits it"
+        lines += [
+            f"The measurement's own standard error of one seed's difference {error}"
             + (
                 f". The seeds' differences scatter with an SD of {sd:.4f}"
                 + (", inside that bound (the bound is loose)" if sd < se else "")
