@@ -874,7 +874,7 @@ def extended_markdown(x):
         )
         + "). "
         + _training_minutes(x["networks"])
-        + f"Planned: {notes['plan']} for the {total} networks.",
+        + f"Planned for the {total} networks: {notes['plan']}.",
         "",
     ]
     lines += _missing_lines(x["missing"], "**Partial**")
