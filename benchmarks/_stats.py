@@ -190,10 +190,16 @@ def sd_interval(values, confidence=0.95):
     if n < 2:
         return None
     sd = float(np.std(values, ddof=1))
+    return {"sd": sd, "ci": _sd_chi2_interval(sd, n - 1, confidence), "n": n}
+
+
+def _sd_chi2_interval(sd, df, confidence=0.95):
+    """Chi-square interval of an SD estimated with `df` degrees of freedom (normal values)."""
     tail = (1 - confidence) / 2
-    lo = sd * math.sqrt((n - 1) / stats.chi2.ppf(1 - tail, n - 1))
-    hi = sd * math.sqrt((n - 1) / stats.chi2.ppf(tail, n - 1))
-    return {"sd": sd, "ci": [float(lo), float(hi)], "n": n}
+    return [
+        float(sd * math.sqrt(df / stats.chi2.ppf(1 - tail, df))),
+        float(sd * math.sqrt(df / stats.chi2.ppf(tail, df))),
+    ]
 
 
 def reproducibility(retrained, committed, keys):
@@ -207,7 +213,11 @@ def reproducibility(retrained, committed, keys):
     Returns:
         `{key: {"differences": {"<variant>_s<seed>": retrained - committed}, "mean_abs",
         "committed_seed_sd": {variant: SD over the committed seeds}, "ratio": mean |difference|
-        / mean committed seed SD}}`.
+        / mean committed seed SD, "seed_sd": {variant: {"committed"|"retrained": sd_interval}},
+        "pooled_seed_sd": the seed SD pooled over every variant and machine (each group about
+        its own mean) with its chi-square interval, "new_seed_mean_abs": the mean |difference|
+        two networks differing only in seed would show (2 SD / sqrt(pi), normal values),
+        "ratio_to_new_seed", "mean_difference": {"mean", "ci"} (t interval)}}`.
     """
     out = {}
     for key in keys:
@@ -232,12 +242,36 @@ def reproducibility(retrained, committed, keys):
             }
             for v, seeds in retrained.items()
         }
+        # Whether the other machine acts as a new seed: pool the seed spread of both machines
+        # (each group about its own mean, so a shift between machines does not count as spread);
+        # |X - Y| of two independent normal draws of SD s has mean 2 s / sqrt(pi).
+        groups = [
+            [r[key] for r in g.values() if key in r]
+            for v, seeds in retrained.items()
+            for g in (committed.get(v, {}), seeds)
+        ]
+        groups = [np.asarray(g, dtype=float) for g in groups if len(g) >= 2]
+        pooled = new_seed = None
+        if groups:
+            df = sum(len(g) - 1 for g in groups)
+            sd = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / df)
+            pooled = {"sd": sd, "ci": _sd_chi2_interval(sd, df), "df": df}
+            new_seed = 2 * sd / math.sqrt(math.pi)
+        values = list(differences.values())
         out[key] = {
             "differences": differences,
             "mean_abs": mean_abs,
             "committed_seed_sd": spreads,
             "ratio": mean_abs / spread if mean_abs is not None and spread else None,
             "seed_sd": seed_sd,
+            "pooled_seed_sd": pooled,
+            "new_seed_mean_abs": new_seed,
+            "ratio_to_new_seed": (
+                mean_abs / new_seed if mean_abs is not None and new_seed else None
+            ),
+            "mean_difference": (
+                {"mean": float(np.mean(values)), "ci": t_interval(values)} if values else None
+            ),
         }
     return out
 

@@ -118,6 +118,20 @@ def test_extended_statistics_against_closed_forms():
         [0.01 * math.sqrt(2 / 7.377759), 0.01 * math.sqrt(2 / 0.050636)], rel=1e-5
     )
     assert again["seed_sd"]["max"]["retrained"] is None  # one retrained seed
+    # Pooled over machines, each group about its own mean: committed SS 2e-4 (df 2) and
+    # retrained 0.89, 0.91 (SS 2e-4, df 1): SD sqrt(4e-4 / 3); a new seed gives 2 SD / sqrt(pi).
+    two = replicate.reproducibility(
+        {"max": {0: {"a": 0.89}, 1: {"a": 0.91}}}, committed, ["a"]
+    )["a"]
+    sd = math.sqrt(4e-4 / 3)
+    assert two["pooled_seed_sd"]["sd"] == pytest.approx(sd) and two["pooled_seed_sd"]["df"] == 3
+    assert two["pooled_seed_sd"]["ci"][0] < sd < two["pooled_seed_sd"]["ci"][1]
+    # Monte Carlo: the mean |X - Y| of two normal draws of SD 1.
+    draws = np.random.default_rng(0).normal(size=(2, 200_000))
+    assert np.abs(draws[0] - draws[1]).mean() == pytest.approx(2 / math.sqrt(math.pi), rel=0.01)
+    assert two["new_seed_mean_abs"] == pytest.approx(2 * sd / math.sqrt(math.pi))
+    assert two["mean_difference"]["mean"] == pytest.approx((0.02 + 0.03) / 2)
+    assert two["ratio_to_new_seed"] == pytest.approx(0.025 / two["new_seed_mean_abs"])
     # P1: error = 0.3 R^0.4 exactly, D unrelated: slope 0.4, prefactor 0.3; Spearman by hand.
     r = np.array([0.01, 0.05, 0.1, 0.3, 0.6, 1.0])
     d = np.array([0.5, 0.1, 0.9, 0.3, 0.2, 0.4])

@@ -1252,24 +1252,32 @@ def _reproducibility_lines(reproducibility):
         "## Reproducibility across machines",
         "",
         "Retrained network - committed network of the same variant and seed "
-        f"({NOTES['extended']['committed_networks']}), against the committed seed-to-seed SD:",
+        f"({NOTES['extended']['committed_networks']}); the mean difference with its 95% t "
+        "interval, and the mean |difference| against what two networks differing only in seed "
+        "would show (2 SD / sqrt(pi), the seed SD pooled over both machines and all variants, "
+        "each machine's seeds about their own mean):",
         "",
     ]
     rows = []
     for key, entry in r.items():
         if not entry["differences"]:
             continue
-        spread = entry["committed_seed_sd"]
-        sd = np.mean(list(spread.values())) if spread else math.nan
-        ratio = entry["ratio"] if entry["ratio"] is not None else math.nan
         differences = ", ".join(f"{n} {d:+.4f}" for n, d in entry["differences"].items())
-        rows.append([key, differences, f"{entry['mean_abs']:.4f}", f"{sd:.4f}", f"{ratio:.1f}"])
+        mean = entry.get("mean_difference") or {}
+        new_seed, ratio = entry.get("new_seed_mean_abs"), entry.get("ratio_to_new_seed")
+        rows.append([
+            key, differences,
+            f"{mean['mean']:+.4f}{interval_text(mean['ci'], 4)}" if mean else "n/a",
+            f"{entry['mean_abs']:.4f}",
+            "n/a" if new_seed is None else f"{new_seed:.4f}",
+            "n/a" if ratio is None else f"{ratio:.1f}",
+        ])  # fmt: skip
     lines += markdown_table(
-        ["quantity", "differences", "mean abs", "committed seed SD", "ratio"], rows
+        ["quantity", "differences", "mean difference", "mean abs", "a new seed", "ratio"], rows
     )
-    accuracy = r.get("test_accuracy", {}).get("seed_sd", {})
+    accuracy = r.get("test_accuracy", {})
     spreads = []
-    for v, sds in accuracy.items():
+    for v, sds in accuracy.get("seed_sd", {}).items():
         for which in ("committed", "retrained"):
             e = sds.get(which)
             if e is not None:
@@ -1277,14 +1285,29 @@ def _reproducibility_lines(reproducibility):
                     f"{v} {which} {e['sd']:.4f} [{e['ci'][0]:.4f}, {e['ci'][1]:.4f}] "
                     f"({e['n']} seeds)"
                 )
-    if spreads:
+    pooled, ratio = accuracy.get("pooled_seed_sd"), accuracy.get("ratio_to_new_seed")
+    if spreads and pooled and ratio is not None:
+        ci = accuracy["mean_difference"]["ci"]
+        shifted = ci is not None and (ci[0] > 0 or ci[1] < 0)
+        like_a_seed = 0.5 <= ratio <= 2 and not shifted
         lines += [
             "",
-            "How small the seed-to-seed spread really is: the SD of test accuracy over seeds with "
-            "its 95% chi-square interval, " + "; ".join(spreads) + ". An SD from 3 seeds is "
-            "known only to within a factor of about 12, so a ratio above 1 against it says "
-            "little until the retrained seeds give their own SD.",
+            "How small the seed-to-seed spread is: the SD of test accuracy over seeds with its "
+            "95% chi-square interval, " + "; ".join(spreads) + f"; pooled "
+            f"{pooled['sd']:.4f} [{pooled['ci'][0]:.4f}, {pooled['ci'][1]:.4f}] "
+            f"({pooled['df']} degrees of freedom). A retrained network lands "
+            f"{accuracy['mean_abs']:.4f} from its committed test accuracy on average, "
+            f"{ratio:.1f} times what a new seed gives, "
+            + ("in a consistent direction" if shifted else "in no consistent direction")
+            + ": "
+            + (
+                "on this evidence the other CPU's bfloat16 path acts like a new seed, no more."
+                if like_a_seed
+                else "the other CPU's bfloat16 path moves a network further than a new seed."
+            ),
         ]
+        if like_a_seed and NOTES["extended"].get("seed_spread"):
+            lines += ["", NOTES["extended"]["seed_spread"]]
     return lines
 
 
