@@ -19,6 +19,7 @@ import os
 import warnings
 
 from absl import app, flags
+
 from deformstab_tf.trainers._cli import run_main
 
 FLAGS = flags.FLAGS

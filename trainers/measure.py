@@ -14,9 +14,9 @@ it loads). See `deformstab_tf.reports.measure_model`, the same in Python.
 import os
 
 from absl import app, flags
-from deformstab_tf.trainers._cli import run_main
 
 from deformstab_tf.measures.plan import MEASURES
+from deformstab_tf.trainers._cli import run_main
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A saved .keras model.", required=True)

@@ -15,9 +15,9 @@ directory with other flags is an error. See `deformstab_tf.training.train_run`.
 import os
 
 from absl import app, flags
-from deformstab_tf.trainers._cli import run_main
 
 from deformstab_tf.measures.plan import MEASURES
+from deformstab_tf.trainers._cli import run_main
 
 FLAGS = flags.FLAGS
 
