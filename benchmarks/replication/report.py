@@ -1303,7 +1303,11 @@ def _reproducibility_lines(reproducibility):
             + (
                 "on this evidence the other CPU's bfloat16 path acts like a new seed, no more."
                 if like_a_seed
-                else "the other CPU's bfloat16 path moves a network further than a new seed."
+                else "the other CPU's bfloat16 path shifts the networks one way."
+                if shifted
+                else "the other CPU's bfloat16 path moves a network "
+                + ("further than" if ratio > 2 else "less far than")
+                + " a new seed does."
             ),
         ]
         if like_a_seed and NOTES["extended"].get("seed_spread"):
