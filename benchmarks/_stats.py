@@ -203,8 +203,8 @@ def _sd_chi2_interval(sd, df, confidence=0.95):
 
 
 def reproducibility(retrained, committed, keys):
-    """How far retrained networks land from their committed numbers, against the committed
-    seed-to-seed spread.
+    """How far retrained networks land from their committed numbers, against how far a new
+    training seed moves them.
 
     Args:
         retrained, committed: `{variant: {seed: {key: value}}}`.
@@ -212,8 +212,7 @@ def reproducibility(retrained, committed, keys):
 
     Returns:
         `{key: {"differences": {"<variant>_s<seed>": retrained - committed}, "mean_abs",
-        "committed_seed_sd": {variant: SD over the committed seeds}, "ratio": mean |difference|
-        / mean committed seed SD, "seed_sd": {variant: {"committed"|"retrained": sd_interval}},
+        "seed_sd": {variant: {"committed"|"retrained": sd_interval}},
         "pooled_seed_sd": the seed SD pooled over every variant and machine (each group about
         its own mean) with its chi-square interval, "new_seed_mean_abs": the mean |difference|
         two networks differing only in seed would show (2 SD / sqrt(pi), normal values),
@@ -221,16 +220,12 @@ def reproducibility(retrained, committed, keys):
     """
     out = {}
     for key in keys:
-        differences, spreads = {}, {}
+        differences = {}
         for v, seeds in retrained.items():
             for seed, record in seeds.items():
                 if seed in committed.get(v, {}) and key in record:
                     differences[f"{v}_s{seed}"] = record[key] - committed[v][seed][key]
-            values = [r[key] for r in committed.get(v, {}).values() if key in r]
-            if len(values) >= 2 and any(name.startswith(f"{v}_s") for name in differences):
-                spreads[v] = float(np.std(values, ddof=1))
         mean_abs = float(np.mean(np.abs(list(differences.values())))) if differences else None
-        spread = float(np.mean(list(spreads.values()))) if spreads else None
         # The seed-to-seed SD of each variant on both machines, with its chi-square interval:
         # an SD from 3 seeds is itself uncertain by a large factor.
         seed_sd = {
@@ -261,8 +256,6 @@ def reproducibility(retrained, committed, keys):
         out[key] = {
             "differences": differences,
             "mean_abs": mean_abs,
-            "committed_seed_sd": spreads,
-            "ratio": mean_abs / spread if mean_abs is not None and spread else None,
             "seed_sd": seed_sd,
             "pooled_seed_sd": pooled,
             "new_seed_mean_abs": new_seed,

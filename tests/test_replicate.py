@@ -105,12 +105,13 @@ def test_extended_statistics_against_closed_forms():
     )
     assert error["difference_standard_error_per_seed"] == pytest.approx([0.005, 0.005])
     assert error["seed_sd_of_differences"] == pytest.approx(np.std([0.02, 0.01], ddof=1))
-    # Reproducibility: retrained - committed, against the committed seeds' SD.
+    # Reproducibility: retrained - committed, against what a new seed would do.
     committed = {"max": {0: {"a": 0.87}, 1: {"a": 0.88}, 2: {"a": 0.86}}}
     again = replicate.reproducibility({"max": {0: {"a": 0.89}}}, committed, ["a"])["a"]
     assert again["differences"] == {"max_s0": pytest.approx(0.02)}
-    assert again["committed_seed_sd"]["max"] == pytest.approx(0.01)
-    assert again["ratio"] == pytest.approx(2.0)
+    # Only the committed seeds spread (SD 0.01): a new seed moves 0.02 / sqrt(pi) on average,
+    # so a difference of 0.02 is sqrt(pi) times that.
+    assert again["ratio_to_new_seed"] == pytest.approx(math.sqrt(math.pi))
     # SD 0.01 of 3 values, chi-square(2) quantiles 0.050636 and 7.377759 (tables).
     committed_sd = again["seed_sd"]["max"]["committed"]
     assert committed_sd["sd"] == pytest.approx(0.01) and committed_sd["n"] == 3
