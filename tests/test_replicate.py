@@ -426,11 +426,18 @@ def test_one_line_summaries_name_the_deciding_number(monkeypatch):
     assert t1_summary(variants) == (
         "3 of 3 variants; closest to 0: strided_relu G +0.47 [+0.31, +0.64]"
     )
-    # Fails somewhere: the variant and the component on the wrong side of 0; one-seed ones apart
+    # Not shown somewhere: the variant and the component whose interval reaches 0; one-seed
+    # ones apart.
     variants["avg"] = entry(-0.6, [-0.9, 0.1], 0.5, [0.2, 0.8], False)
     variants["strided"] = entry(-0.9, None, 0.3, None, None)
     assert t1_summary(variants) == (
-        "3 of 4 variants (1 more with 1 seed); fails in avg (D -0.60 [-0.90, +0.10])"
+        "3 of 4 variants (1 more with 1 seed); interval reaches 0 in avg (D -0.60 [-0.90, +0.10])"
+    )
+    # Fails (a whole interval on the wrong side of 0) is told apart from not shown.
+    variants["noisy"] = entry(-0.7, [-0.8, 0.05], -0.9, [-1.0, -0.6], False)
+    assert t1_summary(variants) == (
+        "3 of 5 variants (1 more with 1 seed); fails in noisy (G -0.90 [-1.00, -0.60]); "
+        "interval reaches 0 in avg (D -0.60 [-0.90, +0.10])"
     )
     # Without intervals (the CPU-sized scale): the values decide.
     assert (
@@ -524,7 +531,7 @@ def test_extended_section_has_a_line_per_finding_and_its_interval_figure(monkeyp
         "[+1.00, +1.00] | yes |",
         # G's rank correlations +1, +1, -1: mean 1/3, interval clipped to [-1, 1]
         "| T3 | After training with noise too, D falls with depth while G rises | 1 of 2 "
-        "conditions; fails in strided_noise0.1 (G +0.33 [-1.00, +1.00]) | **no** |",
+        "conditions; interval reaches 0 in strided_noise0.1 (G +0.33 [-1.00, +1.00]) | **no** |",
     ]
     # The numbers that left the table: per variant in T2's section, per condition in T3's.
     assert "- **max**: rank corr. of the log ratio with depth +1.00 [+1.00, +1.00] (per seed " in (

@@ -508,14 +508,18 @@ def t1_summary(variants, unit="variants"):
 
     Where the trend holds in every decided variant: the one closest to failing (the component
     whose interval end, or value without an interval, lies nearest 0); else the variants where
-    it fails, with the component(s) on the wrong side of 0 or whose interval reaches it.
+    it fails (a component's whole interval, or its value, on the wrong side of 0), apart from
+    those where it is only not shown (an interval reaches 0: too few seeds can do that alone).
     """
 
-    def end(entry, component):  # the end of the interval nearest to failing
-        value, ci = entry[component]
+    def end(entry, component, nearest=True):  # the interval end nearest to (or furthest from)
+        value, ci = entry[component]  # failing
         if ci is None:
             return value
-        return ci[1] if component == "D" else ci[0]
+        return ci[1] if (component == "D") == nearest else ci[0]
+
+    def wrong_side(entry, component, nearest=True):
+        return (end(entry, component, nearest) >= 0) == (component == "D")
 
     def number(entry, component):
         value, ci = entry[component]
@@ -525,17 +529,20 @@ def t1_summary(variants, unit="variants"):
     if variants and not decided:
         return f"{count(len(variants), unit[:-1])}, 1 seed each: no intervals yet"
     if failing:
-        against = {
-            v: [c for c in "DG" if (end(decided[v], c) >= 0) == (c == "D")] or ["D", "G"]
-            for v in failing
-        }
-        return (
-            text
-            + "; fails in "
-            + ", ".join(
-                f"{v} ({', '.join(number(decided[v], c) for c in against[v])})" for v in failing
-            )
-        )
+        fails, unshown = {}, {}
+        for v in failing:
+            components = [c for c in "DG" if wrong_side(decided[v], c, nearest=False)]
+            if components:
+                fails[v] = components
+            else:
+                unshown[v] = [c for c in "DG" if wrong_side(decided[v], c)] or ["D", "G"]
+        for label, against in (("fails in", fails), ("interval reaches 0 in", unshown)):
+            if against:
+                text += f"; {label} " + ", ".join(
+                    f"{v} ({', '.join(number(decided[v], c) for c in cs)})"
+                    for v, cs in against.items()
+                )
+        return text
     if not decided:
         return text
     margins = {(v, c): abs(end(e, c)) for v, e in decided.items() for c in "DG"}
