@@ -512,8 +512,9 @@ def t1_summary(variants, unit="variants"):
     those where it is only not shown (an interval reaches 0: too few seeds can do that alone).
     """
 
-    def end(entry, component, nearest=True):  # the interval end nearest to (or furthest from)
-        value, ci = entry[component]  # failing
+    # The end of a component's interval nearest to failing (or, `nearest=False`, furthest).
+    def end(entry, component, nearest=True):
+        value, ci = entry[component]
         if ci is None:
             return value
         return ci[1] if (component == "D") == nearest else ci[0]
