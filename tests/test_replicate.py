@@ -831,6 +831,27 @@ def test_training_minutes_count_paper_scale_networks_only(monkeypatch):
     assert _training_minutes({}) == ""
 
 
+def test_t3_seeds_per_noise_level_add_rows_seed_major(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.experiments import Settings, extended_plan
+
+    def recipe(v, seed):
+        return {"downsample": v, "seed": seed, "augment": ["standard"], "epochs": 30}
+
+    def noisy_rows(t3_seeds):
+        s = Settings({"z1_seeds": 1, "t2_seeds": 1, "t3_seeds": t3_seeds, "p1_architectures": [],
+                      "p1_sizes": [], "p1_steps": 10, "batch_size": 8})  # fmt: skip
+        rows = extended_plan(s, recipe, ())
+        return [e.name[len("noisy/"):] for e in rows if e.kind == "noisy"]
+
+    # one count serves both levels; two counts give a third seed at the mild level only
+    assert noisy_rows(["1"]) == ["max_noise0.05_s0", "strided_noise0.05_s0",
+                                 "max_noise0.15_s0", "strided_noise0.15_s0"]  # fmt: skip
+    assert noisy_rows(["2", "1"])[4:] == ["max_noise0.05_s1", "strided_noise0.05_s1"]
+    with pytest.raises(ValueError, match=r"^t3_seeds must be one count or one per noise level"):
+        noisy_rows(["1", "2", "3"])
+
+
 def _without_timing(value):
     """`value` without the keys that record wall or CPU time (they differ between runs)."""
     if isinstance(value, dict):

@@ -246,7 +246,7 @@ def extended_plan(s, paper_recipe, trained_measures):
     `retrained/<variant>_s<seed>`: the paper recipe retrained on this machine, `max` and `blur`
     with `--z1_seeds` seeds (Z1) and `strided` with `--t2_seeds` (T2 beside `max`), seed-major.
     `noisy/<variant>_noise<sigma>_s<seed>`: `max` and `strided` trained on images with Gaussian
-    pixel noise of SD `T3_NOISE`, `--t3_seeds` seeds (T3).
+    pixel noise of SD `T3_NOISE`, `--t3_seeds` seeds per noise level (T3), seed-major.
     """
     counts = {"max": s.z1_seeds, "blur": s.z1_seeds, "strided": s.t2_seeds}
     # The committed paper-scale measurements (to compare retrained networks with), Z1 on the
@@ -265,6 +265,7 @@ def extended_plan(s, paper_recipe, trained_measures):
                     )
                 )
     # T3: the paper recipe on training images with Gaussian pixel noise (clean test images).
+    t3_seeds = t3_seed_counts(s.t3_seeds)
     rows += [
         Experiment(
             f"noisy/{v}_noise{number(sigma)}_s{seed}",
@@ -275,8 +276,9 @@ def extended_plan(s, paper_recipe, trained_measures):
             },
             ("relative_stability", "output"),
         )
-        for seed in range(s.t3_seeds)
+        for seed in range(max(t3_seeds.values()))
         for sigma in T3_NOISE
+        if seed < t3_seeds[sigma]
         for v in ("max", "strided")
     ]
     # P1: architectures x training-set sizes, one seed; the VGGs on all 50,000 images are the
@@ -293,6 +295,18 @@ def extended_plan(s, paper_recipe, trained_measures):
         if (architecture, size) not in P1_LEFT_OUT
     ]
     return rows
+
+
+def t3_seed_counts(counts):
+    """`--t3_seeds` as {noise SD: seeds}: one count per level of `T3_NOISE`, or one for all."""
+    counts = [counts] if isinstance(counts, (int, str)) else list(counts)
+    if len(counts) == 1:
+        counts = counts * len(T3_NOISE)
+    if len(counts) != len(T3_NOISE) or not all(str(c).isdigit() for c in counts):
+        raise ValueError(
+            f"t3_seeds must be one count or one per noise level {T3_NOISE}: {counts!r}"
+        )
+    return dict(zip(T3_NOISE, map(int, counts), strict=True))
 
 
 def mouton_plan(s, paper_recipe, short_recipe):
