@@ -37,9 +37,12 @@ the plan, starting at the K-th (K = 1..N): a cluster's own scheduler starts shar
 is fixed by its place in the plan, not by what is finished when a shard starts, so shards
 started at different times never overlap or leave a gap. A sharded run writes each finished
 row's JSON but no report (shards would race to rewrite it); `--report_only` then draws the
-report from whatever rows are there.
+report from whatever rows are there. `--rows` takes the rows whose names match its patterns:
+networks trained on CPUs of different bfloat16 paths are not compared, so one machine can
+take whole studies.
 """
 
+import fnmatch
 import os
 import shlex
 import sys
@@ -91,6 +94,12 @@ flags.DEFINE_string(
     None,
     "K/N: run only the rows K, K + N, K + 2N, ... of the plan (1 <= K <= N) and write no "
     "report; --report_only draws it from the finished rows.",
+)
+flags.DEFINE_list(
+    "rows",
+    None,
+    "Run only the rows whose names match one of these shell patterns (e.g. 'mouton/m1_*', "
+    "'mouton/m3_*'): the studies one machine's CPU path should decide; the report covers all.",
 )
 flags.DEFINE_bool(
     "train_next",
@@ -173,7 +182,7 @@ def main(argv):
     settings = Settings({name: FLAGS[name].value for name in names})
     # The command that runs the experiments (a --report_only rewrite names that command).
     # How a run is staged or sliced is not part of the command.
-    stages = ("--report_only", "--measure_trained", "--train_next", "--shard")
+    stages = ("--report_only", "--measure_trained", "--train_next", "--shard", "--rows")
     run_args = [a for a in sys.argv if not a.startswith(stages)]
     settings.command = "python " + " ".join(shlex.quote(a) for a in run_args)
     if not os.path.isdir(os.path.join(settings.cifar10, "train")):
@@ -184,7 +193,7 @@ def main(argv):
         experiments, runner = plan(settings), Runner(settings)
     except ValueError as error:  # a flag the plan cannot use: one line, not a traceback
         raise app.UsageError(str(error)) from None
-    mine = shard_rows(experiments, FLAGS.shard)
+    mine = select_rows(shard_rows(experiments, FLAGS.shard), FLAGS.rows)
     if FLAGS.train_next:
         experiment = runner.train_next(mine)
         print(f"[replicate] trained {experiment.name if experiment else 'nothing: none left'}")
@@ -221,6 +230,24 @@ def shard_rows(experiments, shard):
     if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
         raise app.UsageError(f"--shard must be K/N with 1 <= K <= N, e.g. 1/4; received {shard!r}")
     return list(experiments)[int(k) - 1 :: int(n)]
+
+
+def select_rows(experiments, patterns):
+    """The experiments whose names match one of the shell `patterns` (all for None).
+
+    Example:
+
+    >>> from types import SimpleNamespace as Row
+    >>> rows = [Row(name=n) for n in ("mouton/m1_max_s0", "mouton/m2_k3_s0", "p1/lenet_n1000")]
+    >>> [r.name for r in select_rows(rows, ["mouton/m1_*", "p1/*"])]
+    ['mouton/m1_max_s0', 'p1/lenet_n1000']
+    """
+    if patterns is None:
+        return list(experiments)
+    chosen = [e for e in experiments if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
+    if not chosen:
+        raise app.UsageError(f"--rows matches no row of the plan: {','.join(patterns)!r}")
+    return chosen
 
 
 if __name__ == "__main__":
