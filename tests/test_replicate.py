@@ -852,6 +852,38 @@ def test_t3_seeds_per_noise_level_add_rows_seed_major(monkeypatch):
         noisy_rows(["1", "2", "3"])
 
 
+def test_each_study_compares_the_networks_of_one_cpu_bfloat16_path(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.experiments import Settings, gather_extended, mouton_plan
+
+    s = Settings({"mouton_seeds": 2, "docs_dir": str(tmp_path), "z1_seeds": 0, "t2_seeds": 0,
+                  "command": "c"})  # fmt: skip
+    rows = mouton_plan(s, lambda v, seed: {"downsample": v}, lambda v, seed: {"downsample": v})
+
+    def result(e, path, invariance):
+        maps = {"mean": {"logits": invariance}, "output_layer": "logits", "maps": {},
+                "max_shift": 1}  # fmt: skip
+        return {**e.fields, "cpu_bfloat16": path, "test_accuracy": 0.5,
+                "translation_map": maps, "shift_consistency_test_set": {"value": 0.9}}  # fmt: skip
+
+    # M1 and M3 trained on one machine (AMX), but for one network; M2's window 2 on another
+    finished = [
+        (e, result(e, "avx512_bf16" if e.name in ("mouton/m1_max_noise_s1", "mouton/m2_k2_s0")
+                   else "amx_bf16", 0.9 + i / 1000))
+        for i, e in enumerate(rows) if not e.name.startswith("mouton/m2_k3")
+    ]  # fmt: skip
+    x = gather_extended(s, rows, finished)
+    assert x["cpu_bfloat16"]["used"] == {"M1, M3": "amx_bf16", "M2": "amx_bf16"}
+    assert x["cpu_bfloat16"]["excluded"] == ["m1_max_noise_s1", "m2_k2_s0"]
+    assert "m1_max_noise_s1" not in x["mouton_networks"]
+    assert x["M1"]["seeds"] == [0]  # seed 1 lacks a network of its path
+    assert x["M3"]["seeds"] == [0, 1]  # M3 compares m1_max_plain with its changes
+    # M2 is decided over the windows of one path: window 2 of seed 0 is left out
+    assert sorted(x["M2"]["points"]["0"]) == ["4", "5"]
+    assert sorted(x["M2"]["points"]["1"]) == ["2", "4", "5"]
+    assert set(x["finished"]) | set(x["missing"]) == {e.name for e in rows}
+
+
 def _without_timing(value):
     """`value` without the keys that record wall or CPU time (they differ between runs)."""
     if isinstance(value, dict):
@@ -904,6 +936,13 @@ def test_two_shards_one_after_the_other_equal_one_unsharded_run(tmp_path):
     assert results["sharded"] == results["whole"]
     bad = run([*common, *where("bad"), "--shard=3/2"])
     assert bad.returncode != 0 and "--shard must be K/N with 1 <= K <= N" in bad.stderr
+    # --rows: the rows of the patterns (those at init here), numbers as in the whole run
+    chosen = run([*common, *where("rows"), "--rows=init/*,nothing*", "--shard=1/1"])
+    assert chosen.returncode == 0, chosen.stderr[-3000:]
+    init = {name: row for name, row in rows("whole").items() if name.startswith("init/")}
+    assert rows("rows") == init and len(init) >= 2
+    none = run([*common, *where("bad"), "--rows=nothing*"])
+    assert none.returncode != 0 and "--rows matches no row of the plan: 'nothing*'" in none.stderr
 
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "replication")

@@ -761,8 +761,9 @@ def gather_extended(settings, experiments, finished):
     set (with the measurement's own error), T1 and T2 over the retrained seeds, and how far the
     retrained networks land from the committed paper-scale ones (reproducibility).
 
-    Comparisons use networks trained on one CPU bfloat16 path only (the most common one among
-    the finished networks); networks of another path are listed under `cpu_bfloat16.excluded`.
+    Each study compares networks trained on one CPU bfloat16 path only: the most common one
+    among its finished networks (`cpu_bfloat16.used`, per study: a session's machine can take a
+    whole study); networks of another path are listed under `cpu_bfloat16.excluded`.
     """
     from _stats import (  # benchmarks/ is on sys.path
         p1_statistics,
@@ -793,27 +794,27 @@ def gather_extended(settings, experiments, finished):
         else:
             continue
         groups[experiment.kind].setdefault(group, {})[r["seed"]] = r
-    every = [
-        (f"{group}_s{seed}", r) for kind in groups.values() for group, seeds in kind.items()
-        for seed, r in seeds.items()
-    ]  # fmt: skip
-    paths = [r.get("cpu_bfloat16") for _, r in every]
-    used = max(set(paths), key=paths.count) if paths else None
-    excluded = sorted(name for name, r in every if r.get("cpu_bfloat16") != used)
-    groups = {
-        kind: {
-            group: {seed: r for seed, r in sorted(seeds.items()) if r.get("cpu_bfloat16") == used}
+    used, excluded = {}, []
+    for kind, members in groups.items():
+        path, others = one_cpu_path(
+            {f"{group}_s{seed}": r for group, seeds in members.items() for seed, r in seeds.items()}
+        )
+        if path is not None:
+            used[STUDIES_OF_KIND[kind]] = path
+        excluded += others
+        groups[kind] = {
+            group: {seed: r for seed, r in sorted(seeds.items()) if r.get("cpu_bfloat16") == path}
             for group, seeds in members.items()
         }
-        for kind, members in groups.items()
-    }
     retrained, noisy = groups["retrained"], groups["noisy"]
     p1_points = [
         {"name": group, "architecture": r["architecture"], "train_size": r["train_size"],
          **p1_point(r)}
         for group, seeds in groups["p1"].items() for r in seeds.values()
     ]  # fmt: skip
-    if 0 in retrained.get("max", {}):  # the VGG on all images: P1's cifar_vgg at 50,000
+    # the VGG on all images (P1's cifar_vgg at 50,000), when it shares P1's bfloat16 path
+    p1_path = used.get(STUDIES_OF_KIND["p1"], used.get(STUDIES_OF_KIND["retrained"]))
+    if 0 in retrained.get("max", {}) and retrained["max"][0].get("cpu_bfloat16") == p1_path:
         r = retrained["max"][0]
         p1_points.append(
             {"name": "cifar_vgg_n50000 (retrained/max_s0)", "architecture": "cifar_vgg",
@@ -856,7 +857,15 @@ def gather_extended(settings, experiments, finished):
 
     committed = committed_paper_networks(s)
     keys = ("test_accuracy", "shift_consistency", "R_last", "D_last", "G_last", "sensitivity")
-    studies = gather_mouton([(e, r) for e, r in mouton if r.get("cpu_bfloat16") == used])
+    kept = []
+    for study, rows in (("M1, M3", [m for m in mouton if m[1]["study"] != "M2"]),
+                        ("M2", [m for m in mouton if m[1]["study"] == "M2"])):  # fmt: skip
+        path, others = one_cpu_path({e.name.split("/", 1)[1]: r for e, r in rows})
+        if path is not None:
+            used[study] = path
+        excluded += others
+        kept += [(e, r) for e, r in rows if r.get("cpu_bfloat16") == path]
+    studies = gather_mouton(kept)  # in the plan's order: M1 and M3 rows come before M2's
     return {
         **studies,
         "settings": {
@@ -871,7 +880,7 @@ def gather_extended(settings, experiments, finished):
         "missing": [e.name for e in experiments if e.name not in done],
         "cpu_seconds": cpu,
         "wall_seconds": wall,
-        "cpu_bfloat16": {"used": used, "excluded": excluded},
+        "cpu_bfloat16": {"used": used, "excluded": sorted(excluded)},
         "networks": networks,
         "Z1": z1,
         "T1": t1_statistics({v: {"trained": p} for v, p in profiles.items()}),
@@ -899,6 +908,29 @@ def gather_extended(settings, experiments, finished):
             keys,
         ),  # fmt: skip
     }
+
+
+# The findings each kind of extended row decides (the keys of `cpu_bfloat16.used`).
+STUDIES_OF_KIND = {"retrained": "Z1, T1, T2", "noisy": "T3", "p1": "P1"}
+
+
+def one_cpu_path(results):
+    """The CPU bfloat16 path most of `results` ({name: result}) were trained on (a tie goes to
+    the first network's), and the names of the networks trained on another.
+
+    Example:
+
+    >>> one_cpu_path({"a": {"cpu_bfloat16": "amx_bf16"}, "b": {"cpu_bfloat16": "avx512_bf16"},
+    ...               "c": {"cpu_bfloat16": "avx512_bf16"}})
+    ('avx512_bf16', ['a'])
+    >>> one_cpu_path({})
+    (None, [])
+    """
+    paths = [r.get("cpu_bfloat16") for r in results.values()]
+    if not paths:
+        return None, []
+    used = max(paths, key=paths.count)
+    return used, [name for name, r in results.items() if r.get("cpu_bfloat16") != used]
 
 
 def gather_mouton(finished):

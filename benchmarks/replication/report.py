@@ -863,8 +863,8 @@ def extended_markdown(x):
     lines = [
         "# Extended studies at paper scale: Z1 decided, T2, T3, P1",
         "",
-        f"Networks retrained with the paper-scale recipe on one kind of CPU (bfloat16 path "
-        f"`{x['cpu_bfloat16']['used']}`): finished {len(x['finished'])} of {total} "
+        f"Networks retrained with the paper-scale recipe {_cpu_paths_text(x['cpu_bfloat16'])}"
+        f": finished {len(x['finished'])} of {total} "
         f"({x['wall_seconds'] / 3600:.2f} h wall"
         + (
             f", {x['wall_seconds'] / 60 / len(x['finished']):.0f} min per network, training and "
@@ -925,6 +925,28 @@ def extended_markdown(x):
     lines += _mouton_lines(x)
     lines += _reproducibility_lines(x["reproducibility"])
     return "\n".join(lines) + "\n"
+
+
+def _cpu_paths_text(cpu):
+    """Which CPU bfloat16 path each study's networks were trained on, in words.
+
+    Example:
+
+    >>> _cpu_paths_text({"used": {"Z1, T2": "avx512_bf16", "M1": "amx_bf16"}})
+    'on one kind of CPU per study (bfloat16 path `avx512_bf16` for Z1, T2; `amx_bf16` for M1)'
+    >>> _cpu_paths_text({"used": {"T3": "avx512_bf16", "P1": "avx512_bf16"}})
+    'on one kind of CPU (bfloat16 path `avx512_bf16`)'
+    """
+    used = cpu["used"]
+    if isinstance(used, str) or used is None:  # a results.json of one path for all studies
+        used = {"all": used}
+    studies = {}
+    for study, path in used.items():
+        studies.setdefault(path, []).append(study)
+    if len(studies) <= 1:
+        return f"on one kind of CPU (bfloat16 path `{next(iter(studies), None)}`)"
+    parts = [f"`{path}` for {', '.join(names)}" for path, names in studies.items()]
+    return f"on one kind of CPU per study (bfloat16 path {'; '.join(parts)})"
 
 
 def _with_studies(x):
