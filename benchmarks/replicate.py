@@ -50,6 +50,7 @@ import sys
 from absl import app, flags
 from replication import report  # benchmarks/ is on sys.path
 from replication.experiments import (
+    T3_NOISE,
     Runner,
     Settings,
     gather,
@@ -66,7 +67,7 @@ flags.DEFINE_enum(
     "scale",
     "cpu",
     ["cpu", "paper", "extended"],
-    "CPU-sized experiments, paper scale, or the paper-scale studies after it (Z1, T2, T3, P1).",
+    "CPU-sized experiments, paper scale, or the studies after it (Z1, T2, T3, P1, M1-M3).",
 )
 flags.DEFINE_integer("z1_seeds", 5, "Extended: training seeds of max and blur (Z1).")
 flags.DEFINE_integer("t2_seeds", 3, "Extended: training seeds of strided (T2).")
@@ -74,8 +75,8 @@ flags.DEFINE_integer("mouton_seeds", 3, "Extended: training seeds of Mouton et a
 flags.DEFINE_list(
     "t3_seeds",
     ["3", "2"],
-    "Extended: training seeds of T3 per noise level, in the order of T3_NOISE (0.05, 0.15); "
-    "one count serves both.",
+    "Extended: training seeds of T3 per noise level, in the order of the noise SDs "
+    f"{', '.join(map(str, T3_NOISE))}; one count serves all.",
 )
 flags.DEFINE_list(
     "p1_architectures",

@@ -1001,7 +1001,8 @@ def gather_mouton(finished):
 
 def mouton_point(r):
     """A Mouton network's numbers: invariance (the translation map's mean at the logits), the
-    map's mean per probe point, shift consistency on the test set, test accuracy."""
+    map's mean per probe point, shift consistency on the test set, test accuracy, the CPU
+    bfloat16 path it was trained on."""
     maps = r["translation_map"]
     return {
         "invariance": maps["mean"][maps["output_layer"]],
@@ -1010,6 +1011,7 @@ def mouton_point(r):
         "test_accuracy": r["test_accuracy"],
         "maps": maps["maps"],
         "max_shift": maps["max_shift"],
+        "cpu_bfloat16": r.get("cpu_bfloat16"),
     }
 
 

@@ -1118,13 +1118,14 @@ def _mouton_lines(x):
         [[f["finding"], f["claim"], f["summary"], f["verdict"]]
          for f in evaluate_findings(x, MOUTON_FINDINGS)],
     )  # fmt: skip
-    lines += ["", "| network | test accuracy | invariance (logits) | shift consistency |"]
-    lines += ["|---|---|---|---|"]
-    for name, n in networks.items():
-        lines.append(
-            f"| {name} | {n['test_accuracy']:.4f} | {n['invariance']:.5f} | "
-            f"{n['shift_consistency']:.4f} |"
-        )
+    lines += [""]
+    lines += markdown_table(
+        ["network", "test accuracy", "invariance (logits)", "shift consistency",
+         "CPU bfloat16 path"],
+        [[name, f"{n['test_accuracy']:.4f}", f"{n['invariance']:.5f}",
+          f"{n['shift_consistency']:.4f}", f"`{n.get('cpu_bfloat16')}`"]
+         for name, n in networks.items()],
+    )  # fmt: skip
     for key, caption in (("mouton_maps", "Translation maps"), ("m2_tradeoff", "M2 trade-off")):
         if key in figures:
             lines += ["", f"![{caption}]({figures[key]})"]
