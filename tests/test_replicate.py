@@ -796,6 +796,9 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
                           .read_text())  # fmt: skip
     assert noisy_m1["config"]["transform"] == ["noise:0.1"]
     assert noisy_m1["config"]["augment"] == ["flip"]
+    flat = json.loads((tmp_path / "runs" / "mouton" / "m3_flatten_s0" / "config.json")
+                      .read_text())["config"]  # fmt: skip
+    assert (flat["head"], flat["learning_rate"]) == ("flatten", 0.02)  # its own learning rate
     k5 = json.loads((tmp_path / "runs" / "mouton" / "m2_k5_s0" / "config.json").read_text())
     assert k5["config"]["pool_size"] == 5
     assert extended["M2"]["points"]["0"]["5"]["invariance"] == mouton["m2_k5_s0"]["invariance"]
