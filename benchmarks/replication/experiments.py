@@ -31,9 +31,12 @@ M2_KERNELS = (2, 3, 4, 5)
 M1_HOMOGENEITY = {"noise": ["noise:0.1"], "plain": [], "smooth": ["resample:2"]}
 # M3: each change from M1's max-pooled network on the plain data (global average pooling,
 # flips only), one at a time; and the feature each compares (`gap` is the base network's,
-# compared with the flatten head).
+# compared with the flatten head). The flatten head trains at a fifth of the recipe's learning
+# rate: its Dense layer sums the 4 positions that global average pooling averages, and at 0.1
+# it hardly learnt (seed 0: loss 3.9 after the first epoch, test accuracy 0.28; at 0.02 0.70,
+# beside the base network's 0.71).
 M3_CHANGES = {
-    "flatten": {"head": "flatten"},
+    "flatten": {"head": "flatten", "learning_rate": 0.02},
     "blur": {"downsample": "blur"},
     "translate": {"augment": ["standard"]},
 }
