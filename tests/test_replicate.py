@@ -172,6 +172,28 @@ def test_extended_statistics_against_closed_forms():
     assert m3["changes"]["blur"]["raises"] is True and m3["holds"] is True
 
 
+def test_mouton_summaries_tell_an_interval_reaching_0_from_one_below_it(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from _stats import m1_statistics, m3_statistics
+    from replication.findings import MOUTON_FINDINGS, evaluate_findings
+
+    m1 = m1_statistics({"strided": {"noise": [0.7, 0.7], "smooth": [0.9, 0.85]},
+                        "max": {"noise": [0.8, 0.8], "smooth": [0.9, 0.9]}})  # fmt: skip
+    m3 = m3_statistics({"blur": ([0.9, 0.8, 0.85], [0.95, 0.86, 0.9]),
+                        "gap": ([0.9, 0.9, 0.9], [0.8, 0.81, 0.79]),
+                        "translate": ([0.9, 0.9, 0.9], [0.91, 0.88, 0.9])})  # fmt: skip
+    rows = evaluate_findings({"M1": {**m1, "seeds": [0, 1]}, "M3": {"invariance": m3}},
+                             MOUTON_FINDINGS)  # fmt: skip
+    summary = {row["finding"]: (row["summary"], row["verdict"]) for row in rows}
+    # gains 0.1 and 0.05: mean 0.075, t(1) interval 0.075 -+ 12.706205 * 0.025 reaches 0
+    assert summary["M1"] == ("strided - max gain +0.0750 [-0.2427, +0.3927] (reaches 0), 2 seeds",
+                             "**no**")  # fmt: skip
+    assert summary["M3"][0] == (
+        "blur +0.0533 [+0.0390, +0.0677]; gap -0.1000 [-0.1248, -0.0752] (below 0); "
+        "translate -0.0033 [-0.0413, +0.0346] (reaches 0)"
+    )
+
+
 def test_keras_batch_norm_networks_sit_beside_the_same_variant_and_seed(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     from replication.report import _keras_batch_norm_lines

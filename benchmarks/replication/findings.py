@@ -310,9 +310,24 @@ def _m1(x):
     d = m1["difference"]
     return Decision(
         m1["holds"],
-        f"strided - max gain {d['mean']:+.4f}{interval_text(d['ci'], 4)}, "
-        f"{count(len(m1['seeds']), 'seed')}",
+        f"strided - max gain {d['mean']:+.4f}{interval_text(d['ci'], 4)}"
+        f"{_against_zero(d['ci'])}, {count(len(m1['seeds']), 'seed')}",
     )
+
+
+def _against_zero(ci):
+    """Where an interval that should lie above 0 falls short: ` (reaches 0)` when it spans 0
+    (not shown: a few seeds can do that alone), ` (below 0)` when it lies wholly below (fails);
+    nothing when it lies above 0 or there is none.
+
+    Example:
+
+    >>> _against_zero([-0.1, 0.2]), _against_zero([-0.3, -0.1]), _against_zero([0.1, 0.2])
+    (' (reaches 0)', ' (below 0)', '')
+    """
+    if ci is None or ci[0] > 0:
+        return ""
+    return " (below 0)" if ci[1] < 0 else " (reaches 0)"
 
 
 def _m2(x):
@@ -339,7 +354,7 @@ def _m3(x):
     return Decision(
         m3["holds"],
         "; ".join(
-            f"{feature} {e['mean']:+.4f}{interval_text(e['ci'], 4)}"
+            f"{feature} {e['mean']:+.4f}{interval_text(e['ci'], 4)}{_against_zero(e['ci'])}"
             for feature, e in m3["changes"].items()
         ),
     )
