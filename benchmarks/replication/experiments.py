@@ -316,9 +316,12 @@ def mouton_plan(s, paper_recipe, short_recipe):
     """Mouton et al.'s stride study, `--mouton_seeds` seeds each, after the other studies.
 
     `mouton/m2_k<k>_s<seed>`: M2 at paper scale (generalisation needs it): max pooling of
-    window `k` in `M2_KERNELS` at stride 2; `k = 2` is `retrained/max_s<seed>`, measured again
-    (not retrained). `mouton/m1_<variant>_<level>_s<seed>`: M1 at the CPU-sized scale (an
-    invariance comparison, decided within seeds): `max` and `strided` on the data sets of
+    window `k` in `M2_KERNELS` at stride 2; `k = 2` is the paper recipe's `max` network, trained
+    for M2 itself so that the study can take every network from one CPU bfloat16 path (on the
+    path of `retrained/max_s<seed>` it is that network, bit for bit), and measured for D, G and
+    R too: seed 0 is P1's VGG on all images when it shares P1's path.
+    `mouton/m1_<variant>_<level>_s<seed>`: M1 at the CPU-sized scale (an invariance
+    comparison, decided within seeds): `max` and `strided` on the data sets of
     `M1_HOMOGENEITY`. `mouton/m3_<change>_s<seed>`: M3 at the CPU-sized scale, each change of
     `M3_CHANGES` from `m1_max_plain`. Every network's translation maps are measured on its own
     data's test images.
@@ -351,14 +354,14 @@ def mouton_plan(s, paper_recipe, short_recipe):
                     f"mouton/m2_k{k}_s{seed}",
                     {"study": "M2", "variant": "max", "pool_size": k, "seed": seed},
                     {**paper_recipe("max", seed), "pool_size": k},
-                    invariance,
-                    network=f"retrained/max_s{seed}" if k == 2 else None,
+                    invariance + (("relative_stability", "output") if k == 2 else ()),
                 )
             )
     return rows
 
 
-# P1 networks not trained: the VGG on all images is `retrained/max_s0`; EfficientNetB0 on all
+# P1 networks not trained: the VGG on all images is the paper recipe's `max` seed 0
+# (`retrained/max_s0` or `mouton/m2_k2_s0`, whichever shares P1's path); EfficientNetB0 on all
 # images would take about 2.5 h on 2 CPU cores (about 1 s per step).
 P1_LEFT_OUT = {("cifar_vgg", 50000), ("efficientnet_b0", 50000)}
 # No BatchNorm in these two: at 0.1 both stayed at chance on 1,000 images (pilots: test accuracy
@@ -815,12 +818,17 @@ def gather_extended(settings, experiments, finished):
          **p1_point(r)}
         for group, seeds in groups["p1"].items() for r in seeds.values()
     ]  # fmt: skip
-    # the VGG on all images (P1's cifar_vgg at 50,000), when it shares P1's bfloat16 path
+    # the VGG on all images (P1's cifar_vgg at 50,000): the paper recipe's max seed 0 of P1's
+    # bfloat16 path, retrained for Z1 or trained for M2 as its window 2
     p1_path = used.get(STUDIES_OF_KIND["p1"], used.get(STUDIES_OF_KIND["retrained"]))
-    if 0 in retrained.get("max", {}) and retrained["max"][0].get("cpu_bfloat16") == p1_path:
-        r = retrained["max"][0]
+    vgg = [("retrained/max_s0", retrained.get("max", {}).get(0))] + [
+        (e.name, r) for e, r in mouton if e.name == "mouton/m2_k2_s0"
+    ]
+    vgg = [(name, r) for name, r in vgg if r and r.get("cpu_bfloat16") == p1_path]
+    if vgg:
+        name, r = vgg[0]
         p1_points.append(
-            {"name": "cifar_vgg_n50000 (retrained/max_s0)", "architecture": "cifar_vgg",
+            {"name": f"cifar_vgg_n50000 ({name})", "architecture": "cifar_vgg",
              "train_size": 50000, **p1_point(r)}
         )  # fmt: skip
     networks = {

@@ -1104,10 +1104,11 @@ def _mouton_lines(x):
         "Invariance is Myburgh et al.'s translation map at the logits: the mean cosine "
         "similarity of the logits of a test image and of the image shifted by (dy, dx), over "
         "all 81 offsets in [-4, 4]^2 (wrap-around shifts, 500 test images of the network's own "
-        "data). M2 at paper scale (max pooling windows 2-5 at stride 2; window 2 is "
-        "retrained/max); M1 and M3 at the CPU-sized scale (10,000 images, 12 epochs, flips "
-        "only): they compare invariance within a seed, not accuracy. M1's data sets: CIFAR-10 "
-        "with fixed Gaussian pixel noise of SD 0.1, as it is, and shrunk by 2 and enlarged "
+        "data). M2 at paper scale (max pooling windows 2-5 at stride 2; window 2 is the "
+        "paper recipe's max network, trained for M2 on its own CPU path); M1 and M3 at the "
+        "CPU-sized scale (10,000 images, 12 epochs, flips only): they compare invariance "
+        "within a seed, not accuracy. M1's data sets: CIFAR-10 with fixed Gaussian pixel "
+        "noise of SD 0.1, as it is, and shrunk by 2 and enlarged "
         "back (local homogeneity 0.940, 0.976, 0.993). Budget: "
         + NOTES["extended"]["mouton_budget"]
         + ".",
