@@ -79,8 +79,10 @@ REFERENCE_MODELS = {
     "efficientnet_b0": efficientnet_b0,
 }
 MODELS = ("cifar_vgg", "imagenet_vgg", "resnet18", "vgg", *REFERENCE_MODELS)
-# The settings of the switchable builders, which the reference models do not take.
+# The settings of the switchable builders, which the reference models do not take (those with
+# BatchNormalization take `batch_norm_momentum`).
 SWITCH_SETTINGS = ("downsample", "head", "pool_size", "strides", "blur_size", "batch_norm_momentum")
+REFERENCE_MODELS_WITH_BATCH_NORM = ("mobilenet_v2", "efficientnet_b0")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "step")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -284,8 +286,10 @@ def check_config(config):
     if config["model"] == "resnet18" and config["head"] != "gap":
         raise ValueError(f"resnet18 has a 'gap' head only; received head={config['head']!r}.")
     if config["model"] in REFERENCE_MODELS:
+        with_norm = config["model"] in REFERENCE_MODELS_WITH_BATCH_NORM
+        taken = ("batch_norm_momentum",) if with_norm else ()
         for name in SWITCH_SETTINGS:
-            if config[name] != DEFAULTS[name]:
+            if name not in taken and config[name] != DEFAULTS[name]:
                 raise ValueError(
                     f"{config['model']} has no `{name}` setting (leave it at its default "
                     f"{DEFAULTS[name]!r}); received {name}={config[name]!r}."
@@ -325,7 +329,7 @@ def _upgrade(config):
     if isinstance(config.get("mixed_precision"), bool):
         config = {**config, "mixed_precision": "auto" if config["mixed_precision"] else "float32"}
     if "batch_norm_momentum" not in config:  # runs before the setting trained with Keras's 0.99
-        reference = config.get("model") in REFERENCE_MODELS  # they keep their own
+        reference = config.get("model") in REFERENCE_MODELS  # Keras's own then: not a setting
         legacy = DEFAULTS["batch_norm_momentum"] if reference else LEGACY_BATCH_NORM_MOMENTUM
         config = {**config, "batch_norm_momentum": legacy}
     return config
@@ -496,9 +500,10 @@ def train_run(output_dir, verbose=1, download=True, cluster_timeout=CLUSTER_TIME
             `"folder:PATH"`, `data_dir`, `train_size`, `random_labels`, `augment` specs, the
             `transform` specs of a derived data set (`data.transform_images`), the synthetic
             task's `synthetic_*`), model (`model` in `MODELS`, `blocks` for `"vgg"`,
-            `downsample`, `head`, `pool_size`, `strides`, `blur_size`, `batch_norm_momentum`
-            (default 0.9; runs recorded without it trained with 0.99): not for the
-            `REFERENCE_MODELS`), optimisation (`epochs`,
+            `downsample`, `head`, `pool_size`, `strides`, `blur_size`: not for the
+            `REFERENCE_MODELS`; `batch_norm_momentum`, default 0.9 (runs recorded without it
+            trained with 0.99): also for `REFERENCE_MODELS_WITH_BATCH_NORM`), optimisation
+            (`epochs`,
             `batch_size`, `optimizer`, `learning_rate`, `momentum`, `schedule`,
             `weight_decay`, `seed`), measurement (`probe_size` test images, `measures`, the
             probe `deformation` name and `magnitude`, `grid_size` / `cutoff`,
@@ -729,7 +734,10 @@ def build_model(config, image_shape, num_classes, dtype_policy=None):
 def _build_model(config, image_shape, num_classes):
     if config["model"] in REFERENCE_MODELS:
         builder = REFERENCE_MODELS[config["model"]]
-        return builder(input_shape=tuple(image_shape), num_classes=num_classes)
+        options = {}
+        if config["model"] in REFERENCE_MODELS_WITH_BATCH_NORM:
+            options["batch_norm_momentum"] = config["batch_norm_momentum"]
+        return builder(input_shape=tuple(image_shape), num_classes=num_classes, **options)
     options = {
         "input_shape": tuple(image_shape),
         "num_classes": num_classes,

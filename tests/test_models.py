@@ -407,8 +407,11 @@ def test_build_vgg_rejects_bad_arguments(kwargs, message):
     [
         lambda **kw: build_vgg(TINY_BLOCKS, "strided_relu", input_shape=(8, 8, 3), **kw),
         lambda **kw: resnet18("blur", input_shape=(16, 16, 3), widths=(4, 4, 4, 4), **kw),
+        # keras.applications keep their ImageNet momenta (MobileNetV2: 0.999) unless told
+        lambda **kw: mobilenet_v2(alpha=0.35, **kw),
+        lambda **kw: efficientnet_b0(**kw),
     ],
-    ids=["vgg", "resnet"],
+    ids=["vgg", "resnet", "mobilenet_v2", "efficientnet_b0"],
 )
 def test_batch_norm_momentum_reaches_every_normalization_and_sets_how_fast_stats_follow(build):
     """Default 0.9: after n training steps on a constant batch, the moving mean holds
@@ -631,6 +634,8 @@ def test_efficientnet_b0_takes_unit_range_images_and_gives_logits_under_mixed_bf
         (lenet, {"input_shape": (12, 12, 3)}, r"input_shape=\(12, 12, 3\).*at least 16x16"),
         (lenet, {"data_format": "NHWC"}, r"data_format='NHWC'"),
         (mobilenet_v2, {"alpha": 0}, r"`alpha` must be a finite number > 0.*alpha=0"),
+        (mobilenet_v2, {"batch_norm_momentum": 1.5}, r"batch_norm_momentum=1.5"),
+        (efficientnet_b0, {"batch_norm_momentum": -1}, r"batch_norm_momentum=-1"),
         (mobilenet_v2, {"input_shape": (16, 16, 3)}, r"input_shape=\(16, 16, 3\).*32x32"),
         (efficientnet_b0, {"num_classes": -1}, r"num_classes=-1"),
         (efficientnet_b0, {"input_shape": (32, 32)}, r"input_shape=\(32, 32\)"),

@@ -746,6 +746,11 @@ def test_a_reference_model_trains_and_rejects_the_switch_settings(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             check_config(settings)
+    # The keras.applications models take the run's momentum (not their ImageNet 0.999 / 0.99).
+    config = check_config({"model": "mobilenet_v2", "batch_norm_momentum": 0.5})
+    model = training.build_model(config, (32, 32, 3), 10)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 52 and {layer.momentum for layer in norms} == {0.5}
     # No kernel, so no smoothness: left out of the summary (not a NaN mean), with a warning.
     run_dir = str(tmp_path / "fully_connected")
     with pytest.warns(UserWarning, match="'smoothness' has no probe point"):
