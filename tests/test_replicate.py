@@ -815,6 +815,10 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert np.asarray(maps["maps"]["logits"]).shape == (9, 9)
     assert maps["maps"]["logits"][4][4] == pytest.approx(1.0)  # no shift
     assert mouton["m2_k2_s0"]["invariance"] == maps["mean"]["logits"]
+    # and it repeats the paper-scale max_s0 (the same command, this machine) to the last bit
+    same = extended["bit_for_bit"]["networks"]["mouton/m2_k2_s0"]
+    assert (same["committed"], same["different"]) == ("paper/max_s0", [])
+    assert extended["bit_for_bit"]["committed_cpu_bfloat16"] == k2["cpu_bfloat16"]
     noisy_m1 = json.loads((tmp_path / "runs" / "mouton" / "m1_strided_noise_s0" / "config.json")
                           .read_text())  # fmt: skip
     assert noisy_m1["config"]["transform"] == ["noise:0.1"]
@@ -950,6 +954,62 @@ def test_p1_takes_its_vgg_on_all_images_from_the_max_network_of_its_own_path(
     finished[1] = (lenet, result(lenet, "avx512_bf16", 0.59, 3.4))
     points = gather_extended(s, [e for e, _ in finished], finished)["P1"]["points"]
     assert [p["name"] for p in points][1] == "cifar_vgg_n50000 (retrained/max_s0)"
+
+
+def test_bit_for_bit_finds_the_path_whose_networks_repeat_the_committed_ones(
+    monkeypatch, tmp_path
+):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    from replication.experiments import Experiment, Settings, bit_for_bit
+    from replication.report import _bit_for_bit_lines
+
+    paper = tmp_path / "replication" / "experiments" / "paper"
+    paper.mkdir(parents=True)
+    committed = {"test_accuracy": 0.87, "train_accuracy": [0.4, 0.6], "smoothness_init": {"a": 2.0},
+                 "relative_stability": {"R": {"a": 0.5}}}  # fmt: skip
+    for seed in (0, 1):
+        (paper / f"max_s{seed}.json").write_text(
+            json.dumps({"variant": "max", "seed": seed, **committed})
+        )
+    s = Settings({"docs_dir": str(tmp_path)})
+
+    def row(name, path, **changes):
+        fields = {"variant": "max", "seed": 0}
+        if name.startswith("mouton"):
+            fields = {"study": "M2", "variant": "max", "pool_size": 2, "seed": 0}
+        e = Experiment(name, fields, {})
+        return e, {**fields, **committed, "cpu_bfloat16": path, **changes}
+
+    finished = [
+        row("retrained/max_s0", "avx512_bf16", test_accuracy=0.8701,
+            relative_stability={"R": {"a": 0.51}}),
+        row("mouton/m2_k2_s0", "amx_bf16"),
+        (Experiment("mouton/m2_k3_s0", {}, {}), {"study": "M2", "pool_size": 3, "seed": 0}),
+        (Experiment("retrained/blur_s0", {}, {}), {"variant": "blur", "seed": 0}),  # no twin
+    ]  # fmt: skip
+    check = bit_for_bit(finished, s)
+    assert check["networks"] == {
+        "retrained/max_s0": {
+            "committed": "paper/max_s0", "cpu_bfloat16": "avx512_bf16",
+            "identical": ["train_accuracy", "smoothness_init"],
+            "different": ["test_accuracy", "relative_stability"],
+        },
+        "mouton/m2_k2_s0": {
+            "committed": "paper/max_s0", "cpu_bfloat16": "amx_bf16",
+            "identical": ["test_accuracy", "train_accuracy", "smoothness_init",
+                          "relative_stability"],
+            "different": [],
+        },
+    }  # fmt: skip
+    assert check["committed_cpu_bfloat16"] == "amx_bf16"
+    (text,) = [line for line in _bit_for_bit_lines(check) if line]
+    assert "on amx_bf16, mouton/m2_k2_s0 (the command of paper/max_s0) repeats" in text
+    assert "on avx512_bf16, retrained/max_s0 differs from it in test accuracy, D, G" in text
+    assert text.endswith("So the committed networks were trained on amx_bf16, and the "
+                         "differences below are those of the other path.")  # fmt: skip
+    # a network of seed 1 on a third path that also repeats its own: no one path is known
+    finished.append(row("retrained/max_s1", "other_path", seed=1))
+    assert bit_for_bit(finished, s)["committed_cpu_bfloat16"] is None
 
 
 def _without_timing(value):

@@ -918,6 +918,7 @@ def gather_extended(settings, experiments, finished):
             committed,
             keys,
         ),  # fmt: skip
+        "bit_for_bit": bit_for_bit(finished, s),
     }
 
 
@@ -1059,6 +1060,49 @@ def network_headline(r):
     if "output_stability" in r:
         out.update({f"{c}_output": r["output_stability"][c] for c in ("R", "D", "G")})
     return {k: v for k, v in out.items() if v is not None}
+
+
+# What a network trained again by the committed command repeats to the last bit when it runs on
+# the committed network's CPU bfloat16 path (ops are deterministic; the two paths round apart).
+BIT_FOR_BIT = (
+    "test_accuracy", "train_accuracy", "sensitivity_init", "sensitivity", "smoothness_init",
+    "smoothness", "relative_stability",
+)  # fmt: skip
+
+
+def bit_for_bit(finished, s):
+    """Which networks trained again by a committed paper-scale command repeat it to the last bit:
+    the retrained networks (Z1, T1, T2) and M2's window-2 networks (the paper recipe's max).
+
+    Returns:
+        `{"networks": {name: {"committed": "paper/<variant>_s<seed>", "cpu_bfloat16",
+        "identical": [keys], "different": [keys]}}, "committed_cpu_bfloat16": the one path
+        whose networks repeat theirs in every key of `BIT_FOR_BIT` (None when no or several
+        paths do)}`.
+    """
+    committed = {(r["variant"], r["seed"]): r for _, r in _committed_records(s, "paper")}
+    networks = {}
+    for experiment, r in finished:
+        if experiment.kind == "retrained":
+            variant = r["variant"]
+        elif experiment.kind == "mouton" and r["study"] == "M2" and r["pool_size"] == 2:
+            variant = "max"
+        else:
+            continue
+        twin = committed.get((variant, r["seed"]))
+        keys = [k for k in BIT_FOR_BIT if twin is not None and k in r and k in twin]
+        if keys:
+            networks[experiment.name] = {
+                "committed": f"paper/{variant}_s{r['seed']}",
+                "cpu_bfloat16": r.get("cpu_bfloat16"),
+                "identical": [k for k in keys if r[k] == twin[k]],
+                "different": [k for k in keys if r[k] != twin[k]],
+            }
+    paths = {e["cpu_bfloat16"] for e in networks.values() if not e["different"]}
+    return {
+        "networks": networks,
+        "committed_cpu_bfloat16": paths.pop() if len(paths) == 1 else None,
+    }
 
 
 def committed_paper_networks(s):

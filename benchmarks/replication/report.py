@@ -923,7 +923,7 @@ def extended_markdown(x):
     lines += _t2_lines(x["T2"], x.get("T2_stale_statistics"))
     lines += _t3_lines(x["T3"])
     lines += _mouton_lines(x)
-    lines += _reproducibility_lines(x["reproducibility"])
+    lines += _reproducibility_lines(x["reproducibility"], x.get("bit_for_bit"))
     return "\n".join(lines) + "\n"
 
 
@@ -1267,7 +1267,73 @@ def _t3_lines(t3):
     return lines + _why_lines("T3")
 
 
-def _reproducibility_lines(reproducibility):
+# How the report names the quantities of the bit-for-bit check (experiments.BIT_FOR_BIT).
+BIT_FOR_BIT_WORDS = {
+    "test_accuracy": "test accuracy",
+    "train_accuracy": "every epoch's training accuracy",
+    "sensitivity_init": "sensitivity per layer at initialisation",
+    "sensitivity": "sensitivity per layer trained",
+    "smoothness_init": "kernel smoothness at initialisation",
+    "smoothness": "kernel smoothness trained",
+    "relative_stability": "D, G and R at every probe",
+}
+
+
+def _bit_for_bit_lines(check):
+    """Which networks trained again by a committed command repeat it to the last bit, by CPU
+    bfloat16 path, and what that says about the committed networks' path."""
+    if not check or not check["networks"]:
+        return []
+    groups = {}  # (path, repeats every key) -> [(name, entry)]
+    for name, entry in check["networks"].items():
+        key = (entry["cpu_bfloat16"] or "an unrecorded path", not entry["different"])
+        groups.setdefault(key, []).append((name, entry))
+    parts = []
+    for (path, same), members in sorted(groups.items(), key=lambda g: not g[0][1]):
+        names = ", ".join(
+            name
+            if name.split("/")[-1] == entry["committed"].split("/")[-1]
+            else f"{name} (the command of {entry['committed']})"
+            for name, entry in members
+        )
+        if same:
+            keys = [k for k in BIT_FOR_BIT_WORDS if k in members[0][1]["identical"]]
+            parts.append(
+                f"on {path}, {names} repeat{'s' if len(members) == 1 else ''} the committed "
+                f"network to the last bit ({', '.join(BIT_FOR_BIT_WORDS[k] for k in keys)})"
+            )
+        else:
+            different = {k for _, e in members for k in e["different"]}
+            equal = set.intersection(*(set(e["identical"]) for _, e in members))
+            parts.append(
+                f"on {path}, {names} "
+                + ("differs from it in " if len(members) == 1 else "differ from theirs in ")
+                + ", ".join(BIT_FOR_BIT_WORDS[k] for k in BIT_FOR_BIT_WORDS if k in different)
+                + (
+                    f" and equal {'it' if len(members) == 1 else 'them'} only in "
+                    + ", ".join(BIT_FOR_BIT_WORDS[k] for k in BIT_FOR_BIT_WORDS if k in equal)
+                    if equal
+                    else ""
+                )
+            )
+    path = check["committed_cpu_bfloat16"]
+    return [
+        "Trained again by the committed command (each network beside the committed one of the "
+        "same variant and seed): "
+        + "; ".join(parts)
+        + ". "
+        + (
+            f"So the committed networks were trained on {path}, and the differences below are "
+            "those of the other path."
+            if path
+            else "No network here repeats its committed one to the last bit, so none was "
+            "trained on the committed networks' CPU bfloat16 path."
+        ),
+        "",
+    ]
+
+
+def _reproducibility_lines(reproducibility, bit_for_bit=None):
     r = reproducibility
     if not any(entry["differences"] for entry in r.values()):
         return []
@@ -1275,11 +1341,11 @@ def _reproducibility_lines(reproducibility):
         "",
         "## Reproducibility across machines",
         "",
-        "Retrained network - committed network of the same variant and seed "
-        f"({NOTES['extended']['committed_networks']}); the mean difference with its 95% t "
-        "interval, and the mean |difference| against what two networks differing only in seed "
-        "would show (2 SD / sqrt(pi), the seed SD pooled over both machines and all variants, "
-        "each machine's seeds about their own mean):",
+        *_bit_for_bit_lines(bit_for_bit),
+        "Retrained network - committed network of the same variant and seed; the mean "
+        "difference with its 95% t interval, and the mean |difference| against what two "
+        "networks differing only in seed would show (2 SD / sqrt(pi), the seed SD pooled over "
+        "both machines and all variants, each machine's seeds about their own mean):",
         "",
     ]
     rows = []
