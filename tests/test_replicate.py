@@ -850,14 +850,20 @@ def test_training_minutes_count_paper_scale_networks_only(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     from replication.report import _training_minutes
 
+    avx, amx = {"cpu_bfloat16": "avx512_bf16"}, {"cpu_bfloat16": "amx_bf16"}
     networks = {
-        "max_s0": {"train_minutes": 40.0},
-        "max_noise0.05_s1": {"train_minutes": 30.0},  # T3: paper scale
-        "lenet_n1000_s0": {"train_minutes": 5.0},  # P1: a smaller set
-        "blur_s0": {},  # measured before the minutes were recorded
+        "max_s0": {"train_minutes": 40.0, **avx},
+        "max_noise0.05_s1": {"train_minutes": 30.0, **avx},  # T3: paper scale
+        "lenet_n1000_s0": {"train_minutes": 5.0, **amx},  # P1: a smaller set
+        "blur_s0": avx,  # measured before the minutes were recorded
+        "m1_max_plain_s0": {"train_minutes": 2.0, **amx},  # M1 and M3: CPU-sized
+        "m3_flatten_s1": {"train_minutes": 2.0, **amx},
+        "m2_k2_s0": {"train_minutes": 45.2, **amx},  # M2: paper scale
     }
-    assert _training_minutes(networks).startswith("Training took 30-40 min per paper-scale "
-                                                  "network here (2 networks;")  # fmt: skip
+    assert _training_minutes(networks).startswith(
+        "Training took 45 min on amx_bf16 (1 network) and 30-40 min on avx512_bf16 "
+        "(2 networks) per paper-scale network here ("
+    )
     assert _training_minutes({}) == ""
 
 

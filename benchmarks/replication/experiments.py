@@ -1014,8 +1014,9 @@ def gather_mouton(finished):
 def mouton_point(r):
     """A Mouton network's numbers: invariance (the translation map's mean at the logits), the
     map's mean per probe point, shift consistency on the test set, test accuracy, the CPU
-    bfloat16 path it was trained on."""
+    bfloat16 path it was trained on, how long its training took (when it was timed)."""
     maps = r["translation_map"]
+    minutes = r["train_wall_seconds"] / 60 if r.get("train_wall_seconds") else None
     return {
         "invariance": maps["mean"][maps["output_layer"]],
         "map_mean": maps["mean"],
@@ -1024,6 +1025,7 @@ def mouton_point(r):
         "maps": maps["maps"],
         "max_shift": maps["max_shift"],
         "cpu_bfloat16": r.get("cpu_bfloat16"),
+        **({"train_minutes": minutes} if minutes else {}),
     }
 
 

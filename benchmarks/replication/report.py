@@ -834,16 +834,24 @@ def write_extended_report(docs_dir, extended):
 
 
 def _training_minutes(networks):
-    """How long training took per network (`train_minutes` of the paper-scale ones), or ''."""
-    minutes = [
-        n["train_minutes"] for name, n in networks.items()
-        if n.get("train_minutes") and not re.search(r"_n\d+_s\d+$", name)  # not P1's
-    ]  # fmt: skip
+    """How long training took per paper-scale network (their `train_minutes`; not P1's smaller
+    sets, nor M1's and M3's CPU-sized networks), on each CPU bfloat16 path, or ''."""
+    minutes = {}
+    for name, n in networks.items():
+        if n.get("train_minutes") and not re.search(r"(_n\d+_s\d+|^m[13]_.*)$", name):
+            minutes.setdefault(n.get("cpu_bfloat16") or "an unrecorded path", []).append(
+                n["train_minutes"]
+            )
     if not minutes:
         return ""
+    spans = [
+        (f"{min(m):.0f}" if round(min(m)) == round(max(m)) else f"{min(m):.0f}-{max(m):.0f}")
+        + f" min on {path} ({len(m)} network{'s' if len(m) > 1 else ''})"
+        for path, m in sorted(minutes.items())
+    ]
     return (
-        f"Training took {min(minutes):.0f}-{max(minutes):.0f} min per paper-scale network "
-        f"here ({len(minutes)} networks; {NOTES['extended']['committed_training']}). "
+        f"Training took {' and '.join(spans)} per paper-scale network here "
+        f"({NOTES['extended']['committed_training']}). "
     )
 
 
@@ -873,7 +881,7 @@ def extended_markdown(x):
             else ""
         )
         + "). "
-        + _training_minutes(x["networks"])
+        + _training_minutes({**x["networks"], **x.get("mouton_networks", {})})
         + f"Planned for the {total} networks: {notes['plan']}.",
         "",
     ]
