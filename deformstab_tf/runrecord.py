@@ -39,6 +39,7 @@ MODEL_FILE = "model.keras"
 BACKUP_DIR = "backup"
 STABILITY_DIR = "stability"
 MEASUREMENTS_FILE = "measurements.json"
+EPOCH_SECONDS_FILE = "epoch_seconds.json"
 
 
 # -- writing ---------------------------------------------------------------------------------

@@ -9,8 +9,9 @@
   `StabilityCallback`) and, at the top, the hyper-parameters for the HParams dashboard with the
   final validation accuracy and mean stability measures as its metrics;
 - `metrics.csv`: one row per epoch (`epoch`, losses, accuracies, learning rate, stability scalars);
-- `stability/measurements.json`; `model.keras` and `summary.json` (test accuracy and loss, epochs,
-  wall and CPU seconds) once training is complete.
+- `stability/measurements.json`; `epoch_seconds.json` (each finished epoch's wall seconds, kept
+  across sessions); `model.keras` and `summary.json` (test accuracy and loss, epochs, wall and
+  CPU seconds) once training is complete.
 
 Resuming: rerunning with the same configuration continues from the last completed epoch
 (`keras.callbacks.BackupAndRestore` under `output_dir/backup`), also after `kill -9` in the middle
@@ -627,8 +628,10 @@ def _train(
         )
         _write_first_summaries(run_dir, config, precision, train)
 
+    clock = _EpochClock(run_dir)
     callbacks = [
         _DropRedoneEpochs(run_dir),
+        clock,
         keras.callbacks.TensorBoard(run_dir, write_graph=False),
     ]
     if stability is not None:
@@ -670,7 +673,13 @@ def _train(
         "image_shape": list(info.image_shape),
         "wall_seconds_last_session": time.time() - started,
         "cpu_seconds_last_session": time.process_time() - cpu_started,
+        "epochs_last_session": config["epochs"] - clock.initial_epoch,
     }
+    # All sessions together: this one whole, plus the epochs finished before it (None where a
+    # session before it kept no record of its epochs).
+    earlier = clock.earlier_seconds()
+    last = summary["wall_seconds_last_session"]
+    summary["wall_seconds"] = None if earlier is None else last + earlier
     if stability is not None:
         final = stability.history[-1]["results"]
         # A measure with no probe point in this model (smoothness of a fully-connected net) has
@@ -909,6 +918,43 @@ class _DropRedoneEpochs(keras.callbacks.Callback):
         runrecord.truncate_metrics(self.run_dir, epoch)
         for run in ("train", "validation"):  # Keras's epoch scalars, not the example images
             purge_events(os.path.join(self.run_dir, run), epoch, tag_prefixes=("epoch_",))
+
+
+class _EpochClock(keras.callbacks.Callback):
+    """Each finished epoch's wall seconds in `epoch_seconds.json`, kept across sessions, so that a
+    resumed run can tell how long all of its training took.
+
+    On resume the epochs redone are dropped first, as `_DropRedoneEpochs` does for the logs; the
+    file is written before `BackupAndRestore` marks the epoch done, so it never lacks a done one.
+    """
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.path = os.path.join(run_dir, runrecord.EPOCH_SECONDS_FILE)
+        self.initial_epoch = 0
+        self.seconds = {}
+
+    def on_train_begin(self, logs=None):
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first:  # the first epoch of this session: every record from it on is redone
+            self._first = False
+            self.initial_epoch = epoch
+            record = runrecord.read_json(self.path) if os.path.exists(self.path) else {}
+            self.seconds = {int(e): s for e, s in record.items() if int(e) < epoch}
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds[epoch] = time.perf_counter() - self._started
+        runrecord.write_json(self.path, {str(e): s for e, s in sorted(self.seconds.items())})
+
+    def earlier_seconds(self):
+        """The wall seconds of the epochs finished before this session, or None when a session
+        before it kept no record of some of them (a run begun before this clock existed)."""
+        if set(self.seconds) >= set(range(self.initial_epoch)):
+            return sum(self.seconds[e] for e in range(self.initial_epoch))
+        return None
 
 
 class _CompactProgbar(keras.callbacks.ProgbarLogger):

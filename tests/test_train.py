@@ -258,6 +258,42 @@ def test_kill_9_mid_epoch_then_resume_loses_and_repeats_no_epoch(tmp_path):
     assert [s for s, _ in _events(stability, "sensitivity/mean")] == [-1, 0, 1, 2, 3]
     # The resumed process did not measure initialisation again: one "initialisation" profile.
     assert "test accuracy" in out
+    # The training time counts both sessions: this one whole, and the epochs the first finished.
+    seconds = json.load(open(os.path.join(run_dir, "epoch_seconds.json")))
+    assert sorted(seconds) == ["0", "1", "2", "3"] and min(seconds.values()) > 0
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    first_session = range(4 - summary["epochs_last_session"])
+    assert 1 <= summary["epochs_last_session"] <= 4
+    earlier = sum(seconds[str(e)] for e in first_session)
+    assert summary["wall_seconds"] == pytest.approx(summary["wall_seconds_last_session"] + earlier)
+    assert summary["wall_seconds_last_session"] > sum(
+        seconds[str(e)] for e in range(len(first_session), 4)
+    )
+
+
+def test_epoch_clock_drops_redone_epochs_and_knows_when_earlier_ones_are_unrecorded(tmp_path):
+    path = tmp_path / "epoch_seconds.json"
+
+    def resume_at(epoch, record):
+        path.write_text(json.dumps(record))
+        clock = training._EpochClock(str(tmp_path))
+        clock.on_train_begin()
+        clock.on_epoch_begin(epoch)
+        clock.on_epoch_end(epoch)
+        return clock, json.loads(path.read_text())
+
+    # Epoch 2 was written, then killed before its backup: it is redone, its old time dropped.
+    clock, written = resume_at(2, {"0": 1.5, "1": 2.0, "2": 9.0})
+    assert clock.earlier_seconds() == 3.5
+    assert sorted(written) == ["0", "1", "2"] and written["2"] < 9.0
+    # A first session that kept no record (begun before the clock existed): unknown, not 0.
+    clock, _ = resume_at(2, {"0": 1.5})
+    assert clock.earlier_seconds() is None
+    path.unlink()
+    clock = training._EpochClock(str(tmp_path))
+    clock.on_train_begin()
+    clock.on_epoch_begin(0)
+    assert clock.earlier_seconds() == 0
 
 
 def test_tensorboard_server_shows_one_clean_picture(finished_run, tmp_path):

@@ -513,9 +513,12 @@ class Runner:
             "test_accuracy": summary["test_accuracy"],
             "train_accuracy": run.metrics["accuracy"],
             "precision": summary.get("precision", "float32"),
-            # training's own wall time (the last session of a resumed run only); when another
-            # run trained the network, `wall_seconds` covers the measurements only
-            "train_wall_seconds": summary.get("wall_seconds_last_session"),
+            # training's own wall time, all sessions (None where an earlier session kept no
+            # record of its epochs; runs from before that record: the last session's); when
+            # another run trained the network, `wall_seconds` covers the measurements only
+            "train_wall_seconds": summary.get(
+                "wall_seconds", summary.get("wall_seconds_last_session")
+            ),
             "trained_separately": trained_separately,
             "sensitivity_init": dict(first["sensitivity"]),
             "sensitivity": dict(last["sensitivity"]),
