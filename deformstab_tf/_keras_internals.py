@@ -118,6 +118,22 @@ def calling_callback_list(callback):
     return None
 
 
+# -- resuming a fit (`training.py`) ---------------------------------------------------------------
+# `BackupAndRestore` restores a fit's weights and epoch when the fit begins and hands the epoch to
+# `fit` in the model's private `_initial_epoch`: too late for the training data, whose one
+# iterator must first be advanced past the epochs already done for a resumed run to see what an
+# uninterrupted one sees. So the backup is restored before `fit` (which restores it again, to the
+# same state) and its epoch read there. Same names in Keras 3.14.0 and 3.15.1.
+
+
+def restore_backup(backup, model):
+    """Restores `backup` (a `keras.callbacks.BackupAndRestore`) into the built `model` now; the
+    epoch the fit resumes at (0 without a backup)."""
+    backup.set_model(model)
+    backup.on_train_begin()
+    return model._initial_epoch or 0
+
+
 # -- multi-worker training (`training.py`) ---------------------------------------------------------
 # Two defects of Keras's TensorFlow trainer with `MultiWorkerMirroredStrategy` (tensorflow#72388):
 #

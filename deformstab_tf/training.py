@@ -16,8 +16,10 @@
 Resuming: rerunning with the same configuration continues from the last completed epoch
 (`keras.callbacks.BackupAndRestore` under `output_dir/backup`), also after `kill -9` in the middle
 of an epoch: epochs redone are dropped from `metrics.csv`, from the TensorBoard runs and from the
-stability records first, so each epoch appears once. A finished run is left as it is. A different
-configuration against an existing run directory is a `ValueError`, before anything is written.
+stability records first, so each epoch appears once, and the training data skip the batches of
+the epochs done, so the resumed run's numbers are an uninterrupted run's. A finished run is left
+as it is. A different configuration against an existing run directory is a `ValueError`, before
+anything is written.
 """
 
 import contextlib
@@ -615,6 +617,9 @@ def _train(
             seed=config["seed"],
         )
 
+    # Drawn in every session, written in the first: each iterator over `train` moves its seeded
+    # shuffle and augmentation streams on, so a resumed session opens as many as a new one did.
+    examples, _ = next(iter(train))
     os.makedirs(run_dir, exist_ok=True)
     if state == "new":
         runrecord.write_json(
@@ -626,7 +631,7 @@ def _train(
                 "version": _version(),
             },
         )
-        _write_first_summaries(run_dir, config, precision, train)
+        _write_first_summaries(run_dir, config, precision, examples)
 
     clock = _EpochClock(run_dir)
     callbacks = [
@@ -640,9 +645,17 @@ def _train(
     if verbose:
         callbacks.append(_CompactProgbar(verbose))
     # Last: an epoch counts as done only once everything of it is written.
-    callbacks.append(
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR), double_checkpoint=True)
+    backup = keras.callbacks.BackupAndRestore(
+        os.path.join(run_dir, BACKUP_DIR), double_checkpoint=True
     )
+    callbacks.append(backup)
+    # A resumed run reads the batches an uninterrupted one would: those of the epochs done are
+    # skipped (shuffles and augmentations are seeded streams that start over with the iterator).
+    # Not across workers: a chief restoring alone would build the optimizer's variables alone.
+    done_batches = 0
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        with strategy.scope():
+            done_batches = _keras_internals.restore_backup(backup, model) * steps_per_epoch
     workarounds = contextlib.nullcontext()
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Keras defects with this strategy, worked around for this run's fit and evaluate only.
@@ -651,7 +664,7 @@ def _train(
         model.fit(
             # One iterator for the whole fit: per epoch, Keras would destroy the prefetching
             # iterator and make a new one, which blocked for 6-10 s on some epochs here.
-            train.repeat(),
+            train.repeat().skip(done_batches),
             steps_per_epoch=steps_per_epoch,
             epochs=config["epochs"],
             shuffle=False,  # `train` shuffles itself (seeded); Keras warns that it ignores True
@@ -982,8 +995,8 @@ class _CompactProgbar(keras.callbacks.ProgbarLogger):
         super().on_epoch_end(epoch, self._compact(logs))
 
 
-def _write_first_summaries(run_dir, config, precision, train):
-    """Hyper-parameters (HParams dashboard) and example training images, once per run."""
+def _write_first_summaries(run_dir, config, precision, images):
+    """Hyper-parameters (HParams dashboard) and example training `images`, once per run."""
     from tensorboard.plugins.hparams import api as hp
 
     with tf.summary.create_file_writer(run_dir).as_default():
@@ -1007,7 +1020,6 @@ def _write_first_summaries(run_dir, config, precision, train):
         )
         hparams = {**config, "precision": precision}
         hp.hparams({key: _hparam_value(hparams[key]) for key in _hparam_order(hparams)})
-    images, _ = next(iter(train))
     with tf.summary.create_file_writer(os.path.join(run_dir, "train")).as_default(step=0):
         tf.summary.image("training_examples", tf.clip_by_value(images[:8], 0.0, 1.0), max_outputs=8)
 

@@ -57,6 +57,11 @@ def _csv_epochs(run_dir):
         return [int(row["epoch"]) for row in csv.DictReader(file)]
 
 
+def _csv_column(run_dir, column):
+    with open(os.path.join(run_dir, "metrics.csv")) as file:
+        return [row[column] for row in csv.DictReader(file)]
+
+
 def _json_epochs(run_dir):
     with open(os.path.join(run_dir, "stability", "measurements.json")) as file:
         return [record["epoch"] for record in json.load(file)["history"]]
@@ -235,7 +240,9 @@ def test_bad_settings_name_the_setting_and_write_nothing(tmp_path):
 
 def test_kill_9_mid_epoch_then_resume_loses_and_repeats_no_epoch(tmp_path):
     run_dir = str(tmp_path / "run")
-    args = [*TINY_FLAGS, "--epochs=4", "--synthetic_samples=1200", f"--output_dir={run_dir}"]
+    augment = "tps:grid_size=3,max_displacement=1"  # a seeded stream, as the shuffle
+    args = [*TINY_FLAGS, "--epochs=4", "--synthetic_samples=1200",
+            f"--augment={augment.replace(',', ';')}", f"--output_dir={run_dir}"]  # fmt: skip
     process = _train_script(args, start_new_session=True)
     deadline = time.time() + 240
     metrics = os.path.join(run_dir, "metrics.csv")
@@ -269,6 +276,14 @@ def test_kill_9_mid_epoch_then_resume_loses_and_repeats_no_epoch(tmp_path):
     assert summary["wall_seconds_last_session"] > sum(
         seconds[str(e)] for e in range(len(first_session), 4)
     )
+    # The resumed run is the uninterrupted one, to the bit: it reads the batches that one reads.
+    whole_dir = str(tmp_path / "whole")
+    settings = {**TINY, "learning_rate": DEFAULTS["learning_rate"], "epochs": 4,
+                "synthetic_samples": 1200, "augment": augment}  # fmt: skip
+    whole = train_run(whole_dir, verbose=0, **settings)
+    assert summary["test_accuracy"] == whole["test_accuracy"]
+    for column in ("loss", "accuracy", "val_loss", "stability/sensitivity/mean"):
+        assert _csv_column(run_dir, column) == _csv_column(whole_dir, column), column
 
 
 def test_epoch_clock_drops_redone_epochs_and_knows_when_earlier_ones_are_unrecorded(tmp_path):
