@@ -539,7 +539,7 @@ def train_run(output_dir, verbose=1, download=True, cluster_timeout=CLUSTER_TIME
     >>> summary["epochs_completed"], sorted(summary["stability"])
     (1, ['sensitivity', 'smoothness'])
     >>> sorted(name for name in os.listdir("runs/tiny") if "." in name and "events" not in name)
-    ['config.json', 'metrics.csv', 'model.keras', 'summary.json']
+    ['config.json', 'epoch_seconds.json', 'metrics.csv', 'model.keras', 'summary.json']
     """
     started, cpu_started = time.time(), time.process_time()
     check_choice("verbose", verbose, (0, 1, 2))
