@@ -363,9 +363,13 @@ def m1_statistics(invariance):
 
 
 def m2_statistics(points):
-    """M2: per seed, the Spearman rank correlation of the pooling window with invariance and
-    with test accuracy; holds when invariance's 95% t interval lies above 0 and accuracy's
-    below 0 (the trade-off).
+    """M2: per seed, the least-squares slope of invariance and of test accuracy on the pooling
+    window, and their Spearman rank correlations with it; holds when the 95% t interval over
+    seeds of invariance's slope lies above 0 and accuracy's below 0 (the trade-off).
+
+    The slopes decide: with four windows a rank correlation takes few values (steps of 0.2), so
+    seeds that rank the windows alike give an interval of zero width, which says the seeds agree
+    but not by how much the trend could vary; the rank correlations say how monotone it is.
 
     Args:
         points: `{seed: {window: {"invariance": float, "test_accuracy": float}}}`.
@@ -373,19 +377,23 @@ def m2_statistics(points):
     seeds = [seed for seed, windows in sorted(points.items()) if len(windows) >= 3]
     entry = {}
     for key in ("invariance", "test_accuracy"):
-        correlations = [
-            spearman(sorted(points[s]), [points[s][k][key] for k in sorted(points[s])])
-            for s in seeds
-        ]
+        windows = [sorted(points[s]) for s in seeds]
+        values = [[points[s][k][key] for k in w] for s, w in zip(seeds, windows, strict=True)]
+        correlations = [spearman(w, v) for w, v in zip(windows, values, strict=True)]
+        slopes = [float(np.polyfit(w, v, 1)[0]) for w, v in zip(windows, values, strict=True)]
         entry[key] = {
+            "slope": slopes,
+            "slope_mean": float(np.mean(slopes)) if slopes else None,
+            "slope_ci": t_interval(slopes),
             "rank_corr": correlations,
             "mean": float(np.mean(correlations)) if correlations else None,
             "ci": _within_correlation_range(t_interval(correlations)),
         }
-    up, down = entry["invariance"]["ci"], entry["test_accuracy"]["ci"]
+    up, down = entry["invariance"]["slope_ci"], entry["test_accuracy"]["slope_ci"]
     return {
-        "method": "Spearman rank correlation with the pooling window per seed; 95% Student-t "
-        "interval over seeds, clipped to [-1, 1]; holds when invariance's interval > 0 > test "
+        "method": "per seed, the least-squares slope on the pooling window (per pixel of "
+        "window) and the Spearman rank correlation with it; 95% Student-t intervals over seeds "
+        "(correlations clipped to [-1, 1]); holds when invariance's slope interval > 0 > test "
         "accuracy's",
         "points": {str(s): {str(k): v for k, v in w.items()} for s, w in sorted(points.items())},
         **entry,

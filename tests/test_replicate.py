@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 import tensorflow as tf
 
 from deformstab_tf.training import cpu_bfloat16_path
@@ -163,9 +164,19 @@ def test_extended_statistics_against_closed_forms():
                for k, e in zip((2, 3, 4), (0.0, 0.002, -0.001), strict=True)}
         for seed in (0, 1, 2)
     }  # fmt: skip
+    points[2][4]["invariance"] += 0.006  # seed 2's trend steeper: the slopes spread
     m2 = replicate.m2_statistics(points)
     assert m2["invariance"]["rank_corr"] == [1.0, 1.0, 1.0] and m2["holds"] is True
-    assert m2["test_accuracy"]["ci"] == [-1.0, -1.0]
+    assert m2["test_accuracy"]["ci"] == [-1.0, -1.0]  # every seed ranks alike: no width
+    slopes = [scipy.stats.linregress([2, 3, 4], [points[s][k]["invariance"] for k in (2, 3, 4)])
+              .slope for s in (0, 1, 2)]  # fmt: skip
+    assert m2["invariance"]["slope"] == pytest.approx(slopes) and slopes[2] > slopes[0]
+    half = 4.302653 * scipy.stats.sem(slopes)  # t(2) quantile x standard error
+    assert m2["invariance"]["slope_ci"] == pytest.approx(np.mean(slopes) + np.array([-half, half]))
+    assert m2["test_accuracy"]["slope"] == pytest.approx([-0.01] * 3)
+    # The slopes decide: a trend that rises at one seed and falls at another does not hold.
+    points[1] = {k: {**v, "invariance": 1.8 - v["invariance"]} for k, v in points[1].items()}
+    assert replicate.m2_statistics(points)["holds"] is False
     # M3: a feature's invariance with minus without it, per seed.
     m3 = replicate.m3_statistics({"blur": ([0.9, 0.8, 0.85], [0.95, 0.86, 0.9])})
     assert m3["changes"]["blur"]["per_seed"] == pytest.approx([0.05, 0.06, 0.05])

@@ -331,17 +331,19 @@ def _against_zero(ci):
 
 
 def _m2(x):
-    """Per seed, the rank correlation of the pooling window with invariance above 0 and with
-    test accuracy below 0, each interval over seeds (`_stats.m2_statistics`)."""
+    """Per seed, the slope of invariance on the pooling window above 0 and of test accuracy
+    below 0, each interval over seeds; the rank correlations beside (`_stats.m2_statistics`)."""
     m2 = x.get("M2", {})
-    if not m2.get("invariance", {}).get("rank_corr"):
+    if not m2.get("invariance", {}).get("slope"):
         return None
     up, down = m2["invariance"], m2["test_accuracy"]
     return Decision(
         m2["holds"],
-        f"rank corr. with the window: invariance {up['mean']:+.2f}{interval_text(up['ci'])}, "
-        f"test accuracy {down['mean']:+.2f}{interval_text(down['ci'])}, "
-        f"{count(len(up['rank_corr']), 'seed')}",
+        f"slope per pixel of window: invariance {up['slope_mean']:+.4f}"
+        f"{interval_text(up['slope_ci'], 4)}, test accuracy {down['slope_mean']:+.4f}"
+        f"{interval_text(down['slope_ci'], 4)}; rank corr. {up['mean']:+.2f}"
+        f"{interval_text(up['ci'])} and {down['mean']:+.2f}{interval_text(down['ci'])}, "
+        f"{count(len(up['slope']), 'seed')}",
     )
 
 
