@@ -1068,11 +1068,17 @@ def network_headline(r):
 
 
 # What a network trained again by the committed command repeats to the last bit when it runs on
-# the committed network's CPU bfloat16 path (ops are deterministic; the two paths round apart).
-BIT_FOR_BIT = (
-    "test_accuracy", "train_accuracy", "sensitivity_init", "sensitivity", "smoothness_init",
-    "smoothness", "relative_stability",
-)  # fmt: skip
+# the committed network's CPU bfloat16 path (ops are deterministic; the two paths round apart):
+# each record key with the words the report names it by.
+BIT_FOR_BIT = {
+    "test_accuracy": "test accuracy",
+    "train_accuracy": "every epoch's training accuracy",
+    "sensitivity_init": "sensitivity per layer at initialisation",
+    "sensitivity": "sensitivity per layer trained",
+    "smoothness_init": "kernel smoothness at initialisation",
+    "smoothness": "kernel smoothness trained",
+    "relative_stability": "D, G and R at every probe",
+}
 
 
 def bit_for_bit(finished, s):

@@ -14,7 +14,7 @@ from _stats import t_quantile  # benchmarks/ is on sys.path
 
 from deformstab_tf.reports import markdown_table
 
-from .experiments import write_json, write_text
+from .experiments import BIT_FOR_BIT, write_json, write_text
 from .findings import (
     EXTENDED_FINDINGS,
     MOUTON_FINDINGS,
@@ -1275,18 +1275,6 @@ def _t3_lines(t3):
     return lines + _why_lines("T3")
 
 
-# How the report names the quantities of the bit-for-bit check (experiments.BIT_FOR_BIT).
-BIT_FOR_BIT_WORDS = {
-    "test_accuracy": "test accuracy",
-    "train_accuracy": "every epoch's training accuracy",
-    "sensitivity_init": "sensitivity per layer at initialisation",
-    "sensitivity": "sensitivity per layer trained",
-    "smoothness_init": "kernel smoothness at initialisation",
-    "smoothness": "kernel smoothness trained",
-    "relative_stability": "D, G and R at every probe",
-}
-
-
 def _bit_for_bit_lines(check):
     """Which networks trained again by a committed command repeat it to the last bit, by CPU
     bfloat16 path, and what that says about the committed networks' path."""
@@ -1305,10 +1293,10 @@ def _bit_for_bit_lines(check):
             for name, entry in members
         )
         if same:
-            keys = [k for k in BIT_FOR_BIT_WORDS if k in members[0][1]["identical"]]
+            keys = [k for k in BIT_FOR_BIT if k in members[0][1]["identical"]]
             parts.append(
                 f"on {path}, {names} repeat{'s' if len(members) == 1 else ''} the committed "
-                f"network to the last bit ({', '.join(BIT_FOR_BIT_WORDS[k] for k in keys)})"
+                f"network to the last bit ({', '.join(BIT_FOR_BIT[k] for k in keys)})"
             )
         else:
             different = {k for _, e in members for k in e["different"]}
@@ -1316,10 +1304,10 @@ def _bit_for_bit_lines(check):
             parts.append(
                 f"on {path}, {names} "
                 + ("differs from it in " if len(members) == 1 else "differ from theirs in ")
-                + ", ".join(BIT_FOR_BIT_WORDS[k] for k in BIT_FOR_BIT_WORDS if k in different)
+                + ", ".join(BIT_FOR_BIT[k] for k in BIT_FOR_BIT if k in different)
                 + (
                     f" and equal {'it' if len(members) == 1 else 'them'} only in "
-                    + ", ".join(BIT_FOR_BIT_WORDS[k] for k in BIT_FOR_BIT_WORDS if k in equal)
+                    + ", ".join(BIT_FOR_BIT[k] for k in BIT_FOR_BIT if k in equal)
                     if equal
                     else ""
                 )
