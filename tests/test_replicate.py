@@ -801,7 +801,7 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     assert sorted(accuracy) == ["blur_s0", "blur_s1", "max_s0", "max_s1"]
     report = (docs / "replication.md").read_text()
     assert "# Paper scale: converged networks" in report
-    assert "# Extended studies at paper scale" in report
+    assert "# Extended studies:" in report
     assert (
         "| Z1 | Anti-aliased (blur) downsampling raises shift consistency, on the whole test set "
         "| blur - max " in report
@@ -854,7 +854,7 @@ def test_replicate_writes_report_and_results_then_skips_finished(tmp_path):
     # Rewriting the paper-scale report keeps the extended section below it.
     assert run([*paper_args, "--report_only"]).returncode == 0
     rewritten = (docs / "replication.md").read_text()
-    assert rewritten.count("# Extended studies at paper scale") == 1
+    assert rewritten.count("# Extended studies:") == 1
 
 
 def test_training_minutes_count_paper_scale_networks_only(monkeypatch):

@@ -797,7 +797,7 @@ def _read_results(docs_dir):
         return json.load(file)
 
 
-# -- the extended studies (Z1 decided, T2, T3, P1) --------------------------------------------
+# -- the extended studies (Z1 decided, T2, T3, P1, M1-M3) -------------------------------------
 
 EXTENDED_MARKER = "<!-- extended studies: written by replicate.py --scale=extended -->"
 
@@ -869,7 +869,7 @@ def extended_markdown(x):
     x, notes = _with_studies(x), NOTES["extended"]
     total = len(x["finished"]) + len(x["missing"])
     lines = [
-        "# Extended studies at paper scale: Z1 decided, T2, T3, P1",
+        "# Extended studies: Z1 decided, T2, T3, P1 and Mouton et al.'s M1-M3",
         "",
         f"Networks retrained with the paper-scale recipe {_cpu_paths_text(x['cpu_bfloat16'])}"
         f": finished {len(x['finished'])} of {total} "
